@@ -1,0 +1,72 @@
+"""The ``segzoo`` command: ``segzoo models | train | trace | export | predict | benchmark``.
+
+Each subcommand lives in its own module, imported only when it is used, which
+provides ``add_arguments(parser, command)`` and ``run(args) -> int`` (``args.command``
+names the subcommand, so one module may serve several). Errors a user can
+cause are printed as one line on stderr with a non-zero exit code; ``--debug``
+shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command name -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("segzoo.models.registry", "list the registered models"),
+    "train": ("segzoo.training.config", "train a model from a YAML config"),
+    "trace": ("segzoo.export", "trace a checkpoint to TorchScript"),
+    "export": ("segzoo.export", "export a checkpoint to ONNX or TorchScript"),
+    "predict": ("segzoo.predict", "predict masks for images with a trained model"),
+    "benchmark": ("segzoo.benchmark", "measure speed and memory of models"),
+}
+
+# errors a user can cause; anything else is a bug and keeps its traceback
+USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError,
+               IsADirectoryError, NotADirectoryError, PermissionError, RuntimeError)
+
+
+def _load(command: str):
+    module_name, _ = COMMANDS[command]
+    return importlib.import_module(module_name)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser; only the chosen subcommand's module is imported."""
+    parser = argparse.ArgumentParser(prog="segzoo", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _load(name).add_arguments(p, name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``segzoo`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except KeyboardInterrupt:
+        print("segzoo: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"segzoo {args.command}: error: {message.splitlines()[0] if message else type(exc).__name__}",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

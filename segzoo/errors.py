@@ -1,0 +1,56 @@
+"""Exceptions segzoo raises for problems a user can cause.
+
+Every user-facing error derives from a built-in exception type (``ValueError``,
+``KeyError``, ``FileNotFoundError``, ...) so that ``except ValueError`` keeps working,
+and from :class:`SegzooError` so that the command line can print it as one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SegzooError(Exception):
+    """Base class of the errors segzoo raises on bad user input."""
+
+
+class ConfigError(SegzooError, ValueError):
+    """A config file or a command-line override is invalid (unknown key, wrong type...)."""
+
+
+class CheckpointError(SegzooError, ValueError):
+    """A checkpoint is truncated, corrupt, foreign, or unsafe to load."""
+
+
+class WeightsUnavailableError(SegzooError, RuntimeError):
+    """Pretrained weights were asked for but cannot be had (offline, no cache)."""
+
+
+class NotFoundError(SegzooError, KeyError):
+    """An unknown name was looked up in a registry.
+
+    ``str()`` gives the plain message (``KeyError`` would wrap it in quotes).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` entries of ``choices`` that look like ``name`` (best first)."""
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)
+    return [lowered[h] for h in hits]
+
+
+def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> NotFoundError:
+    """Build the error for an unknown ``name`` of ``kind``, naming close matches and all choices."""
+    choices = sorted(choices)
+    hint = close_matches(name, choices)
+    msg = f"unknown {kind} {name!r}"
+    if hint:
+        msg += f"; did you mean {', '.join(repr(h) for h in hint)}?"
+    msg += f" Valid {kind} names: {', '.join(choices)}"
+    return NotFoundError(msg)

@@ -1,0 +1,166 @@
+"""The model registry: ``create_model(name, **kwargs)``, ``list_models()``, model specs.
+
+Every registered model records a *spec* — ``{"name": registry name, "kwargs": {...}}``
+made of plain data — on the instance as ``model.segzoo_spec``. The trainer stores it in
+checkpoints, and :func:`model_from_spec` rebuilds the model from it (no pickled code).
+Models built around a user's own encoder instance have no spec (``None``): rebuild
+them through the user's own factory.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+
+from segzoo.errors import ConfigError, unknown_name_error
+
+ModelFactory = Callable[..., nn.Module]
+
+_REGISTRY: dict[str, tuple[ModelFactory, dict[str, Any]]] = {}
+
+# keyword arguments that fetch weights; dropped when a model is rebuilt to load a checkpoint
+_WEIGHT_SOURCES = ("pretrained", "state_dict")
+
+
+def register_model(name: str, factory: ModelFactory, **defaults: Any) -> None:
+    """Register ``factory`` under ``name``; ``defaults`` are bound keyword arguments.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"model name {name!r} is already registered")
+    _REGISTRY[name] = (factory, dict(defaults))
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Return the sorted registered model names matching a shell-style ``pattern``."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def _lookup(name: str) -> tuple[ModelFactory, dict[str, Any]]:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise unknown_name_error("model", str(name), _REGISTRY)
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` with ``kwargs`` on top of its defaults.
+
+    Example:
+        >>> model = create_model("resnet34_unet", num_classes=2, pretrained=False)
+        >>> model(torch.rand(1, 3, 64, 64)).shape
+        torch.Size([1, 2, 64, 64])
+
+    Raises:
+        KeyError: unknown name (the message lists close matches and valid names).
+        TypeError: a keyword the model does not take (named, with the valid ones).
+    """
+    factory, defaults = _lookup(name)
+    params = {**defaults, **kwargs}
+    _check_kwargs(name, factory, params)
+    model = factory(**params)
+    set_model_spec(model, name, kwargs)
+    return model
+
+
+def _check_kwargs(name: str, factory: ModelFactory, params: dict[str, Any]) -> None:
+    sig = inspect.signature(factory)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    unknown = sorted(set(params) - set(sig.parameters))
+    if unknown:
+        raise TypeError(f"model {name!r} got unknown argument(s) {unknown}; "
+                        f"valid: {sorted(sig.parameters)}")
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def set_model_spec(model: nn.Module, name: str, kwargs: dict[str, Any]) -> None:
+    """Record ``{"name", "kwargs"}`` on ``model``, or ``None`` if kwargs are not plain data."""
+    spec = {"name": name, "kwargs": _plain_copy(kwargs)} if _is_plain(kwargs) else None
+    # object.__setattr__: nn.Module would refuse nothing here, but keep it out of state_dict
+    object.__setattr__(model, "segzoo_spec", spec)
+
+
+def _plain_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_copy(v) for v in value]
+    return value
+
+
+def get_model_spec(model: nn.Module) -> dict[str, Any] | None:
+    """Return the spec recorded on ``model`` (unwrapping DDP / torch.compile), or ``None``."""
+    for attr in ("module", "_orig_mod"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module):
+            return get_model_spec(inner)
+    spec = getattr(model, "segzoo_spec", None)
+    return _plain_copy(spec) if spec else None
+
+
+def model_from_spec(spec: dict[str, Any], for_checkpoint: bool = True) -> nn.Module:
+    """Rebuild a model from a spec made by :func:`set_model_spec`.
+
+    Args:
+        spec: ``{"name": registry name, "kwargs": {...}}``.
+        for_checkpoint: drop weight sources (``pretrained``, ``state_dict``, also inside
+            ``encoder_params``) because the weights will come from a checkpoint; nothing
+            is downloaded or read from other files.
+
+    Raises:
+        ConfigError: the spec is malformed.
+        KeyError: the name is not registered.
+    """
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
+            or not isinstance(spec.get("kwargs", {}), dict):
+        raise ConfigError(f"malformed model spec {spec!r}: expected {{'name': str, 'kwargs': dict}}")
+    kwargs = _plain_copy(spec.get("kwargs", {}))
+    if for_checkpoint:
+        factory, _ = _lookup(spec["name"])
+        accepted = inspect.signature(factory).parameters
+        for key in _WEIGHT_SOURCES:
+            kwargs.pop(key, None)
+        if "pretrained" in accepted:
+            kwargs["pretrained"] = False
+        enc = kwargs.get("encoder_params")
+        if isinstance(enc, dict):
+            enc = {k: v for k, v in enc.items() if k not in _WEIGHT_SOURCES}
+            if "pretrained" in (kwargs.get("encoder_params") or {}):
+                enc["pretrained"] = False
+            kwargs["encoder_params"] = enc
+    model = create_model(spec["name"], **kwargs)
+    set_model_spec(model, spec["name"], spec.get("kwargs", {}))
+    return model
+
+
+# ---- `segzoo models` ----------------------------------------------------------------
+
+def add_arguments(parser, command: str) -> None:
+    """Arguments of ``segzoo models``."""
+    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+
+
+def run(args) -> int:
+    """Print the registered model names, one a line."""
+    import segzoo  # noqa: F401  (registers the models)
+
+    names = list_models(args.pattern)
+    if not names:
+        raise unknown_name_error("model pattern", args.pattern, list_models())
+    print("\n".join(names))
+    return 0
