@@ -61,6 +61,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         TypeError: a keyword the model does not take (named, with the valid ones).
     """
     factory, defaults = _lookup(name)
+    fixed = sorted(set(defaults) & set(kwargs))
+    if fixed:
+        raise TypeError(f"model {name!r} fixes {fixed} by its name; pick another registered name "
+                        f"(see list_models())")
     params = {**defaults, **kwargs}
     _check_kwargs(name, factory, params)
     model = factory(**params)

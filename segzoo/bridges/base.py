@@ -1,0 +1,14 @@
+"""The bridge contract: features in, features out, between encoder and decoder."""
+
+from __future__ import annotations
+
+from segzoo.parts import FeaturePart
+
+
+class BridgeSpec(FeaturePart):
+    """Base class of bridges: receives ``in_channels``/``in_strides`` from the encoder.
+
+    Implement ``out_channels``, ``out_strides`` and ``forward(features) -> features``.
+    Shapes: list of (B, in_channels[i], H / in_strides[i], W / in_strides[i])
+    -> list of (B, out_channels[j], H / out_strides[j], W / out_strides[j]).
+    """

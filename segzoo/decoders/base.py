@@ -1,0 +1,22 @@
+"""The decoder contract."""
+
+from __future__ import annotations
+
+from segzoo.parts import FeaturePart
+
+
+class DecoderSpec(FeaturePart):
+    """Base class of decoders: receives ``in_channels``/``in_strides`` (encoder or bridge output).
+
+    Implement ``out_channels``, ``out_strides`` and ``forward(features) -> features``
+    (outputs shallow to deep; heads usually read the first, finest one).
+    Shapes: list of (B, in_channels[i], H / in_strides[i], W / in_strides[i])
+    -> list of (B, out_channels[j], H / out_strides[j], W / out_strides[j]).
+    """
+
+
+def stride_ratio(deep: int, shallow: int, who: str) -> int:
+    """Integer upsampling factor between two feature strides, or a ValueError."""
+    if deep % shallow:
+        raise ValueError(f"{who}: stride {deep} is not a multiple of stride {shallow}")
+    return deep // shallow

@@ -1,0 +1,141 @@
+"""UNetDecoder: top-down path with concat (Unet) or sum (Linknet) skip blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from segzoo.blocks import ConvBnAct, INTERPOLATION_MODES, get_block, make_upsample, resolve_upsample_mode
+from segzoo.decoders.base import DecoderSpec, stride_ratio
+from segzoo.errors import unknown_name_error
+
+
+def default_width(stride: int) -> int:
+    """Decoder width for a stride: 16 * stride, capped at 256 (16, 32, 64, 128, 256, 256...)."""
+    return min(256, 16 * stride)
+
+
+class DecoderConcatBlock(nn.Module):
+    """Upsample the deeper feature, concatenate the skip, then a conv block.
+
+    Shapes: (B, C_deep, h, w), (B, C_skip, h*s, w*s) -> (B, out_channels, h*s, w*s).
+    """
+
+    def __init__(self, deep_channels: int, skip_channels: int, out_channels: int, scale: int,
+                 upsample: str = "bilinear", complexity: int = 1, dropout: float = 0.0,
+                 activation: str = "relu", norm: str = "bn") -> None:
+        super().__init__()
+        learned = resolve_upsample_mode(upsample) not in INTERPOLATION_MODES
+        up_channels = out_channels if learned else deep_channels
+        self.up = make_upsample(upsample, deep_channels, scale, out_channels=up_channels)
+        self.block = get_block(up_channels + skip_channels, out_channels, complexity=complexity,
+                               activation=activation, norm=norm)
+        self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Fuse ``x`` (deeper) into ``skip`` (shallower)."""
+        return self.dropout(self.block(torch.cat([self.up(x), skip], dim=1)))
+
+
+class DecoderSumBlock(nn.Module):
+    """Linknet block: 1x1 reduce, upsample, 3x3 conv(s), 1x1 expand to the skip's channels, add the skip.
+
+    The reduction to ``deep_channels // 4`` happens before upsampling, so the spatial
+    convs run on few channels (transposed convs are optional, not the default: they
+    are slow on CPU).
+
+    Shapes: (B, C_deep, h, w), (B, C_skip, h*s, w*s) -> (B, C_skip, h*s, w*s).
+    """
+
+    def __init__(self, deep_channels: int, skip_channels: int, scale: int, upsample: str = "bilinear",
+                 complexity: int = 1, dropout: float = 0.0, activation: str = "relu", norm: str = "bn") -> None:
+        super().__init__()
+        mid = max(deep_channels // 4, 8)
+        self.reduce = ConvBnAct(deep_channels, mid, 1, activation=activation, norm=norm)
+        self.up = make_upsample(upsample, mid, scale)
+        self.conv = get_block(mid, mid, complexity=max(complexity - 1, 0), activation=activation, norm=norm)
+        self.expand = ConvBnAct(mid, skip_channels, 1, activation=activation, norm=norm)
+        self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Add the decoded ``x`` to ``skip``."""
+        return self.dropout(self.expand(self.conv(self.up(self.reduce(x)))) + skip)
+
+
+class UNetDecoder(DecoderSpec):
+    """Top-down decoder: from the deepest feature, fuse each shallower skip in turn.
+
+    Args:
+        in_channels: feature channels, shallow to deep.
+        in_strides: feature strides.
+        channels: output width per skip level, shallow to deep (concat blocks only; default
+            ``min(256, 16 * stride)``: 32 at stride 2, 64 at 4, 128 at 8, 256 deeper). Sum blocks
+            output the skip's own channels.
+        block: ``"concat"`` (Unet) or ``"sum"`` (Linknet).
+        complexity: extra convs per block.
+        upsample: ``"bilinear"``, ``"nearest"`` (alias ``"interpolate"``), ``"transpose"``
+            (alias ``"conv"``) or ``"pixelshuffle"``.
+        dropout: Dropout2d rate after each block.
+        min_stride: skips finer than this stride are not used (e.g. 4 stops the decoder at stride 4).
+        activation: activation name.
+        norm: normalization name.
+
+    Shapes: features -> one map per used skip level, shallow to deep:
+    [(B, out_channels[j], H / out_strides[j], W / out_strides[j])].
+    """
+
+    min_features = 2
+
+    def __init__(self, in_channels: list[int], in_strides: list[int], channels: Sequence[int] | None = None,
+                 block: str = "concat", complexity: int = 1, upsample: str = "bilinear", dropout: float = 0.0,
+                 min_stride: int = 1, activation: str = "relu", norm: str = "bn") -> None:
+        super().__init__(in_channels, in_strides)
+        if block not in ("concat", "sum"):
+            raise unknown_name_error("decoder block", str(block), ("concat", "sum"))
+        self.first = next((i for i, s in enumerate(self.in_strides) if s >= min_stride), len(self.in_strides))
+        skips = list(range(self.first, len(self.in_channels) - 1))
+        if not skips:
+            raise ValueError(f"UNetDecoder: min_stride={min_stride} leaves no skip feature among strides {in_strides}")
+        if block == "sum":
+            widths = [self.in_channels[i] for i in skips]
+        elif channels is None:
+            widths = [default_width(self.in_strides[i]) for i in skips]
+        else:
+            widths = [int(c) for c in channels]
+            if len(widths) != len(skips):
+                raise ValueError(f"UNetDecoder: channels {list(channels)} must give one width per skip level "
+                                 f"({len(skips)}: strides {[self.in_strides[i] for i in skips]})")
+        self._widths = widths
+        self.blocks = nn.ModuleList()
+        deep = self.in_channels[-1]
+        # built deep to shallow, in the order forward runs them
+        for j in reversed(range(len(skips))):
+            i = skips[j]
+            scale = stride_ratio(self.in_strides[i + 1], self.in_strides[i], "UNetDecoder")
+            if block == "concat":
+                blk = DecoderConcatBlock(deep, self.in_channels[i], widths[j], scale, upsample, complexity,
+                                         dropout, activation, norm)
+            else:
+                blk = DecoderSumBlock(deep, self.in_channels[i], scale, upsample, complexity, dropout,
+                                      activation, norm)
+            self.blocks.append(blk)
+            deep = widths[j]
+
+    @property
+    def out_channels(self) -> list[int]:
+        return list(self._widths)
+
+    @property
+    def out_strides(self) -> list[int]:
+        return self.in_strides[self.first:-1]
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Decode; returns the output of every block, shallow to deep."""
+        x = features[-1]
+        outputs = []
+        for k, blk in enumerate(self.blocks):
+            x = blk(x, features[len(features) - 2 - k])
+            outputs.append(x)
+        return outputs[::-1]

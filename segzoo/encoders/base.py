@@ -1,0 +1,81 @@
+"""The encoder contract."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn as nn
+
+
+class EncoderSpec(ABC, nn.Module):
+    """Base class of encoders: an image in, a list of feature maps out, shallow to deep.
+
+    A custom encoder subclasses this and implements :attr:`out_channels`,
+    :attr:`out_strides` and :meth:`forward`; every segzoo model then accepts it::
+
+        class TinyEncoder(EncoderSpec):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+                self.b = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+
+            @property
+            def out_channels(self): return [8, 16]
+
+            @property
+            def out_strides(self): return [2, 4]
+
+            def forward(self, x):
+                a = self.a(x)
+                return [a, self.b(a)]
+
+        model = Unet(encoder=TinyEncoder(), num_classes=3)
+
+    Shapes: (B, in_channels, H, W) -> [(B, out_channels[i], H / out_strides[i], W / out_strides[i])].
+    ``in_channels`` (optional, ``None`` = unchecked) lets models reject wrong inputs early.
+    """
+
+    in_channels: int | None = None
+
+    @property
+    @abstractmethod
+    def out_channels(self) -> list[int]:
+        """Channels of each output feature map, shallow to deep."""
+
+    @property
+    @abstractmethod
+    def out_strides(self) -> list[int]:
+        """Stride (input size / feature size) of each output feature map, shallow to deep."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Map (B, C_in, H, W) to feature maps, shallow to deep."""
+
+    def freeze(self) -> None:
+        """Stop gradients to the encoder and keep its normalization layers in eval mode."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self._frozen = True
+        self.train(self.training)
+
+    def unfreeze(self) -> None:
+        """Undo :meth:`freeze`."""
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self._frozen = False
+        self.train(self.training)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether :meth:`freeze` is in effect."""
+        return getattr(self, "_frozen", False)
+
+    def train(self, mode: bool = True) -> EncoderSpec:
+        """Set train/eval mode; a frozen encoder keeps its BatchNorm statistics fixed."""
+        super().train(mode)
+        if mode and self.frozen:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self

@@ -1,0 +1,70 @@
+"""Any timm model that supports ``features_only=True`` as an encoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from segzoo.encoders.base import EncoderSpec
+from segzoo.errors import WeightsUnavailableError, unknown_name_error
+
+
+class TimmEncoder(EncoderSpec):
+    """Wrap ``timm.create_model(name, features_only=True, ...)``.
+
+    Channels and strides come from timm's ``feature_info`` (``channels()``,
+    ``reduction()``); models whose features are NHWC are permuted to NCHW.
+
+    Args:
+        name: a timm model name (``timm.list_models()``), e.g. ``"resnet34"``, ``"test_resnet"``.
+        pretrained: load timm's pretrained weights (needs them cached or a network).
+        in_channels: input channels (timm adapts pretrained stems itself).
+        out_indices: which feature levels to return (timm's ``out_indices``).
+        **timm_kwargs: passed to ``timm.create_model`` (e.g. ``output_stride``, ``drop_path_rate``).
+
+    Shapes: (B, in_channels, H, W) -> [(B, out_channels[i], H / out_strides[i], W / out_strides[i])].
+    """
+
+    def __init__(self, name: str, pretrained: bool = False, in_channels: int = 3,
+                 out_indices: list[int] | None = None, **timm_kwargs: Any) -> None:
+        super().__init__()
+        import timm
+
+        if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+            raise unknown_name_error("timm model", str(name), timm.list_models())
+        kwargs = dict(features_only=True, pretrained=pretrained, in_chans=in_channels, **timm_kwargs)
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+        try:
+            self.model = timm.create_model(name, **kwargs)
+        except RuntimeError as exc:
+            if pretrained and "features_only" not in str(exc):
+                raise WeightsUnavailableError(
+                    f"pretrained timm weights for {name!r} could not be loaded ({exc}); use pretrained=False "
+                    f"or fill the Hugging Face cache") from exc
+            raise ValueError(f"timm model {name!r} does not support features_only=True: {exc}") from exc
+        except OSError as exc:  # huggingface_hub raises OSError subclasses offline
+            raise WeightsUnavailableError(f"pretrained timm weights for {name!r} are not available offline "
+                                          f"({type(exc).__name__}); use pretrained=False") from exc
+        self.name = name
+        self.in_channels = in_channels
+        self._channels = [int(c) for c in self.model.feature_info.channels()]
+        self._strides = [int(r) for r in self.model.feature_info.reduction()]
+        fmt = getattr(self.model, "output_fmt", "NCHW")
+        self._nhwc = str(getattr(fmt, "value", fmt)) == "NHWC"
+
+    @property
+    def out_channels(self) -> list[int]:
+        return list(self._channels)
+
+    @property
+    def out_strides(self) -> list[int]:
+        return list(self._strides)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C_in, H, W) -> timm's feature maps as NCHW tensors, shallow to deep."""
+        features = self.model(x)
+        if self._nhwc:
+            features = [f.permute(0, 3, 1, 2) for f in features]
+        return list(features)

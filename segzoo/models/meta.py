@@ -1,0 +1,143 @@
+"""UnetMetaSpec: the one assembler that owns forward and input handling for every model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from segzoo.encoders.base import EncoderSpec
+from segzoo.heads.base import HeadSpec
+from segzoo.parts import FeaturePart
+
+SIZE_MODES = ("pad", "strict")
+
+
+def _declared(part: nn.Module) -> tuple[list[int], list[int]]:
+    return list(part.out_channels), list(part.out_strides)
+
+
+def _check_link(producer: nn.Module, consumer: nn.Module) -> None:
+    """The consumer (bridge, decoder or head) must be built for what the producer declares."""
+    channels, strides = _declared(producer)
+    if list(consumer.in_channels) != channels or list(consumer.in_strides) != strides:
+        raise ValueError(
+            f"{type(consumer).__name__} expects features with channels {consumer.in_channels} and strides "
+            f"{consumer.in_strides}, but {type(producer).__name__} declares channels {channels} and strides {strides}")
+
+
+def nearest_valid_sizes(size: int, multiple: int) -> tuple[int, int]:
+    """The multiples of ``multiple`` just below (at least ``multiple``) and just above ``size``."""
+    below = max(multiple, size // multiple * multiple)
+    above = -(-size // multiple) * multiple
+    return below, above
+
+
+class UnetMetaSpec(nn.Module):
+    """``head(decoder(bridge(encoder(x))))`` with input checks and any-size support.
+
+    Every named model (Unet, Linknet, FPNUnet, PSPnet and their Resnet versions) is this
+    class with different parts. The declared ``out_channels``/``out_strides`` of each part
+    must match the next part's inputs (checked here, at construction).
+
+    Args:
+        encoder: an :class:`~segzoo.encoders.EncoderSpec`.
+        decoder: a decoder built for the bridge's (or encoder's) outputs.
+        bridge: optional part between encoder and decoder (``None``: identity).
+        head: optional head (``None``: the decoder's feature list is returned as is, uncropped).
+        size_mode: ``"pad"`` (default): inputs of any H, W are zero-padded to a multiple of the
+            deepest stride and the logits cropped back to (H, W); ``"strict"``: H and W must be
+            multiples of :attr:`size_multiple`, otherwise a ValueError names the nearest valid sizes.
+        channels_last: run the network in channels_last memory format (faster convolutions on
+            CPU and on GPUs with tensor cores); inputs and outputs stay in the caller's NCHW layout.
+
+    Shapes: (B, C_in, H, W) float -> logits (B, num_classes, H, W).
+    """
+
+    def __init__(self, encoder: EncoderSpec, decoder: FeaturePart, bridge: FeaturePart | None = None,
+                 head: HeadSpec | None = None, size_mode: str = "pad", channels_last: bool = True) -> None:
+        super().__init__()
+        if not isinstance(encoder, EncoderSpec):
+            raise TypeError(f"encoder must be an EncoderSpec instance, got {type(encoder).__name__}")
+        if size_mode not in SIZE_MODES:
+            raise ValueError(f"size_mode must be one of {SIZE_MODES}, got {size_mode!r}")
+        self.encoder = encoder
+        self.bridge = bridge
+        self.decoder = decoder
+        self.head = head
+        _check_link(encoder, bridge or decoder)
+        if bridge is not None:
+            _check_link(bridge, decoder)
+        if head is not None:
+            _check_link(decoder, head)
+        self.size_mode = size_mode
+        self.channels_last = bool(channels_last)
+        strides = _declared(bridge or encoder)[1]
+        self.size_multiple = max(strides)
+
+    @property
+    def in_channels(self) -> int | None:
+        """Input channels the encoder expects (``None`` if it does not say)."""
+        return getattr(self.encoder, "in_channels", None)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of output channels (``None`` without a head)."""
+        return self.head.out_channels if self.head is not None else None
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear error for inputs the model cannot take (before any heavy work).
+
+        Raises:
+            TypeError: not a tensor, or not a floating-point tensor.
+            ValueError: not 4-D (B, C, H, W), wrong channel count, empty, or (strict mode)
+                a size that is not a multiple of :attr:`size_multiple`.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor (B, C, H, W), got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D input (B, C, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point input (normalized image), got dtype {x.dtype}; "
+                            f"convert with x.float() and normalize first")
+        expected = self.in_channels
+        if expected is not None and x.shape[1] != expected:
+            raise ValueError(f"expected {expected} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+        if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"empty input of shape {tuple(x.shape)}")
+        if self.size_mode == "strict":
+            h, w, m = x.shape[2], x.shape[3], self.size_multiple
+            if h % m or w % m:
+                hb, ha = nearest_valid_sizes(h, m)
+                wb, wa = nearest_valid_sizes(w, m)
+                raise ValueError(f"input size H={h}, W={w} is not a multiple of {m} (size_mode='strict'); "
+                                 f"nearest valid sizes: H in ({hb}, {ha}), W in ({wb}, {wa}); "
+                                 f"or use size_mode='pad'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) for an input (B, C_in, H, W)."""
+        self.check_input(x)
+        h, w = x.shape[-2], x.shape[-1]
+        m = self.size_multiple
+        if self.size_mode == "pad" and m > 1:
+            # always pad (possibly by 0) so traced/exported graphs work for every size
+            x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.encoder(x)
+        if self.bridge is not None:
+            features = self.bridge(features)
+        features = self.decoder(features)
+        if self.head is None:
+            return features
+        logits = self.head(features)
+        return logits[..., :h, :w].contiguous()
+
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder; its BatchNorm layers stay in eval mode."""
+        self.encoder.freeze()
+
+    def unfreeze_encoder(self) -> None:
+        """Train the encoder again."""
+        self.encoder.unfreeze()
+
