@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from segzoo.blocks import ConvBnAct, INTERPOLATION_MODES, get_block, make_upsample, resolve_upsample_mode
+from segzoo.blocks import INTERPOLATION_MODES, ConvBnAct, get_block, make_upsample, resolve_upsample_mode
 from segzoo.decoders.base import DecoderSpec, stride_ratio
 from segzoo.errors import unknown_name_error
 

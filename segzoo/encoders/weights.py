@@ -84,9 +84,9 @@ def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """Adapt an RGB stem kernel (O, 3, k, k) to ``in_channels`` inputs.
 
     - 1 channel: the sum of the RGB kernels (a grey image gives the RGB response).
-    - C > 3: the RGB kernels cycled (R, G, B, R, ...) and scaled by 3 / C, so an input
-      with every channel equal gives the same response as the RGB model.
-    - 2 channels: the first two kernels scaled by 3 / 2, same reasoning.
+    - C > 1: the RGB kernels cycled (R, G, B, R, ...) and scaled by 3 / C, keeping the
+      stem's output scale about the same (exactly the same for grey inputs when C is a
+      multiple of 3).
 
     Returns:
         Tensor (O, in_channels, k, k).
@@ -103,10 +103,10 @@ def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], w
               ignore_prefixes: tuple[str, ...] = ()) -> None:
     """Load ``state_dict`` strictly, naming missing/unexpected/mis-shaped keys on failure.
 
-    Keys starting with ``ignore_prefixes`` (e.g. a classifier ``fc.``) are dropped first.
+    Keys starting with ``ignore_prefixes`` (e.g. a classifier ``fc.``) are ignored on both sides.
     """
     sd = {k: v for k, v in state_dict.items() if not k.startswith(ignore_prefixes)}
-    own = module.state_dict()
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore_prefixes)}
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
@@ -120,4 +120,4 @@ def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], w
         if shapes:
             parts.append(f"shape mismatches {shapes[:3]}")
         raise CheckpointError(f"weights do not fit {what}: " + "; ".join(parts))
-    module.load_state_dict(sd, strict=True)
+    module.load_state_dict(sd, strict=not ignore_prefixes)
