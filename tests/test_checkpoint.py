@@ -1,0 +1,99 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint, save_checkpoint
+from segzoo.errors import CheckpointError
+
+
+def test_round_trip_and_no_temp_files(tmp_path):
+    path = save_checkpoint({"model_state_dict": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "c" / "best.pth")
+    ck = load_checkpoint(path)
+    assert ck["epoch"] == 3 and torch.equal(ck["model_state_dict"]["w"], torch.ones(2))
+    assert os.listdir(path.parent) == ["best.pth"]
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = save_checkpoint({"model_state_dict": {"w": torch.ones(2)}}, tmp_path / "best.pth")
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_checkpoint({"model_state_dict": {}, "bad": Unsaveable()}, path)
+    assert torch.equal(load_checkpoint(path)["model_state_dict"]["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["best.pth"]
+
+
+def test_truncated_file(tmp_path):
+    path = save_checkpoint({"model_state_dict": {"w": torch.rand(100)}}, tmp_path / "x.pth")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_checkpoint(tmp_path / "nope.pth")
+
+
+class _Payload:
+    """Unpickling this would create a file: it must never run."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pth"
+    torch.save({"model_state_dict": {}, "x": _Payload(str(marker))}, path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_plain_pickle_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "foreign.pth"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_foreign_dict_without_model_state(tmp_path):
+    path = tmp_path / "f.pth"
+    torch.save({"hello": 1}, path)
+    with pytest.raises(CheckpointError, match="model_state_dict"):
+        load_checkpoint(path)
+
+
+def test_bare_state_dict_is_wrapped(tmp_path):
+    path = tmp_path / "sd.pth"
+    torch.save({"w": torch.zeros(1)}, path)
+    assert set(load_checkpoint(path)) == {"model_state_dict"}
+
+
+def test_clean_state_dict_strips_wrappers():
+    sd = {"module._orig_mod.encoder.w": 1, "_orig_mod.head.b": 2, "decoder.x": 3}
+    assert clean_state_dict(sd) == {"encoder.w": 1, "head.b": 2, "decoder.x": 3}
+
+
+def test_resolve_checkpoint(tmp_path):
+    folder = tmp_path / "checkpoints"
+    for name in ("best", "last", "stage1.3"):
+        save_checkpoint({"model_state_dict": {}}, folder / f"{name}.pth")
+    assert resolve_checkpoint(tmp_path) == folder / "best.pth"
+    assert resolve_checkpoint(tmp_path, "stage1.3") == folder / "stage1.3.pth"
+    assert resolve_checkpoint(folder / "last.pth") == folder / "last.pth"
+    with pytest.raises(FileNotFoundError, match="available: best, last, stage1.3"):
+        resolve_checkpoint(tmp_path, "stage2.1")
+    with pytest.raises(FileNotFoundError, match="no such log directory"):
+        resolve_checkpoint(tmp_path / "nothing")

@@ -1,0 +1,21 @@
+import subprocess
+import sys
+
+from segzoo.cli import main
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models", "resnet18_*"]) == 0
+    assert capsys.readouterr().out.split() == ["resnet18_fpn_unet", "resnet18_linknet", "resnet18_pspnet",
+                                                "resnet18_unet"]
+
+
+def test_models_unknown_pattern_is_one_line_error(capsys):
+    assert main(["models", "vgg*"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("segzoo models: error:") and "\n" not in err
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "segzoo.cli", "models", "unet"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "unet"
