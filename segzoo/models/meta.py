@@ -74,6 +74,7 @@ class UnetMetaSpec(nn.Module):
         self.channels_last = bool(channels_last)
         strides = _declared(bridge or encoder)[1]
         self.size_multiple = max(strides)
+        self._has_bn = any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in self.modules())
 
     @property
     def in_channels(self) -> int | None:
@@ -90,7 +91,8 @@ class UnetMetaSpec(nn.Module):
 
         Raises:
             TypeError: not a tensor, or not a floating-point tensor.
-            ValueError: not 4-D (B, C, H, W), wrong channel count, empty, or (strict mode)
+            ValueError: not 4-D (B, C, H, W), wrong channel count, empty, a batch of one image
+                so small that BatchNorm sees one value per channel in training, or (strict mode)
                 a size that is not a multiple of :attr:`size_multiple`.
         """
         if not isinstance(x, torch.Tensor):
@@ -105,8 +107,13 @@ class UnetMetaSpec(nn.Module):
             raise ValueError(f"expected {expected} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
         if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
             raise ValueError(f"empty input of shape {tuple(x.shape)}")
+        m = self.size_multiple
+        if self.training and x.shape[0] == 1 and -(-x.shape[2] // m) * -(-x.shape[3] // m) == 1 and self._has_bn:
+            raise ValueError(f"input of shape {tuple(x.shape)} leaves one value per channel at stride {m}, which "
+                             f"BatchNorm cannot train on; use a batch of 2 or more, an input larger than {m}x{m}, "
+                             f"or model.eval() for inference")
         if self.size_mode == "strict":
-            h, w, m = x.shape[2], x.shape[3], self.size_multiple
+            h, w = x.shape[2], x.shape[3]
             if h % m or w % m:
                 hb, ha = nearest_valid_sizes(h, m)
                 wb, wa = nearest_valid_sizes(w, m)

@@ -143,6 +143,10 @@ def test_bad_inputs_are_clear():
         model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     with pytest.raises(TypeError, match="Tensor"):
         model([1, 2, 3])
+    model.train()
+    with pytest.raises(ValueError, match="BatchNorm"):
+        model(torch.rand(1, 3, 20, 30))
+    assert model(torch.rand(2, 3, 20, 30)).shape == (2, 1, 20, 30)
 
 
 def test_bad_part_combinations():
