@@ -1,0 +1,256 @@
+"""Segmentation losses, safe under fp16/bf16 autocast (computed in float32).
+
+Targets follow :mod:`segzoo.metrics`: (B, C, H, W) float for ``mode="binary"`` /
+``"multilabel"``, (B, H, W) class indices for ``mode="multiclass"``. Every loss maps
+logits (B, C, H, W) and targets to a scalar.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from segzoo.errors import unknown_name_error
+from segzoo.metrics import prepare_targets
+
+MODES = ("binary", "multilabel", "multiclass")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _probs_and_targets(logits: torch.Tensor, targets: torch.Tensor, mode: str, ignore_index: int | None):
+    """float32 probabilities, float32 targets of the same shape, and the valid-pixel mask (or None)."""
+    if mode == "multiclass" and targets.dim() == 4:
+        raise ValueError(f"mode='multiclass' takes (B, H, W) class indices, got targets {tuple(targets.shape)}")
+    t, valid = prepare_targets(logits, targets, ignore_index)
+    x = logits.float()
+    p = torch.softmax(x, dim=1) if mode == "multiclass" else torch.sigmoid(x)
+    if valid is not None:
+        p = p * valid
+        t = t * valid
+    return p, t, valid
+
+
+class _OverlapLoss(nn.Module):
+    """Shared body of the soft Dice and IoU losses: 1 - score, averaged over classes."""
+
+    def __init__(self, mode: str = "binary", smooth: float = 1.0, eps: float = 1e-7,
+                 ignore_index: int | None = None, class_weights: list[float] | None = None) -> None:
+        super().__init__()
+        _check_mode(mode)
+        self.mode = mode
+        self.smooth = smooth
+        self.eps = eps
+        self.ignore_index = ignore_index
+        self.register_buffer("class_weights", None if class_weights is None else
+                             torch.tensor(class_weights, dtype=torch.float32), persistent=False)
+
+    def score(self, inter: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss of logits (B, C, H, W) against targets; a scalar."""
+        p, t, _ = _probs_and_targets(logits, targets, self.mode, self.ignore_index)
+        dims = (0, 2, 3)
+        inter = (p * t).sum(dims)
+        total = p.sum(dims) + t.sum(dims)
+        loss = 1.0 - self.score(inter, total)
+        if self.class_weights is not None:
+            return (loss * self.class_weights).sum() / self.class_weights.sum()
+        return loss.mean()
+
+
+class DiceLoss(_OverlapLoss):
+    """Soft Dice loss ``1 - (2I + smooth) / (P + T + smooth)`` per class, averaged.
+
+    Args:
+        mode: ``"binary"``, ``"multilabel"`` (sigmoid per channel) or ``"multiclass"`` (softmax).
+        smooth: added to numerator and denominator (an empty class with an empty prediction scores 1).
+        eps: floor of the denominator.
+        ignore_index: target value whose pixels are left out.
+        class_weights: optional weight per class (C,).
+    """
+
+    def score(self, inter: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        return (2 * inter + self.smooth) / (total + self.smooth).clamp_min(self.eps)
+
+
+class IoULoss(_OverlapLoss):
+    """Soft IoU (Jaccard) loss ``1 - (I + smooth) / (P + T - I + smooth)``; arguments as :class:`DiceLoss`."""
+
+    def score(self, inter: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        return (inter + self.smooth) / (total - inter + self.smooth).clamp_min(self.eps)
+
+
+class _BCEOverlapLoss(nn.Module):
+    def __init__(self, overlap: nn.Module, bce_weight: float, overlap_weight: float,
+                 ignore_index: int | None) -> None:
+        super().__init__()
+        self.overlap = overlap
+        self.bce_weight = bce_weight
+        self.overlap_weight = overlap_weight
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of BCE-with-logits and the overlap loss; a scalar."""
+        t, valid = prepare_targets(logits, targets, self.ignore_index)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
+        if valid is not None:
+            bce = (bce * valid).sum() / (valid.sum() * bce.shape[1]).clamp_min(1)
+        else:
+            bce = bce.mean()
+        return self.bce_weight * bce + self.overlap_weight * self.overlap(logits, targets)
+
+
+class BCEDiceLoss(_BCEOverlapLoss):
+    """``bce_weight * BCE + dice_weight * Dice`` for binary / multi-label targets (B, C, H, W)."""
+
+    def __init__(self, bce_weight: float = 0.5, dice_weight: float = 0.5, ignore_index: int | None = None,
+                 smooth: float = 1.0) -> None:
+        super().__init__(DiceLoss("binary", smooth=smooth, ignore_index=ignore_index), bce_weight, dice_weight,
+                         ignore_index)
+
+
+class BCEIoULoss(_BCEOverlapLoss):
+    """``bce_weight * BCE + iou_weight * IoU`` for binary / multi-label targets (B, C, H, W)."""
+
+    def __init__(self, bce_weight: float = 0.5, iou_weight: float = 0.5, ignore_index: int | None = None,
+                 smooth: float = 1.0) -> None:
+        super().__init__(IoULoss("binary", smooth=smooth, ignore_index=ignore_index), bce_weight, iou_weight,
+                         ignore_index)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss ``-alpha_t (1 - p_t)^gamma log(p_t)``, averaged over valid pixels.
+
+    Args:
+        mode: ``"binary"`` (sigmoid, targets (B, C, H, W)) or ``"multiclass"`` (softmax, (B, H, W)).
+        gamma: focusing parameter.
+        alpha: weight of positives in binary mode (``None``: no weighting); unused in multiclass.
+        ignore_index: target value whose pixels are left out.
+    """
+
+    def __init__(self, mode: str = "binary", gamma: float = 2.0, alpha: float | None = 0.25,
+                 ignore_index: int | None = None) -> None:
+        super().__init__()
+        if mode not in ("binary", "multiclass"):
+            raise ValueError(f"FocalLoss mode must be 'binary' or 'multiclass', got {mode!r}")
+        self.mode, self.gamma, self.alpha, self.ignore_index = mode, gamma, alpha, ignore_index
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss of logits (B, C, H, W); a scalar."""
+        t, valid = prepare_targets(logits, targets, self.ignore_index)
+        x = logits.float()
+        if self.mode == "binary":
+            logp = -F.binary_cross_entropy_with_logits(x, t, reduction="none")
+            loss = -((1 - logp.exp()) ** self.gamma) * logp
+            if self.alpha is not None:
+                loss = loss * (self.alpha * t + (1 - self.alpha) * (1 - t))
+        else:
+            logp = (torch.log_softmax(x, dim=1) * t).sum(1, keepdim=True)
+            loss = -((1 - logp.exp()) ** self.gamma) * logp
+        if valid is not None:
+            return (loss * valid).sum() / (valid.sum() * loss.shape[1]).clamp_min(1)
+        return loss.mean()
+
+
+def _lovasz_grad(sorted_gt: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. sorted errors."""
+    gts = sorted_gt.sum()
+    intersection = gts - sorted_gt.cumsum(0)
+    union = gts + (1 - sorted_gt).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    if sorted_gt.numel() > 1:
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+    return jaccard
+
+
+def _lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if logits.numel() == 0:
+        return logits.sum() * 0.0
+    signs = 2.0 * labels - 1.0
+    errors = 1.0 - logits * signs
+    errors_sorted, perm = torch.sort(errors, descending=True)
+    return torch.dot(F.relu(errors_sorted), _lovasz_grad(labels[perm]))
+
+
+def _lovasz_softmax_flat(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """probs (P, C), labels (P,) long; mean over classes present in labels or predictions."""
+    losses = []
+    for c in range(probs.shape[1]):
+        fg = (labels == c).float()
+        if fg.sum() == 0:
+            continue
+        errors = (fg - probs[:, c]).abs()
+        errors_sorted, perm = torch.sort(errors, descending=True)
+        losses.append(torch.dot(errors_sorted, _lovasz_grad(fg[perm])))
+    return torch.stack(losses).mean() if losses else probs.sum() * 0.0
+
+
+class LovaszLoss(nn.Module):
+    """Lovasz-hinge (binary) or Lovasz-softmax (multiclass) loss: a convex surrogate of 1 - IoU.
+
+    Args:
+        mode: ``"binary"`` (targets (B, 1, H, W) or (B, H, W)) or ``"multiclass"`` ((B, H, W) indices).
+        ignore_index: target value whose pixels are left out.
+        per_image: compute per image and average (else over the whole batch).
+    """
+
+    def __init__(self, mode: str = "binary", ignore_index: int | None = None, per_image: bool = False) -> None:
+        super().__init__()
+        if mode not in ("binary", "multiclass"):
+            raise ValueError(f"LovaszLoss mode must be 'binary' or 'multiclass', got {mode!r}")
+        self.mode, self.ignore_index, self.per_image = mode, ignore_index, per_image
+
+    def _one(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = logits.float()
+        if self.mode == "binary":
+            t = targets.float().reshape(-1)
+            x = x.reshape(-1)
+            keep = t != self.ignore_index if self.ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+            return _lovasz_hinge_flat(x[keep], t[keep])
+        probs = torch.softmax(x, dim=1).permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        t = targets.reshape(-1).long()
+        keep = t != self.ignore_index if self.ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
+        return _lovasz_softmax_flat(probs[keep], t[keep])
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss of logits (B, C, H, W); a scalar."""
+        if self.mode == "binary" and logits.shape[1] != 1:
+            raise ValueError(f"binary LovaszLoss needs one output channel, got logits {tuple(logits.shape)}")
+        if targets.dim() == 4:
+            targets = targets[:, 0]
+        if targets.shape != (logits.shape[0], *logits.shape[2:]):
+            raise ValueError(f"targets of shape {tuple(targets.shape)} do not fit logits {tuple(logits.shape)}")
+        if self.per_image:
+            return torch.stack([self._one(lg[None], tg[None]) for lg, tg in zip(logits, targets)]).mean()
+        return self._one(logits, targets)
+
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "DiceLoss": DiceLoss,
+    "IoULoss": IoULoss,
+    "BCEDiceLoss": BCEDiceLoss,
+    "BCEIoULoss": BCEIoULoss,
+    "FocalLoss": FocalLoss,
+    "LovaszLoss": LovaszLoss,
+    "CrossEntropyLoss": nn.CrossEntropyLoss,
+    "BCEWithLogitsLoss": nn.BCEWithLogitsLoss,
+}
+
+
+def get_loss(name: str, **params: Any) -> nn.Module:
+    """Build the loss registered as ``name`` in :data:`LOSSES` with ``params``.
+
+    Raises:
+        KeyError: unknown name (close matches and valid names listed).
+    """
+    if name not in LOSSES:
+        raise unknown_name_error("loss", str(name), LOSSES)
+    return LOSSES[name](**params)

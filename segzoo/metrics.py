@@ -1,0 +1,151 @@
+"""Segmentation metrics: Dice and IoU, exact over batches through per-class sums.
+
+Target conventions (shared by metrics, losses and callbacks):
+
+- binary / multi-label: logits (B, C, H, W) and float {0, 1} targets of the same shape
+  ((B, H, W) targets are accepted when C == 1);
+- multi-class: logits (B, C, H, W) and int64 class-index targets (B, H, W); pixels equal to
+  ``ignore_index`` are left out of every sum.
+
+:func:`segmentation_sums` returns per-class intersection / prediction / target sums in
+float64; adding them over the batches of an epoch and calling :func:`dice_from_sums` gives
+the exact epoch value (not a mean of batch ratios).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("Sigmoid", "Softmax2d", None)
+
+
+def _check_activation(activation: str | None) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def prepare_targets(outputs: torch.Tensor, targets: torch.Tensor,
+                    ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Bring ``targets`` to the shape of ``outputs`` (B, C, H, W) and build the valid-pixel mask.
+
+    Returns:
+        ``(targets_onehot_or_float, valid)`` where ``valid`` is a (B, 1, H, W) bool mask
+        or ``None`` when every pixel counts.
+
+    Raises:
+        ValueError: shapes that fit neither convention (both shapes are named).
+    """
+    if outputs.dim() != 4:
+        raise ValueError(f"outputs must be (B, C, H, W), got shape {tuple(outputs.shape)}")
+    b, c, h, w = outputs.shape
+    valid = None
+    if targets.dim() == 3 and tuple(targets.shape) == (b, h, w):
+        if not targets.is_floating_point() and c > 1:  # class indices
+            t = targets.long()
+            if ignore_index is not None:
+                valid = (t != ignore_index).unsqueeze(1)
+                t = torch.where(valid.squeeze(1), t, torch.zeros_like(t))
+            if t.numel() and (t.min() < 0 or t.max() >= c):
+                raise ValueError(f"target class indices must be in [0, {c - 1}], found "
+                                 f"[{int(t.min())}, {int(t.max())}]")
+            onehot = F.one_hot(t, c).permute(0, 3, 1, 2).to(torch.float32)
+            return (onehot if valid is None else onehot * valid), valid
+        if c == 1:
+            targets = targets.unsqueeze(1)
+    if tuple(targets.shape) != (b, c, h, w):
+        raise ValueError(f"targets of shape {tuple(targets.shape)} do not fit outputs of shape {tuple(outputs.shape)}:"
+                         f" expected (B, C, H, W) float targets, or (B, H, W) class indices")
+    t = targets.to(torch.float32)
+    if ignore_index is not None:
+        valid = (t != ignore_index).all(dim=1, keepdim=True)
+        t = torch.where(valid, t, torch.zeros_like(t))
+    return t, valid
+
+
+def activate(outputs: torch.Tensor, activation: str | None, threshold: float | None) -> torch.Tensor:
+    """Turn logits (B, C, H, W) into (soft or hard) float32 predictions of the same shape."""
+    _check_activation(activation)
+    o = outputs.float()
+    if activation == "Sigmoid":
+        o = torch.sigmoid(o)
+    elif activation == "Softmax2d":
+        o = torch.softmax(o, dim=1)
+        if threshold is None:  # hard arg-max one-hot prediction
+            return F.one_hot(o.argmax(dim=1), o.shape[1]).permute(0, 3, 1, 2).to(torch.float32)
+    if threshold is not None:
+        o = (o > threshold).to(torch.float32)
+    return o
+
+
+@torch.no_grad()
+def segmentation_sums(outputs: torch.Tensor, targets: torch.Tensor, threshold: float | None = None,
+                      activation: str | None = "Sigmoid",
+                      ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class sums over batch and pixels.
+
+    Args:
+        outputs: logits (B, C, H, W) (probabilities if ``activation`` is None), any float dtype.
+        targets: (B, C, H, W) float {0, 1}, or (B, H, W) class indices (see module doc).
+        threshold: binarize predictions after the activation; ``None`` keeps soft
+            probabilities for Sigmoid and uses arg-max for Softmax2d.
+        activation: ``"Sigmoid"``, ``"Softmax2d"`` or ``None``.
+        ignore_index: target value whose pixels are left out.
+
+    Returns:
+        ``(intersection, outputs_sum, targets_sum)``, each float64 of shape (C,).
+    """
+    t, valid = prepare_targets(outputs, targets, ignore_index)
+    o = activate(outputs, activation, threshold)
+    if valid is not None:
+        o = o * valid
+    dims = (0, 2, 3)
+    return ((o * t).sum(dims).double(), o.sum(dims).double(), t.sum(dims).double())
+
+
+def dice_from_sums(intersection: torch.Tensor, outputs_sum: torch.Tensor, targets_sum: torch.Tensor,
+                   eps: float = 1e-7) -> torch.Tensor:
+    """Dice ``2I / (O + T + eps)`` per class (C,); a class empty in both prediction and target scores 1."""
+    score = 2 * intersection / (outputs_sum + targets_sum + eps)
+    return torch.where(outputs_sum + targets_sum == 0, torch.ones_like(score), score)
+
+
+def iou_from_sums(intersection: torch.Tensor, outputs_sum: torch.Tensor, targets_sum: torch.Tensor,
+                  eps: float = 1e-7) -> torch.Tensor:
+    """IoU ``I / (O + T - I + eps)`` per class (C,); a class empty in both prediction and target scores 1."""
+    score = intersection / (outputs_sum + targets_sum - intersection + eps)
+    return torch.where(outputs_sum + targets_sum == 0, torch.ones_like(score), score)
+
+
+def _reduce(per_class: torch.Tensor, per_class_out: bool, classes: list[str] | None = None):
+    if not per_class_out:
+        return per_class.mean()
+    if classes is not None:
+        if len(classes) != per_class.numel():
+            raise ValueError(f"{len(classes)} class names for {per_class.numel()} classes")
+        return {name: per_class[i] for i, name in enumerate(classes)}
+    return per_class
+
+
+def dice(outputs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-7, threshold: float | None = None,
+         activation: str | None = "Sigmoid", ignore_index: int | None = None, per_class: bool = False):
+    """Dice score of logits (B, C, H, W) against targets.
+
+    Returns:
+        A scalar (mean over classes) or, with ``per_class``, a (C,) tensor (float64).
+    """
+    return _reduce(dice_from_sums(*segmentation_sums(outputs, targets, threshold, activation, ignore_index),
+                                  eps=eps), per_class)
+
+
+def iou(outputs: torch.Tensor, targets: torch.Tensor, classes: list[str] | None = None, eps: float = 1e-7,
+        threshold: float | None = None, activation: str | None = "Sigmoid", ignore_index: int | None = None,
+        per_class: bool = False):
+    """IoU (Jaccard) of logits (B, C, H, W) against targets.
+
+    Returns:
+        A scalar (mean over classes); with ``per_class`` a (C,) tensor, or a dict
+        ``class name -> value`` when ``classes`` names them.
+    """
+    return _reduce(iou_from_sums(*segmentation_sums(outputs, targets, threshold, activation, ignore_index),
+                                 eps=eps), per_class, classes)

@@ -1,0 +1,104 @@
+import itertools
+
+import pytest
+import torch
+
+from segzoo.losses import (
+    LOSSES,
+    BCEDiceLoss,
+    BCEIoULoss,
+    DiceLoss,
+    FocalLoss,
+    IoULoss,
+    LovaszLoss,
+    get_loss,
+)
+
+BIG = 30.0
+
+
+def _binary(b=2, h=16, w=16):
+    t = (torch.rand(b, 1, h, w) > 0.5).float()
+    return (t * 2 - 1) * BIG, t
+
+
+@pytest.mark.parametrize("loss", [DiceLoss(), IoULoss(), BCEDiceLoss(), BCEIoULoss(), LovaszLoss(), FocalLoss()],
+                         ids=lambda x: type(x).__name__)
+def test_perfect_is_zero_and_gradients_flow(loss):
+    logits, t = _binary()
+    assert loss(logits, t).item() == pytest.approx(0.0, abs=1e-3)
+    x = torch.randn(2, 1, 16, 16, requires_grad=True)
+    loss(x, t).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss", [DiceLoss(smooth=0.0), IoULoss(smooth=0.0)], ids=["dice", "iou"])
+def test_total_miss_is_one(loss):
+    logits, t = _binary()
+    assert loss(-logits, t).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_multiclass_dice_and_focal():
+    target = torch.randint(0, 4, (2, 8, 8))
+    logits = torch.nn.functional.one_hot(target, 4).permute(0, 3, 1, 2).float() * BIG
+    assert DiceLoss(mode="multiclass")(logits, target).item() == pytest.approx(0.0, abs=1e-3)
+    assert FocalLoss(mode="multiclass")(logits, target).item() == pytest.approx(0.0, abs=1e-4)
+    assert LovaszLoss(mode="multiclass")(logits, target).item() == pytest.approx(0.0, abs=1e-3)
+    assert DiceLoss(mode="multiclass")(-logits, target).item() > 0.5
+
+
+@pytest.mark.parametrize("make", [lambda: DiceLoss(mode="multiclass", ignore_index=255),
+                                  lambda: FocalLoss(mode="multiclass", ignore_index=255),
+                                  lambda: LovaszLoss(mode="multiclass", ignore_index=255)])
+def test_ignore_index_pixels_do_not_count(make):
+    loss = make()
+    target = torch.randint(0, 3, (2, 8, 8))
+    logits = torch.randn(2, 3, 8, 8)
+    ignored = target.clone()
+    ignored[:, :3] = 255
+    other_logits = logits.clone()
+    other_logits[:, :, :3] = torch.randn(2, 3, 3, 8) * 10  # changes only ignored pixels
+    assert loss(logits, ignored).item() == pytest.approx(loss(other_logits, ignored).item(), abs=1e-5)
+
+
+def test_binary_ignore_index():
+    logits, t = _binary()
+    t_ign = t.clone()
+    t_ign[:, :, :4] = 255
+    flipped = logits.clone()
+    flipped[:, :, :4] *= -1
+    for loss in (BCEDiceLoss(ignore_index=255), DiceLoss(ignore_index=255)):
+        assert loss(flipped, t_ign).item() == pytest.approx(loss(logits, t_ign).item(), abs=1e-5)
+
+
+def test_lovasz_binary_equals_brute_force_on_tiny_case():
+    # the Lovasz extension on hard (+-inf-like) predictions equals 1 - IoU of the hard masks
+    for bits in itertools.product([0, 1], repeat=4):
+        t = torch.tensor(bits, dtype=torch.float32).reshape(1, 1, 2, 2)
+        pred = torch.tensor([1, 0, 1, 0], dtype=torch.float32).reshape(1, 1, 2, 2)
+        logits = (pred * 2 - 1)  # margins exactly 1: hinge errors 0 or 2
+        inter = (pred * t).sum()
+        union = ((pred + t) > 0).float().sum()
+        expected = 2 * (1 - inter / union) if union > 0 else torch.tensor(0.0)
+        assert LovaszLoss()(logits, t).item() == pytest.approx(float(expected), abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["DiceLoss", "BCEDiceLoss", "FocalLoss", "LovaszLoss", "IoULoss"])
+def test_half_precision_large_inputs_finite(name):
+    loss = get_loss(name)
+    t = (torch.rand(2, 1, 512, 512) > 0.5).float()
+    x = torch.randn(2, 1, 512, 512)
+    assert torch.isfinite(loss(x.half(), t.half()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(loss(x.bfloat16(), t))
+
+
+def test_registry_and_errors():
+    assert isinstance(get_loss("BCEDiceLoss", bce_weight=0.2), BCEDiceLoss)
+    assert "CrossEntropyLoss" in LOSSES
+    with pytest.raises(KeyError, match="DiceLoss"):
+        get_loss("DiceLos")
+    with pytest.raises(ValueError, match="mode"):
+        DiceLoss(mode="binaryy")
+    with pytest.raises(ValueError, match="do not fit"):
+        DiceLoss()(torch.randn(2, 1, 8, 8), torch.rand(2, 2, 8, 8))

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from segzoo.metrics import dice, dice_from_sums, iou, iou_from_sums, segmentation_sums
+
+BIG = 20.0
+
+
+def _binary(b=2, h=16, w=16):
+    t = (torch.rand(b, 1, h, w) > 0.5).float()
+    return t, (t * 2 - 1) * BIG  # confident logits equal to the target
+
+
+def test_perfect_miss_and_empty():
+    t, logits = _binary()
+    assert dice(logits, t, threshold=0.5) == pytest.approx(1.0)
+    assert iou(logits, t, threshold=0.5) == pytest.approx(1.0)
+    assert dice(-logits, t, threshold=0.5) == pytest.approx(0.0)
+    empty = torch.zeros(1, 1, 8, 8)
+    assert dice(torch.full_like(empty, -BIG), empty, threshold=0.5) == 1.0
+    assert iou(torch.full_like(empty, -BIG), empty, threshold=0.5) == 1.0
+
+
+def test_known_values():
+    t = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    p = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    assert dice(p, t, activation=None).item() == pytest.approx(0.5)
+    assert iou(p, t, activation=None).item() == pytest.approx(1 / 3)
+
+
+def test_accumulated_sums_equal_whole_epoch():
+    batches = [(torch.randn(3, 2, 8, 8), (torch.rand(3, 2, 8, 8) > 0.6).float()) for _ in range(5)]
+    sums = [torch.zeros(2, dtype=torch.float64) for _ in range(3)]
+    for o, t in batches:
+        for acc, s in zip(sums, segmentation_sums(o, t, threshold=0.5)):
+            acc += s
+    all_o = torch.cat([o for o, _ in batches])
+    all_t = torch.cat([t for _, t in batches])
+    torch.testing.assert_close(dice_from_sums(*sums), dice(all_o, all_t, threshold=0.5, per_class=True))
+    torch.testing.assert_close(iou_from_sums(*sums), iou(all_o, all_t, threshold=0.5, per_class=True))
+    # the mean of batch ratios is a different (wrong) number in general
+    batch_mean = torch.stack([dice(o, t, threshold=0.5) for o, t in batches]).mean()
+    assert not torch.isclose(batch_mean, dice_from_sums(*sums).mean())
+
+
+def test_softmax_class_indices_and_ignore_index():
+    target = torch.randint(0, 3, (2, 8, 8))
+    logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * BIG
+    assert dice(logits, target, activation="Softmax2d").item() == pytest.approx(1.0)
+    per = iou(logits, target, activation="Softmax2d", per_class=True, classes=["bg", "a", "b"])
+    assert set(per) == {"bg", "a", "b"}
+    # pixels marked 255 are ignored even where the prediction is wrong
+    noisy = target.clone()
+    noisy[:, :4] = 255
+    wrong = logits.clone()
+    wrong[:, :, :4] = torch.roll(wrong[:, :, :4], 1, dims=1)
+    assert dice(wrong, noisy, activation="Softmax2d", ignore_index=255).item() == pytest.approx(1.0)
+    assert dice(wrong, target, activation="Softmax2d").item() < 0.9
+
+
+def test_fp16_large_inputs_finite():
+    t = (torch.rand(2, 1, 512, 512) > 0.5).half()
+    o = torch.randn(2, 1, 512, 512).half()
+    inter, osum, tsum = segmentation_sums(o, t, threshold=0.5)
+    assert inter.dtype == torch.float64 and torch.isfinite(osum).all()
+    assert 0 < dice(o, t).item() < 1
+
+
+def test_bad_shapes_and_activation():
+    with pytest.raises(ValueError, match=r"\(2, 3, 8, 8\)"):
+        dice(torch.randn(2, 1, 8, 8), torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="activation"):
+        dice(torch.randn(1, 1, 4, 4), torch.rand(1, 1, 4, 4), activation="relu")
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        dice(torch.randn(1, 3, 4, 4), torch.full((1, 4, 4), 7), activation="Softmax2d")
