@@ -1,0 +1,48 @@
+"""Turning arrays into training items and back into pictures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# background black, then well-separated colours
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], dtype=np.uint8)
+
+
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (H, W, 3) image -> float32 (3, H, W) tensor ``(x / 255 - mean) / std``."""
+    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
+    return (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+
+
+def denormalize(features: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Undo :func:`normalize`: (3, H, W) or (B, 3, H, W) -> same shape, clipped to [0, 1]."""
+    m = torch.tensor(mean, device=features.device).view(-1, 1, 1)
+    s = torch.tensor(std, device=features.device).view(-1, 1, 1)
+    return (features.float() * s + m).clamp(0, 1)
+
+
+def colorize_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Class-index mask (H, W) -> uint8 RGB (H, W, 3) with a fixed palette (class 0 black)."""
+    m = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    return PALETTE[m.astype(np.int64) % len(PALETTE)]
+
+
+def to_item(image: np.ndarray, mask: np.ndarray, num_classes: int, mean: Sequence[float], std: Sequence[float],
+            transforms: Callable | None = None) -> dict[str, torch.Tensor]:
+    """Apply ``transforms(image=, mask=)`` then build ``{"features", "targets"}`` (see the datasets)."""
+    if transforms is not None:
+        out = transforms(image=image, mask=mask)
+        image, mask = out["image"], out["mask"]
+    features = normalize(image, mean, std)
+    mask = torch.as_tensor(np.ascontiguousarray(mask), dtype=torch.int64)
+    if num_classes == 1:
+        return {"features": features, "targets": (mask > 0).float().unsqueeze(0)}
+    return {"features": features, "targets": mask}
