@@ -1,0 +1,32 @@
+"""The callback trainer: runner, state, callbacks and the CALLBACKS registry."""
+
+from segzoo.training.callback import Callback, CallbackOrder, LoggerCallback
+from segzoo.training.callbacks import (
+    CheckpointCallback,
+    ConsoleLogger,
+    CriterionAggregatorCallback,
+    CriterionCallback,
+    DiceCallback,
+    EarlyStoppingCallback,
+    IouCallback,
+    MetricCallback,
+    NonFiniteLossError,
+    OptimizerCallback,
+    PredictionSaverCallback,
+    ProgressBarLogger,
+    SchedulerCallback,
+    TensorboardLogger,
+)
+from segzoo.training.runner import Stage, SupervisedRunner, seed_everything
+from segzoo.training.state import RunnerState
+
+Runner = SupervisedRunner
+
+# every built-in callback by name, for YAML configs
+CALLBACKS = {cls.__name__: cls for cls in (
+    CriterionCallback, CriterionAggregatorCallback, OptimizerCallback, SchedulerCallback, CheckpointCallback,
+    EarlyStoppingCallback, DiceCallback, IouCallback, MetricCallback, ConsoleLogger, TensorboardLogger,
+    ProgressBarLogger, PredictionSaverCallback)}
+
+__all__ = ["SupervisedRunner", "Runner", "Stage", "RunnerState", "Callback", "CallbackOrder", "LoggerCallback",
+           "CALLBACKS", "NonFiniteLossError", "seed_everything"]

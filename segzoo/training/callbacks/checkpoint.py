@@ -1,0 +1,200 @@
+"""Checkpoints: best / last / top-N per epoch, full training state for resuming, metrics JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segzoo.checkpoint import clean_state_dict, save_checkpoint
+from segzoo.models.registry import get_model_spec
+from segzoo.training.callback import Callback, CallbackOrder
+from segzoo.training.state import RunnerState
+
+
+def model_checkpoint(state: RunnerState) -> dict[str, Any]:
+    """The light checkpoint: weights, model spec, metrics, position, extra data (plain data only)."""
+    return {
+        "model_state_dict": clean_state_dict(state.model.state_dict()),
+        "model_spec": get_model_spec(state.model),
+        "stage": state.stage,
+        "stage_index": state.stage_index,
+        "epoch": state.epoch,
+        "global_epoch": state.global_epoch,
+        "valid_metrics": dict(state.valid_metrics),
+        "epoch_metrics": {k: dict(v) for k, v in state.epoch_metrics.items()},
+        "main_metric": state.main_metric,
+        "minimize_metric": state.minimize_metric,
+        "best_valid_metric": state.best_valid_metric,
+        **state.checkpoint_data,
+    }
+
+
+def _state_dict_of(obj: Any) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return {k: _state_dict_of(v) for k, v in obj.items()}
+    return obj.state_dict() if hasattr(obj, "state_dict") else None
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states of torch, CUDA, numpy and python as plain data."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    n = rng["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    p = rng["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def callback_key(index: int, callback: Callback) -> str:
+    """Key of a callback's state in a checkpoint: class name and occurrence number."""
+    return f"{type(callback).__name__}:{index}"
+
+
+def full_checkpoint(state: RunnerState, callbacks: list[Callback]) -> dict[str, Any]:
+    """The light checkpoint plus optimizer, scheduler, criterion, scaler, callback and RNG state."""
+    counts: dict[str, int] = {}
+    cb_states = {}
+    for cb in callbacks:
+        name = type(cb).__name__
+        counts[name] = counts.get(name, 0) + 1
+        sd = cb.state_dict()
+        if sd:
+            cb_states[callback_key(counts[name], cb)] = sd
+    return {
+        **model_checkpoint(state),
+        "optimizer_state_dict": _state_dict_of(state.optimizer),
+        "scheduler_state_dict": _state_dict_of(state.scheduler),
+        "criterion_state_dict": _state_dict_of(state.criterion),
+        "scaler_state_dict": _state_dict_of(state.scaler),
+        "callbacks_state": cb_states,
+        "rng_state": rng_state(),
+    }
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Make ``dst`` an atomic hard link (or copy) of ``src``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    """Write JSON through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointCallback(Callback):
+    """Write checkpoints to ``logdir/checkpoints`` after every epoch (rank 0 only).
+
+    Files: ``last.pth`` / ``last_full.pth`` every epoch; ``best.pth`` / ``best_full.pth`` when the
+    main valid metric improves; ``{stage}.{epoch}.pth`` / ``_full`` for the ``save_n_best`` best
+    epochs (others are removed); ``_metrics.json`` with best, last and every epoch's metrics.
+    ``_full`` files also hold optimizer, scheduler, criterion, scaler, callback and RNG state;
+    every file is written atomically and loads with ``torch.load(weights_only=True)``.
+    On Ctrl-C or an error, ``interrupted.pth`` / ``interrupted_full.pth`` keep the weights as they were.
+
+    Args:
+        save_n_best: how many per-epoch checkpoints to keep (>= 1).
+        resume: a checkpoint to resume from (same as ``train(resume=...)``).
+        resume_dir: folder ``resume`` is relative to.
+        metric_filename: name of the metrics JSON file.
+    """
+
+    def __init__(self, save_n_best: int = 1, resume: str | None = None, resume_dir: str | None = None,
+                 metric_filename: str = "_metrics.json") -> None:
+        super().__init__(CallbackOrder.External + 10)
+        if not isinstance(save_n_best, int) or save_n_best < 1:
+            raise ValueError(f"save_n_best must be an int >= 1, got {save_n_best!r}")
+        self.save_n_best = save_n_best
+        self.resume = str(Path(resume_dir) / resume) if resume and resume_dir else resume
+        self.metric_filename = metric_filename
+        self.top: list[tuple[float, str]] = []
+        self.history: list[dict[str, Any]] = []
+        self.callbacks: list[Callback] = []  # set by the runner: whose states go into full checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"top": [[v, n] for v, n in self.top], "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.top = [(float(v), str(n)) for v, n in state_dict["top"]]
+        self.history = list(state_dict["history"])
+
+    def _folder(self, state: RunnerState) -> Path:
+        folder = Path(state.logdir) / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def on_epoch_end(self, state: RunnerState) -> None:
+        if not state.is_main_process:
+            return
+        folder = self._folder(state)
+        name = f"{state.stage}.{state.epoch}"
+        value = float(state.valid_metrics[state.main_metric])
+        entry = {"stage": state.stage, "epoch": state.epoch, "name": name, "metrics": state.epoch_metrics}
+        self.history.append(json.loads(json.dumps(entry, default=float)))
+        worst_first = sorted(self.top, key=lambda t: t[0], reverse=state.minimize_metric)
+        keep = len(self.top) < self.save_n_best or state.is_better(value, worst_first[0][0])
+        if keep:
+            self.top.append((value, name))
+            if len(self.top) > self.save_n_best:
+                dropped = sorted(self.top, key=lambda t: t[0], reverse=state.minimize_metric)[0]
+                self.top.remove(dropped)
+                for suffix in (".pth", "_full.pth"):
+                    (folder / f"{dropped[1]}{suffix}").unlink(missing_ok=True)
+        save_checkpoint(full_checkpoint(state, self.callbacks), folder / "last_full.pth")
+        save_checkpoint(model_checkpoint(state), folder / "last.pth")
+        for suffix in (".pth", "_full.pth"):
+            if keep:
+                _publish(folder / f"last{suffix}", folder / f"{name}{suffix}")
+            if state.is_best_valid:
+                _publish(folder / f"last{suffix}", folder / f"best{suffix}")
+        best_name = (min if state.minimize_metric else max)(self.top, key=lambda t: t[0])[1]
+        best = next((h for h in self.history if h["name"] == best_name), None)
+        write_json_atomic({"main_metric": state.main_metric, "minimize_metric": state.minimize_metric,
+                           "best": best, "last": self.history[-1], "epochs": self.history},
+                          folder / self.metric_filename)
+
+    def on_exception(self, state: RunnerState) -> None:
+        if not state.is_main_process or state.model is None or state.logdir is None:
+            return
+        folder = self._folder(state)
+        ck = full_checkpoint(state, self.callbacks)
+        ck["interrupted"] = True
+        # the epoch in progress is not complete: resuming from here runs it again
+        ck["epoch"] = max(state.epoch - 1, 0)
+        save_checkpoint(ck, folder / "interrupted_full.pth")
+        light = model_checkpoint(state)
+        light["interrupted"] = True
+        save_checkpoint(light, folder / "interrupted.pth")

@@ -1,0 +1,73 @@
+"""Loss computation callbacks."""
+
+from __future__ import annotations
+
+import torch
+
+from segzoo.errors import unknown_name_error
+from segzoo.training.callback import Callback, CallbackOrder
+from segzoo.training.state import RunnerState
+
+
+class CriterionCallback(Callback):
+    """Compute ``criterion(output[output_key], input[input_key]) * multiplier`` into ``state.loss[prefix]``.
+
+    Args:
+        input_key: target key of the batch.
+        output_key: model output key.
+        prefix: name of the loss (and of its batch metric).
+        criterion_key: key when ``state.criterion`` is a dict of criteria.
+        multiplier: scale of the loss.
+    """
+
+    def __init__(self, input_key: str = "targets", output_key: str = "logits", prefix: str = "loss",
+                 criterion_key: str | None = None, multiplier: float = 1.0) -> None:
+        super().__init__(CallbackOrder.Criterion)
+        self.input_key, self.output_key, self.prefix = input_key, output_key, prefix
+        self.criterion_key, self.multiplier = criterion_key, multiplier
+
+    def on_batch_end(self, state: RunnerState) -> None:
+        criterion = state.criterion
+        if isinstance(criterion, dict):
+            if self.criterion_key not in criterion:
+                raise unknown_name_error("criterion key", str(self.criterion_key), criterion)
+            criterion = criterion[self.criterion_key]
+        if criterion is None:
+            raise ValueError("CriterionCallback needs a criterion: pass criterion= to train()")
+        loss = criterion(state.output[self.output_key], state.input[self.input_key]) * self.multiplier
+        state.loss[self.prefix] = loss
+        state.batch_metrics[self.prefix] = float(loss.detach())
+
+
+class CriterionAggregatorCallback(Callback):
+    """Combine several losses into ``state.loss[prefix]``.
+
+    Args:
+        prefix: name of the combined loss (``"loss"`` is the one optimized).
+        loss_keys: names of the losses to combine (a dict ``name -> weight`` for ``"weighted_sum"``).
+        loss_aggregate_fn: ``"sum"``, ``"mean"`` or ``"weighted_sum"``.
+        multiplier: scale of the result.
+    """
+
+    def __init__(self, prefix: str, loss_keys: list[str] | dict[str, float] | None = None,
+                 loss_aggregate_fn: str = "sum", multiplier: float = 1.0) -> None:
+        super().__init__(CallbackOrder.Criterion + 1)
+        if loss_aggregate_fn not in ("sum", "mean", "weighted_sum"):
+            raise ValueError(f"loss_aggregate_fn must be 'sum', 'mean' or 'weighted_sum', got {loss_aggregate_fn!r}")
+        if loss_aggregate_fn == "weighted_sum" and not isinstance(loss_keys, dict):
+            raise ValueError("loss_aggregate_fn='weighted_sum' needs loss_keys as a dict name -> weight")
+        self.prefix, self.loss_keys, self.fn, self.multiplier = prefix, loss_keys, loss_aggregate_fn, multiplier
+
+    def on_batch_end(self, state: RunnerState) -> None:
+        keys = list(self.loss_keys) if self.loss_keys is not None else [k for k in state.loss if k != self.prefix]
+        missing = [k for k in keys if k not in state.loss]
+        if missing:
+            raise KeyError(f"losses {missing} not computed; available: {sorted(state.loss)}")
+        if self.fn == "weighted_sum":
+            total = sum(state.loss[k] * w for k, w in self.loss_keys.items())
+        else:
+            total = torch.stack([state.loss[k] for k in keys]).sum()
+            if self.fn == "mean":
+                total = total / len(keys)
+        state.loss[self.prefix] = total * self.multiplier
+        state.batch_metrics[self.prefix] = float(state.loss[self.prefix].detach())

@@ -1,0 +1,143 @@
+"""Loggers: console + log.txt, TensorBoard, and a tqdm progress bar."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from segzoo.training.callback import LoggerCallback
+from segzoo.training.state import RunnerState
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``name=value`` pairs, 4 significant digits."""
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+class ConsoleLogger(LoggerCallback):
+    """One line per loader per epoch on stdout and in ``logdir/log.txt`` (rank 0)."""
+
+    def on_epoch_end(self, state: RunnerState) -> None:
+        if not state.is_main_process:
+            return
+        lines = []
+        for loader, metrics in state.epoch_metrics.items():
+            best = " *best*" if loader == "valid" and state.is_best_valid else ""
+            lines.append(f"[{state.stage} {state.epoch}/{state.num_epochs}] {loader}: {format_metrics(metrics)}{best}")
+        text = "\n".join(lines)
+        print(text, flush=True)
+        if state.logdir is not None:
+            with open(Path(state.logdir) / "log.txt", "a") as f:
+                f.write(text + "\n")
+
+
+class TensorboardLogger(LoggerCallback):
+    """Scalars to TensorBoard, one writer per loader at ``logdir/{loader}_log``.
+
+    Tags ``{metric}/batch`` (every batch) and ``{metric}/epoch``; each epoch also an image
+    grid of input / target / prediction for the first valid samples (``num_images``).
+
+    Args:
+        metric_names: log only these metrics (default all).
+        log_on_batch_end: log batch scalars.
+        log_on_epoch_end: log epoch scalars and images.
+        num_images: samples in the image grid (0 to disable).
+    """
+
+    def __init__(self, metric_names: list[str] | None = None, log_on_batch_end: bool = True,
+                 log_on_epoch_end: bool = True, num_images: int = 4) -> None:
+        super().__init__()
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError("TensorboardLogger needs tensorboard: pip install 'segzoo[train]'") from exc
+        self.metric_names = metric_names
+        self.log_on_batch_end, self.log_on_epoch_end = log_on_batch_end, log_on_epoch_end
+        self.num_images = num_images
+        self.writers: dict[str, Any] = {}
+        self.steps: dict[str, int] = {}
+
+    def _writer(self, state: RunnerState):
+        from torch.utils.tensorboard import SummaryWriter
+
+        name = state.loader_name
+        if name not in self.writers:
+            self.writers[name] = SummaryWriter(str(Path(state.logdir) / f"{name}_log"))
+        return self.writers[name]
+
+    def _wanted(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in metrics.items() if self.metric_names is None or k in self.metric_names}
+
+    def on_batch_end(self, state: RunnerState) -> None:
+        if not state.is_main_process:
+            return
+        if self.num_images and state.loader_name == "valid":
+            from segzoo.training.callbacks.predictions import capture
+
+            capture(state, self.num_images)
+        if not self.log_on_batch_end:
+            return
+        step = self.steps.get(state.loader_name, 0)
+        writer = self._writer(state)
+        for k, v in self._wanted(state.batch_metrics).items():
+            writer.add_scalar(f"{k}/batch", v, step)
+        self.steps[state.loader_name] = step + 1
+
+    def on_loader_end(self, state: RunnerState) -> None:
+        if not (state.is_main_process and self.log_on_epoch_end):
+            return
+        writer = self._writer(state)
+        for k, v in self._wanted(state.loader_metrics).items():
+            writer.add_scalar(f"{k}/epoch", v, state.global_epoch)
+        if self.num_images and state.loader_name == "valid":
+            from segzoo.training.callbacks.predictions import prediction_grid
+
+            grid = prediction_grid(state, self.num_images)
+            if grid is not None:
+                writer.add_image("predictions", grid, state.global_epoch, dataformats="HWC")
+        writer.flush()
+
+    def on_stage_end(self, state: RunnerState) -> None:
+        self.close()
+
+    def on_exception(self, state: RunnerState) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close every writer."""
+        for w in self.writers.values():
+            w.close()
+        self.writers = {}
+
+
+class ProgressBarLogger(LoggerCallback):
+    """A tqdm bar per loader with the live batch metrics (rank 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bar = None
+
+    def on_loader_start(self, state: RunnerState) -> None:
+        if state.is_main_process:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.loader_len, desc=f"{state.stage} {state.epoch}/{state.num_epochs} "
+                            f"{state.loader_name}", leave=False, file=sys.stdout, dynamic_ncols=True)
+
+    def on_batch_end(self, state: RunnerState) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in state.batch_metrics.items()}, refresh=False)
+            self.bar.update(1)
+
+    def on_loader_end(self, state: RunnerState) -> None:
+        self._close()
+
+    def on_exception(self, state: RunnerState) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+

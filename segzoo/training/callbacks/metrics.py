@@ -1,0 +1,100 @@
+"""Metric callbacks: a generic per-batch one, and exact epoch Dice / IoU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from segzoo.metrics import dice_from_sums, iou_from_sums, segmentation_sums
+from segzoo.training.callback import Callback, CallbackOrder
+from segzoo.training.distributed import all_reduce_sum
+from segzoo.training.state import RunnerState
+
+
+class MetricCallback(Callback):
+    """``metric_fn(outputs, targets, **metric_params)`` per batch, under ``prefix``.
+
+    The loader value is the mean of batch values weighted by batch size (all processes
+    included under DDP). Subclass it, or pass any function returning a number.
+
+    Args:
+        prefix: metric name.
+        metric_fn: ``(outputs, targets, **params) -> float or 0-d tensor``.
+        input_key: target key of the batch.
+        output_key: model output key.
+        **metric_params: passed to ``metric_fn``.
+    """
+
+    def __init__(self, prefix: str, metric_fn: Callable[..., Any], input_key: str = "targets",
+                 output_key: str = "logits", **metric_params: Any) -> None:
+        super().__init__(CallbackOrder.Metric)
+        self.prefix, self.metric_fn = prefix, metric_fn
+        self.input_key, self.output_key, self.metric_params = input_key, output_key, metric_params
+
+    def on_batch_end(self, state: RunnerState) -> None:
+        with torch.no_grad():
+            value = self.metric_fn(state.output[self.output_key], state.input[self.input_key], **self.metric_params)
+        state.batch_metrics[self.prefix] = float(value)
+
+
+class _OverlapCallback(Callback):
+    """Accumulates per-class intersections and sums over the loader for an exact epoch value."""
+
+    score_fn: Callable[..., torch.Tensor] = staticmethod(dice_from_sums)
+
+    def __init__(self, input_key: str = "targets", output_key: str = "logits", prefix: str = "dice",
+                 eps: float = 1e-7, threshold: float | None = None, activation: str | None = "Sigmoid",
+                 ignore_index: int | None = None, class_names: list[str] | None = None) -> None:
+        super().__init__(CallbackOrder.Metric)
+        self.input_key, self.output_key, self.prefix, self.eps = input_key, output_key, prefix, eps
+        self.threshold, self.activation, self.ignore_index = threshold, activation, ignore_index
+        self.class_names = class_names
+        self._sums: torch.Tensor | None = None
+
+    def on_loader_start(self, state: RunnerState) -> None:
+        self._sums = None
+
+    def on_batch_end(self, state: RunnerState) -> None:
+        sums = torch.stack(segmentation_sums(state.output[self.output_key], state.input[self.input_key],
+                                             self.threshold, self.activation, self.ignore_index))
+        self._sums = sums if self._sums is None else self._sums + sums
+        state.batch_metrics[self.prefix] = float(self.score_fn(*sums, eps=self.eps).mean())
+
+    def on_loader_end(self, state: RunnerState) -> None:
+        if self._sums is None:
+            return
+        sums = all_reduce_sum(self._sums, state) if state.distributed else self._sums
+        per_class = self.score_fn(*sums, eps=self.eps)
+        state.loader_metrics[self.prefix] = float(per_class.mean())
+        if per_class.numel() > 1:
+            names = self.class_names or [f"class_{i}" for i in range(per_class.numel())]
+            for name, value in zip(names, per_class.tolist()):
+                state.loader_metrics[f"{self.prefix}/{name}"] = value
+
+
+class DiceCallback(_OverlapCallback):
+    """Exact epoch Dice: per-class sums accumulated over the loader (and over processes).
+
+    Args:
+        input_key: target key; targets (B, C, H, W) float or (B, H, W) class indices.
+        output_key: logits key (B, C, H, W).
+        prefix: metric name; per-class values are ``{prefix}/{class name}`` when C > 1.
+        eps: denominator floor.
+        threshold: binarize after the activation (None: soft for Sigmoid, arg-max for Softmax2d).
+        activation: ``"Sigmoid"``, ``"Softmax2d"`` or None.
+        ignore_index: target value left out.
+        class_names: names for the per-class values.
+    """
+
+
+class IouCallback(_OverlapCallback):
+    """Exact epoch IoU (Jaccard); arguments as :class:`DiceCallback` with ``prefix="iou"``."""
+
+    score_fn = staticmethod(iou_from_sums)
+
+    def __init__(self, input_key: str = "targets", output_key: str = "logits", prefix: str = "iou",
+                 eps: float = 1e-7, threshold: float | None = None, activation: str | None = "Sigmoid",
+                 ignore_index: int | None = None, class_names: list[str] | None = None) -> None:
+        super().__init__(input_key, output_key, prefix, eps, threshold, activation, ignore_index, class_names)

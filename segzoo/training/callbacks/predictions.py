@@ -1,0 +1,74 @@
+"""Prediction pictures: image | target | prediction grids of the first valid samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, colorize_mask, denormalize
+from segzoo.training.callback import Callback, CallbackOrder
+from segzoo.training.state import RunnerState
+
+
+def _to_mask(t: torch.Tensor, logits: bool) -> np.ndarray:
+    """(C, H, W) targets/logits or (H, W) indices -> (H, W) class indices."""
+    if t.dim() == 2:
+        return t.long().numpy()
+    if t.shape[0] == 1:
+        return ((t[0] > 0) if logits else (t[0] > 0.5)).long().numpy()
+    return t.argmax(0).long().numpy()
+
+
+def capture(state: RunnerState, n: int, input_key: str = "features", output_key: str = "logits") -> None:
+    """Keep CPU copies of the first ``n`` samples of the first batch of the loader on ``state``."""
+    if state.batch_index != 0:
+        return
+    x, y, o = (state.input.get(input_key), state.input.get("targets"), state.output.get(output_key))
+    if all(isinstance(t, torch.Tensor) for t in (x, y, o)):
+        state.samples = (x[:n].detach().float().cpu(), y[:n].detach().cpu(), o[:n].detach().float().cpu())
+
+
+def prediction_grid(state: RunnerState, n: int) -> np.ndarray | None:
+    """uint8 (n*H, 3*W, 3) picture: one row per sample, columns image | target | prediction."""
+    if state.samples is None:
+        return None
+    x, y, o = state.samples
+    norm = state.checkpoint_data.get("normalization") or {}
+    mean, std = norm.get("mean", IMAGENET_MEAN), norm.get("std", IMAGENET_STD)
+    rows = []
+    for i in range(min(n, x.shape[0])):
+        image = (denormalize(x[i][:3], mean[:3], std[:3]).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        if image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        rows.append(np.concatenate([image, colorize_mask(_to_mask(y[i], False)),
+                                    colorize_mask(_to_mask(o[i], True))], axis=1))
+    return np.concatenate(rows, axis=0) if rows else None
+
+
+class PredictionSaverCallback(Callback):
+    """Write ``logdir/predictions/{stage}.{epoch}.png`` (image | target | prediction) each epoch (rank 0).
+
+    Args:
+        num_images: samples (rows) per picture.
+    """
+
+    def __init__(self, num_images: int = 4) -> None:
+        super().__init__(CallbackOrder.External)
+        self.num_images = num_images
+
+    def on_batch_end(self, state: RunnerState) -> None:
+        if state.loader_name == "valid":
+            capture(state, self.num_images)
+
+    def on_epoch_end(self, state: RunnerState) -> None:
+        if not state.is_main_process or state.logdir is None:
+            return
+        grid = prediction_grid(state, self.num_images)
+        if grid is None:
+            return
+        folder = Path(state.logdir) / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(folder / f"{state.stage}.{state.epoch}.png")
