@@ -194,6 +194,7 @@ class CheckpointCallback(Callback):
         ck["interrupted"] = True
         # the epoch in progress is not complete: resuming from here runs it again
         ck["epoch"] = max(state.epoch - 1, 0)
+        ck["global_epoch"] = max(state.global_epoch - 1, 0)
         save_checkpoint(ck, folder / "interrupted_full.pth")
         light = model_checkpoint(state)
         light["interrupted"] = True

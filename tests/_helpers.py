@@ -1,0 +1,30 @@
+"""Helpers shared by the trainer tests (importable because setup.cfg puts tests/ on sys.path)."""
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class TinyNet(nn.Module):
+    """(B, 3, H, W) -> (B, 1, H, W), no BatchNorm so DDP and single-process runs agree."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def make_loaders(n_train=16, n_valid=8, size=8, batch_size=4, tuples=False, shuffle=True):
+    g = torch.Generator().manual_seed(123)
+    x = torch.rand(n_train + n_valid, 3, size, size, generator=g)
+    y = (x.mean(1, keepdim=True) > 0.5).float()
+    if tuples:
+        tr = TensorDataset(x[:n_train], y[:n_train])
+        va = TensorDataset(x[n_train:], y[n_train:])
+    else:
+        tr = [{"features": a, "targets": b} for a, b in zip(x[:n_train], y[:n_train])]
+        va = [{"features": a, "targets": b} for a, b in zip(x[n_train:], y[n_train:])]
+    return {"train": DataLoader(tr, batch_size=batch_size, shuffle=shuffle),
+            "valid": DataLoader(va, batch_size=batch_size)}
