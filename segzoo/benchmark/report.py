@@ -1,0 +1,124 @@
+"""Reports of benchmark results: speed-up ratios, markdown table, JSON file and throughput plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ratios", "markdown_table", "ratio_table", "write_results", "plot_throughput"]
+
+
+def ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """smp time / segzoo time for every segzoo result with a matching smp result in the same setting."""
+    out = []
+    for res in results:
+        spec = res["spec"]
+        if spec.get("library") != "segzoo" or "pair" not in spec:
+            continue
+        key = {k: v for k, v in res["config"].items() if k != "memory"}
+        peer = next((p for p in results if p["spec"].get("library") == "smp" and p["spec"].get("pair") == spec["pair"]
+                     and {k: v for k, v in p["config"].items() if k != "memory"} == key), None)
+        if peer is None:
+            continue
+        row = {"pair": spec["pair"], "resolution": key["resolution"], "batch_size": key["batch_size"],
+               "channels_last": key["channels_last"], "dtype": key["dtype"], "device": key["device"],
+               "forward_speedup": peer["forward_ms"] / res["forward_ms"],
+               "train_speedup": peer["train_ms"] / res["train_ms"]}
+        if "train_peak_mib" in res and "train_peak_mib" in peer:
+            row["memory_ratio"] = res["train_peak_mib"] / peer["train_peak_mib"]
+        out.append(row)
+    return out
+
+
+def markdown_table(results: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of the results (one row per model and setting)."""
+    head = ("| model | device | dtype | CL | B x res | params (M) | GFLOP | fwd ms | fwd img/s | train ms "
+            "| train img/s | GFLOP/s | train peak MiB |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in results:
+        c = r["config"]
+        mem = f"{r['train_peak_mib']:.0f}" if "train_peak_mib" in r else "-"
+        lines.append(f"| {r['label']} | {c['device']} | {c['dtype']} | {'on' if c['channels_last'] else 'off'} "
+                     f"| {c['batch_size']} x {c['resolution']} | {r['params'] / 1e6:.2f} | {r['gflops']:.1f} "
+                     f"| {r['forward_ms']:.0f} | {r['forward_img_s']:.1f} | {r['train_ms']:.0f} "
+                     f"| {r['train_img_s']:.1f} | {r['achieved_gflop_s']:.0f} | {mem} |")
+    return "\n".join(lines)
+
+
+def write_results(results: Sequence[dict[str, Any]], env: dict[str, Any], out_dir: str | Path,
+                  name: str = "benchmark", command: str | None = None) -> dict[str, Path]:
+    """Write ``<name>.json`` (environment, command, results, ratios), ``<name>.md`` (tables) and,
+    when matplotlib is installed and several resolutions were run, ``<name>.png``.
+
+    Returns:
+        The written paths by kind (``"json"``, ``"md"``, optionally ``"png"``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = ratios(results)
+    paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
+    payload = {"environment": env, "command": command, "results": list(results), "ratios": pairs}
+    paths["json"].write_text(json.dumps(payload, indent=1) + "\n")
+    text = [f"# {name}", "", f"Command: `{command}`" if command else "", "",
+            f"Environment: torch {env.get('torch')}, CUDA {env.get('cuda')}, {env.get('cpu')} "
+            f"({env.get('cpu_count')} CPUs, {env.get('torch_threads')} threads), GPU {env.get('gpu')}, "
+            f"smp {env.get('smp')}", "", markdown_table(results), ""]
+    if pairs:
+        text += [ratio_table(pairs), ""]
+    paths["md"].write_text("\n".join(text))
+    png = plot_throughput(results, out / f"{name}.png")
+    if png is not None:
+        paths["png"] = png
+    return paths
+
+
+def ratio_table(pairs: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`ratios` rows (speed-up > 1: segzoo is faster)."""
+    lines = ["| pair | device | dtype | CL | B x res | forward speed-up | train speed-up | memory segzoo/smp |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in pairs:
+        mem = f"{p['memory_ratio']:.2f}" if "memory_ratio" in p else "-"
+        lines.append(f"| {p['pair']} | {p['device']} | {p['dtype']} | {'on' if p['channels_last'] else 'off'} "
+                     f"| {p['batch_size']} x {p['resolution']} | {p['forward_speedup']:.2f}x "
+                     f"| {p['train_speedup']:.2f}x | {mem} |")
+    return "\n".join(lines)
+
+
+def plot_throughput(results: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """Forward img/s against resolution, one line per model (segzoo solid, smp dashed).
+
+    Returns the PNG path, or ``None`` when matplotlib is missing or fewer than two
+    resolutions were measured.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for r in results:
+        c = r["config"]
+        key = f"{r['label']} [{c['device']} {c['dtype']} B={c['batch_size']}{' CL' if c['channels_last'] else ''}]"
+        lines.setdefault(key, []).append((c["resolution"], r["forward_img_s"]))
+    if len({res for pts in lines.values() for res, _ in pts}) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for key, pts in sorted(lines.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "--" if key.startswith("smp") else "-", marker="o",
+                label=key)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("input resolution (H = W)")
+    ax.set_ylabel("forward throughput (img/s)")
+    ax.set_title("segzoo (solid) vs smp (dashed)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

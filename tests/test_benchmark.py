@@ -1,0 +1,181 @@
+"""Benchmark code: counting, timing arithmetic, specs, reports, CLI; tiny models, no timed assertions."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import segzoo.benchmark as bench
+from segzoo.benchmark import BenchConfig
+from segzoo.cli import main as cli_main
+
+TINY = {"library": "segzoo", "name": "unet", "kwargs": {"num_channels": 4, "num_blocks": 2}}
+TINY_SMP = {"library": "smp", "name": "Unet", "encoder": "resnet18", "pair": "tiny/unet",
+            "kwargs": {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # two intra-op threads on a loaded 2-core machine thrash (seconds per tiny step); one is enough here
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class FakeClock:
+    """Each call returns the previous value plus ``step`` seconds."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step, self.calls = 0.0, step, 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        self.now += self.step
+        return self.now
+
+
+def tiny_cfg(**kw) -> BenchConfig:
+    base = dict(batch_size=2, resolution=32, warmup=1, iterations=2, repeats=2, memory=False)
+    return BenchConfig(**{**base, **kw})
+
+
+def test_throughput_is_batch_times_iterations_over_time():
+    assert bench.throughput(4, 3, 2.0) == pytest.approx(6.0)
+    with pytest.raises(ValueError, match="positive"):
+        bench.throughput(4, 3, 0.0)
+
+
+def test_time_block_calls_fn_iterations_times_between_two_clock_reads():
+    calls = []
+    clock = FakeClock(0.25)
+    assert bench.time_block(lambda: calls.append(1), 5, "cpu", clock) == pytest.approx(0.25)
+    assert len(calls) == 5 and clock.calls == 2
+
+
+def test_count_gflops_and_params_of_a_known_conv():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert bench.count_params(conv) == 3 * 8 * 9
+    assert bench.count_gflops(conv, torch.rand(1, 3, 8, 8)) * 1e9 == pytest.approx(2 * 3 * 8 * 9 * 64)
+
+
+def test_run_benchmark_counts_img_per_second_with_a_fake_clock():
+    cfg = tiny_cfg()
+    seen = []
+    results = bench.run_benchmark([TINY], cfg, clock=FakeClock(0.5), memory_fn=lambda s, c: seen.append(s) or {})
+    (r,) = results
+    # every timed block lasts exactly one clock step: 0.5 s for 2 iterations of batch 2
+    assert r["forward_block_s"] == [0.5, 0.5] and r["train_block_s"] == [0.5, 0.5]
+    assert r["forward_img_s"] == pytest.approx(2 * 2 / 0.5)
+    assert r["forward_ms"] == pytest.approx(250.0) and r["train_ms"] == pytest.approx(250.0)
+    assert r["achieved_gflop_s"] == pytest.approx(r["gflops"] * 2 / 0.5)
+    assert r["params"] > 0 and r["gflops"] > 0 and seen == []
+
+
+def test_runs_are_interleaved_between_models():
+    order = []
+    clock = FakeClock(1.0)
+    specs = [TINY, {**TINY, "kwargs": {"num_channels": 8, "num_blocks": 2}}]
+    orig = bench.measure._Runner.forward
+
+    def spy(self):
+        order.append(self.spec["kwargs"]["num_channels"])
+        return orig(self)
+
+    bench.measure._Runner.forward = spy
+    try:
+        bench.run_benchmark(specs, tiny_cfg(warmup=0, iterations=1, repeats=2), clock=clock)
+    finally:
+        bench.measure._Runner.forward = orig
+    assert order == [4, 8, 4, 8]
+
+
+def test_results_json_markdown_and_plot(tmp_path):
+    results = []
+    for res in (32, 64):
+        results += bench.run_benchmark([TINY], tiny_cfg(resolution=res, repeats=1, memory=True),
+                                       memory_fn=lambda s, c: {"train_peak_mib": 1.5})
+    paths = bench.write_results(results, bench.environment(), tmp_path, "t", command="segzoo benchmark")
+    data = json.loads(paths["json"].read_text())
+    assert set(data) == {"environment", "command", "results", "ratios"}
+    for key in ("torch", "cpu", "torch_threads", "cuda", "segzoo", "smp"):
+        assert key in data["environment"]
+    row = data["results"][1]
+    for key in ("label", "params", "gflops", "forward_ms", "train_ms", "forward_img_s", "train_img_s",
+                "achieved_gflop_s", "train_peak_mib", "config"):
+        assert key in row
+    assert row["config"]["resolution"] == 64
+    assert "| segzoo unet | cpu | fp32 | off | 2 x 64 |" in paths["md"].read_text()
+    if "png" in paths:
+        assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_step_memory_in_process_is_positive():
+    mem = bench.train_step_memory(TINY, tiny_cfg(resolution=64))
+    assert mem["train_peak_mib"] >= 0 and mem["peak_rss_mib"] > 0
+
+
+def test_config_and_spec_errors_are_clear():
+    with pytest.raises(ValueError, match="dtype"):
+        BenchConfig(dtype="fp8").validate()
+    with pytest.raises(ValueError, match="batch_size"):
+        BenchConfig(batch_size=0).validate()
+    with pytest.raises(KeyError, match="benchmark library"):
+        bench.build_model({"library": "keras", "name": "x"})
+    with pytest.raises(KeyError, match="architecture"):
+        bench.segzoo_spec("deeplab")
+
+
+def test_cuda_is_skipped_cleanly_when_absent(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    messages = []
+    assert bench.available_devices(["cpu", "cuda"], messages.append) == ["cpu"]
+    assert "cuda" in messages[0]
+    with pytest.raises(ValueError, match="none of the requested devices"):
+        bench.available_devices(["cuda"], messages.append)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        BenchConfig(device="cuda").validate()
+
+
+def test_suite_without_smp_has_no_smp_models(monkeypatch):
+    monkeypatch.setitem(sys.modules, "segmentation_models_pytorch", None)  # import now fails
+    assert not bench.smp_available()
+    specs = bench.default_suite(["resnet18"], ["unet", "pspnet"])
+    assert [s["library"] for s in specs] == ["torchvision", "segzoo", "segzoo"]
+
+
+def test_smp_pair_gives_ratios():
+    pytest.importorskip("segmentation_models_pytorch")
+    ours = {**TINY, "pair": "tiny/unet"}
+    results = bench.run_benchmark([ours, TINY_SMP], tiny_cfg(repeats=1, iterations=1), clock=FakeClock(1.0))
+    assert results[1]["label"] == "smp Unet(resnet18)"
+    (row,) = bench.ratios(results)
+    assert row["pair"] == "tiny/unet" and row["forward_speedup"] == pytest.approx(1.0)
+    assert "tiny/unet" in bench.ratio_table([row])
+
+
+def test_cli_writes_results(tmp_path, capsys):
+    code = cli_main(["benchmark", "--models", "unet", "--no-smp", "--resolutions", "32", "--batch-sizes", "2",
+                     "--warmup", "0", "--iterations", "1", "--repeats", "1", "--no-memory",
+                     "--out", str(tmp_path), "--name", "cli"])
+    assert code == 0
+    assert json.loads((tmp_path / "cli.json").read_text())["results"][0]["label"] == "segzoo unet"
+    assert "segzoo unet" in capsys.readouterr().out
+
+
+def test_cli_unknown_model_is_a_user_error(tmp_path, capsys):
+    code = cli_main(["benchmark", "--models", "unett", "--out", str(tmp_path)])
+    assert code == 2
+    assert "unett" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_amp_channels_last_path():
+    cfg = tiny_cfg(device="cuda", dtype="fp16", channels_last=True, memory=True)
+    (r,) = bench.run_benchmark([TINY], cfg, memory_fn=bench.train_step_memory)
+    assert r["train_peak_mib"] > 0 and r["forward_img_s"] > 0
