@@ -24,10 +24,19 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+def _check_multiclass(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    """Multi-class losses need >= 2 channels and (B, H, W) integer class indices."""
+    if logits.dim() != 4 or logits.shape[1] < 2:
+        raise ValueError(f"mode='multiclass' needs logits (B, C, H, W) with C >= 2, got {tuple(logits.shape)}")
+    if targets.dim() != 3 or targets.is_floating_point():
+        raise ValueError(f"mode='multiclass' takes (B, H, W) integer class indices, got targets "
+                         f"{tuple(targets.shape)} of dtype {targets.dtype}")
+
+
 def _probs_and_targets(logits: torch.Tensor, targets: torch.Tensor, mode: str, ignore_index: int | None):
     """float32 probabilities, float32 targets of the same shape, and the valid-pixel mask (or None)."""
-    if mode == "multiclass" and targets.dim() == 4:
-        raise ValueError(f"mode='multiclass' takes (B, H, W) class indices, got targets {tuple(targets.shape)}")
+    if mode == "multiclass":
+        _check_multiclass(logits, targets)
     t, valid = prepare_targets(logits, targets, ignore_index)
     x = logits.float()
     p = torch.softmax(x, dim=1) if mode == "multiclass" else torch.sigmoid(x)
@@ -48,6 +57,9 @@ class _OverlapLoss(nn.Module):
         self.smooth = smooth
         self.eps = eps
         self.ignore_index = ignore_index
+        if class_weights is not None and (len(class_weights) == 0 or min(class_weights) < 0
+                                          or sum(class_weights) <= 0):
+            raise ValueError(f"class_weights must be non-negative with a positive sum, got {class_weights!r}")
         self.register_buffer("class_weights", None if class_weights is None else
                              torch.tensor(class_weights, dtype=torch.float32), persistent=False)
 
@@ -56,6 +68,9 @@ class _OverlapLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Loss of logits (B, C, H, W) against targets; a scalar."""
+        if self.class_weights is not None and logits.dim() == 4 and logits.shape[1] != self.class_weights.numel():
+            raise ValueError(f"{self.class_weights.numel()} class_weights for logits of shape "
+                             f"{tuple(logits.shape)} ({logits.shape[1]} classes)")
         p, t, _ = _probs_and_targets(logits, targets, self.mode, self.ignore_index)
         dims = (0, 2, 3)
         inter = (p * t).sum(dims)
@@ -145,6 +160,8 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Loss of logits (B, C, H, W); a scalar."""
+        if self.mode == "multiclass":
+            _check_multiclass(logits, targets)
         t, valid = prepare_targets(logits, targets, self.ignore_index)
         x = logits.float()
         if self.mode == "binary":
@@ -177,11 +194,11 @@ def _lovasz_hinge_flat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     signs = 2.0 * labels - 1.0
     errors = 1.0 - logits * signs
     errors_sorted, perm = torch.sort(errors, descending=True)
-    return torch.dot(F.relu(errors_sorted), _lovasz_grad(labels[perm]))
+    return (F.relu(errors_sorted) * _lovasz_grad(labels[perm])).sum()  # not torch.dot: autocast-safe
 
 
 def _lovasz_softmax_flat(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """probs (P, C), labels (P,) long; mean over classes present in labels or predictions."""
+    """probs (P, C), labels (P,) long; mean over the classes present in ``labels``."""
     losses = []
     for c in range(probs.shape[1]):
         fg = (labels == c).float()
@@ -189,7 +206,7 @@ def _lovasz_softmax_flat(probs: torch.Tensor, labels: torch.Tensor) -> torch.Ten
             continue
         errors = (fg - probs[:, c]).abs()
         errors_sorted, perm = torch.sort(errors, descending=True)
-        losses.append(torch.dot(errors_sorted, _lovasz_grad(fg[perm])))
+        losses.append((errors_sorted * _lovasz_grad(fg[perm])).sum())
     return torch.stack(losses).mean() if losses else probs.sum() * 0.0
 
 
@@ -222,12 +239,21 @@ class LovaszLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Loss of logits (B, C, H, W); a scalar."""
+        if logits.dim() != 4:
+            raise ValueError(f"logits must be (B, C, H, W), got shape {tuple(logits.shape)}")
         if self.mode == "binary" and logits.shape[1] != 1:
             raise ValueError(f"binary LovaszLoss needs one output channel, got logits {tuple(logits.shape)}")
-        if targets.dim() == 4:
+        if self.mode == "binary" and targets.dim() == 4 and targets.shape[1] == 1:
             targets = targets[:, 0]
+        if self.mode == "multiclass":
+            _check_multiclass(logits, targets)
         if targets.shape != (logits.shape[0], *logits.shape[2:]):
             raise ValueError(f"targets of shape {tuple(targets.shape)} do not fit logits {tuple(logits.shape)}")
+        if self.mode == "multiclass":
+            valid = targets if self.ignore_index is None else targets[targets != self.ignore_index]
+            if valid.numel() and (valid.min() < 0 or valid.max() >= logits.shape[1]):
+                raise ValueError(f"target class indices must be in [0, {logits.shape[1] - 1}], found "
+                                 f"[{int(valid.min())}, {int(valid.max())}]")
         if self.per_image:
             return torch.stack([self._one(lg[None], tg[None]) for lg, tg in zip(logits, targets)]).mean()
         return self._one(logits, targets)

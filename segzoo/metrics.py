@@ -117,35 +117,55 @@ def iou_from_sums(intersection: torch.Tensor, outputs_sum: torch.Tensor, targets
     return torch.where(outputs_sum + targets_sum == 0, torch.ones_like(score), score)
 
 
-def _reduce(per_class: torch.Tensor, per_class_out: bool, classes: list[str] | None = None):
-    if not per_class_out:
-        return per_class.mean()
-    if classes is not None:
-        if len(classes) != per_class.numel():
-            raise ValueError(f"{len(classes)} class names for {per_class.numel()} classes")
-        return {name: per_class[i] for i, name in enumerate(classes)}
-    return per_class
-
-
 def dice(outputs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-7, threshold: float | None = None,
-         activation: str | None = "Sigmoid", ignore_index: int | None = None, per_class: bool = False):
-    """Dice score of logits (B, C, H, W) against targets.
+         activation: str | None = "Sigmoid", ignore_index: int | None = None,
+         per_class: bool = False) -> torch.Tensor:
+    """Dice score of logits (B, C, H, W) against targets, from :func:`segmentation_sums`.
+
+    Args:
+        outputs: logits (B, C, H, W) (probabilities if ``activation`` is None).
+        targets: (B, C, H, W) float {0, 1}, or (B, H, W) class indices.
+        threshold: binarize predictions after the activation (see :func:`segmentation_sums`).
+        activation: ``"Sigmoid"``, ``"Softmax2d"`` or ``None``.
+        ignore_index: target value whose pixels are left out.
+        eps: added to the denominator.
+        per_class: return the (C,) per-class scores instead of their mean.
 
     Returns:
-        A scalar (mean over classes) or, with ``per_class``, a (C,) tensor (float64).
+        A float64 scalar (mean over classes) or, with ``per_class``, a (C,) tensor.
     """
-    return _reduce(dice_from_sums(*segmentation_sums(outputs, targets, threshold, activation, ignore_index),
-                                  eps=eps), per_class)
+    scores = dice_from_sums(*segmentation_sums(outputs, targets, threshold, activation, ignore_index), eps=eps)
+    return scores if per_class else scores.mean()
 
 
 def iou(outputs: torch.Tensor, targets: torch.Tensor, classes: list[str] | None = None, eps: float = 1e-7,
         threshold: float | None = None, activation: str | None = "Sigmoid", ignore_index: int | None = None,
-        per_class: bool = False):
-    """IoU (Jaccard) of logits (B, C, H, W) against targets.
+        per_class: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+    """IoU (Jaccard) of logits (B, C, H, W) against targets, from :func:`segmentation_sums`.
+
+    Args:
+        outputs: logits (B, C, H, W) (probabilities if ``activation`` is None).
+        targets: (B, C, H, W) float {0, 1}, or (B, H, W) class indices.
+        threshold: binarize predictions after the activation (see :func:`segmentation_sums`).
+        activation: ``"Sigmoid"``, ``"Softmax2d"`` or ``None``.
+        ignore_index: target value whose pixels are left out.
+        classes: optional names of the C classes (Catalyst compatibility); used with ``per_class``.
+        eps: added to the denominator.
+        per_class: return per-class scores instead of their mean.
 
     Returns:
-        A scalar (mean over classes); with ``per_class`` a (C,) tensor, or a dict
+        A float64 scalar (mean over classes); with ``per_class`` a (C,) tensor, or a dict
         ``class name -> value`` when ``classes`` names them.
+
+    Raises:
+        ValueError: ``classes`` does not have C names, or the inputs do not fit.
     """
-    return _reduce(iou_from_sums(*segmentation_sums(outputs, targets, threshold, activation, ignore_index),
-                                 eps=eps), per_class, classes)
+    if classes is not None and outputs.dim() == 4 and len(classes) != outputs.shape[1]:
+        raise ValueError(f"{len(classes)} class names {list(classes)!r} for outputs of shape "
+                         f"{tuple(outputs.shape)} ({outputs.shape[1]} classes)")
+    scores = iou_from_sums(*segmentation_sums(outputs, targets, threshold, activation, ignore_index), eps=eps)
+    if not per_class:
+        return scores.mean()
+    if classes is not None:
+        return {name: scores[i] for i, name in enumerate(classes)}
+    return scores

@@ -102,3 +102,49 @@ def test_registry_and_errors():
         DiceLoss(mode="binaryy")
     with pytest.raises(ValueError, match="do not fit"):
         DiceLoss()(torch.randn(2, 1, 8, 8), torch.rand(2, 2, 8, 8))
+
+
+def test_lovasz_softmax_on_hard_predictions_is_one_minus_iou():
+    from segzoo.metrics import iou
+
+    torch.manual_seed(3)
+    target = torch.randint(0, 3, (2, 6, 6))
+    pred = torch.randint(0, 3, (2, 6, 6))
+    logits = torch.nn.functional.one_hot(pred, 3).permute(0, 3, 1, 2).float() * BIG
+    per_class = iou(logits, target, activation="Softmax2d", per_class=True)
+    present = torch.stack([(target == c).any() for c in range(3)])
+    expected = (1 - per_class[present]).mean().item()
+    assert LovaszLoss(mode="multiclass")(logits, target).item() == pytest.approx(expected, abs=1e-4)
+    per_image = LovaszLoss(mode="multiclass", per_image=True)
+    manual = (per_image(logits[:1], target[:1]) + per_image(logits[1:], target[1:])) / 2
+    assert per_image(logits, target).item() == pytest.approx(manual.item(), abs=1e-6)
+
+
+def test_class_weights_select_classes():
+    target = torch.randint(0, 2, (2, 8, 8))
+    logits = torch.randn(2, 2, 8, 8)
+    full = DiceLoss(mode="multiclass")
+    only0 = DiceLoss(mode="multiclass", class_weights=[1.0, 0.0])
+    only1 = DiceLoss(mode="multiclass", class_weights=[0.0, 1.0])
+    a, b = only0(logits, target).item(), only1(logits, target).item()
+    assert (a + b) / 2 == pytest.approx(full(logits, target).item(), abs=1e-6)
+    assert a != pytest.approx(b)
+    with pytest.raises(ValueError, match="3 class_weights"):
+        DiceLoss(mode="multiclass", class_weights=[1.0, 1.0, 1.0])(logits, target)
+    with pytest.raises(ValueError, match="class_weights"):
+        DiceLoss(class_weights=[-1.0])
+
+
+def test_multiclass_input_errors():
+    target = torch.randint(0, 3, (2, 8, 8))
+    onehot = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2)
+    logits = torch.randn(2, 3, 8, 8)
+    for loss in (DiceLoss(mode="multiclass"), FocalLoss(mode="multiclass"), LovaszLoss(mode="multiclass")):
+        with pytest.raises(ValueError, match=r"\(2, 3, 8, 8\)"):
+            loss(logits, onehot)  # one-hot targets where class indices are expected
+        with pytest.raises(ValueError, match="C >= 2"):
+            loss(torch.randn(2, 1, 8, 8), target)
+        with pytest.raises(ValueError, match=r"\[0, 2\]"):
+            loss(logits, torch.full((2, 8, 8), 5))
+    with pytest.raises(ValueError, match="one output channel"):
+        LovaszLoss()(logits, target)

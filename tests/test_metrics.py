@@ -73,3 +73,38 @@ def test_bad_shapes_and_activation():
         dice(torch.randn(1, 1, 4, 4), torch.rand(1, 1, 4, 4), activation="relu")
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
         dice(torch.randn(1, 3, 4, 4), torch.full((1, 4, 4), 7), activation="Softmax2d")
+
+
+def test_threshold_and_soft_paths():
+    t, logits = _binary()
+    noisy = logits * 0.05 + torch.randn_like(logits)  # uncertain logits
+    soft = dice(noisy, t)
+    hard = dice(noisy, t, threshold=0.5)
+    manual = dice((torch.sigmoid(noisy) > 0.5).float(), t, activation=None)
+    assert hard.item() == pytest.approx(manual.item())
+    assert soft.item() != pytest.approx(hard.item())
+    # (B, H, W) targets are accepted when C == 1
+    assert dice(noisy, t[:, 0], threshold=0.5).item() == pytest.approx(hard.item())
+
+
+def test_per_class_known_values_and_softmax_argmax():
+    # class 0 predicted everywhere, target half class 0 / half class 1
+    target = torch.zeros(1, 2, 2, dtype=torch.long)
+    target[0, 1] = 1
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[:, 0] = 1.0  # argmax -> class 0 everywhere (soft prob only ~0.73)
+    per = dice(logits, target, activation="Softmax2d", per_class=True)
+    torch.testing.assert_close(per, torch.tensor([2 * 2 / (4 + 2), 0.0], dtype=torch.float64), atol=1e-6, rtol=0)
+    per_iou = iou(logits, target, activation="Softmax2d", per_class=True)
+    torch.testing.assert_close(per_iou, torch.tensor([0.5, 0.0], dtype=torch.float64), atol=1e-6, rtol=0)
+    assert per.dtype == torch.float64 and per.shape == (2,)
+
+
+def test_bf16_inputs_and_class_name_errors():
+    o = torch.randn(2, 3, 16, 16).bfloat16()
+    t = torch.randint(0, 3, (2, 16, 16))
+    torch.testing.assert_close(dice(o, t, activation="Softmax2d"), dice(o.float(), t, activation="Softmax2d"))
+    with pytest.raises(ValueError, match="2 class names"):
+        iou(o, t, classes=["a", "b"], per_class=True, activation="Softmax2d")
+    with pytest.raises(ValueError, match=r"\(2, 16, 16\)"):
+        dice(o, t.float())  # float (B, H, W) targets do not fit C == 3
