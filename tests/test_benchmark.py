@@ -179,3 +179,32 @@ def test_cuda_amp_channels_last_path():
     cfg = tiny_cfg(device="cuda", dtype="fp16", channels_last=True, memory=True)
     (r,) = bench.run_benchmark([TINY], cfg, memory_fn=bench.train_step_memory)
     assert r["train_peak_mib"] > 0 and r["forward_img_s"] > 0
+
+
+def test_target_report_checks_speedups_gflops_scaling_and_memory():
+    models = pytest.importorskip("benchmarks.models", reason="run from the repository root")
+
+    def res(spec, resolution, fwd, train, gflops, mem):
+        cfg = {**vars(tiny_cfg(resolution=resolution, batch_size=4))}
+        return {"spec": spec, "config": cfg, "forward_ms": fwd, "train_ms": train, "train_peak_mib": mem,
+                "achieved_gflop_s": gflops}
+
+    ours, peer, body = bench.segzoo_spec("unet"), bench.smp_spec("unet"), bench.body_spec("resnet34")
+    results = [res(ours, 256, 100, 300, 95, 90), res(peer, 256, 140, 330, 80, 100), res(body, 256, 50, 150, 100, 50),
+               res(ours, 512, 500, 1200, 95, 300)]
+    report = models.target_report(results)
+    assert "| resnet34/unet forward speed-up vs smp | cpu fp32 B=4 256px CL=off | 1.40 | >= 1.3 | yes |" in report
+    assert "| resnet34/unet train-step speed-up vs smp | cpu fp32 B=4 256px CL=off | 1.10 | >= 1.3 | NO |" in report
+    assert "GFLOP/s vs encoder body | cpu fp32 B=4 256px CL=off | 0.95 | >= 0.9 | yes |" in report
+    assert "forward time 512^2 / 256^2 | cpu fp32 B=4 256px CL=off | 5.00 | <= 4.2 | NO |" in report
+    assert "peak memory segzoo/smp | cpu fp32 B=4 256px CL=off | 0.90 | <= 1.0 | yes |" in report
+
+
+def test_quality_training_is_seeded_and_scored():
+    quality = pytest.importorskip("benchmarks.quality", reason="run from the repository root")
+    train, valid = quality.make_data(8, 32, seed=0), quality.make_data(4, 32, seed=1)
+    assert train[0].shape == (8, 3, 32, 32) and train[1].shape == (8, 1, 32, 32)
+    a = quality.train_and_score(TINY, train, valid, steps=3, batch_size=4, lr=1e-3, seed=0)
+    b = quality.train_and_score(TINY, train, valid, steps=3, batch_size=4, lr=1e-3, seed=0)
+    assert 0.0 <= a["valid_dice"] <= 1.0
+    assert a["valid_dice"] == b["valid_dice"] and a["final_loss"] == b["final_loss"]
