@@ -17,10 +17,9 @@ from segzoo.training.callbacks import (
     SchedulerCallback,
     TensorboardLogger,
 )
-from segzoo.training.runner import Stage, SupervisedRunner, seed_everything
+from segzoo.training.runner import Runner, Stage, seed_everything
 from segzoo.training.state import RunnerState
-
-Runner = SupervisedRunner
+from segzoo.training.supervised import SupervisedRunner
 
 # every built-in callback by name, for YAML configs
 CALLBACKS = {cls.__name__: cls for cls in (

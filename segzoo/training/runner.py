@@ -1,11 +1,11 @@
-"""The runner: stages -> epochs -> loaders -> batches, everything else in callbacks."""
+"""The runner: stages -> epochs -> loaders -> batches; everything else happens in callbacks."""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import random
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +16,14 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from segzoo.checkpoint import clean_state_dict, load_checkpoint
 from segzoo.training import distributed as dist_utils
 from segzoo.training.callback import Callback, LoggerCallback, sort_callbacks
-from segzoo.training.callbacks.checkpoint import CheckpointCallback, callback_key, set_rng_state
+from segzoo.training.callbacks.checkpoint import CheckpointCallback
 from segzoo.training.callbacks.criterion import CriterionCallback
 from segzoo.training.callbacks.loggers import ConsoleLogger, ProgressBarLogger
 from segzoo.training.callbacks.optimizer import OptimizerCallback
 from segzoo.training.callbacks.scheduler import SchedulerCallback
+from segzoo.training.resume import load_resume, restore_after_resume
 from segzoo.training.state import RunnerState
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -31,17 +31,20 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 @dataclass
 class Stage:
-    """One stage of training (e.g. ``warmup`` then ``finetune``).
+    """One stage of training (e.g. ``warmup`` then ``finetune``), run in list order.
 
-    Unset fields fall back to the arguments of :meth:`SupervisedRunner.train`.
+    Unset fields (``None``) fall back to the arguments of :meth:`Runner.train`; the stage's
+    callbacks are added to the run's. Epochs count from 1 within each stage, and checkpoints
+    are named ``{stage}.{epoch}.pth``. Stateful callbacks (early stopping) start afresh in
+    each stage; the best-checkpoint metric is tracked over the whole run.
 
     Args:
-        name: stage name (used in checkpoint names ``{stage}.{epoch}.pth``).
-        num_epochs: epochs of the stage.
+        name: stage name (unique within the run).
+        num_epochs: epochs of the stage (>= 1).
         optimizer: the stage's optimizer.
         scheduler: the stage's scheduler.
         criterion: the stage's criterion.
-        callbacks: extra callbacks of this stage (added to the run's callbacks).
+        callbacks: extra callbacks of this stage.
     """
 
     name: str
@@ -69,84 +72,96 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _move(value: Any, device: torch.device, channels_last: bool) -> Any:
+def amp_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of the ``amp`` option: ``True`` is fp16 on CUDA and bf16 elsewhere."""
+    if amp is False or amp is None:
+        return None
+    key = amp if isinstance(amp, str) else ("fp16" if device.type == "cuda" else "bf16")
+    if key not in AMP_DTYPES:
+        raise ValueError(f"amp must be False, True, 'fp16' or 'bf16', got {amp!r}")
+    return AMP_DTYPES[key]
+
+
+def move_to(value: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move tensors (also inside dicts) to ``device`` without blocking; 4-D floats optionally channels_last.
+
+    Non-blocking copies overlap with compute only from pinned memory: use
+    ``DataLoader(..., pin_memory=True)`` when training on CUDA.
+    """
     if isinstance(value, torch.Tensor):
         value = value.to(device, non_blocking=True)
         if channels_last and value.dim() == 4 and value.is_floating_point():
             value = value.contiguous(memory_format=torch.channels_last)
         return value
     if isinstance(value, Mapping):
-        return {k: _move(v, device, channels_last) for k, v in value.items()}
+        return {k: move_to(v, device, channels_last) for k, v in value.items()}
     return value
 
 
-class SupervisedRunner:
-    """Trains, evaluates and predicts with a model whose batches are dicts or ``(features, targets)`` tuples.
+def _batch_size(batch: Mapping[str, Any]) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    return 1
+
+
+class Runner(abc.ABC):
+    """Walks ``stages -> epochs -> loaders (dict order) -> batches`` and fires callbacks.
+
+    Subclasses say how a batch becomes a dict (:meth:`batch_to_dict`) and how the model is
+    called (:meth:`forward`); see :class:`~segzoo.training.supervised.SupervisedRunner`.
+    Callbacks run sorted by ``order`` (ties keep insertion order); loggers run first on
+    ``*_start`` events and last on ``*_end`` / ``on_exception``.
 
     Args:
-        model: default model for :meth:`train`, :meth:`infer`, :meth:`predict_loader`.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``None`` (CUDA if available).
-        input_key: batch key of the model input (B, C, H, W).
-        output_key: key under which the model's output (B, K, H, W) is stored in ``state.output``.
-        input_target_key: batch key of the targets.
-
-    Example:
-        >>> runner = SupervisedRunner()
-        >>> runner.train(model, criterion, optimizer, {"train": tl, "valid": vl}, logdir="logs/run",
-        ...              callbacks=[DiceCallback(threshold=0.5)], num_epochs=10,
-        ...              main_metric="dice", minimize_metric=False)
+        model: default model for :meth:`train` and :meth:`infer`.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` or ``None`` (CUDA if available).
     """
 
-    def __init__(self, model: nn.Module | None = None, device: str | torch.device | None = None,
-                 input_key: str = "features", output_key: str = "logits", input_target_key: str = "targets") -> None:
+    def __init__(self, model: nn.Module | None = None, device: str | torch.device | None = None) -> None:
         self.model = model
         self.device = device
-        self.input_key, self.output_key, self.input_target_key = input_key, output_key, input_target_key
         self.state: RunnerState | None = None
 
-    # ---- helpers ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def batch_to_dict(self, batch: Any) -> dict[str, Any]:
+        """Turn one loader item into the ``state.input`` dict."""
 
-    def _batch(self, batch: Any) -> dict[str, Any]:
-        if isinstance(batch, Mapping):
-            if self.input_key not in batch:
-                raise KeyError(f"batch has no {self.input_key!r} key (keys: {sorted(batch)}); "
-                               f"set SupervisedRunner(input_key=...)")
-            return dict(batch)
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            return {self.input_key: batch[0], self.input_target_key: batch[1]}
-        raise TypeError(f"a batch must be a dict or a (features, targets) pair, got {type(batch).__name__}")
+    @abc.abstractmethod
+    def forward(self, state: RunnerState, model: nn.Module) -> dict[str, Any]:
+        """Run ``model`` on ``state.input``; returns the ``state.output`` dict."""
 
-    def _autocast(self, state: RunnerState):
-        if state.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
-
-    def _fire(self, callbacks: list[Callback], event: str, state: RunnerState) -> None:
-        loggers = [c for c in callbacks if isinstance(c, LoggerCallback)]
-        others = [c for c in callbacks if not isinstance(c, LoggerCallback)]
-        ordered = loggers + others if event.endswith("_start") else others + loggers
-        for cb in ordered:
-            getattr(cb, event)(state)
+    def criterion_callback(self) -> Callback:
+        """The CriterionCallback added when the user gives none."""
+        return CriterionCallback()
 
     # ---- the loop ----------------------------------------------------------------------------------
 
+    @staticmethod
+    def _fire(callbacks: list[Callback], event: str, state: RunnerState) -> None:
+        loggers = [c for c in callbacks if isinstance(c, LoggerCallback)]
+        others = [c for c in callbacks if not isinstance(c, LoggerCallback)]
+        for cb in (loggers + others if event.endswith("_start") else others + loggers):
+            getattr(cb, event)(state)
+
     def _run_loader(self, state: RunnerState, loader: Iterable, callbacks: list[Callback],
-                    model: nn.Module, channels_last: bool) -> None:
-        state.loader_len = len(loader)
-        model.train(state.need_backward)
+                    channels_last: bool) -> None:
+        state.loader_len = len(loader) if hasattr(loader, "__len__") else 0
+        state.model.train(state.need_backward)
         state.loader_metrics = {}
         totals: dict[str, float] = {}
         count = 0
+        autocast = (torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
+                    if state.amp_dtype is not None else contextlib.nullcontext())
         self._fire(callbacks, "on_loader_start", state)
         with torch.set_grad_enabled(state.need_backward):
             for state.batch_index, batch in enumerate(loader):
-                state.input = _move(self._batch(batch), state.device, channels_last)
-                features = state.input[self.input_key]
-                state.batch_size = int(features.shape[0]) if isinstance(features, torch.Tensor) else 1
+                state.input = move_to(self.batch_to_dict(batch), state.device, channels_last)
+                state.batch_size = _batch_size(state.input)
                 state.loss, state.batch_metrics = {}, {}
                 self._fire(callbacks, "on_batch_start", state)
-                with self._autocast(state):
-                    state.output = {self.output_key: model(features)}
+                with autocast:
+                    state.output = self.forward(state, state.model)
                 self._fire(callbacks, "on_batch_end", state)
                 for k, v in state.batch_metrics.items():
                     totals[k] = totals.get(k, 0.0) + v * state.batch_size
@@ -160,6 +175,28 @@ class SupervisedRunner:
         self._fire(callbacks, "on_loader_end", state)
         state.epoch_metrics[state.loader_name] = dict(state.loader_metrics)
 
+    def _run_epoch(self, state: RunnerState, loaders: Mapping[str, Iterable], cbs: list[Callback],
+                   channels_last: bool) -> None:
+        state.global_epoch += 1
+        state.epoch_metrics = {}
+        state.samples = None
+        self._fire(cbs, "on_epoch_start", state)
+        for state.loader_name, loader in loaders.items():
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(state.global_epoch)
+            state.need_backward = state.loader_name.startswith("train")
+            self._run_loader(state, loader, cbs, channels_last)
+        state.valid_metrics = state.epoch_metrics[state.valid_loader]
+        if state.main_metric not in state.valid_metrics:
+            raise KeyError(f"main_metric {state.main_metric!r} is not among the valid metrics "
+                           f"{sorted(state.valid_metrics)}; add its callback or choose another")
+        value = state.valid_metrics[state.main_metric]
+        state.is_best_valid = state.is_better(value, state.best_valid_metric)
+        if state.is_best_valid:
+            state.best_valid_metric = value
+        self._fire(cbs, "on_epoch_end", state)
+
     def _stage_callbacks(self, given: list[Callback], stage: Stage, state: RunnerState,
                          verbose: bool) -> list[Callback]:
         cbs = list(given) + list(stage.callbacks)
@@ -168,7 +205,7 @@ class SupervisedRunner:
             return any(isinstance(c, kind) for c in cbs)
 
         if state.criterion is not None and not has(CriterionCallback):
-            cbs.append(CriterionCallback(self.input_target_key, self.output_key))
+            cbs.append(self.criterion_callback())
         if state.optimizer is not None and not has(OptimizerCallback):
             cbs.append(OptimizerCallback())
         if state.scheduler is not None and not has(SchedulerCallback):
@@ -185,8 +222,9 @@ class SupervisedRunner:
                 cb.callbacks = cbs
         return cbs
 
-    def _prepare_model(self, model: nn.Module, state: RunnerState, channels_last: bool, compile: bool | dict,
-                       rank: int) -> nn.Module:
+    @staticmethod
+    def _prepare_model(model: nn.Module, state: RunnerState, channels_last: bool,
+                       compile: bool | dict) -> nn.Module:
         model = model.to(state.device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -205,45 +243,55 @@ class SupervisedRunner:
               channels_last: bool = False, compile: bool | dict = False,
               normalization: Mapping[str, list[float]] | None = None, nonfinite: str = "raise",
               checkpoint_data: Mapping[str, Any] | None = None) -> RunnerState:
-        """Train ``model`` over ``stages`` (or one stage of ``num_epochs``), validating every epoch.
+        """Train ``model`` over ``stages`` (or one stage ``"train"`` of ``num_epochs``), validating each epoch.
 
-        Loaders whose name starts with ``"train"`` run backward; ``loaders[valid_loader]`` gives
-        the metrics that pick the best checkpoint. Defaults added when absent: CriterionCallback,
-        OptimizerCallback, SchedulerCallback (with a scheduler), CheckpointCallback, ConsoleLogger,
-        and a progress bar when ``verbose``.
+        Loaders whose name starts with ``"train"`` run backward and optimizer steps; the metrics of
+        ``loaders[valid_loader]`` select the best checkpoint. Defaults added when absent:
+        CriterionCallback, OptimizerCallback, SchedulerCallback (with a scheduler),
+        CheckpointCallback, ConsoleLogger, and a tqdm progress bar when ``verbose``. Under
+        ``torchrun`` the model is wrapped in DistributedDataParallel, DataLoaders are sharded with
+        a DistributedSampler and rank 0 alone writes logs and checkpoints.
 
         Args:
-            model: the model (default: the runner's); batches are dicts or ``(features, targets)``.
-            criterion: loss module (or a dict of them for several CriterionCallbacks).
-            optimizer: optimizer (or dict).
+            model: the model (default: the runner's).
+            criterion: loss module (or a dict of them, picked by ``CriterionCallback(criterion_key=)``).
+            optimizer: optimizer (or dict); may be ``None`` when every stage brings its own.
             loaders: ordered ``name -> DataLoader``; must include ``valid_loader``.
-            logdir: where checkpoints, logs and pictures go.
-            callbacks: extra callbacks (list or dict).
+            logdir: where checkpoints, ``log.txt``, TensorBoard logs and pictures go.
+            callbacks: extra callbacks (list, or dict whose values are used).
             scheduler: LR scheduler (or dict).
             num_epochs: epochs of the single stage when ``stages`` is not given.
             main_metric: valid metric that selects ``best.pth`` (e.g. ``"dice"``).
             minimize_metric: lower ``main_metric`` is better.
             verbose: show tqdm progress bars.
-            resume: a ``*_full.pth`` (or ``last``/``best`` light) checkpoint to continue from.
+            resume: a log directory (its ``last_full.pth``) or a checkpoint file to continue from;
+                a light file is replaced by its ``_full`` sibling when there is one.
+                ``CheckpointCallback(resume=...)`` is used when this is ``None``.
             valid_loader: name of the validation loader.
             stages: list of :class:`Stage` for multi-stage training.
             seed: seed python, numpy and torch first (reproducible CPU runs).
-            amp: ``False``, ``True`` (fp16 on CUDA, bf16 on CPU), ``"fp16"`` or ``"bf16"`` autocast;
+            amp: ``False``, ``True`` (fp16 on CUDA, bf16 elsewhere), ``"fp16"`` or ``"bf16"`` autocast;
                 fp16 on CUDA uses a GradScaler.
-            channels_last: move the model and 4-D inputs to channels_last.
+            channels_last: move the model and 4-D float inputs to channels_last.
             compile: wrap the model with ``torch.compile`` (a dict gives its options).
-            normalization: ``{"mean": [...], "std": [...]}`` of the inputs, stored in checkpoints for prediction.
-            nonfinite: ``"raise"`` (stop with an error naming the loss) or ``"skip"`` (skip such batches).
+            normalization: ``{"mean": [...], "std": [...]}`` of the inputs, stored in checkpoints.
+            nonfinite: on a NaN/inf loss ``"raise"`` (stop with an error naming the loss and where)
+                or ``"skip"`` (skip the batch; counted in ``state.skipped_batches``).
             checkpoint_data: extra plain data stored in every checkpoint.
 
         Returns:
-            The final :class:`RunnerState`.
+            The final :class:`RunnerState` (``valid_metrics``, ``best_valid_metric``, ...).
+
+        Raises:
+            ValueError: no model, no ``valid_loader`` loader, bad stages or options.
+            KeyError: ``main_metric`` is not computed on the valid loader.
+            NonFiniteLossError: a non-finite loss with ``nonfinite="raise"``.
         """
         model = model if model is not None else self.model
         if model is None:
-            raise ValueError("no model: pass one to train() or to SupervisedRunner(model=...)")
+            raise ValueError("no model: pass one to train() or to the runner's constructor")
         if not isinstance(loaders, Mapping) or not loaders:
-            raise ValueError("loaders must be a non-empty dict name -> DataLoader")
+            raise ValueError(f"loaders must be a non-empty dict name -> DataLoader, got {type(loaders).__name__}")
         if valid_loader not in loaders:
             raise ValueError(f"training needs a {valid_loader!r} loader to select checkpoints; "
                              f"got loaders {list(loaders)}")
@@ -256,55 +304,52 @@ class SupervisedRunner:
         if len({s.name for s in stages}) != len(stages):
             raise ValueError(f"stage names must be unique, got {[s.name for s in stages]}")
         given = list(callbacks.values()) if isinstance(callbacks, Mapping) else list(callbacks or [])
+        if resume is None:
+            resume = next((c.resume for c in given if isinstance(c, CheckpointCallback) and c.resume), None)
         if seed is not None:
             seed_everything(seed)
 
         state = RunnerState(logdir=Path(logdir), main_metric=main_metric, minimize_metric=minimize_metric,
-                            nonfinite=nonfinite)
-        state.distributed, rank, state.world_size, device = dist_utils.setup(resolve_device(self.device))
-        state.device = device
+                            nonfinite=nonfinite, valid_loader=valid_loader)
+        state.distributed, rank, state.world_size, state.device = dist_utils.setup(resolve_device(self.device))
         state.is_main_process = rank == 0
         state.checkpoint_data = {"normalization": dict(normalization) if normalization else None,
                                  **dict(checkpoint_data or {})}
-        if amp:
-            key = amp if isinstance(amp, str) else ("fp16" if state.device.type == "cuda" else "bf16")
-            if key not in AMP_DTYPES:
-                raise ValueError(f"amp must be False, True, 'fp16' or 'bf16', got {amp!r}")
-            state.amp_dtype = AMP_DTYPES[key]
-            if key == "fp16" and state.device.type == "cuda":
-                state.scaler = torch.amp.GradScaler("cuda")
+        state.amp_dtype = amp_dtype(amp, state.device)
+        if state.amp_dtype == torch.float16 and state.device.type == "cuda":
+            state.scaler = torch.amp.GradScaler("cuda")
         if state.distributed:
             loaders = {k: dist_utils.shard_loader(v) if isinstance(v, DataLoader) else v for k, v in loaders.items()}
         if state.is_main_process:
             Path(logdir).mkdir(parents=True, exist_ok=True)
         self.state = state
-        state.model = self._prepare_model(model, state, channels_last, compile, rank)
+        state.model = self._prepare_model(model, state, channels_last, compile)
         state.criterion = criterion
 
         start_stage, start_epoch, resumed = 0, 1, None
         if resume is not None:
-            resumed = self._load_resume(resume, state, stages, optimizer, scheduler)
-            start_stage, start_epoch = resumed["stage_index"], resumed["epoch"] + 1
+            resumed = load_resume(resume, state, [s.name for s in stages])
+            start_stage, start_epoch = resumed["stage_index"], int(resumed["epoch"]) + 1
             if start_epoch > stages[start_stage].num_epochs:
                 start_stage, start_epoch = start_stage + 1, 1
 
         for state.stage_index in range(start_stage, len(stages)):
             stage = stages[state.stage_index]
             state.stage, state.num_epochs = stage.name, stage.num_epochs
-            state.optimizer = stage.optimizer or optimizer
-            state.scheduler = stage.scheduler or scheduler
-            state.criterion = stage.criterion or criterion
+            state.optimizer = stage.optimizer if stage.optimizer is not None else optimizer
+            state.scheduler = stage.scheduler if stage.scheduler is not None else scheduler
+            state.criterion = stage.criterion if stage.criterion is not None else criterion
             cbs = self._stage_callbacks(given, stage, state, verbose)
             first = state.stage_index == start_stage
             if first and resumed is not None:
-                self._restore_after_resume(resumed, state, cbs)
+                restore_after_resume(resumed, state, cbs)
             state.epoch = start_epoch - 1 if first else 0
             state.stop_training = False
             try:
                 self._fire(cbs, "on_stage_start", state)
                 for epoch in range(state.epoch + 1, stage.num_epochs + 1):
                     state.epoch = epoch
-                    self._run_epoch(state, loaders, cbs, valid_loader, channels_last)
+                    self._run_epoch(state, loaders, cbs, channels_last)
                     if state.stop_training:
                         break
                 self._fire(cbs, "on_stage_end", state)
@@ -314,124 +359,42 @@ class SupervisedRunner:
                 raise
         return state
 
-    def _run_epoch(self, state: RunnerState, loaders: Mapping[str, Iterable], cbs: list[Callback],
-                   valid_loader: str, channels_last: bool) -> None:
-        state.global_epoch += 1
-        state.epoch_metrics = {}
-        state.samples = None
-        self._fire(cbs, "on_epoch_start", state)
-        for state.loader_name, loader in loaders.items():
-            sampler = getattr(loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(state.global_epoch)
-            state.need_backward = state.loader_name.startswith("train")
-            self._run_loader(state, loader, cbs, state.model, channels_last)
-        state.valid_metrics = state.epoch_metrics[valid_loader]
-        if state.main_metric not in state.valid_metrics:
-            raise KeyError(f"main_metric {state.main_metric!r} is not among the valid metrics "
-                           f"{sorted(state.valid_metrics)}; add its callback or choose another")
-        value = state.valid_metrics[state.main_metric]
-        state.is_best_valid = state.is_better(value, state.best_valid_metric)
-        if state.is_best_valid:
-            state.best_valid_metric = value
-        self._fire(cbs, "on_epoch_end", state)
-
-    # ---- resume -------------------------------------------------------------------------------------
-
-    def _load_resume(self, resume: str | os.PathLike, state: RunnerState, stages: list[Stage],
-                     optimizer: Any, scheduler: Any) -> dict[str, Any]:
-        path = Path(resume)
-        full = path.with_name(path.stem + "_full.pth") if not path.stem.endswith("_full") else path
-        if full.is_file():
-            path = full
-        ck = load_checkpoint(path, map_location=state.device)
-        if ck.get("stage") not in [s.name for s in stages]:
-            raise ValueError(f"checkpoint {path} is from stage {ck.get('stage')!r}, not one of "
-                             f"{[s.name for s in stages]}")
-        ck["stage_index"] = [s.name for s in stages].index(ck["stage"])
-        target = state.model
-        for attr in ("_orig_mod", "module"):
-            target = getattr(target, attr, target)
-        from segzoo.encoders.weights import load_into
-
-        load_into(target, clean_state_dict(ck["model_state_dict"]), f"the model (resuming from {path})")
-        if "optimizer_state_dict" not in ck:
-            warnings.warn(f"{path} has no optimizer state (not a _full checkpoint): resuming with fresh "
-                          f"optimizer/scheduler state", stacklevel=3)
-        return ck
-
-    def _restore_after_resume(self, ck: dict[str, Any], state: RunnerState, cbs: list[Callback]) -> None:
-        for key, obj in (("optimizer_state_dict", state.optimizer), ("scheduler_state_dict", state.scheduler),
-                         ("criterion_state_dict", state.criterion), ("scaler_state_dict", state.scaler)):
-            saved = ck.get(key)
-            if saved is None or obj is None:
-                continue
-            if isinstance(obj, dict):
-                for name, sub in obj.items():
-                    sub.load_state_dict(saved[name])
-            elif hasattr(obj, "load_state_dict"):
-                obj.load_state_dict(saved)
-        counts: dict[str, int] = {}
-        saved_cbs = ck.get("callbacks_state", {})
-        for cb in cbs:
-            name = type(cb).__name__
-            counts[name] = counts.get(name, 0) + 1
-            key = callback_key(counts[name], cb)
-            if key in saved_cbs:
-                cb.load_state_dict(saved_cbs[key])
-        state.global_epoch = int(ck.get("global_epoch", 0))
-        state.best_valid_metric = ck.get("best_valid_metric")
-        if ck.get("rng_state") is not None:
-            set_rng_state(ck["rng_state"])
-
-    # ---- inference ----------------------------------------------------------------------------------
-
     def infer(self, model: nn.Module | None, loaders: Mapping[str, Iterable], callbacks: list[Callback] | None = None,
               verbose: bool = False, resume: str | os.PathLike | None = None, amp: bool | str = False,
               channels_last: bool = False) -> RunnerState:
-        """Run ``model`` over ``loaders`` without gradients; callbacks see every batch's outputs.
+        """Run ``model`` over ``loaders`` in eval mode without gradients; callbacks see every batch.
+
+        Args:
+            model: the model (default: the runner's).
+            loaders: ``name -> DataLoader``.
+            callbacks: e.g. metric callbacks; their loader values end up in ``state.epoch_metrics``.
+            verbose: show a tqdm progress bar.
+            resume: checkpoint (file or log directory) whose weights to load first.
+            amp: autocast as in :meth:`train`.
+            channels_last: as in :meth:`train`.
 
         Returns:
-            The final state (``state.epoch_metrics`` holds any metrics the callbacks computed).
+            The final state (``state.epoch_metrics`` holds the metrics the callbacks computed).
         """
         model = model if model is not None else self.model
         if model is None:
-            raise ValueError("no model: pass one to infer() or to SupervisedRunner(model=...)")
+            raise ValueError("no model: pass one to infer() or to the runner's constructor")
+        if not isinstance(loaders, Mapping):
+            raise ValueError(f"loaders must be a dict name -> DataLoader, got {type(loaders).__name__}")
         state = RunnerState(stage="infer", num_epochs=1, epoch=1)
         state.device = resolve_device(self.device)
-        if amp:
-            state.amp_dtype = AMP_DTYPES.get(amp if isinstance(amp, str) else
-                                             ("fp16" if state.device.type == "cuda" else "bf16"))
-        if resume is not None:
-            model.load_state_dict(clean_state_dict(load_checkpoint(resume)["model_state_dict"]))
+        state.amp_dtype = amp_dtype(amp, state.device)
         state.model = model.to(state.device)
+        if channels_last:
+            state.model = state.model.to(memory_format=torch.channels_last)
+        if resume is not None:
+            load_resume(resume, state, None)
+        self.state = state
         cbs = sort_callbacks(list(callbacks or []) + ([ProgressBarLogger()] if verbose else []))
         self._fire(cbs, "on_stage_start", state)
         for state.loader_name, loader in loaders.items():
             state.need_backward = False
-            self._run_loader(state, loader, cbs, state.model, channels_last)
+            self._run_loader(state, loader, cbs, channels_last)
         self._fire(cbs, "on_stage_end", state)
         return state
 
-    def predict_loader(self, model: nn.Module | None, loader: Iterable, resume: str | os.PathLike | None = None,
-                       verbose: bool = False, **kwargs: Any) -> np.ndarray:
-        """Outputs of ``model`` over ``loader`` concatenated on the batch axis.
-
-        Returns:
-            float32 numpy array (N, K, H, W).
-        """
-        collector = _OutputCollector(self.output_key)
-        self.infer(model, {"infer": loader}, callbacks=[collector], verbose=verbose, resume=resume, **kwargs)
-        if not collector.outputs:
-            return np.zeros((0,), dtype=np.float32)
-        return torch.cat(collector.outputs).numpy()
-
-
-class _OutputCollector(Callback):
-    def __init__(self, key: str) -> None:
-        super().__init__()
-        self.key = key
-        self.outputs: list[torch.Tensor] = []
-
-    def on_batch_end(self, state: RunnerState) -> None:
-        self.outputs.append(state.output[self.key].detach().float().cpu())

@@ -31,6 +31,7 @@ class RunnerState:
         batch_metrics: plain float metrics of the current batch.
         loader_metrics: metrics of the current loader, filled at loader end (exact values).
         epoch_metrics: ``{loader_name: {metric: value}}`` of the current epoch.
+        valid_loader: name of the validation loader.
         valid_metrics: the epoch metrics of the validation loader.
         main_metric: the valid metric that selects the best checkpoint.
         minimize_metric: whether a lower ``main_metric`` is better.
@@ -70,6 +71,7 @@ class RunnerState:
     batch_metrics: dict[str, float] = field(default_factory=dict)
     loader_metrics: dict[str, float] = field(default_factory=dict)
     epoch_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    valid_loader: str = "valid"
     valid_metrics: dict[str, float] = field(default_factory=dict)
     main_metric: str = "loss"
     minimize_metric: bool = True

@@ -199,10 +199,10 @@ def test_keyboard_interrupt_leaves_resumable_checkpoint(tiny, loaders, tmp_path)
 
     with pytest.raises(KeyboardInterrupt):
         _train(tiny, loaders, tmp_path, num_epochs=3, callbacks=[Interrupt()])
-    ck = load_checkpoint(tmp_path / "checkpoints" / "interrupted_full.pth")
+    ck = load_checkpoint(tmp_path / "checkpoints" / "last_full.pth")
     assert ck["interrupted"] and ck["epoch"] == 1
-    state = _train(TinyNet(), loaders, tmp_path, num_epochs=3,
-                   resume=tmp_path / "checkpoints" / "interrupted_full.pth")
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["interrupted"]
+    state = _train(TinyNet(), loaders, tmp_path, num_epochs=3, resume=tmp_path)
     assert state.epoch == 3 and state.global_epoch == 3
 
 

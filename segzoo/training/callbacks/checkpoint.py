@@ -123,7 +123,8 @@ class CheckpointCallback(Callback):
     epochs (others are removed); ``_metrics.json`` with best, last and every epoch's metrics.
     ``_full`` files also hold optimizer, scheduler, criterion, scaler, callback and RNG state;
     every file is written atomically and loads with ``torch.load(weights_only=True)``.
-    On Ctrl-C or an error, ``interrupted.pth`` / ``interrupted_full.pth`` keep the weights as they were.
+    On Ctrl-C, ``last.pth`` / ``last_full.pth`` get the current weights with ``"interrupted": True``
+    (resume re-runs the unfinished epoch); on other errors (a NaN loss) nothing is written.
 
     Args:
         save_n_best: how many per-epoch checkpoints to keep (>= 1).
@@ -187,15 +188,18 @@ class CheckpointCallback(Callback):
                           folder / self.metric_filename)
 
     def on_exception(self, state: RunnerState) -> None:
+        """On Ctrl-C save ``last`` / ``last_full`` marked ``interrupted`` (resuming re-runs the unfinished
+        epoch); on any other error write nothing, so the last good checkpoints stay as they were."""
+        if not isinstance(state.exception, KeyboardInterrupt):
+            return
         if not state.is_main_process or state.model is None or state.logdir is None:
             return
         folder = self._folder(state)
-        ck = full_checkpoint(state, self.callbacks)
-        ck["interrupted"] = True
-        # the epoch in progress is not complete: resuming from here runs it again
-        ck["epoch"] = max(state.epoch - 1, 0)
-        ck["global_epoch"] = max(state.global_epoch - 1, 0)
-        save_checkpoint(ck, folder / "interrupted_full.pth")
+        full = full_checkpoint(state, self.callbacks)
         light = model_checkpoint(state)
-        light["interrupted"] = True
-        save_checkpoint(light, folder / "interrupted.pth")
+        for ck in (full, light):
+            ck["interrupted"] = True
+            ck["epoch"] = max(state.epoch - 1, 0)  # the epoch in progress is not complete
+            ck["global_epoch"] = max(state.global_epoch - 1, 0)
+        save_checkpoint(full, folder / "last_full.pth")
+        save_checkpoint(light, folder / "last.pth")

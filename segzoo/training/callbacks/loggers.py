@@ -23,7 +23,7 @@ class ConsoleLogger(LoggerCallback):
             return
         lines = []
         for loader, metrics in state.epoch_metrics.items():
-            best = " *best*" if loader == "valid" and state.is_best_valid else ""
+            best = " *best*" if loader == state.valid_loader and state.is_best_valid else ""
             lines.append(f"[{state.stage} {state.epoch}/{state.num_epochs}] {loader}: {format_metrics(metrics)}{best}")
         text = "\n".join(lines)
         print(text, flush=True)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from segzoo.training.callback import Callback, CallbackOrder
+from segzoo.training.distributed import all_reduce_sum
 from segzoo.training.state import RunnerState
 
 
@@ -62,11 +63,15 @@ class OptimizerCallback(Callback):
             raise KeyError(f"no loss {self.loss_key!r} to optimize; computed: {sorted(state.loss)}")
         loss = state.loss[self.loss_key]
         value = float(loss.detach())
-        if not math.isfinite(value):
+        last = state.batch_index + 1 == state.loader_len
+        if not self._all_finite(value, state):
             if state.nonfinite == "skip":
                 state.skipped_batches += 1
+                if last and self._pending:
+                    self.step(state)
                 return
-            raise NonFiniteLossError(f"non-finite loss {value} at stage {state.stage!r}, epoch {state.epoch}, "
+            where = "" if not math.isfinite(value) else " on another process"
+            raise NonFiniteLossError(f"non-finite loss {value}{where} at stage {state.stage!r}, epoch {state.epoch}, "
                                      f"batch {state.batch_index} of loader {state.loader_name!r}; the last "
                                      f"checkpoint was kept (use nonfinite='skip' to skip such batches)")
         loss = loss / self.accumulation_steps
@@ -75,9 +80,17 @@ class OptimizerCallback(Callback):
         else:
             loss.backward()
         self._pending += 1
-        last = state.batch_index + 1 == state.loader_len
         if (state.batch_index + 1) % self.accumulation_steps == 0 or last:
             self.step(state)
+
+    @staticmethod
+    def _all_finite(value: float, state: RunnerState) -> bool:
+        """Whether the loss is finite on every process (all skip or raise together, so DDP never hangs)."""
+        finite = math.isfinite(value)
+        if state.distributed:
+            flag = all_reduce_sum(torch.tensor([0.0 if finite else 1.0]), state)
+            finite = flag.item() == 0
+        return finite
 
     def step(self, state: RunnerState) -> None:
         """Clip, step and zero the gradients."""

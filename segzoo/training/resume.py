@@ -1,0 +1,97 @@
+"""Resuming a run: find the full checkpoint, load the weights, restore optimizer/callback/RNG state."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
+from segzoo.encoders.weights import load_into
+from segzoo.training.callback import Callback
+from segzoo.training.callbacks.checkpoint import callback_key, set_rng_state
+from segzoo.training.state import RunnerState
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's model inside torch.compile / DistributedDataParallel wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def find_resume_file(resume: str | os.PathLike) -> Path:
+    """The checkpoint to resume from: a log directory gives ``checkpoints/last_full.pth``; a light
+    ``last.pth`` / ``best.pth`` / ``{stage}.{epoch}.pth`` is replaced by its ``_full`` sibling when present.
+
+    Raises:
+        FileNotFoundError: nothing to resume from (the message lists what exists).
+    """
+    path = Path(resume)
+    if path.is_dir():
+        return resolve_checkpoint(path, "last_full")
+    if not path.is_file():
+        raise FileNotFoundError(f"resume checkpoint not found: {path}")
+    full = path if path.stem.endswith("_full") else path.with_name(path.stem + "_full.pth")
+    return full if full.is_file() else path
+
+
+def load_resume(resume: str | os.PathLike, state: RunnerState, stage_names: list[str] | None) -> dict[str, Any]:
+    """Read the checkpoint, check its stage, load its weights into ``state.model``.
+
+    Args:
+        resume: log directory or checkpoint file (see :func:`find_resume_file`).
+        state: the run's state (``model`` and ``device`` set).
+        stage_names: the run's stages; ``None`` accepts a checkpoint of any stage (inference).
+
+    Returns:
+        The checkpoint with an extra ``stage_index`` (position of its stage in ``stage_names``).
+    """
+    path = find_resume_file(resume)
+    ck = load_checkpoint(path, map_location=state.device)
+    if "model_state_dict" not in ck:
+        raise KeyError(f"checkpoint {path} has no 'model_state_dict' (keys: {sorted(ck)})")
+    if stage_names is not None:
+        if ck.get("stage") not in stage_names:
+            raise ValueError(f"checkpoint {path} is from stage {ck.get('stage')!r}, not one of {stage_names}")
+        ck["stage_index"] = stage_names.index(ck["stage"])
+    load_into(unwrap_model(state.model), clean_state_dict(ck["model_state_dict"]), f"the model (resuming from {path})")
+    if stage_names is not None and "optimizer_state_dict" not in ck:
+        warnings.warn(f"{path} has no optimizer state (not a _full checkpoint): resuming with fresh "
+                      f"optimizer/scheduler state", stacklevel=3)
+    return ck
+
+
+def _load_into_obj(obj: Any, saved: Any) -> None:
+    if saved is None or obj is None:
+        return
+    if isinstance(obj, dict):
+        for name, sub in obj.items():
+            if name in saved and hasattr(sub, "load_state_dict"):
+                sub.load_state_dict(saved[name])
+    elif hasattr(obj, "load_state_dict"):
+        obj.load_state_dict(saved)
+
+
+def restore_after_resume(ck: dict[str, Any], state: RunnerState, callbacks: list[Callback]) -> None:
+    """Restore optimizer, scheduler, criterion, scaler, callback and RNG state for the first resumed stage."""
+    for key, obj in (("optimizer_state_dict", state.optimizer), ("scheduler_state_dict", state.scheduler),
+                     ("criterion_state_dict", state.criterion), ("scaler_state_dict", state.scaler)):
+        _load_into_obj(obj, ck.get(key))
+    counts: dict[str, int] = {}
+    saved_cbs = ck.get("callbacks_state", {})
+    for cb in callbacks:
+        name = type(cb).__name__
+        counts[name] = counts.get(name, 0) + 1
+        key = callback_key(counts[name], cb)
+        if key in saved_cbs:
+            cb.load_state_dict(saved_cbs[key])
+    state.global_epoch = int(ck.get("global_epoch", 0))
+    state.best_valid_metric = ck.get("best_valid_metric")
+    if ck.get("rng_state") is not None:
+        set_rng_state(ck["rng_state"])
