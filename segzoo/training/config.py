@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,33 @@ SCHEMA: dict[str, Any] = {
     "callbacks": list,
     "stages": list,
     "runner": {"main_metric": str, "minimize_metric": bool, "verbose": bool, "amp": (bool, str),
-               "channels_last": bool, "device": str, "resume": (str, type(None)), "nonfinite": str},
+               "channels_last": bool, "compile": bool, "device": str, "resume": (str, type(None)),
+               "nonfinite": str},
 }
 STAGE_SCHEMA = {"name": str, "num_epochs": int, "optimizer": {"name": str, "params": dict},
                 "scheduler": {"name": str, "params": dict}}
 REQUIRED = ("logdir", "model", "data")
+# integer settings and their smallest valid value
+MINIMUM = {"num_epochs": 1, "data.train_size": 1, "data.valid_size": 1, "data.batch_size": 1,
+           "data.num_workers": 0}
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` / ``3E+2`` as floats (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _check(node: Any, schema: Any, where: str) -> None:
@@ -97,10 +120,17 @@ def validate(cfg: dict[str, Any]) -> None:
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
         raise ConfigError(f"config is missing required key(s) {missing}")
+    for dotted, low in MINIMUM.items():
+        section, _, key = dotted.rpartition(".")
+        value = (cfg.get(section) or {}).get(key) if section else cfg.get(key)
+        if value is not None and value < low:
+            raise ConfigError(f"{dotted} must be >= {low}, got {value}")
     for i, stage in enumerate(cfg.get("stages") or []):
         _check(stage, STAGE_SCHEMA, f"stages.{i}")
         if "num_epochs" not in stage:
             raise ConfigError(f"stages.{i} needs num_epochs")
+        if stage["num_epochs"] < 1:
+            raise ConfigError(f"stages.{i}.num_epochs must be >= 1, got {stage['num_epochs']}")
     for i, cb in enumerate(cfg.get("callbacks") or []):
         _check(cb, {"name": str, "params": dict}, f"callbacks.{i}")
     if "name" not in cfg["model"]:
@@ -118,10 +148,10 @@ def _set(cfg: dict[str, Any], dotted: str, value: Any) -> None:
     node: Any = cfg
     parts = dotted.split(".")
     for i, part in enumerate(parts[:-1]):
-        key: Any = int(part) if isinstance(node, list) else part
         try:
+            key: Any = int(part) if isinstance(node, list) else part
             node = node[key] if isinstance(node, list) else node.setdefault(key, {})
-        except (IndexError, TypeError) as exc:
+        except (IndexError, TypeError, ValueError) as exc:
             raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:i + 1])} does not exist") from exc
     last = parts[-1]
     if isinstance(node, list):
@@ -146,7 +176,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
+        cfg = _yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from exc
     for item in overrides or []:
@@ -154,7 +184,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
         try:
-            _set(cfg, key.strip(), yaml.safe_load(raw))
+            _set(cfg, key.strip(), _yaml(raw))
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML") from exc
     validate(cfg)
@@ -172,67 +202,116 @@ def _build_named(section: dict[str, Any], registry: dict[str, Any], kind: str, *
 
 
 def _classes(module: Any, base: type) -> dict[str, type]:
-    return {n: c for n, c in vars(module).items() if inspect.isclass(c) and issubclass(c, base) and c is not base}
+    return {n: c for n, c in vars(module).items()
+            if inspect.isclass(c) and issubclass(c, base) and c is not base and not n.startswith("_")}
+
+
+def registries() -> dict[str, dict[str, Any]]:
+    """Everything a config can name: ``model``, ``loss``, ``optimizer``, ``scheduler``, ``callback``."""
+    from segzoo.losses import LOSSES
+    from segzoo.models.registry import list_models
+    from segzoo.training import CALLBACKS
+
+    schedulers = _classes(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
+    schedulers["ReduceLROnPlateau"] = torch.optim.lr_scheduler.ReduceLROnPlateau
+    return {"model": dict.fromkeys(list_models()),
+            "loss": {**_classes(torch.nn.modules.loss, torch.nn.modules.loss._Loss), **LOSSES},
+            "optimizer": _classes(torch.optim, torch.optim.Optimizer),
+            "scheduler": schedulers, "callback": dict(CALLBACKS)}
+
+
+def check_names(cfg: dict[str, Any]) -> None:
+    """Check every name the config uses against its registry (cheap, before anything is built).
+
+    Raises:
+        KeyError: (``NotFoundError``) an unknown name, with close matches and the valid names.
+    """
+    regs = registries()
+    named = [("model", cfg["model"]), ("loss", cfg.get("loss")), ("optimizer", cfg.get("optimizer")),
+             ("scheduler", cfg.get("scheduler"))]
+    named += [("callback", c) for c in cfg.get("callbacks") or []]
+    for stage in cfg.get("stages") or []:
+        named += [("optimizer", stage.get("optimizer")), ("scheduler", stage.get("scheduler"))]
+    for kind, section in named:
+        if section and "name" in section and section["name"] not in regs[kind]:
+            raise unknown_name_error(kind, str(section["name"]), regs[kind])
+    for where, section in [("loss", cfg.get("loss")), ("optimizer", cfg.get("optimizer")),
+                           ("scheduler", cfg.get("scheduler"))] + [(f"callbacks.{i}", c) for i, c in
+                                                                     enumerate(cfg.get("callbacks") or [])]:
+        if section is not None and "name" not in section:
+            raise ConfigError(f"{where} needs a name")
 
 
 def build_loaders(data: dict[str, Any], seed: int) -> tuple[dict[str, DataLoader], dict[str, list[float]]]:
-    """DataLoaders ``train`` / ``valid`` and the normalization they use."""
+    """DataLoaders ``train`` / ``valid`` of the ``data`` section and the normalization they use.
+
+    Returns:
+        ``({"train": DataLoader, "valid": DataLoader}, {"mean": [...], "std": [...]})``; batches are
+        dicts with ``features`` (B, 3, H, W) float and ``targets`` (B, 1, H, W) float or (B, H, W) int64.
+    """
     from segzoo.data import ProceduralSegmentation, SegmentationFolder, get_transforms
 
     params = dict(data.get("params", {}))
     kind = data.get("kind", "procedural")
-    if kind == "procedural":
-        try:
+    try:
+        if kind == "procedural":
             train = ProceduralSegmentation(data.get("train_size", 256), seed=seed, **params)
             valid = ProceduralSegmentation(data.get("valid_size", 64), seed=seed + 1, **params)
-        except TypeError as exc:
-            raise ConfigError(f"data.params: {exc}") from exc
-    else:
-        size = data.get("image_size", 256)
-        train = SegmentationFolder(data["train_images"], data["train_masks"],
-                                   transforms=get_transforms("train", size), **params)
-        valid = SegmentationFolder(data["valid_images"], data["valid_masks"],
-                                   transforms=get_transforms("valid", size), **params)
+        else:
+            size = data.get("image_size", 256)
+            train = SegmentationFolder(data["train_images"], data["train_masks"],
+                                       transforms=get_transforms("train", size), **params)
+            valid = SegmentationFolder(data["valid_images"], data["valid_masks"],
+                                       transforms=get_transforms("valid", size), **params)
+    except TypeError as exc:
+        raise ConfigError(f"data.params: {exc}") from exc
     bs, workers = data.get("batch_size", 8), data.get("num_workers", 0)
     pin = torch.cuda.is_available()
     loaders = {"train": DataLoader(train, batch_size=bs, shuffle=True, num_workers=workers, pin_memory=pin,
                                    drop_last=len(train) > bs),
                "valid": DataLoader(valid, batch_size=bs, num_workers=workers, pin_memory=pin)}
-    return loaders, {"mean": list(train.mean), "std": list(train.std)}
+    return loaders, {"mean": [float(v) for v in train.mean], "std": [float(v) for v in train.std]}
 
 
 def train_from_config(cfg: dict[str, Any]):
-    """Build everything a validated config names and train; returns the final RunnerState."""
-    import segzoo
-    from segzoo.losses import LOSSES
-    from segzoo.training import CALLBACKS, Stage, SupervisedRunner
+    """Build everything a validated config names and train.
 
+    Order: names checked, model / loss / callbacks / optimizers built, data loaded, config
+    saved to ``logdir/config.yml``, then training - so config mistakes fail before any work.
+
+    Returns:
+        The final ``RunnerState`` of :meth:`segzoo.training.SupervisedRunner.train`.
+    """
+    from segzoo.models.registry import create_model
+    from segzoo.training import Stage, SupervisedRunner, seed_everything
+
+    check_names(cfg)
+    regs = registries()
     seed = cfg.get("seed", 42)
+    seed_everything(seed)  # model initialisation is part of the reproducible run
     logdir = Path(cfg["logdir"])
-    loaders, normalization = build_loaders(cfg["data"], seed)
-    model = segzoo.create_model(cfg["model"]["name"], **cfg["model"].get("params", {}))
-    criterion = _build_named(cfg.get("loss", {"name": "BCEDiceLoss"}), LOSSES, "loss")
-    optimizers = _classes(torch.optim, torch.optim.Optimizer)
-    schedulers = _classes(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
-    schedulers["ReduceLROnPlateau"] = torch.optim.lr_scheduler.ReduceLROnPlateau
-    opt_cfg = cfg.get("optimizer", {"name": "Adam", "params": {"lr": 1e-3}})
-    callbacks = [_build_named(c, CALLBACKS, "callback") for c in cfg.get("callbacks") or []]
+    try:
+        model = create_model(cfg["model"]["name"], **cfg["model"].get("params", {}))
+    except TypeError as exc:
+        raise ConfigError(f"model.params: {exc}") from exc
+    criterion = _build_named(cfg.get("loss") or {"name": "BCEDiceLoss"}, regs["loss"], "loss")
+    callbacks = [_build_named(c, regs["callback"], "callback") for c in cfg.get("callbacks") or []]
+    opt_cfg = cfg.get("optimizer") or {"name": "Adam", "params": {"lr": 1e-3}}
 
     def make_opt(override: dict[str, Any] | None):
         merged = copy.deepcopy(opt_cfg)
         if override:
             merged["name"] = override.get("name", merged.get("name"))
             merged["params"] = {**merged.get("params", {}), **override.get("params", {})}
-        return _build_named(merged, optimizers, "optimizer", model.parameters())
-
-    def make_sched(section: dict[str, Any] | None, opt):
-        return _build_named(section, schedulers, "scheduler", opt) if section else None
+        return _build_named(merged, regs["optimizer"], "optimizer", model.parameters())
 
     stages = []
     for i, s in enumerate(cfg.get("stages") or [{"name": "train", "num_epochs": cfg.get("num_epochs", 1)}]):
         opt = make_opt(s.get("optimizer"))
-        stages.append(Stage(s.get("name", f"stage{i + 1}"), s["num_epochs"], optimizer=opt,
-                            scheduler=make_sched(s.get("scheduler", cfg.get("scheduler")), opt)))
+        sched_cfg = s.get("scheduler", cfg.get("scheduler"))
+        sched = _build_named(sched_cfg, regs["scheduler"], "scheduler", opt) if sched_cfg else None
+        stages.append(Stage(s.get("name", f"stage{i + 1}"), s["num_epochs"], optimizer=opt, scheduler=sched))
+    loaders, normalization = build_loaders(cfg["data"], seed)
     runner_cfg = dict(cfg.get("runner", {}))
     device = runner_cfg.pop("device", "auto")
     logdir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,183 @@
+"""`segzoo train --config`: YAML loading, validation, overrides and a tiny end-to-end run."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from segzoo.checkpoint import load_checkpoint
+from segzoo.cli import main
+from segzoo.errors import ConfigError
+from segzoo.training.config import check_names, load_config
+
+TINY = {
+    "seed": 3,
+    "logdir": "LOGDIR",
+    "model": {"name": "unet", "params": {"num_classes": 1, "num_channels": 8, "num_blocks": 2}},
+    "data": {"kind": "procedural", "params": {"image_size": 32, "num_classes": 1},
+             "train_size": 8, "valid_size": 4, "batch_size": 4},
+    "loss": {"name": "BCEDiceLoss"},
+    "optimizer": {"name": "Adam", "params": {"lr": 0.001}},
+    "callbacks": [{"name": "DiceCallback", "params": {"threshold": 0.5}},
+                  {"name": "IouCallback", "params": {"threshold": 0.5}}],
+    "num_epochs": 1,
+    "runner": {"main_metric": "dice", "minimize_metric": False, "device": "cpu"},
+}
+
+
+def write(tmp_path: Path, cfg: dict, name: str = "cfg.yml") -> Path:
+    path = tmp_path / name
+    text = yaml.safe_dump(cfg, sort_keys=False).replace("LOGDIR", str(tmp_path / "run"))
+    path.write_text(text)
+    return path
+
+
+def test_tiny_config_end_to_end(tmp_path, capsys):
+    path = write(tmp_path, TINY)
+    assert main(["train", "--config", str(path)]) == 0
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "best.pth").is_file()
+    assert (run / "checkpoints" / "last.pth").is_file()
+    saved = yaml.safe_load((run / "config.yml").read_text())
+    assert saved["model"] == TINY["model"]
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pth")
+    norm = ckpt.get("normalization")
+    assert norm is not None and len(norm["mean"]) == 3 and len(norm["std"]) == 3
+    out = capsys.readouterr().out
+    assert "dice" in out
+
+
+@pytest.mark.slow
+def test_two_stages_with_override(tmp_path):
+    cfg = dict(TINY, stages=[{"name": "warmup", "num_epochs": 1, "optimizer": {"params": {"lr": 0.0003}}},
+                             {"name": "main", "num_epochs": 3}])
+    cfg.pop("num_epochs")
+    path = write(tmp_path, cfg)
+    assert main(["train", "--config", str(path), "stages.1.num_epochs=1"]) == 0
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pth"))
+    assert any(n.startswith("warmup.1") for n in names)
+    assert any(n.startswith("main.1") for n in names)
+    assert not any(n.startswith("main.2") for n in names)
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path):
+    path = write(tmp_path, TINY)
+    cfg = load_config(path, ["optimizer.params.lr=3e-4", "data.batch_size=2", "runner.verbose=true",
+                             "logdir=/tmp/elsewhere", "callbacks.0.params.threshold=0.25",
+                             "scheduler={name: StepLR, params: {step_size: 1}}"])
+    assert cfg["optimizer"]["params"]["lr"] == pytest.approx(3e-4)
+    assert cfg["data"]["batch_size"] == 2
+    assert cfg["runner"]["verbose"] is True
+    assert cfg["logdir"] == "/tmp/elsewhere"
+    assert cfg["callbacks"][0]["params"]["threshold"] == 0.25
+    assert cfg["scheduler"] == {"name": "StepLR", "params": {"step_size": 1}}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stages.0.num_epochs=2", "stages"),          # no stages list in TINY: a mapping is created, then rejected
+    ("callbacks.9.name=X", "callbacks.9 does not exist"),
+    ("callbacks.x.name=X", "callbacks.x does not exist"),
+    ("callbacks.9=X", "no list item 9"),
+    ("novalue", "key.sub=value"),
+    ("runner.main_metric.x=1", "not a mapping"),
+])
+def test_bad_overrides(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, TINY), [override])
+
+
+@pytest.mark.parametrize("section, key, hint", [
+    (None, "num_epoch", "num_epochs"),
+    ("data", "batch_sise", "batch_size"),
+    ("runner", "main_metrik", "main_metric"),
+    ("model", "parms", "params"),
+])
+def test_unknown_key_names_closest(tmp_path, section, key, hint):
+    cfg = yaml.safe_load(yaml.safe_dump(TINY))
+    (cfg if section is None else cfg[section])[key] = 1
+    with pytest.raises(ConfigError, match=rf"{key}.*did you mean '{hint}'"):
+        load_config(write(tmp_path, cfg))
+
+
+def test_unknown_key_via_cli_is_one_line_exit_2(tmp_path, capsys):
+    path = write(tmp_path, TINY)
+    assert main(["train", "--config", str(path), "data.batch_sise=4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch_size" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=four", "data.batch_size must be int, got str"),
+    ("runner.verbose=3", "runner.verbose must be bool"),
+    ("num_epochs=true", "num_epochs must be int, got a bool"),
+    ("model=[1, 2]", "model must be a mapping"),
+    ("num_epochs=0", "num_epochs must be >= 1"),
+    ("data.kind=csv", "data.kind must be 'procedural' or 'folder'"),
+    ("data.kind=folder", "train_images"),
+])
+def test_bad_values(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, TINY), [override])
+
+
+def test_missing_required_section(tmp_path):
+    cfg = {k: v for k, v in TINY.items() if k != "model"}
+    with pytest.raises(ConfigError, match="model"):
+        load_config(write(tmp_path, cfg))
+
+
+@pytest.mark.parametrize("override, kind, hint", [
+    ("model.name=resnet18_unett", "model", "resnet18_unet"),
+    ("loss.name=BCEDiceLos", "loss", "BCEDiceLoss"),
+    ("optimizer.name=Adamw", "optimizer", "AdamW"),
+    ("scheduler={name: CosineAnealingLR}", "scheduler", "CosineAnnealingLR"),
+    ("callbacks.0.name=DiceCalback", "callback", "DiceCallback"),
+])
+def test_unknown_names_rejected_before_work(tmp_path, override, kind, hint):
+    cfg = load_config(write(tmp_path, TINY), [override])
+    with pytest.raises(KeyError, match=rf"unknown {kind}.*{hint}"):
+        check_names(cfg)
+
+
+def test_unknown_loss_via_cli_leaves_no_logdir(tmp_path, capsys):
+    path = write(tmp_path, TINY)
+    assert main(["train", "--config", str(path), "loss.name=Nope"]) == 2
+    assert "unknown loss 'Nope'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_torch_nn_loss_by_name(tmp_path):
+    path = write(tmp_path, TINY)
+    assert main(["train", "--config", str(path), "loss.name=SmoothL1Loss"]) == 0
+    assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
+
+
+def test_bad_optimizer_params(tmp_path, capsys):
+    path = write(tmp_path, TINY)
+    assert main(["train", "--config", str(path), "optimizer.params={lr: 0.1, momentun: 0.9}",
+                 "optimizer.name=SGD"]) == 2
+    assert "momentun" in capsys.readouterr().err
+
+
+def test_missing_config_file_exit_2(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.yml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.yml" in err[0] and "not found" in err[0]
+
+
+def test_invalid_yaml_exit_2(tmp_path, capsys):
+    path = tmp_path / "bad.yml"
+    path.write_text("model: {name: unet\nlogdir: [")
+    assert main(["train", "--config", str(path)]) == 2
+    assert "cannot parse" in capsys.readouterr().err
+
+
+def test_demo_config_is_valid():
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yml"
+    cfg = load_config(demo)
+    check_names(cfg)
+    assert cfg["model"]["params"]["pretrained"] is False
+    assert torch.tensor(cfg["data"]["params"]["image_size"]) > 0
