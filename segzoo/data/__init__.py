@@ -3,7 +3,7 @@
 from segzoo.data.folder import SegmentationFolder, read_image
 from segzoo.data.procedural import ProceduralSegmentation
 from segzoo.data.transforms import get_transforms
-from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, colorize_mask, denormalize, normalize
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, colorize_mask, denormalize, normalize, palette
 
 __all__ = ["ProceduralSegmentation", "SegmentationFolder", "get_transforms", "read_image", "colorize_mask",
-           "denormalize", "normalize", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "denormalize", "normalize", "palette", "IMAGENET_MEAN", "IMAGENET_STD"]

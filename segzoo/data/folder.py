@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, to_item
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_normalization, to_item
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -61,12 +61,17 @@ class SegmentationFolder(Dataset):
 
     Raises:
         FileNotFoundError: a folder is missing.
-        ValueError: empty folders, images without masks or masks without images (stems named).
+        ValueError: empty folders, images without masks or masks without images (stems named),
+            bad ``num_classes`` / ``mean`` / ``std``. Reading an item raises ValueError naming the
+            file for an unreadable image, an image/mask size mismatch or mask values outside the classes.
     """
 
     def __init__(self, images_dir: str | Path, masks_dir: str | Path, num_classes: int = 1,
                  transforms: Callable | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, image_suffixes: Sequence[str] = IMAGE_SUFFIXES) -> None:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        self.mean, self.std = check_normalization(mean, std)
         images = _list(Path(images_dir), tuple(image_suffixes), "images")
         masks = _list(Path(masks_dir), (".png",), "masks")
         lonely_images = sorted(set(images) - set(masks))
@@ -79,8 +84,6 @@ class SegmentationFolder(Dataset):
         self.masks = masks
         self.num_classes = num_classes
         self.transforms = transforms
-        self.mean = tuple(mean)
-        self.std = tuple(std)
 
     def __len__(self) -> int:
         return len(self.names)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, to_item
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_normalization, to_item
 
 
 def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -88,8 +88,7 @@ class ProceduralSegmentation(Dataset):
         self.height, self.width = _size(image_size)
         self.num_classes = num_classes
         self.seed = int(seed)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = check_normalization(mean, std)
         self.transforms = transforms
 
     def __len__(self) -> int:

@@ -15,6 +15,20 @@ PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0,
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], dtype=np.uint8)
 
 
+def check_normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Validate RGB ``mean`` / ``std`` (3 numbers each, std > 0) and return them as float tuples.
+
+    Raises:
+        ValueError: wrong length or a non-positive std.
+    """
+    mean_t, std_t = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean_t) != 3 or len(std_t) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got mean={list(mean_t)} std={list(std_t)}")
+    if min(std_t) <= 0:
+        raise ValueError(f"std values must be > 0, got {list(std_t)}")
+    return mean_t, std_t
+
+
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (H, W, 3) image -> float32 (3, H, W) tensor ``(x / 255 - mean) / std``."""
     x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
@@ -29,10 +43,24 @@ def denormalize(features: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     return (features.float() * s + m).clamp(0, 1)
 
 
+def palette(num_colors: int) -> np.ndarray:
+    """uint8 (num_colors, 3) colours: :data:`PALETTE` first, then fixed pseudo-random bright colours."""
+    if num_colors <= len(PALETTE):
+        return PALETTE[:num_colors]
+    extra = np.random.default_rng(1234).integers(40, 256, (num_colors - len(PALETTE), 3)).astype(np.uint8)
+    return np.concatenate([PALETTE, extra])
+
+
 def colorize_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Class-index mask (H, W) -> uint8 RGB (H, W, 3) with a fixed palette (class 0 black)."""
-    m = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    return PALETTE[m.astype(np.int64) % len(PALETTE)]
+    """Class-index mask (H, W) -> uint8 RGB (H, W, 3) with a fixed palette (class 0 black).
+
+    Raises:
+        ValueError: negative class indices.
+    """
+    m = (mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)).astype(np.int64)
+    if m.size and m.min() < 0:
+        raise ValueError(f"colorize_mask needs class indices >= 0, got min {int(m.min())}")
+    return palette(int(m.max()) + 1 if m.size else 1)[m]
 
 
 def to_item(image: np.ndarray, mask: np.ndarray, num_classes: int, mean: Sequence[float], std: Sequence[float],

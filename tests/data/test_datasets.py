@@ -95,3 +95,81 @@ def test_folder_bad_inputs(tmp_path, pairs):
     (pairs / "img" / "a2.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="cannot read image.*a2.png"):
         SegmentationFolder(pairs / "img", pairs / "msk")[2]
+
+
+def test_folder_binary_zero_one_and_multiclass(tmp_path):
+    mask = np.zeros((12, 10), np.uint8)
+    mask[:4] = 1
+    mask[6:] = 2
+    _write(tmp_path / "img", "x.jpg", np.full((12, 10, 3), 128, np.uint8))
+    _write(tmp_path / "msk", "x.png", mask)
+    multi = SegmentationFolder(tmp_path / "img", tmp_path / "msk", num_classes=3)[0]["targets"]
+    assert multi.dtype == torch.int64 and multi.shape == (12, 10)
+    assert torch.equal(multi, torch.from_numpy(mask.astype(np.int64)))
+    for fg in (1, 255):
+        _write(tmp_path / "msk", "x.png", np.where(mask > 0, fg, 0).astype(np.uint8))
+        binary = SegmentationFolder(tmp_path / "img", tmp_path / "msk")[0]["targets"]
+        assert binary.dtype == torch.float32 and binary.shape == (1, 12, 10)
+        assert binary.sum() == 4 * 10 + 6 * 10 and set(binary.unique().tolist()) == {0.0, 1.0}
+
+
+def test_folder_masks_without_images_and_bad_args(pairs):
+    _write(pairs / "msk", "orphan.png", np.zeros((20, 24), np.uint8))
+    with pytest.raises(ValueError, match=r"masks without images \['orphan'\]"):
+        SegmentationFolder(pairs / "img", pairs / "msk")
+    (pairs / "msk" / "orphan.png").unlink()
+    with pytest.raises(ValueError, match="num_classes"):
+        SegmentationFolder(pairs / "img", pairs / "msk", num_classes=0)
+    with pytest.raises(ValueError, match="3 values"):
+        SegmentationFolder(pairs / "img", pairs / "msk", mean=(0.5,))
+    with pytest.raises(FileNotFoundError, match="masks folder"):
+        SegmentationFolder(pairs / "img", pairs / "nomasks")
+
+
+def test_procedural_with_transforms_keeps_pairs_aligned():
+    plain = ProceduralSegmentation(3, image_size=48, seed=5)
+    flipped = ProceduralSegmentation(3, image_size=48, seed=5, transforms=lambda image, mask: {
+        "image": image[:, ::-1], "mask": mask[:, ::-1]})
+    for i in range(3):
+        assert torch.equal(plain[i]["features"].flip(-1), flipped[i]["features"])
+        assert torch.equal(plain[i]["targets"].flip(-1), flipped[i]["targets"])
+    aug = ProceduralSegmentation(2, image_size=48, transforms=get_transforms("train", 32))
+    item = aug[0]
+    assert item["features"].shape == (3, 32, 32) and item["targets"].shape == (1, 32, 32)
+
+
+def test_transform_presets_sizes_and_errors():
+    image = np.zeros((30, 50, 3), np.uint8)
+    mask = np.zeros((30, 50), np.int64)
+    out = get_transforms("valid", (40, 40))(image=image, mask=mask)
+    assert out["image"].shape == (40, 40, 3) and out["mask"].shape == (40, 40)
+    out = get_transforms("train", (24, 32))(image=image, mask=mask)
+    assert out["image"].shape == (24, 32, 3) and out["mask"].shape == (24, 32)
+    with pytest.raises(ValueError, match="'test'"):
+        get_transforms("test", 32)
+    with pytest.raises(ValueError, match="image_size"):
+        get_transforms("train", (32,))
+    with pytest.raises(ValueError, match="positive"):
+        get_transforms("valid", 0)
+
+
+def test_procedural_labels_are_not_colour_thresholds():
+    # shapes and background share the colour range: no single channel threshold separates them
+    ds = ProceduralSegmentation(16, image_size=48, seed=1)
+    pixels = np.concatenate([ds.sample(i)[0].reshape(-1, 3) for i in range(16)]).astype(np.float32)
+    labels = np.concatenate([ds.sample(i)[1].reshape(-1) for i in range(16)]) > 0
+    assert 0.05 < labels.mean() < 0.6
+    for c in range(3):
+        best = max(max(((pixels[:, c] > t) == labels).mean(), ((pixels[:, c] <= t) == labels).mean())
+                   for t in range(0, 256, 8))
+        assert best < 0.9
+
+
+def test_colorize_mask_palette():
+    mask = np.array([[0, 1], [2, 15]])
+    rgb = colorize_mask(mask)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    assert rgb[0, 0].tolist() == [0, 0, 0] and len({tuple(v) for v in rgb.reshape(-1, 3)}) == 4
+    assert rgb[1, 1].max() > 0
+    with pytest.raises(ValueError, match="-1"):
+        colorize_mask(np.array([[-1]]))
