@@ -1,5 +1,6 @@
 """segzoo: PyTorch semantic-segmentation models from pluggable encoder, bridge, decoder and head parts."""
 
+from segzoo.loading import load_model
 from segzoo.models import (
     FPNUnet,
     Linknet,
@@ -19,4 +20,4 @@ from segzoo.models import (
 __version__ = "0.1.0"
 
 __all__ = ["Unet", "Linknet", "FPNUnet", "PSPnet", "ResnetUnet", "ResnetLinknet", "ResnetFPNUnet", "ResnetPSPnet",
-           "UnetMetaSpec", "create_model", "list_models", "get_model_spec", "model_from_spec", "__version__"]
+           "UnetMetaSpec", "create_model", "list_models", "get_model_spec", "model_from_spec", "load_model", "__version__"]

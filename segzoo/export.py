@@ -1,0 +1,449 @@
+"""From checkpoint to deployable file: TorchScript trace, ONNX and ``torch.export`` programs.
+
+Python API: :func:`trace_model`, :func:`export_onnx`, :func:`export_program` work on a
+model; :func:`trace_checkpoint` and :func:`export_checkpoint` on a checkpoint or log
+directory (the model is rebuilt with :func:`segzoo.loading.load_model_info`).
+Command line: ``segzoo trace LOGDIR`` and ``segzoo export LOGDIR --format ... --out PATH``.
+
+Every artifact is checked against the eager model before it is written, at the export
+size and at a second, different batch and H x W (shapes frozen by tracing are caught
+here), and written atomically. An existing output file is refused unless ``force=True``.
+
+TorchScript (``torch.jit``) is deprecated upstream since torch 2.x; it is kept for C++
+(``torch::jit::load``) users and its deprecation warning is silenced here. The forward
+path is ``torch.export`` (``--format export``, a ``.pt2`` file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from segzoo.errors import SegzooError
+from segzoo.loading import ModelFactory, load_model_info
+
+DEFAULT_INPUT_SIZE = (256, 256)
+TRACE_MODES = ("eval", "train")
+FORMATS = ("onnx", "torchscript", "export")
+ONNX_OPSETS = (9, 20)  # range of the TorchScript-based ONNX exporter in torch 2.14
+_DEPRECATED = r".*(deprecated|Deprecat).*"
+
+
+class ExportCheckError(SegzooError, RuntimeError):
+    """An exported or traced model does not reproduce the eager model's outputs."""
+
+
+class MissingDependencyError(SegzooError, RuntimeError):
+    """An optional package needed for an export format is not installed."""
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+def traced_filename(checkpoint: str, method: str = "forward", mode: str = "eval",
+                    requires_grad: bool = False) -> str:
+    """Catalyst's name: ``traced-{checkpoint}-{method}[-in_train][-with_grad].pth``."""
+    name = f"traced-{checkpoint}-{method}"
+    if mode == "train":
+        name += "-in_train"
+    if requires_grad:
+        name += "-with_grad"
+    return name + ".pth"
+
+
+def example_input(model: nn.Module, input_size: Sequence[int] = DEFAULT_INPUT_SIZE, batch_size: int = 1,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """A random (batch_size, in_channels, H, W) input for ``model`` (3 channels if it does not say).
+
+    Raises:
+        ValueError: sizes that are not positive integers.
+    """
+    check_sizes(input_size, batch_size)
+    channels = getattr(model, "in_channels", None) or 3
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(batch_size, channels, *input_size, generator=gen).to(device)
+
+
+def check_sizes(input_size: Sequence[int], batch_size: int) -> None:
+    """Raise ValueError unless ``input_size`` is (H, W) of positive ints and ``batch_size`` >= 1."""
+    if len(input_size) != 2 or not all(isinstance(s, int) and s > 0 for s in input_size):
+        raise ValueError(f"input size must be two positive integers H W, got {tuple(input_size)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+
+
+def other_input(example: torch.Tensor, multiple: int = 1, same_batch: bool = False) -> torch.Tensor:
+    """An input of another batch size and another H x W than ``example``, to catch frozen shapes.
+
+    The new H, W stay multiples of ``multiple`` when it is above 1 and the example's are.
+    """
+    b, c, h, w = example.shape
+    if multiple > 1 and h % multiple == 0 and w % multiple == 0:
+        h2, w2 = h + multiple, w + 2 * multiple
+    else:
+        h2, w2 = h + 7, w + 13
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(b if same_batch else b + 1, c, h2, w2, generator=gen).to(example.device)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with a clear error for bad names or a missing GPU."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"invalid device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
+    return dev
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``force`` is False.
+        IsADirectoryError: ``path`` is a directory.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"output {path} is a directory, expected a file path")
+    if path.exists() and not force:
+        raise FileExistsError(f"output {path} exists; pass --force (force=True) to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _outputs_close(ref: Any, got: Any, rtol: float, atol: float) -> tuple[bool, float]:
+    """Compare nested tensors; returns (close, largest absolute difference)."""
+    if isinstance(ref, torch.Tensor):
+        got = torch.as_tensor(got)
+        if tuple(got.shape) != tuple(ref.shape):
+            return False, float("inf")
+        diff = (ref.detach().float().cpu() - got.detach().float().cpu()).abs()
+        worst = float(diff.max()) if diff.numel() else 0.0
+        scale = float(ref.detach().abs().max()) if ref.numel() else 0.0
+        return worst <= atol + rtol * scale, worst
+    if isinstance(ref, (list, tuple)) and isinstance(got, (list, tuple)) and len(ref) == len(got):
+        results = [_outputs_close(r, g, rtol, atol) for r, g in zip(ref, got)]
+        return all(ok for ok, _ in results), max((d for _, d in results), default=0.0)
+    if isinstance(ref, dict) and isinstance(got, dict) and ref.keys() == got.keys():
+        results = [_outputs_close(ref[k], got[k], rtol, atol) for k in ref]
+        return all(ok for ok, _ in results), max((d for _, d in results), default=0.0)
+    return False, float("inf")
+
+
+def _check(what: str, ref: Any, got: Any, x: torch.Tensor, rtol: float, atol: float, hint: str = "") -> None:
+    ok, worst = _outputs_close(ref, got, rtol, atol)
+    if not ok:
+        raise ExportCheckError(f"{what} does not match the eager model at input {tuple(x.shape)} "
+                               f"(max abs difference {worst:.3g}){hint}")
+
+
+# ---- TorchScript ----------------------------------------------------------------------
+
+def trace_model(model: nn.Module, example: torch.Tensor, method: str = "forward", mode: str = "eval",
+                requires_grad: bool = False, verify: bool = True) -> torch.jit.ScriptModule:
+    """Trace ``model.<method>`` with ``torch.jit`` and check it against eager execution.
+
+    Args:
+        model: the model (its parameters' ``requires_grad`` is set to ``requires_grad``).
+        example: input (B, C, H, W) used for tracing.
+        method: the method to trace (default ``forward``).
+        mode: ``"eval"`` or ``"train"`` (BatchNorm with batch statistics, dropout on).
+        requires_grad: trace with autograd on, keeping parameters trainable.
+        verify: compare with eager at ``example`` and at another batch and H x W
+            (rtol 1e-4, atol 1e-5); BatchNorm running statistics are restored afterwards.
+
+    Returns:
+        The traced module; ``torch.jit.save`` it, load it with ``torch.jit.load`` or
+        ``torch::jit::load`` in C++.
+
+    Raises:
+        ValueError: unknown ``mode``; ``method`` is not a method of the model.
+        ExportCheckError: the trace does not reproduce eager outputs (e.g. a frozen size).
+    """
+    if mode not in TRACE_MODES:
+        raise ValueError(f"mode must be one of {TRACE_MODES}, got {mode!r}")
+    if not callable(getattr(model, method, None)):
+        own = sorted({n for cls in type(model).__mro__ if cls not in (nn.Module, object)
+                      for n, v in vars(cls).items() if callable(v) and not n.startswith("_")})
+        raise ValueError(f"{type(model).__name__} has no method {method!r} to trace; "
+                         f"its methods: {', '.join(own)}")
+    model.train(mode == "train")
+    for p in model.parameters():
+        p.requires_grad_(requires_grad)
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
+        with torch.set_grad_enabled(requires_grad):
+            if method == "forward":
+                traced = torch.jit.trace(model, example)
+            else:
+                traced = torch.jit.trace_module(model, {method: example})
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if verify:
+        hint = ""
+        if tracer:
+            first = tracer[0]
+            hint = f"; tracing warned at {Path(first.filename).name}:{first.lineno}: {str(first.message)[:120]}"
+        multiple = int(getattr(model, "size_multiple", 1) or 1)
+        with torch.set_grad_enabled(requires_grad):
+            for x in (example, other_input(example, multiple, same_batch=mode == "train")):
+                _check("traced model", getattr(model, method)(x), getattr(traced, method)(x), x, 1e-4, 1e-5, hint)
+        model.load_state_dict(saved)
+        traced.load_state_dict(saved)
+    else:
+        for w in tracer:  # unchecked: let the caller see what tracing froze
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return traced
+
+
+def save_traced(traced: torch.jit.ScriptModule, path: str | os.PathLike, force: bool = False) -> Path:
+    """``torch.jit.save`` atomically, without the upstream deprecation warning."""
+    with atomic_output(path, force) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
+        torch.jit.save(traced, str(tmp))
+    return Path(path)
+
+
+def _default_trace_dir(source: Path) -> Path:
+    if source.is_file():
+        return source.parent.parent / "trace" if source.parent.name == "checkpoints" else source.parent / "trace"
+    return source / "trace"
+
+
+def trace_checkpoint(logdir: str | os.PathLike, checkpoint: str = "best", method: str = "forward",
+                     mode: str = "eval", requires_grad: bool = False, out_dir: str | os.PathLike | None = None,
+                     out_model: str | os.PathLike | None = None, device: str = "cpu",
+                     input_size: Sequence[int] = DEFAULT_INPUT_SIZE, batch_size: int = 1,
+                     model_factory: ModelFactory | None = None, force: bool = False) -> Path:
+    """Rebuild a checkpoint's model, trace it and save ``traced-{checkpoint}-{method}[...].pth``.
+
+    Args:
+        logdir: trainer log directory (or a checkpoint file).
+        checkpoint: ``best`` | ``last`` | ``{stage}.{epoch}`` | a path.
+        method: model method to trace (default ``forward``).
+        mode: ``"eval"`` or ``"train"``; adds ``-in_train`` to the name.
+        requires_grad: trace with gradients; adds ``-with_grad`` to the name.
+        out_dir: folder of the output (default ``LOGDIR/trace``).
+        out_model: full output path; overrides ``out_dir`` and the generated name.
+        device: where to trace (``cpu``, ``cuda``, ``cuda:1``...).
+        input_size: (H, W) of the tracing input; the result works at other sizes too.
+        batch_size: batch of the tracing input.
+        model_factory: ``"package.module:factory"`` for models outside the registry.
+        force: overwrite an existing output file.
+
+    Returns:
+        The path written.
+    """
+    if mode not in TRACE_MODES:
+        raise ValueError(f"mode must be one of {TRACE_MODES}, got {mode!r}")
+    check_sizes(input_size, batch_size)
+    dev = resolve_device(device)
+    source = Path(logdir)
+    if out_model is not None:
+        out = Path(out_model)
+    else:
+        tag = source.stem if source.is_file() else (Path(checkpoint).stem if checkpoint.endswith(".pth")
+                                                    else checkpoint)
+        out = Path(out_dir) if out_dir is not None else _default_trace_dir(source)
+        out = out / traced_filename(tag, method, mode, requires_grad)
+    if out.exists() and not force:
+        raise FileExistsError(f"output {out} exists; pass --force to overwrite it")
+    loaded = load_model_info(logdir, checkpoint, model_factory, map_location=dev)
+    example = example_input(loaded.model, input_size, batch_size, dev)
+    traced = trace_model(loaded.model, example, method=method, mode=mode, requires_grad=requires_grad)
+    save_traced(traced, out, force)
+    return out
+
+
+# ---- ONNX and torch.export --------------------------------------------------------------
+
+def _require(module: str, purpose: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(f"{purpose} needs the {module!r} package: pip install 'segzoo[export]'") from exc
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, opset: int = 17,
+                verify: bool = True, force: bool = False) -> Path:
+    """Export ``model`` to ONNX with dynamic batch, height and width.
+
+    The graph input is ``input`` (B, C, H, W) float32, the output ``logits`` (B, K, H, W).
+    Uses torch's TorchScript-based exporter (``dynamo=False``), which needs no extra
+    package beyond ``onnx``; checked in onnxruntime (if installed) against eager at the
+    export size and at another batch and H x W (tolerance 1e-3).
+
+    Raises:
+        ValueError: ``opset`` outside the supported range.
+        MissingDependencyError: ``onnx`` is not installed.
+        ExportCheckError: onnxruntime outputs differ from eager.
+    """
+    if not isinstance(opset, int) or not ONNX_OPSETS[0] <= opset <= ONNX_OPSETS[1]:
+        raise ValueError(f"ONNX opset must be an integer in {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]}, got {opset!r}")
+    _require("onnx", "ONNX export")
+    ort = _require("onnxruntime", "checking the ONNX file") if verify else None
+    model = model.eval().cpu()
+    example = example.cpu()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with atomic_output(path, force) as tmp:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=_DEPRECATED)
+            with torch.no_grad():
+                torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=["input"],
+                                  output_names=["logits"], dynamic_axes={"input": axes, "logits": axes},
+                                  opset_version=opset)
+        if ort is not None:
+            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            multiple = int(getattr(model, "size_multiple", 1) or 1)
+            for x in (example, other_input(example, multiple)):
+                with torch.no_grad():
+                    ref = model(x)
+                got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+                _check("ONNX model (onnxruntime)", ref, got, x, 1e-3, 1e-3)
+    return Path(path)
+
+
+def export_program(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, verify: bool = True,
+                   force: bool = False, metadata: dict[str, Any] | None = None) -> Path:
+    """Save a ``torch.export`` program (``.pt2``) with dynamic batch, height and width.
+
+    segzoo models pad inputs to a multiple of ``model.size_multiple`` (m) themselves; the
+    symbolic shape engine cannot prove that padding right for every size, so the program
+    takes H and W that are multiples of m, at least 2*m (pad other sizes before calling it).
+    ``metadata`` plus ``size_multiple`` are stored as ``segzoo.json`` in the file's extra files.
+    Load with ``torch.export.load(path).module()``.
+
+    Raises:
+        ValueError: the example's H, W are not multiples of m or smaller than 2*m, or its batch is 1.
+        ExportCheckError: the program's outputs differ from eager (rtol 1e-4, atol 1e-5).
+    """
+    from torch.export import Dim
+
+    model = model.eval()
+    multiple = int(getattr(model, "size_multiple", 1) or 1)
+    h, w = example.shape[-2:]
+    if h % multiple or w % multiple or min(h, w) < 2 * multiple:
+        raise ValueError(f"torch.export needs an example H, W that are multiples of {multiple} and at least "
+                         f"{2 * multiple}, got {h}x{w}")
+    if example.shape[0] < 2:
+        raise ValueError("torch.export needs an example batch of at least 2 (a batch of 1 is fixed as a constant)")
+    batch = Dim("batch", min=1, max=4096)
+    if multiple > 1:
+        dims = {0: batch, 2: Dim("h_blocks", min=2, max=65536 // multiple) * multiple,
+                3: Dim("w_blocks", min=2, max=65536 // multiple) * multiple}
+    else:
+        dims = {0: batch, 2: Dim("height", min=2, max=65536), 3: Dim("width", min=2, max=65536)}
+    arg = next(iter(inspect.signature(model.forward).parameters))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DEPRECATED)
+        program = torch.export.export(model, (example,), dynamic_shapes={arg: dims})
+    if verify:
+        module = program.module()
+        for x in (example, other_input(example, multiple)):
+            with torch.no_grad():
+                _check("exported program", model(x), module(x), x, 1e-4, 1e-5)
+    extra = {"segzoo.json": json.dumps({"size_multiple": multiple, **(metadata or {})})}
+    with atomic_output(path, force) as tmp:
+        torch.export.save(program, str(tmp), extra_files=extra)
+    return Path(path)
+
+
+def export_checkpoint(logdir: str | os.PathLike, fmt: str, out: str | os.PathLike, checkpoint: str = "best",
+                      opset: int = 17, device: str = "cpu", input_size: Sequence[int] = DEFAULT_INPUT_SIZE,
+                      batch_size: int = 1, model_factory: ModelFactory | None = None, force: bool = False) -> Path:
+    """Rebuild a checkpoint's model and export it as ``onnx``, ``torchscript`` or ``export`` (.pt2).
+
+    For ``export``, ``input_size`` is rounded up to a multiple of the model's ``size_multiple``
+    and the example batch is at least 2 (torch.export fixes dimensions of size 1).
+
+    Returns:
+        The path written.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_sizes(input_size, batch_size)
+    if fmt == "onnx" and (not isinstance(opset, int) or not ONNX_OPSETS[0] <= opset <= ONNX_OPSETS[1]):
+        raise ValueError(f"ONNX opset must be an integer in {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]}, got {opset!r}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"output {out} exists; pass --force to overwrite it")
+    if fmt == "onnx":
+        _require("onnx", "ONNX export")
+    dev = resolve_device("cpu" if fmt == "onnx" else device)
+    loaded = load_model_info(logdir, checkpoint, model_factory, map_location=dev)
+    model = loaded.model
+    if fmt == "export":
+        m = int(getattr(model, "size_multiple", 1) or 1)
+        input_size = tuple(max(2 * m, -(-s // m) * m) for s in input_size)
+        batch_size = max(2, batch_size)  # a batch of 1 would be specialised to a constant
+    example = example_input(model, input_size, batch_size, dev)
+    if fmt == "onnx":
+        return export_onnx(model, out, example, opset=opset, force=force)
+    if fmt == "export":
+        meta = {"normalization": loaded.normalization, "model_spec": loaded.info.get("model_spec")}
+        return export_program(model, out, example, force=force, metadata=meta)
+    traced = trace_model(model, example)
+    save_traced(traced, out, force)
+    return out
+
+
+# ---- command line ----------------------------------------------------------------------
+
+def add_arguments(parser, command: str) -> None:
+    """Arguments of ``segzoo trace`` and ``segzoo export``."""
+    parser.add_argument("logdir", help="trainer log directory (with checkpoints/) or a checkpoint file")
+    parser.add_argument("-c", "--checkpoint", default="best", help="best | last | STAGE.EPOCH | path (default best)")
+    parser.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
+                        help="factory for models outside the registry (checkpoint without model_spec)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    parser.add_argument("--input-size", nargs=2, type=int, default=list(DEFAULT_INPUT_SIZE), metavar=("H", "W"),
+                        help="size of the example input (default 256 256); outputs work at other sizes")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch of the example input (default 1)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    if command == "trace":
+        parser.description = ("Trace a checkpoint to TorchScript (torch.jit, deprecated upstream but kept for "
+                              "C++ torch::jit::load users; see 'segzoo export --format export').")
+        parser.add_argument("-m", "--method", default="forward", help="model method to trace (default forward)")
+        parser.add_argument("--mode", choices=TRACE_MODES, default="eval", help="model mode while tracing")
+        parser.add_argument("--with-grad", action="store_true", help="trace with gradients enabled")
+        parser.add_argument("--out-dir", default=None, help="output folder (default LOGDIR/trace)")
+        parser.add_argument("--out-model", default=None, help="output file; overrides --out-dir")
+    else:
+        parser.add_argument("--format", choices=FORMATS, required=True,
+                            help="onnx | torchscript | export (torch.export .pt2)")
+        parser.add_argument("--out", required=True, help="output file")
+        parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+
+
+def run(args) -> int:
+    """Run ``segzoo trace`` or ``segzoo export``; prints the written path."""
+    common = dict(checkpoint=args.checkpoint, device=args.device, input_size=tuple(args.input_size),
+                  batch_size=args.batch_size, model_factory=args.model, force=args.force)
+    if args.command == "trace":
+        path = trace_checkpoint(args.logdir, method=args.method, mode=args.mode, requires_grad=args.with_grad,
+                                out_dir=args.out_dir, out_model=args.out_model, **common)
+    else:
+        path = export_checkpoint(args.logdir, args.format, args.out, opset=args.opset, **common)
+    print(path)
+    return 0

@@ -1,0 +1,174 @@
+"""Rebuild a trained model from a checkpoint: ``load_model(logdir_or_file)``.
+
+The model is rebuilt from the checkpoint's ``model_spec`` (registry name + keyword
+arguments) or, for models outside the registry, through a factory given as an import
+path ``"package.module:factory"``. Weights are read with ``weights_only=True``: nothing
+in the checkpoint file is executed, and no code dumped into the log directory is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
+from segzoo.errors import CheckpointError, ConfigError
+from segzoo.models.registry import model_from_spec, set_model_spec
+
+ModelFactory = str | Callable[..., nn.Module]
+
+IMAGENET_NORMALIZATION: dict[str, list[float]] = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with where it came from.
+
+    Attributes:
+        model: the model in eval mode, on the requested device.
+        path: the checkpoint file that was read.
+        info: the checkpoint's entries other than ``model_state_dict`` (``model_spec``,
+            ``normalization``, ``epoch``, ``stage``, metrics ...).
+    """
+
+    model: nn.Module
+    path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def normalization(self) -> dict[str, list[float]] | None:
+        """``{"mean": [...], "std": [...]}`` stored by the trainer, or ``None``."""
+        norm = self.info.get("normalization")
+        return dict(norm) if isinstance(norm, Mapping) else None
+
+
+def import_factory(path: str) -> Callable[..., nn.Module]:
+    """Import ``"package.module:factory"`` (``factory`` may be dotted, e.g. ``Class.build``).
+
+    Raises:
+        ConfigError: the string is malformed, the module cannot be imported, the attribute
+            does not exist or is not callable.
+    """
+    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
+        raise ConfigError(f"model factory must look like 'package.module:factory', got {path!r}")
+    module_name, attr = path.split(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import model factory {path!r}: {exc}") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"cannot import model factory {path!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"model factory {path!r} is a {type(obj).__name__}, not callable")
+    return obj
+
+
+def build_model(spec: Mapping[str, Any] | None, model_factory: ModelFactory | None = None) -> nn.Module:
+    """Build an untrained model from a checkpoint's spec or from a factory.
+
+    Args:
+        spec: ``{"name", "kwargs"}`` from a checkpoint, or ``None``.
+        model_factory: a callable or ``"package.module:factory"``; called with the spec's
+            ``kwargs`` when there is a spec, with no arguments otherwise. Takes precedence
+            over the registry name of the spec.
+
+    Raises:
+        CheckpointError: no spec and no factory.
+        ConfigError: the factory cannot be imported or fails on the spec's arguments.
+        TypeError: the factory does not return an ``nn.Module``.
+    """
+    if model_factory is None:
+        if not spec:
+            raise CheckpointError("the checkpoint has no model_spec (a model outside the registry); "
+                                  "pass its factory as 'package.module:factory' (--model on the command line)")
+        return model_from_spec(dict(spec))
+    factory = import_factory(model_factory) if isinstance(model_factory, str) else model_factory
+    if not callable(factory):
+        raise TypeError(f"model_factory must be a callable or 'package.module:factory', got {type(factory).__name__}")
+    kwargs = dict(spec.get("kwargs") or {}) if spec else {}
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model factory {model_factory!r} failed with arguments {sorted(kwargs)}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model factory {model_factory!r} returned a {type(model).__name__}, expected an nn.Module")
+    if spec and "name" in spec:
+        set_model_spec(model, spec["name"], kwargs)
+    return model
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Load ``state_dict`` strictly, turning a mismatch into one readable CheckpointError."""
+    state_dict = clean_state_dict(state_dict)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+              for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[:3]}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es) e.g. {shapes[:2]}")
+        raise CheckpointError(f"weights in {source} do not fit the model {type(model).__name__}: "
+                              + "; ".join(parts) + " (wrong --model factory or model arguments?)")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_model_info(checkpoint_or_logdir: str | os.PathLike, checkpoint: str = "best",
+                    model_factory: ModelFactory | None = None,
+                    map_location: str | torch.device = "cpu") -> LoadedModel:
+    """Like :func:`load_model`, also returning the checkpoint path and metadata."""
+    path = resolve_checkpoint(checkpoint_or_logdir, checkpoint)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    spec = ckpt.get("model_spec")
+    if spec is not None and not isinstance(spec, Mapping):
+        raise CheckpointError(f"checkpoint {path} has a malformed model_spec of type {type(spec).__name__}")
+    model = build_model(spec, model_factory)
+    load_weights(model, ckpt["model_state_dict"], path)
+    model = model.to(map_location).eval()
+    info = {k: v for k, v in ckpt.items() if k != "model_state_dict"}
+    return LoadedModel(model=model, path=path, info=info)
+
+
+def load_model(checkpoint_or_logdir: str | os.PathLike, checkpoint: str = "best",
+               model_factory: ModelFactory | None = None,
+               map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a trained model from a checkpoint file or a trainer log directory.
+
+    Example:
+        >>> model = segzoo.load_model("logs/run1")              # logs/run1/checkpoints/best.pth
+        >>> model = segzoo.load_model("logs/run1", "last")
+        >>> model = segzoo.load_model("my.pth", model_factory="my_pkg.models:build")
+        >>> logits = model(torch.rand(1, 3, 256, 256))          # (B, num_classes, H, W)
+
+    Args:
+        checkpoint_or_logdir: a ``.pth`` checkpoint, or a log directory with ``checkpoints/``.
+        checkpoint: ``best``, ``last``, ``{stage}.{epoch}`` or a path (ignored for a file).
+        model_factory: for models outside the registry: a callable or an import path
+            ``"package.module:factory"``, called with the spec's kwargs if the checkpoint
+            has a spec, else with none. Never rebuilt from pickled code.
+        map_location: device of the returned model.
+
+    Returns:
+        The model in eval mode with the checkpoint's weights.
+
+    Raises:
+        FileNotFoundError: missing log directory or checkpoint (the message lists those present).
+        CheckpointError: truncated, foreign or unsafe (pickled objects) file; no spec and no
+            factory; weights that do not fit the model.
+        ConfigError: the factory cannot be imported.
+    """
+    return load_model_info(checkpoint_or_logdir, checkpoint, model_factory, map_location).model
