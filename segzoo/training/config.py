@@ -32,7 +32,9 @@ Schema (every key optional unless marked; unknown keys are rejected with the clo
              channels_last: false, device: auto, resume: null}
 
 Command-line overrides ``key.sub=value`` are parsed as YAML (``stages.1.num_epochs=2``,
-``logdir=/tmp/x``). The effective config is saved as ``logdir/config.yml``.
+``logdir=/tmp/x``, ``scheduler={name: StepLR, params: {step_size: 5}}``); ``~key.sub`` removes a
+key (``~model.params.pretrained``). YAML is read with a ``yaml.SafeLoader`` that also takes
+``1e-3`` as a float. The effective config is saved as ``logdir/config.yml``.
 """
 
 from __future__ import annotations
@@ -165,6 +167,17 @@ def _set(cfg: dict[str, Any], dotted: str, value: Any) -> None:
         raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:-1])} is not a mapping")
 
 
+def _delete(cfg: dict[str, Any], dotted: str) -> None:
+    node: Any = cfg
+    parts = dotted.split(".")
+    try:
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        del node[int(parts[-1]) if isinstance(node, list) else parts[-1]]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ConfigError(f"override ~{dotted}: there is no {dotted} to remove") from exc
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Read a YAML config, apply ``key.sub=value`` overrides and validate.
 
@@ -180,8 +193,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from exc
     for item in overrides or []:
+        if item.startswith("~") and "=" not in item:
+            _delete(cfg, item[1:].strip())
+            continue
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
+            raise ConfigError(f"override {item!r} must look like key.sub=value (or ~key.sub to remove a key)")
         key, raw = item.split("=", 1)
         try:
             _set(cfg, key.strip(), _yaml(raw))

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -72,6 +73,14 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
     assert cfg["logdir"] == "/tmp/elsewhere"
     assert cfg["callbacks"][0]["params"]["threshold"] == 0.25
     assert cfg["scheduler"] == {"name": "StepLR", "params": {"step_size": 1}}
+
+
+def test_remove_key_override(tmp_path):
+    cfg = load_config(write(tmp_path, TINY), ["~model.params.num_blocks", "~callbacks.0"])
+    assert "num_blocks" not in cfg["model"]["params"]
+    assert [c["name"] for c in cfg["callbacks"]] == ["IouCallback"]
+    with pytest.raises(ConfigError, match="no model.params.depth to remove"):
+        load_config(write(tmp_path, TINY), ["~model.params.depth"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -181,3 +190,52 @@ def test_demo_config_is_valid():
     check_names(cfg)
     assert cfg["model"]["params"]["pretrained"] is False
     assert torch.tensor(cfg["data"]["params"]["image_size"]) > 0
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SHRINK = ["model.name=unet", "~model.params.pretrained", "model.params.num_channels=8", "model.params.num_blocks=2", "data.batch_size=4",
+          "runner.verbose=false", "runner.device=cpu"]
+
+
+@pytest.mark.parametrize("name", ["demo.yml", "multiclass.yml", "folder.yml"])
+def test_example_configs_are_valid(name):
+    cfg = load_config(CONFIGS / name)
+    check_names(cfg)
+    assert cfg["model"]["params"]["pretrained"] is False  # no downloads
+
+
+@pytest.mark.slow
+def test_multiclass_config_runs_tiny(tmp_path):
+    args = ["train", "--config", str(CONFIGS / "multiclass.yml"), f"logdir={tmp_path / 'run'}", *SHRINK,
+            "data.params.image_size=32", "data.train_size=8", "data.valid_size=4", "num_epochs=1",
+            "callbacks.3.params.num_images=2"]
+    assert main(args) == 0
+    assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
+    assert list((tmp_path / "run" / "predictions").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_folder_config_runs_tiny(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = {}
+    for split, count in (("train", 6), ("valid", 3)):
+        for part in ("images", "masks"):
+            (tmp_path / split / part).mkdir(parents=True)
+            paths[f"data.{split}_{part}"] = str(tmp_path / split / part)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(tmp_path / split / "images" / f"{i}.jpg")
+            Image.fromarray((rng.integers(0, 2, (40, 36)) * 255).astype(np.uint8)).save(tmp_path / split / "masks" / f"{i}.png")
+    args = ["train", "--config", str(CONFIGS / "folder.yml"), f"logdir={tmp_path / 'run'}", *SHRINK,
+            "data.image_size=32", "data.num_workers=0", "stages.0.num_epochs=1", "stages.1.num_epochs=1",
+            *[f"{k}={v}" for k, v in paths.items()]]
+    assert main(args) == 0
+    assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
+
+
+def test_folder_config_missing_folder_exit_2(tmp_path, capsys):
+    args = ["train", "--config", str(CONFIGS / "folder.yml"), f"logdir={tmp_path / 'run'}",
+            f"data.train_images={tmp_path / 'none'}"]
+    assert main(args) == 2
+    assert "none" in capsys.readouterr().err
