@@ -332,6 +332,9 @@ class Runner(abc.ABC):
             start_stage, start_epoch = resumed["stage_index"], int(resumed["epoch"]) + 1
             if start_epoch > stages[start_stage].num_epochs:
                 start_stage, start_epoch = start_stage + 1, 1
+            if start_stage == len(stages):
+                raise ValueError(f"checkpoint {resume} is at the end of the last stage ({resumed['stage']!r}, "
+                                 f"epoch {resumed['epoch']}): nothing left to train; raise num_epochs or add a stage")
 
         for state.stage_index in range(start_stage, len(stages)):
             stage = stages[state.stage_index]

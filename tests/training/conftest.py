@@ -1,6 +1,12 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from _helpers import TinyNet, make_loaders
+
+sys.path.insert(0, str(Path(__file__).parent))  # for `_helpers` (also inherited by spawned DDP workers)
+
+from _helpers import TinyNet, make_loaders  # noqa: E402
 
 
 @pytest.fixture

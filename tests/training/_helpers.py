@@ -1,4 +1,4 @@
-"""Helpers shared by the trainer tests (importable because setup.cfg puts tests/ on sys.path)."""
+"""Helpers shared by the trainer tests (tests/training/conftest.py puts this folder on sys.path)."""
 
 import torch
 import torch.nn as nn
@@ -28,3 +28,26 @@ def make_loaders(n_train=16, n_valid=8, size=8, batch_size=4, tuples=False, shuf
         va = [{"features": a, "targets": b} for a, b in zip(x[n_train:], y[n_train:])]
     return {"train": DataLoader(tr, batch_size=batch_size, shuffle=shuffle),
             "valid": DataLoader(va, batch_size=batch_size)}
+
+
+def train(model, loaders, logdir, **kw):
+    """SupervisedRunner.train with BCE and SGD(lr=0.1), one epoch unless told."""
+    from segzoo.training import SupervisedRunner
+
+    kw.setdefault("num_epochs", 1)
+    return SupervisedRunner().train(model, torch.nn.BCEWithLogitsLoss(), torch.optim.SGD(model.parameters(), 0.1),
+                                    loaders, logdir, **kw)
+
+
+def scripted_metric(values, name="m"):
+    """A metric callback whose loader value at epoch e is ``values[e - 1]`` (global epoch)."""
+    from segzoo.training.callbacks import MetricCallback
+
+    class Scripted(MetricCallback):
+        def __init__(self):
+            super().__init__(name, lambda o, t: 0.0)
+
+        def on_loader_end(self, state):
+            state.loader_metrics[name] = float(values[state.global_epoch - 1])
+
+    return Scripted()

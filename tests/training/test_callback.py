@@ -1,0 +1,91 @@
+"""Callback ordering, the CallbackOrder values and the CALLBACKS registry."""
+
+import pytest
+from _helpers import train
+
+from segzoo.training import CALLBACKS, Callback, CallbackOrder, LoggerCallback
+from segzoo.training.callbacks import CheckpointCallback, ConsoleLogger, CriterionCallback, OptimizerCallback
+
+
+class Recorder(Callback):
+    def __init__(self, log, name, order):
+        super().__init__(order)
+        self.log, self.name = log, name
+
+    def on_batch_end(self, state):
+        if state.batch_index == 0 and state.loader_name == "train":
+            self.log.append(self.name)
+
+    def on_epoch_start(self, state):
+        self.log.append(f"start:{self.name}")
+
+
+class RecLogger(LoggerCallback):
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def on_batch_end(self, state):
+        if state.batch_index == 0 and state.loader_name == "train":
+            self.log.append("logger")
+
+    def on_epoch_start(self, state):
+        self.log.append("start:logger")
+
+    def on_exception(self, state):
+        self.log.append("exception:logger")
+
+
+def test_callback_order_pinned(tiny, loaders, tmp_path):
+    log = []
+    cbs = [Recorder(log, "other", CallbackOrder.Other), Recorder(log, "metric_a", CallbackOrder.Metric),
+           RecLogger(log), Recorder(log, "metric_b", CallbackOrder.Metric),
+           Recorder(log, "internal", CallbackOrder.Internal)]
+    train(tiny, loaders, tmp_path, callbacks=cbs)
+    assert log[:5] == ["start:logger", "start:internal", "start:metric_a", "start:metric_b", "start:other"]
+    assert log[5:] == ["internal", "metric_a", "metric_b", "other", "logger"]
+
+
+def test_builtin_callbacks_run_in_catalyst_order(tiny, loaders, tmp_path):
+    seen = []
+
+    class Spy(Callback):
+        def __init__(self, order):
+            super().__init__(order)
+
+        def on_batch_end(self, state):
+            if state.batch_index == 0 and state.loader_name == "train":
+                seen.append((self.order, sorted(state.loss), state.model.net[0].weight.grad is not None))
+
+    train(tiny, loaders, tmp_path, callbacks=[Spy(CallbackOrder.Criterion + 1), Spy(CallbackOrder.Internal),
+                                              Spy(CallbackOrder.Optimizer + 1)])
+    # before the criterion: no loss; after it: a loss; after the optimizer: it stepped and zeroed the grads
+    assert seen == [(0, [], False), (21, ["loss"], False), (41, ["loss"], False)]
+
+
+def test_exception_reaches_loggers_last(tiny, loaders, tmp_path):
+    log = []
+
+    class Boom(Recorder):
+        def on_batch_end(self, state):
+            raise RuntimeError("boom")
+
+        def on_exception(self, state):
+            log.append(f"exception:{type(state.exception).__name__}")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        train(tiny, loaders, tmp_path, callbacks=[RecLogger(log), Boom(log, "boom", CallbackOrder.Other)])
+    assert log[-2:] == ["exception:RuntimeError", "exception:logger"]
+
+
+def test_order_values_and_registry():
+    assert {o.name: int(o) for o in CallbackOrder} == {
+        "Unknown": -100, "Internal": 0, "Criterion": 20, "Optimizer": 40, "Scheduler": 60, "Metric": 80,
+        "External": 100, "Other": 200}
+    assert CALLBACKS["CriterionCallback"] is CriterionCallback
+    assert CALLBACKS["OptimizerCallback"] is OptimizerCallback
+    assert {"DiceCallback", "IouCallback", "EarlyStoppingCallback", "TensorboardLogger", "SchedulerCallback",
+            "CriterionAggregatorCallback", "PredictionSaverCallback", "MetricCallback"} <= set(CALLBACKS)
+    assert all(issubclass(c, Callback) for c in CALLBACKS.values())
+    assert isinstance(ConsoleLogger(), LoggerCallback)
+    assert CheckpointCallback().state_dict() == {"top": [], "history": []}

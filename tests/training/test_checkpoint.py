@@ -1,0 +1,146 @@
+"""CheckpointCallback files and keys, resuming, and the fault paths (NaN loss, Ctrl-C)."""
+
+import json
+
+import pytest
+import torch
+from _helpers import TinyNet, make_loaders, scripted_metric, train
+
+import segzoo
+from segzoo.checkpoint import load_checkpoint
+from segzoo.models.registry import model_from_spec
+from segzoo.training import Callback, CallbackOrder, RunnerState, Stage, SupervisedRunner
+from segzoo.training.callbacks import CheckpointCallback, EarlyStoppingCallback, NonFiniteLossError
+from segzoo.training.callbacks.checkpoint import model_checkpoint
+
+
+def test_checkpoint_files_keys_and_top_n(loaders, tmp_path):
+    model = segzoo.create_model("unet", num_channels=4, num_blocks=2)
+    train(model, loaders, tmp_path, num_epochs=3, main_metric="m",
+          callbacks=[scripted_metric([3.0, 1.0, 2.0]), CheckpointCallback(save_n_best=2)],
+          normalization={"mean": [0.5] * 3, "std": [0.2] * 3})
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "_metrics.json", "best.pth", "best_full.pth", "last.pth", "last_full.pth",
+        "train.2.pth", "train.2_full.pth", "train.3.pth", "train.3_full.pth"]  # epoch 1 (worst) dropped
+    for name in ("best.pth", "last.pth", "train.2.pth", "best_full.pth", "last_full.pth"):
+        ck = torch.load(folder / name, weights_only=True)  # plain data only
+        assert {"model_state_dict", "model_spec", "normalization", "epoch", "stage", "valid_metrics",
+                "epoch_metrics"} <= set(ck)
+        assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model_state_dict"])
+        assert ("optimizer_state_dict" in ck) == name.endswith("_full.pth")
+    best = load_checkpoint(folder / "best.pth")
+    assert best["epoch"] == 2 and best["stage"] == "train" and best["valid_metrics"]["m"] == 1.0
+    assert best["model_spec"] == {"name": "unet", "kwargs": {"num_channels": 4, "num_blocks": 2}}
+    assert best["normalization"] == {"mean": [0.5] * 3, "std": [0.2] * 3}
+    assert set(best["epoch_metrics"]) == {"train", "valid"}
+    full = load_checkpoint(folder / "last_full.pth")
+    assert {"optimizer_state_dict", "scheduler_state_dict", "rng_state", "callbacks_state"} <= set(full)
+    assert full["epoch"] == 3
+    metrics = json.loads((folder / "_metrics.json").read_text())
+    assert metrics["best"]["epoch"] == 2 and metrics["last"]["epoch"] == 3 and len(metrics["epochs"]) == 3
+
+
+def test_model_spec_rebuilds_identical_model(loaders, tmp_path):
+    torch.manual_seed(0)
+    model = segzoo.create_model("resnet18_unet", num_classes=1, pretrained=False)
+    train(model, make_loaders(n_train=4, n_valid=2, size=32, batch_size=2), tmp_path)
+    ck = load_checkpoint(tmp_path / "checkpoints" / "best.pth")
+    rebuilt = model_from_spec(ck["model_spec"])
+    rebuilt.load_state_dict(ck["model_state_dict"])
+    x = torch.rand(2, 3, 32, 32)
+    model.eval(), rebuilt.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))
+
+
+def test_compiled_and_wrapped_models_store_plain_keys():
+    model = TinyNet()
+    state = RunnerState(model=torch.compile(model))  # wrapping is lazy: nothing is compiled here
+    keys = set(model_checkpoint(state)["model_state_dict"])
+    assert keys == set(model.state_dict())
+    assert model_checkpoint(state)["model_spec"] is None  # not a registry model
+
+
+def test_resume_continues_identically(tmp_path):
+    def run(logdir, epochs, resume=None):
+        torch.manual_seed(0)
+        model = TinyNet()
+        opt = torch.optim.Adam(model.parameters(), 0.01)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+        state = SupervisedRunner().train(model, torch.nn.BCEWithLogitsLoss(), opt, make_loaders(), logdir,
+                                         scheduler=sched, num_epochs=epochs, resume=resume, seed=0)
+        return model, opt, state
+
+    straight, opt_a, _ = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed, opt_b, state = run(tmp_path / "b", 4, resume=tmp_path / "b" / "checkpoints" / "last_full.pth")
+    for pa, pb in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(pa, pb)
+    for sa, sb in zip(opt_a.state.values(), opt_b.state.values()):
+        torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert opt_a.param_groups[0]["lr"] == opt_b.param_groups[0]["lr"] == 0.01 * 0.5**4
+    ck = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pth")
+    assert ck["epoch"] == 4 and ck["global_epoch"] == 4
+    assert len(json.loads((tmp_path / "b" / "checkpoints" / "_metrics.json").read_text())["epochs"]) == 4
+
+
+def test_resume_restores_callback_state(tiny, loaders, tmp_path):
+    values = [5, 4, 4.5, 4.6, 4.7, 4.8]
+    train(tiny, loaders, tmp_path, num_epochs=3, main_metric="m",
+          callbacks=[scripted_metric(values), EarlyStoppingCallback(3, metric="m")])
+    # resumed through CheckpointCallback(resume=...): the early-stopping counter (1 bad epoch) carries on
+    state = train(TinyNet(), loaders, tmp_path, num_epochs=6, main_metric="m", callbacks=[
+        scripted_metric(values), EarlyStoppingCallback(3, metric="m"),
+        CheckpointCallback(resume="last_full.pth", resume_dir=str(tmp_path / "checkpoints"))])
+    assert state.epoch == 5 and state.best_valid_metric == 4
+
+
+def test_resume_errors(tiny, loaders, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        train(tiny, loaders, tmp_path, resume=tmp_path / "nothing.pth")
+    train(tiny, loaders, tmp_path / "a", num_epochs=1)
+    with pytest.raises(ValueError, match="from stage 'train', not one of \\['other'\\]"):
+        train(tiny, loaders, tmp_path / "b", resume=tmp_path / "a", stages=[Stage("other", 2)])
+    with pytest.raises(ValueError, match="nothing left to train"):
+        train(tiny, loaders, tmp_path / "a", resume=tmp_path / "a", num_epochs=1)
+    with pytest.raises(ValueError, match="save_n_best"):
+        CheckpointCallback(save_n_best=0)
+
+
+class Poison(Callback):
+    """Turns the train loss of epoch 2, batch 1 into NaN."""
+
+    def __init__(self):
+        super().__init__(CallbackOrder.Criterion + 1)
+
+    def on_batch_end(self, state):
+        if state.epoch == 2 and state.batch_index == 1 and state.need_backward:
+            state.loss["loss"] = state.loss["loss"] * float("nan")
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tiny, loaders, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss nan at stage 'train', epoch 2, batch 1"):
+        train(tiny, loaders, tmp_path, num_epochs=3, callbacks=[Poison()])
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert last["epoch"] == 1 and "interrupted" not in last
+    assert all(torch.isfinite(v).all() for v in last["model_state_dict"].values())
+    state = train(TinyNet(), loaders, tmp_path / "skip", num_epochs=2, callbacks=[Poison()], nonfinite="skip")
+    assert state.skipped_batches == 1 and state.epoch == 2
+    with pytest.raises(ValueError, match="nonfinite"):
+        train(TinyNet(), loaders, tmp_path / "x", nonfinite="ignore")
+
+
+def test_keyboard_interrupt_leaves_resumable_checkpoint(tiny, loaders, tmp_path):
+    class Interrupt(Callback):
+        def on_batch_end(self, state):
+            if state.epoch == 2 and state.batch_index == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, loaders, tmp_path, num_epochs=3, callbacks=[Interrupt()])
+    ck = load_checkpoint(tmp_path / "checkpoints" / "last_full.pth")
+    assert ck["interrupted"] and ck["epoch"] == 1 and "optimizer_state_dict" in ck
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["interrupted"]
+    state = train(TinyNet(), loaders, tmp_path, num_epochs=3, resume=tmp_path)  # a log dir: its last_full
+    assert state.epoch == 3 and state.global_epoch == 3
