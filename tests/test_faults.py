@@ -1,0 +1,89 @@
+"""Faults: kill -9 at random moments leaves loadable checkpoints and a resumable run; Ctrl-C saves one."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segzoo.checkpoint import load_checkpoint
+
+EPOCHS = 4
+
+
+def _config(tmp_path: Path) -> Path:
+    cfg = {
+        "seed": 1, "logdir": str(tmp_path / "run"),
+        "model": {"name": "unet", "params": {"num_channels": 4, "num_blocks": 2}},
+        "data": {"kind": "procedural", "params": {"image_size": 32}, "train_size": 48, "valid_size": 16,
+                 "batch_size": 8},
+        "callbacks": [{"name": "DiceCallback", "params": {"threshold": 0.5}}],
+        "num_epochs": EPOCHS,
+        "runner": {"main_metric": "dice", "minimize_metric": False},
+    }
+    path = tmp_path / "cfg.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _start(cfg: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "segzoo.cli", "train", "--config", str(cfg), *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < end, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _all_checkpoints_load(folder: Path) -> int:
+    files = [p for p in folder.glob("*.pth")]
+    for p in files:
+        load_checkpoint(p)  # raises on any truncated file
+    return len(files)
+
+
+@pytest.mark.slow
+def test_kill9_at_random_moments_then_resume(tmp_path):
+    cfg = _config(tmp_path)
+    folder = tmp_path / "run" / "checkpoints"
+    rng = random.Random(0)
+    for attempt in range(3):
+        resume = ["runner.resume=" + str(folder / "last_full.pth")] if (folder / "last_full.pth").exists() else []
+        proc = _start(cfg, *resume)
+        _wait_for(folder / "last.pth", proc) if attempt == 0 else time.sleep(0.5)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _all_checkpoints_load(folder) >= 2
+    proc = _start(cfg, "runner.resume=" + str(folder / "last_full.pth"))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    last = load_checkpoint(folder / "last.pth")
+    assert last["epoch"] == EPOCHS
+    assert _all_checkpoints_load(folder) >= 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_resumable_checkpoint(tmp_path):
+    cfg = _config(tmp_path)
+    folder = tmp_path / "run" / "checkpoints"
+    proc = _start(cfg)
+    _wait_for(folder / "last.pth", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    ck = load_checkpoint(folder / "last_full.pth")
+    assert ck["interrupted"] is True and "optimizer_state_dict" in ck
+    proc = _start(cfg, f"runner.resume={folder / 'last_full.pth'}")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert load_checkpoint(folder / "last.pth")["epoch"] == EPOCHS
