@@ -52,8 +52,9 @@ def target_report(results: Sequence[dict[str, Any]]) -> str:
         want = SPEEDUP_TARGETS.get(arch, 1.0)
         add(f"{p['pair']} forward speed-up vs smp", setting, p["forward_speedup"], f">= {want}",
             p["forward_speedup"] >= want)
-        add(f"{p['pair']} train-step speed-up vs smp", setting, p["train_speedup"], f">= {want}",
-            p["train_speedup"] >= want)
+        if p["train_speedup"] is not None:
+            add(f"{p['pair']} train-step speed-up vs smp", setting, p["train_speedup"], f">= {want}",
+                p["train_speedup"] >= want)
         if "memory_ratio" in p:
             add(f"{p['pair']} train-step peak memory segzoo/smp", setting, p["memory_ratio"], "<= 1.0",
                 p["memory_ratio"] <= 1.0)

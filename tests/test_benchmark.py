@@ -208,3 +208,10 @@ def test_quality_training_is_seeded_and_scored():
     b = quality.train_and_score(TINY, train, valid, steps=3, batch_size=4, lr=1e-3, seed=0)
     assert 0.0 <= a["valid_dice"] <= 1.0
     assert a["valid_dice"] == b["valid_dice"] and a["final_loss"] == b["final_loss"]
+
+
+def test_forward_only_skips_train_and_memory():
+    (r,) = bench.run_benchmark([TINY], tiny_cfg(train=False, memory=True, repeats=1),
+                               memory_fn=lambda s, c: pytest.fail("memory measured in forward-only mode"))
+    assert "train_ms" not in r and r["forward_ms"] > 0
+    assert "| - | - |" in bench.markdown_table([r])

@@ -97,7 +97,7 @@ def run_suite(specs: Sequence[dict[str, Any]], devices: Sequence[str] = ("cpu",)
         results += run_benchmark(specs, cfg, log=log)
         if log:
             for r in results[-len(specs):]:
-                log(f"  {r['label']:<34} fwd {r['forward_ms']:8.1f} ms  train {r['train_ms']:8.1f} ms")
+                log(f"  {r['label']:<34} fwd {r['forward_ms']:8.1f} ms  train {r.get('train_ms', float('nan')):8.1f} ms")
     return results
 
 
@@ -124,6 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str = "benchmark") -
     parser.add_argument("--num-classes", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the train-step memory measurement")
+    parser.add_argument("--forward-only", action="store_true", help="time the forward pass only")
     parser.add_argument("--out", default="benchmarks/results", help="output folder (json, md, png)")
     parser.add_argument("--name", default="benchmark", help="output file stem")
 
@@ -164,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     layouts = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
     results = run_suite(specs, devices, args.dtypes, layouts, args.batch_sizes, args.resolutions,
                         warmup=args.warmup, iterations=args.iterations, repeats=args.repeats,
-                        num_classes=args.num_classes, compile=args.compile, memory=not args.no_memory)
+                        num_classes=args.num_classes, compile=args.compile, memory=not args.no_memory,
+                        train=not args.forward_only)
     command = " ".join(shlex.quote(a) for a in sys.argv)
     paths = write_results(results, environment(), args.out, args.name, command)
     print(markdown_table(results))

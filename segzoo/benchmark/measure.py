@@ -61,6 +61,7 @@ class BenchConfig:
         repeats: timed blocks per model and mode (the median is reported).
         num_classes: output channels of the models.
         memory: measure train-step peak memory.
+        train: also time the train step (``False``: forward only, e.g. for resolution sweeps).
     """
 
     device: str = "cpu"
@@ -74,6 +75,7 @@ class BenchConfig:
     repeats: int = 5
     num_classes: int = 1
     memory: bool = True
+    train: bool = True
 
     def validate(self) -> None:
         """Raise ValueError for a setting that cannot run here."""
@@ -283,29 +285,33 @@ def run_benchmark(specs: Sequence[dict[str, Any]], cfg: BenchConfig, clock: Cloc
     for r in runners:
         for _ in range(cfg.warmup):
             r.forward()
-            r.train_step()
+            if cfg.train:
+                r.train_step()
     fwd: dict[int, list[float]] = {i: [] for i in range(len(runners))}
     train: dict[int, list[float]] = {i: [] for i in range(len(runners))}
     for rep in range(cfg.repeats):
         for i, r in enumerate(runners):
             fwd[i].append(time_block(r.forward, cfg.iterations, cfg.device, clock))
-            train[i].append(time_block(r.train_step, cfg.iterations, cfg.device, clock))
+            if cfg.train:
+                train[i].append(time_block(r.train_step, cfg.iterations, cfg.device, clock))
         if log:
             log(f"  repeat {rep + 1}/{cfg.repeats} done")
     results = []
     for i, r in enumerate(runners):
-        f_med, t_med = statistics.median(fwd[i]), statistics.median(train[i])
+        f_med = statistics.median(fwd[i])
         res: dict[str, Any] = {
             "label": r.label, "spec": r.spec, "config": asdict(cfg), "params": r.params, "gflops": r.gflops,
-            "forward_ms": 1000 * f_med / cfg.iterations, "train_ms": 1000 * t_med / cfg.iterations,
+            "forward_ms": 1000 * f_med / cfg.iterations,
             "forward_img_s": throughput(cfg.batch_size, cfg.iterations, f_med),
-            "train_img_s": throughput(cfg.batch_size, cfg.iterations, t_med),
-            "achieved_gflop_s": r.gflops * cfg.iterations / f_med,
-            "forward_block_s": fwd[i], "train_block_s": train[i],
+            "achieved_gflop_s": r.gflops * cfg.iterations / f_med, "forward_block_s": fwd[i],
         }
+        if cfg.train:
+            t_med = statistics.median(train[i])
+            res.update(train_ms=1000 * t_med / cfg.iterations, train_block_s=train[i],
+                       train_img_s=throughput(cfg.batch_size, cfg.iterations, t_med))
         results.append(res)
     del runners
-    if cfg.memory:
+    if cfg.memory and cfg.train:
         memory_fn = memory_fn or _memory_in_subprocess
         for res in results:
             res.update(memory_fn(res["spec"], cfg))

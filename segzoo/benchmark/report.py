@@ -25,7 +25,7 @@ def ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {"pair": spec["pair"], "resolution": key["resolution"], "batch_size": key["batch_size"],
                "channels_last": key["channels_last"], "dtype": key["dtype"], "device": key["device"],
                "forward_speedup": peer["forward_ms"] / res["forward_ms"],
-               "train_speedup": peer["train_ms"] / res["train_ms"]}
+               "train_speedup": peer["train_ms"] / res["train_ms"] if "train_ms" in res else None}
         if "train_peak_mib" in res and "train_peak_mib" in peer:
             row["memory_ratio"] = res["train_peak_mib"] / peer["train_peak_mib"]
         out.append(row)
@@ -40,10 +40,12 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     for r in results:
         c = r["config"]
         mem = f"{r['train_peak_mib']:.0f}" if "train_peak_mib" in r else "-"
+        train_ms = f"{r['train_ms']:.0f}" if "train_ms" in r else "-"
+        train_img_s = f"{r['train_img_s']:.1f}" if "train_img_s" in r else "-"
         lines.append(f"| {r['label']} | {c['device']} | {c['dtype']} | {'on' if c['channels_last'] else 'off'} "
                      f"| {c['batch_size']} x {c['resolution']} | {r['params'] / 1e6:.2f} | {r['gflops']:.1f} "
-                     f"| {r['forward_ms']:.0f} | {r['forward_img_s']:.1f} | {r['train_ms']:.0f} "
-                     f"| {r['train_img_s']:.1f} | {r['achieved_gflop_s']:.0f} | {mem} |")
+                     f"| {r['forward_ms']:.0f} | {r['forward_img_s']:.1f} | {train_ms} "
+                     f"| {train_img_s} | {r['achieved_gflop_s']:.0f} | {mem} |")
     return "\n".join(lines)
 
 
@@ -80,9 +82,10 @@ def ratio_table(pairs: Sequence[dict[str, Any]]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in pairs:
         mem = f"{p['memory_ratio']:.2f}" if "memory_ratio" in p else "-"
+        train = f"{p['train_speedup']:.2f}x" if p["train_speedup"] is not None else "-"
         lines.append(f"| {p['pair']} | {p['device']} | {p['dtype']} | {'on' if p['channels_last'] else 'off'} "
                      f"| {p['batch_size']} x {p['resolution']} | {p['forward_speedup']:.2f}x "
-                     f"| {p['train_speedup']:.2f}x | {mem} |")
+                     f"| {train} | {mem} |")
     return "\n".join(lines)
 
 
