@@ -101,7 +101,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"refusing to load {path}: it holds objects other than tensors and plain data "
             f"({first[:200]}); segzoo loads checkpoints with weights_only=True"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
+        # KeyError/IndexError: the weights-only unpickler reading bytes that are not a pickle
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
     if not isinstance(obj, dict):

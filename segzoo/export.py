@@ -147,6 +147,16 @@ def _outputs_close(ref: Any, got: Any, rtol: float, atol: float) -> tuple[bool, 
     return False, float("inf")
 
 
+def _run(what: str, fn: Any, x: Any, shape: Sequence[int], hint: str = "") -> Any:
+    """Call ``fn(x)``; an exception (e.g. a shape frozen at export time) becomes an ExportCheckError."""
+    try:
+        return fn(x)
+    except Exception as exc:  # anything the exported artifact raises means it is unusable at this size
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ExportCheckError(f"{what} does not match the eager model: it fails at input {tuple(shape)} "
+                               f"({first[:200]}){hint}") from exc
+
+
 def _check(what: str, ref: Any, got: Any, x: torch.Tensor, rtol: float, atol: float, hint: str = "") -> None:
     ok, worst = _outputs_close(ref, got, rtol, atol)
     if not ok:
@@ -205,7 +215,8 @@ def trace_model(model: nn.Module, example: torch.Tensor, method: str = "forward"
         multiple = int(getattr(model, "size_multiple", 1) or 1)
         with torch.set_grad_enabled(requires_grad):
             for x in (example, other_input(example, multiple, same_batch=mode == "train")):
-                _check("traced model", getattr(model, method)(x), getattr(traced, method)(x), x, 1e-4, 1e-5, hint)
+                got = _run("traced model", getattr(traced, method), x, x.shape, hint)
+                _check("traced model", getattr(model, method)(x), got, x, 1e-4, 1e-5, hint)
         model.load_state_dict(saved)
         traced.load_state_dict(saved)
     else:
@@ -319,7 +330,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
             for x in (example, other_input(example, multiple)):
                 with torch.no_grad():
                     ref = model(x)
-                got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+                got = torch.from_numpy(_run("ONNX model (onnxruntime)", lambda a: session.run(None, {"input": a})[0],
+                                            x.numpy(), x.shape))
                 _check("ONNX model (onnxruntime)", ref, got, x, 1e-3, 1e-3)
     return Path(path)
 
@@ -362,7 +374,7 @@ def export_program(model: nn.Module, path: str | os.PathLike, example: torch.Ten
         module = program.module()
         for x in (example, other_input(example, multiple)):
             with torch.no_grad():
-                _check("exported program", model(x), module(x), x, 1e-4, 1e-5)
+                _check("exported program", model(x), _run("exported program", module, x, x.shape), x, 1e-4, 1e-5)
     extra = {"segzoo.json": json.dumps({"size_multiple": multiple, **(metadata or {})})}
     with atomic_output(path, force) as tmp:
         torch.export.save(program, str(tmp), extra_files=extra)
