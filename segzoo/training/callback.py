@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any
 
@@ -81,3 +82,11 @@ class LoggerCallback(Callback):
 def sort_callbacks(callbacks: list[Callback]) -> list[Callback]:
     """Stable sort by ``order`` (ties keep the given order)."""
     return sorted(callbacks, key=lambda c: c.order)
+
+
+def lookup(mapping: Mapping[str, Any], key: str, what: str, owner: str) -> Any:
+    """``mapping[key]``, or a KeyError naming the callback, the missing key and the keys there are."""
+    try:
+        return mapping[key]
+    except KeyError:
+        raise KeyError(f"{owner}: no {what} {key!r}; available: {sorted(mapping)}") from None

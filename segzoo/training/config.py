@@ -69,6 +69,7 @@ SCHEMA: dict[str, Any] = {
 STAGE_SCHEMA = {"name": str, "num_epochs": int, "optimizer": {"name": str, "params": dict},
                 "scheduler": {"name": str, "params": dict}}
 REQUIRED = ("logdir", "model", "data")
+FOLDER_KEYS = ("train_images", "train_masks", "valid_images", "valid_masks")
 # integer settings and their smallest valid value
 MINIMUM = {"num_epochs": 1, "data.train_size": 1, "data.valid_size": 1, "data.batch_size": 1,
            "data.num_workers": 0}
@@ -141,9 +142,22 @@ def validate(cfg: dict[str, Any]) -> None:
     if kind not in ("procedural", "folder"):
         raise ConfigError(f"data.kind must be 'procedural' or 'folder', got {kind!r}")
     if kind == "folder":
-        absent = [k for k in ("train_images", "train_masks", "valid_images", "valid_masks") if k not in cfg["data"]]
+        absent = [k for k in FOLDER_KEYS if k not in cfg["data"]]
         if absent:
             raise ConfigError(f"data.kind=folder needs {absent}")
+    other = ("train_size", "valid_size") if kind == "folder" else (*FOLDER_KEYS, "image_size")
+    unused = [k for k in other if k in cfg["data"]]
+    if unused:
+        raise ConfigError(f"data.kind={kind} does not use data.{unused[0]}"
+                          + (" (the procedural image size is data.params.image_size)" if unused[0] == "image_size"
+                             else ""))
+    if cfg.get("stages") and "num_epochs" in cfg:
+        raise ConfigError("give either num_epochs (one stage) or stages (each with its num_epochs), not both")
+    model_classes = (cfg["model"].get("params") or {}).get("num_classes")
+    data_classes = (cfg["data"].get("params") or {}).get("num_classes", 1)
+    if model_classes is not None and model_classes != data_classes:
+        raise ConfigError(f"model.params.num_classes={model_classes} but data.params.num_classes={data_classes}; "
+                          f"they must match (1 = binary masks, K = K classes including background)")
 
 
 def _set(cfg: dict[str, Any], dotted: str, value: Any) -> None:

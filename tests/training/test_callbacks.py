@@ -162,3 +162,10 @@ def test_metric_callback_weights_batches_by_size(tiny, tmp_path):
         MetricCallback("first", lambda o, t, scale: scale * t.flatten(1)[:, 0].mean(), scale=2.0)])
     targets = torch.cat([b["targets"] for b in loaders["valid"]])
     assert state.valid_metrics["first"] == pytest.approx(2.0 * targets.flatten(1)[:, 0].mean().item(), abs=1e-6)
+
+
+def test_missing_keys_are_named(tiny, loaders, tmp_path):
+    with pytest.raises(KeyError, match=r"DiceCallback: no model output 'mask'; available: \['logits'\]"):
+        train(tiny, loaders, tmp_path, callbacks=[DiceCallback(output_key="mask")])
+    with pytest.raises(KeyError, match=r"CriterionCallback: no batch key 'y'; available: \['features', 'targets'\]"):
+        train(tiny, loaders, tmp_path, callbacks=[CriterionCallback(input_key="y")])

@@ -41,6 +41,7 @@ def test_checkpoint_files_keys_and_top_n(loaders, tmp_path):
     assert metrics["best"]["epoch"] == 2 and metrics["last"]["epoch"] == 3 and len(metrics["epochs"]) == 3
 
 
+@pytest.mark.slow
 def test_model_spec_rebuilds_identical_model(loaders, tmp_path):
     torch.manual_seed(0)
     model = segzoo.create_model("resnet18_unet", num_classes=1, pretrained=False)
@@ -54,6 +55,7 @@ def test_model_spec_rebuilds_identical_model(loaders, tmp_path):
         torch.testing.assert_close(rebuilt(x), model(x))
 
 
+@pytest.mark.slow  # importing torch.compile's machinery takes seconds
 def test_compiled_and_wrapped_models_store_plain_keys():
     model = TinyNet()
     state = RunnerState(model=torch.compile(model))  # wrapping is lazy: nothing is compiled here

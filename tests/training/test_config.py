@@ -125,6 +125,9 @@ def test_unknown_key_via_cli_is_one_line_exit_2(tmp_path, capsys):
     ("num_epochs=0", "num_epochs must be >= 1"),
     ("data.kind=csv", "data.kind must be 'procedural' or 'folder'"),
     ("data.kind=folder", "train_images"),
+    ("data.image_size=64", "does not use data.image_size.*data.params.image_size"),
+    ("stages=[{name: a, num_epochs: 1}]", "either num_epochs"),
+    ("data.params.num_classes=3", "model.params.num_classes=1 but data.params.num_classes=3"),
 ])
 def test_bad_values(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):

@@ -43,10 +43,12 @@ class TensorboardLogger(LoggerCallback):
         log_on_batch_end: log batch scalars.
         log_on_epoch_end: log epoch scalars and images.
         num_images: samples in the image grid (0 to disable).
+        image_keys: batch key of the images, batch key of the targets, model output key.
     """
 
     def __init__(self, metric_names: list[str] | None = None, log_on_batch_end: bool = True,
-                 log_on_epoch_end: bool = True, num_images: int = 4) -> None:
+                 log_on_epoch_end: bool = True, num_images: int = 4,
+                 image_keys: tuple[str, str, str] = ("features", "targets", "logits")) -> None:
         super().__init__()
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
@@ -54,7 +56,7 @@ class TensorboardLogger(LoggerCallback):
             raise ImportError("TensorboardLogger needs tensorboard: pip install 'segzoo[train]'") from exc
         self.metric_names = metric_names
         self.log_on_batch_end, self.log_on_epoch_end = log_on_batch_end, log_on_epoch_end
-        self.num_images = num_images
+        self.num_images, self.image_keys = num_images, tuple(image_keys)
         self.writers: dict[str, Any] = {}
         self.steps: dict[str, int] = {}
 
@@ -72,10 +74,10 @@ class TensorboardLogger(LoggerCallback):
     def on_batch_end(self, state: RunnerState) -> None:
         if not state.is_main_process:
             return
-        if self.num_images and state.loader_name == "valid":
+        if self.num_images:
             from segzoo.training.callbacks.predictions import capture
 
-            capture(state, self.num_images)
+            capture(state, self.num_images, *self.image_keys)
         if not self.log_on_batch_end:
             return
         step = self.steps.get(state.loader_name, 0)
@@ -90,7 +92,7 @@ class TensorboardLogger(LoggerCallback):
         writer = self._writer(state)
         for k, v in self._wanted(state.loader_metrics).items():
             writer.add_scalar(f"{k}/epoch", v, state.global_epoch)
-        if self.num_images and state.loader_name == "valid":
+        if self.num_images and state.loader_name == state.valid_loader:
             from segzoo.training.callbacks.predictions import prediction_grid
 
             grid = prediction_grid(state, self.num_images)

@@ -22,11 +22,12 @@ def _to_mask(t: torch.Tensor, logits: bool) -> np.ndarray:
     return t.argmax(0).long().numpy()
 
 
-def capture(state: RunnerState, n: int, input_key: str = "features", output_key: str = "logits") -> None:
-    """Keep CPU copies of the first ``n`` samples of the first batch of the loader on ``state``."""
-    if state.batch_index != 0:
+def capture(state: RunnerState, n: int, input_key: str = "features", target_key: str = "targets",
+            output_key: str = "logits") -> None:
+    """Keep CPU copies of the first ``n`` samples of the valid loader's first batch on ``state.samples``."""
+    if state.batch_index != 0 or state.loader_name != state.valid_loader:
         return
-    x, y, o = (state.input.get(input_key), state.input.get("targets"), state.output.get(output_key))
+    x, y, o = (state.input.get(input_key), state.input.get(target_key), state.output.get(output_key))
     if all(isinstance(t, torch.Tensor) for t in (x, y, o)):
         state.samples = (x[:n].detach().float().cpu(), y[:n].detach().cpu(), o[:n].detach().float().cpu())
 
@@ -51,17 +52,25 @@ def prediction_grid(state: RunnerState, n: int) -> np.ndarray | None:
 class PredictionSaverCallback(Callback):
     """Write ``logdir/predictions/{stage}.{epoch}.png`` (image | target | prediction) each epoch (rank 0).
 
+    Images are denormalized with the run's ``normalization`` (ImageNet statistics when unset).
+
     Args:
         num_images: samples (rows) per picture.
+        input_key: batch key of the images (B, C, H, W).
+        target_key: batch key of the targets ((B, K, H, W) or (B, H, W) indices).
+        output_key: model output key (B, K, H, W) logits.
     """
 
-    def __init__(self, num_images: int = 4) -> None:
+    def __init__(self, num_images: int = 4, input_key: str = "features", target_key: str = "targets",
+                 output_key: str = "logits") -> None:
         super().__init__(CallbackOrder.External)
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be an int >= 1, got {num_images!r}")
         self.num_images = num_images
+        self.keys = (input_key, target_key, output_key)
 
     def on_batch_end(self, state: RunnerState) -> None:
-        if state.loader_name == "valid":
-            capture(state, self.num_images)
+        capture(state, self.num_images, *self.keys)
 
     def on_epoch_end(self, state: RunnerState) -> None:
         if not state.is_main_process or state.logdir is None:
