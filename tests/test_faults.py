@@ -12,7 +12,8 @@ import yaml
 
 from segzoo.checkpoint import load_checkpoint
 
-EPOCHS = 4
+# many short epochs, so that every kill lands mid-run (an epoch takes ~0.1 s here)
+EPOCHS = 60
 
 
 def _config(tmp_path: Path) -> Path:
@@ -35,12 +36,13 @@ def _start(cfg: Path, *overrides: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120, after_ns: int = -1) -> None:
+    """Wait until ``path`` exists and was written after ``after_ns`` (its mtime in ns)."""
     end = time.time() + timeout
-    while not path.exists():
+    while not path.exists() or path.stat().st_mtime_ns <= after_ns:
         assert proc.poll() is None, proc.communicate()
         assert time.time() < end, f"{path} never appeared"
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def _all_checkpoints_load(folder: Path) -> int:
@@ -55,11 +57,13 @@ def test_kill9_at_random_moments_then_resume(tmp_path):
     cfg = _config(tmp_path)
     folder = tmp_path / "run" / "checkpoints"
     rng = random.Random(0)
-    for attempt in range(3):
-        resume = ["runner.resume=" + str(folder / "last_full.pth")] if (folder / "last_full.pth").exists() else []
-        proc = _start(cfg, *resume)
-        _wait_for(folder / "last.pth", proc) if attempt == 0 else time.sleep(0.5)
-        time.sleep(rng.uniform(0.0, 1.5))
+    for _ in range(3):
+        last = folder / "last_full.pth"
+        before = last.stat().st_mtime_ns if last.exists() else -1
+        proc = _start(cfg, *(["runner.resume=" + str(last)] if last.exists() else []))
+        _wait_for(folder / "last.pth", proc, after_ns=before)  # this run has made progress
+        time.sleep(rng.uniform(0.0, 0.4))
+        assert proc.poll() is None, "the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert _all_checkpoints_load(folder) >= 2
