@@ -54,3 +54,15 @@ def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> NotFound
         msg += f"; did you mean {', '.join(repr(h) for h in hint)}?"
     msg += f" Valid {kind} names: {', '.join(choices)}"
     return NotFoundError(msg)
+
+
+def check_file_name(name: object, what: str) -> str:
+    """Return ``name`` if it is a plain file name (no folders), so that writes stay in the log directory.
+
+    Raises:
+        ValueError: ``name`` is not a non-empty string, contains a path separator, or is ``.``/``..``.
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"{what} must be a plain file name without folders (files stay in the log "
+                         f"directory), got {name!r}")
+    return name

@@ -49,7 +49,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from segzoo.errors import ConfigError, close_matches, unknown_name_error
+from segzoo.errors import ConfigError, check_file_name, close_matches, unknown_name_error
 
 SCHEMA: dict[str, Any] = {
     "seed": int, "logdir": str, "num_epochs": int,
@@ -134,6 +134,10 @@ def validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"stages.{i} needs num_epochs")
         if stage["num_epochs"] < 1:
             raise ConfigError(f"stages.{i}.num_epochs must be >= 1, got {stage['num_epochs']}")
+        try:
+            check_file_name(stage.get("name", "stage"), f"stages.{i}.name")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     for i, cb in enumerate(cfg.get("callbacks") or []):
         _check(cb, {"name": str, "params": dict}, f"callbacks.{i}")
     if "name" not in cfg["model"]:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from segzoo.errors import check_file_name
 from segzoo.training import distributed as dist_utils
 from segzoo.training.callback import Callback, LoggerCallback, sort_callbacks
 from segzoo.training.callbacks.checkpoint import CheckpointCallback
@@ -301,6 +302,7 @@ class Runner(abc.ABC):
         for s in stages:
             if not isinstance(s, Stage) or not isinstance(s.num_epochs, int) or s.num_epochs < 1:
                 raise ValueError(f"each stage must be a Stage with num_epochs >= 1, got {s!r}")
+            check_file_name(s.name, "a stage name (it names checkpoint files)")
         if len({s.name for s in stages}) != len(stages):
             raise ValueError(f"stage names must be unique, got {[s.name for s in stages]}")
         given = list(callbacks.values()) if isinstance(callbacks, Mapping) else list(callbacks or [])

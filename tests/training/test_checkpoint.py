@@ -146,3 +146,13 @@ def test_keyboard_interrupt_leaves_resumable_checkpoint(tiny, loaders, tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["interrupted"]
     state = train(TinyNet(), loaders, tmp_path, num_epochs=3, resume=tmp_path)  # a log dir: its last_full
     assert state.epoch == 3 and state.global_epoch == 3
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b", "..", ""])
+def test_file_names_cannot_leave_the_logdir(tiny, loaders, tmp_path, name):
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="plain file name"):
+        CheckpointCallback(metric_filename=name)
+    with pytest.raises(ValueError, match="stage name.*plain file name"):
+        train(tiny, loaders, run, stages=[Stage(name, 1)])
+    assert not (tmp_path / "outside").exists() and not list(tmp_path.rglob("*.pth"))

@@ -93,7 +93,7 @@ def test_remove_key_override(tmp_path):
 ])
 def test_bad_overrides(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(write(tmp_path, TINY), [override])
+        load_config(write(tmp_path, TINY), override if isinstance(override, list) else [override])
 
 
 @pytest.mark.parametrize("section, key, hint", [
@@ -128,10 +128,11 @@ def test_unknown_key_via_cli_is_one_line_exit_2(tmp_path, capsys):
     ("data.image_size=64", "does not use data.image_size.*data.params.image_size"),
     ("stages=[{name: a, num_epochs: 1}]", "either num_epochs"),
     ("data.params.num_classes=3", "model.params.num_classes=1 but data.params.num_classes=3"),
+    (["~num_epochs", "stages=[{name: ../../escape, num_epochs: 1}]"], "stages.0.name must be a plain file name"),
 ])
 def test_bad_values(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(write(tmp_path, TINY), [override])
+        load_config(write(tmp_path, TINY), override if isinstance(override, list) else [override])
 
 
 def test_missing_required_section(tmp_path):

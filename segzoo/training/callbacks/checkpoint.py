@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from segzoo.checkpoint import clean_state_dict, save_checkpoint
+from segzoo.errors import check_file_name
 from segzoo.models.registry import get_model_spec
 from segzoo.training.callback import Callback, CallbackOrder
 from segzoo.training.state import RunnerState
@@ -140,7 +141,7 @@ class CheckpointCallback(Callback):
             raise ValueError(f"save_n_best must be an int >= 1, got {save_n_best!r}")
         self.save_n_best = save_n_best
         self.resume = str(Path(resume_dir) / resume) if resume and resume_dir else resume
-        self.metric_filename = metric_filename
+        self.metric_filename = check_file_name(metric_filename, "metric_filename")
         self.top: list[tuple[float, str]] = []
         self.history: list[dict[str, Any]] = []
         self.callbacks: list[Callback] = []  # set by the runner: whose states go into full checkpoints
