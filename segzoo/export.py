@@ -34,7 +34,9 @@ from segzoo.loading import ModelFactory, load_model_info
 DEFAULT_INPUT_SIZE = (256, 256)
 TRACE_MODES = ("eval", "train")
 FORMATS = ("onnx", "torchscript", "export")
-ONNX_OPSETS = (9, 20)  # range of the TorchScript-based ONNX exporter in torch 2.14
+# the TorchScript-based ONNX exporter of torch 2.14 goes down to opset 9, but segzoo models pad their
+# input by amounts computed from its runtime size, and ONNX Pad takes non-constant pads only from opset 11
+ONNX_OPSETS = (11, 20)
 _DEPRECATED = r".*(deprecated|Deprecat).*"
 
 

@@ -57,7 +57,7 @@ def list_images(source: str | os.PathLike) -> list[Path]:
 
 
 def check_images(images: Sequence[Path]) -> None:
-    """Open every image's header (cheap) so unreadable files fail before any work.
+    """Open and decode every image so unreadable files fail before any work (or any mask) is done.
 
     Raises:
         ValueError: an image that PIL cannot identify or whose data is corrupt (named).
@@ -66,6 +66,9 @@ def check_images(images: Sequence[Path]) -> None:
         try:
             with Image.open(path) as img:
                 img.verify()
+            # verify() checks PNG chunk checksums but decodes nothing: a truncated JPEG passes it
+            with Image.open(path) as img:
+                img.load()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise ValueError(f"cannot read image {path}: {exc}") from exc
 
@@ -261,8 +264,8 @@ def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathL
                   options.get("tile_overlap"))
     images = list_images(source)
     plan_outputs(images, output, options.get("with_overlay", False), options.get("force", False))
-    check_images(images)
     dev = resolve_device(device)
+    # images are decoded and checked by predict_images, before any mask is written
     loaded = load_model_info(logdir_or_file, checkpoint, model_factory, map_location=dev)
     return predict_images(loaded.model, images, output, normalization=loaded.normalization, device=str(dev),
                           **options)
