@@ -215,3 +215,21 @@ def test_forward_only_skips_train_and_memory():
                                memory_fn=lambda s, c: pytest.fail("memory measured in forward-only mode"))
     assert "train_ms" not in r and r["forward_ms"] > 0
     assert "| - | - |" in bench.markdown_table([r])
+
+
+def test_memory_is_the_median_of_interleaved_fresh_measurements():
+    calls = []
+    values = iter([300.0, 10.0, 100.0, 20.0, 200.0, 30.0])  # rounds of (TINY, OTHER)
+    other = {**TINY, "label": "other"}
+
+    def fake_memory(spec, cfg):
+        calls.append(spec.get("label", "tiny"))
+        return {"train_peak_mib": next(values)}
+
+    results = bench.run_benchmark([TINY, other], tiny_cfg(repeats=1, memory=True, memory_repeats=3),
+                                  memory_fn=fake_memory)
+    assert calls == ["tiny", "other"] * 3  # interleaved between models, like the timings
+    assert results[0]["train_peak_mib"] == 200.0 and results[0]["train_peak_mib_samples"] == [300.0, 100.0, 200.0]
+    assert results[1]["train_peak_mib"] == 20.0
+    with pytest.raises(ValueError, match="memory_repeats"):
+        tiny_cfg(memory_repeats=0).validate()

@@ -124,6 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str = "benchmark") -
     parser.add_argument("--num-classes", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the train-step memory measurement")
+    parser.add_argument("--memory-repeats", type=int, default=3,
+                        help="memory measurements per model, each in a fresh process (median)")
     parser.add_argument("--forward-only", action="store_true", help="time the forward pass only")
     parser.add_argument("--out", default="benchmarks/results", help="output folder (json, md, png)")
     parser.add_argument("--name", default="benchmark", help="output file stem")
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_suite(specs, devices, args.dtypes, layouts, args.batch_sizes, args.resolutions,
                         warmup=args.warmup, iterations=args.iterations, repeats=args.repeats,
                         num_classes=args.num_classes, compile=args.compile, memory=not args.no_memory,
-                        train=not args.forward_only)
+                        memory_repeats=args.memory_repeats, train=not args.forward_only)
     command = " ".join(shlex.quote(a) for a in sys.argv)
     paths = write_results(results, environment(), args.out, args.name, command)
     print(markdown_table(results))

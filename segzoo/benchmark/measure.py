@@ -61,6 +61,8 @@ class BenchConfig:
         repeats: timed blocks per model and mode (the median is reported).
         num_classes: output channels of the models.
         memory: measure train-step peak memory.
+        memory_repeats: memory measurements per model (fresh processes, interleaved between
+            models like the timings; the median is reported: RSS peaks vary by tens of MiB).
         train: also time the train step (``False``: forward only, e.g. for resolution sweeps).
     """
 
@@ -75,6 +77,7 @@ class BenchConfig:
     repeats: int = 5
     num_classes: int = 1
     memory: bool = True
+    memory_repeats: int = 3
     train: bool = True
 
     def validate(self) -> None:
@@ -85,7 +88,7 @@ class BenchConfig:
             raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        for name in ("batch_size", "resolution", "iterations", "repeats", "num_classes"):
+        for name in ("batch_size", "resolution", "iterations", "repeats", "num_classes", "memory_repeats"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -313,6 +316,12 @@ def run_benchmark(specs: Sequence[dict[str, Any]], cfg: BenchConfig, clock: Cloc
     del runners
     if cfg.memory and cfg.train:
         memory_fn = memory_fn or _memory_in_subprocess
-        for res in results:
-            res.update(memory_fn(res["spec"], cfg))
+        samples: list[list[dict[str, float]]] = [[] for _ in results]
+        for _ in range(cfg.memory_repeats):
+            for res, seen in zip(results, samples):
+                seen.append(memory_fn(res["spec"], cfg))
+        for res, seen in zip(results, samples):
+            res.update({k: statistics.median(m[k] for m in seen) for k in seen[0]})
+            if "train_peak_mib" in seen[0]:
+                res["train_peak_mib_samples"] = [m["train_peak_mib"] for m in seen]
     return results
