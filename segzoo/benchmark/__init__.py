@@ -16,6 +16,7 @@ import itertools
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -156,8 +157,11 @@ def specs_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     return specs
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark selected by ``args`` and write JSON, markdown and PNG to ``args.out``."""
+def run(args: argparse.Namespace, command: str | None = None) -> int:
+    """Run the benchmark selected by ``args`` and write JSON, markdown and PNG to ``args.out``.
+
+    ``command`` is the command line recorded in the reports (default: the program's name and arguments).
+    """
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -169,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
                         warmup=args.warmup, iterations=args.iterations, repeats=args.repeats,
                         num_classes=args.num_classes, compile=args.compile, memory=not args.no_memory,
                         memory_repeats=args.memory_repeats, train=not args.forward_only)
-    command = " ".join(shlex.quote(a) for a in sys.argv)
+    if command is None:
+        command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
     paths = write_results(results, environment(), args.out, args.name, command)
     print(markdown_table(results))
     pairs = ratios(results)

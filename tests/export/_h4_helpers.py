@@ -6,12 +6,11 @@ import textwrap
 from pathlib import Path
 
 import torch
+from _models import TINY, tiny_model  # noqa: F401  (re-exported for the export tests)
 
-import segzoo
 from segzoo.checkpoint import save_checkpoint
 from segzoo.models.registry import get_model_spec
 
-TINY = {"num_channels": 8, "num_blocks": 2}
 NORM = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
 
 # a user's own models, importable as "h4_user_models:<factory>" (module written per test)
@@ -40,22 +39,6 @@ def write_checkpoint(logdir: Path, model: torch.nn.Module, name: str = "best", s
             "normalization": normalization, "epoch": 1, "stage": "stage1",
             "valid_metrics": {"loss": 0.5}, "epoch_metrics": {}, **extra}
     return save_checkpoint(data, logdir / "checkpoints" / f"{name}.pth")
-
-
-def tiny_model(name: str = "unet", num_classes: int = 2, **kwargs) -> torch.nn.Module:
-    """A small registry model (random weights, nothing downloaded)."""
-    if name.startswith("resnet"):
-        kwargs.setdefault("pretrained", False)
-    else:
-        kwargs = {**TINY, **kwargs}
-    torch.manual_seed(0)
-    model = segzoo.create_model(name, num_classes=num_classes, **kwargs)
-    # non-trivial BatchNorm statistics, so eval and train modes differ
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.1, 0.1)
-            mod.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def assert_user_error(result: tuple[int, str, str], *fragments: str) -> None:

@@ -14,24 +14,11 @@ import warnings
 
 import pytest
 import torch
+from _models import tiny_model
 from torch.export import Dim
-
-import segzoo
 
 TINY_ARCHS = ["unet", "linknet", "fpn_unet", "pspnet"]
 RESNET = ["resnet18_unet", "resnet18_pspnet"]
-
-
-def _model(name: str, num_classes: int = 2) -> torch.nn.Module:
-    """A small registry model with random weights and non-trivial BatchNorm statistics, in eval mode."""
-    torch.manual_seed(0)
-    kwargs = {"pretrained": False} if name.startswith("resnet") else {"num_channels": 8, "num_blocks": 2}
-    model = segzoo.create_model(name, num_classes=num_classes, **kwargs)
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.1, 0.1)
-            mod.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def _assert_matches(fn, model, shapes, atol=1e-5, rtol=1e-4):
@@ -47,7 +34,7 @@ def _assert_matches(fn, model, shapes, atol=1e-5, rtol=1e-4):
 
 @pytest.mark.parametrize("name", TINY_ARCHS + RESNET)
 def test_jit_trace_matches_eager_at_other_sizes(name):
-    model = _model(name)
+    model = tiny_model(name)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
         # input checks on shapes are frozen as constants; the other sizes below show they do no harm
@@ -71,7 +58,7 @@ def _export(model, example):
 @pytest.mark.export
 @pytest.mark.parametrize("name", TINY_ARCHS + RESNET[:1])
 def test_torch_export_dynamic_shapes_match_eager(name):
-    model = _model(name)
+    model = tiny_model(name)
     m = model.size_multiple
     base = max(m, 8)
     module = _export(model, torch.randn(2, 3, 4 * base, 4 * base)).module()
@@ -85,7 +72,7 @@ def test_segzoo_declares_what_torch_export_cannot_do(tmp_path):
     """segzoo.export.export_program refuses example sizes its dynamic shapes cannot describe."""
     from segzoo.export import export_program
 
-    model = _model("unet")
+    model = tiny_model("unet")
     m = model.size_multiple
     out = tmp_path / "m.pt2"
     with pytest.raises(ValueError, match=f"multiples of {m}"):
@@ -108,7 +95,7 @@ def fresh_dynamo():
 @pytest.mark.slow
 @pytest.mark.parametrize("name, backend", [(arch, "aot_eager") for arch in TINY_ARCHS] + [("pspnet", "inductor")])
 def test_compile_fullgraph_matches_eager(fresh_dynamo, name, backend):
-    model = _model(name)
+    model = tiny_model(name)
     compiled = torch.compile(model, fullgraph=True, backend=backend)
     atol = 1e-4 if backend == "inductor" else 1e-5  # inductor may reorder reductions
     _assert_matches(compiled, model, [(2, 32, 32)], atol=atol)
@@ -117,6 +104,6 @@ def test_compile_fullgraph_matches_eager(fresh_dynamo, name, backend):
 @pytest.mark.slow
 def test_compile_fullgraph_recompiles_for_new_sizes(fresh_dynamo):
     """A second, odd size (padding amounts change) recompiles with dynamic shapes, still without graph breaks."""
-    model = _model("pspnet")
+    model = tiny_model("pspnet")
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     _assert_matches(compiled, model, [(2, 32, 32), (3, 37, 53)])
