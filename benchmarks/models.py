@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print("preset gpu: CUDA is not available on this machine, nothing to run (skipped)")
         return 0
     args = parser.parse_args(preset_args + argv)
-    code = bench.run(args, command=" ".join(shlex.quote(a) for a in [parser.prog, *argv]))
+    code = bench.run(args, command=" ".join([parser.prog, *(shlex.quote(a) for a in argv)]))
     results = json.loads((Path(args.out) / f"{args.name}.json").read_text())["results"]
     report = target_report(results)
     (Path(args.out) / f"{args.name}-targets.md").write_text(report + "\n")

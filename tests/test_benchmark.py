@@ -233,3 +233,13 @@ def test_memory_is_the_median_of_interleaved_fresh_measurements():
     assert results[1]["train_peak_mib"] == 20.0
     with pytest.raises(ValueError, match="memory_repeats"):
         tiny_cfg(memory_repeats=0).validate()
+
+
+def test_models_script_records_its_command_and_target_report(tmp_path):
+    models = pytest.importorskip("benchmarks.models", reason="run from the repository root")
+    args = ["--models", "unet", "--no-smp", "--resolutions", "32", "--batch-sizes", "2", "--warmup", "0",
+            "--iterations", "1", "--repeats", "1", "--no-memory", "--out", str(tmp_path), "--name", "m"]
+    assert models.main(args) == 0
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert data["command"] == "python -m benchmarks.models " + " ".join(args)
+    assert (tmp_path / "m-targets.md").read_text().startswith("| check |")
