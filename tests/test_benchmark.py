@@ -116,7 +116,23 @@ def test_results_json_markdown_and_plot(tmp_path):
 
 def test_train_step_memory_in_process_is_positive():
     mem = bench.train_step_memory(TINY, tiny_cfg(resolution=64))
-    assert mem["train_peak_mib"] >= 0 and mem["peak_rss_mib"] > 0
+    assert mem["train_rss_delta_mib"] >= 0 and mem["peak_rss_mib"] > 0
+    # at least the gradients and the SGD momentum buffers of the parameters are allocated
+    params = bench.count_params(bench.build_model(TINY, 1)) * 4 / 2**20
+    assert mem["train_peak_mib"] >= 2 * params
+
+
+def test_allocated_peak_counts_live_tensors_not_freed_ones():
+    from segzoo.benchmark.measure import _allocated_peak_bytes
+
+    def step():
+        a = torch.ones(2**20)  # 4 MiB
+        b = torch.ones(2**20)  # 4 MiB more while a is alive
+        del a, b
+        c = torch.ones(2**19)  # 2 MiB after both were freed
+        return c
+
+    assert _allocated_peak_bytes(step) == pytest.approx(8 * 2**20, rel=0.01)
 
 
 def test_config_and_spec_errors_are_clear():

@@ -12,9 +12,10 @@ be rebuilt in a fresh subprocess for memory measurements. Method:
   (one input tensor is reused);
 * train step = forward + loss + backward + optimizer step (SGD), with autocast and a
   GradScaler for fp16 on CUDA;
-* train-step peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the growth of
-  the peak resident set size over one train step, measured in a fresh subprocess per model
-  so allocations of other models cannot hide it.
+* train-step peak memory: the peak of tensor memory allocated during the first train step,
+  from ``torch.cuda.max_memory_allocated`` on CUDA and from torch's profiler memory events
+  on CPU (plus the growth of the resident set size, a noisier process-level figure),
+  measured in a fresh subprocess per model so allocations of other models cannot hide it.
 """
 
 from __future__ import annotations
@@ -221,10 +222,14 @@ def _peak_rss_bytes() -> int:
 def train_step_memory(spec: dict[str, Any], cfg: BenchConfig) -> dict[str, float]:
     """Peak memory of one train step of ``spec``'s model, in MiB, measured in this process.
 
-    CUDA: ``max_memory_allocated`` during the step minus the allocation before it. CPU: the
-    highest resident set size seen during the first train step (sampled every millisecond,
-    and the kernel's peak RSS when that rose) minus the RSS before it: activations,
-    gradients, optimizer state and workspaces. Run it in a fresh process per model
+    ``train_peak_mib`` is the peak of tensor memory allocated during the first train step
+    (activations, gradients, optimizer state, workspaces) above what was allocated before it:
+    on CUDA from ``max_memory_allocated``; on CPU from torch's profiler (``profile_memory``),
+    whose allocation events are replayed in time order. On CPU two process-level figures are
+    added: ``train_rss_delta_mib``, the highest resident set size seen during the first step
+    (sampled every millisecond, and the kernel's peak RSS when that rose) minus the RSS before
+    it, and ``peak_rss_mib``; they include allocator caching and library workspaces and vary
+    by tens of MiB between runs of the same model. Run it in a fresh process per model
     (:func:`run_benchmark` does) for figures comparable between models.
     """
     runner = _Runner(spec, BenchConfig(**{**asdict(cfg), "compile": False}))
@@ -253,7 +258,24 @@ def train_step_memory(spec: dict[str, Any], cfg: BenchConfig) -> dict[str, float
         thread.join()
     kernel_peak = _peak_rss_bytes()
     peak = max(max(sampled), kernel_peak if kernel_peak > kernel_peak_before else 0)
-    return {"train_peak_mib": (peak - before) / 2**20, "peak_rss_mib": max(peak, kernel_peak) / 2**20}
+    del runner
+    # a fresh model, so that its first step allocates gradients and optimizer state as on CUDA
+    allocated = _allocated_peak_bytes(_Runner(spec, BenchConfig(**{**asdict(cfg), "compile": False})).train_step)
+    return {"train_peak_mib": allocated / 2**20, "train_rss_delta_mib": (peak - before) / 2**20,
+            "peak_rss_mib": max(peak, kernel_peak) / 2**20}
+
+
+def _allocated_peak_bytes(step: Callable[[], Any]) -> int:
+    """Peak of live CPU tensor bytes allocated during ``step()``, from torch's profiler memory events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage  # allocations minus frees inside the op itself
+        peak = max(peak, live)
+    return peak
 
 
 def _memory_in_subprocess(spec: dict[str, Any], cfg: BenchConfig) -> dict[str, float]:
