@@ -232,7 +232,8 @@ def train_step_memory(spec: dict[str, Any], cfg: BenchConfig) -> dict[str, float
     by tens of MiB between runs of the same model. Run it in a fresh process per model
     (:func:`run_benchmark` does) for figures comparable between models.
     """
-    runner = _Runner(spec, BenchConfig(**{**asdict(cfg), "compile": False}))
+    eager = BenchConfig(**{**asdict(cfg), "compile": False})
+    runner = _Runner(spec, eager)
     if cfg.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -262,7 +263,7 @@ def train_step_memory(spec: dict[str, Any], cfg: BenchConfig) -> dict[str, float
     peak = max(max(sampled), kernel_peak if kernel_peak > kernel_peak_before else 0)
     del runner
     # a fresh model, so that its first step allocates gradients and optimizer state as on CUDA
-    allocated = _allocated_peak_bytes(_Runner(spec, BenchConfig(**{**asdict(cfg), "compile": False})).train_step)
+    allocated = _allocated_peak_bytes(_Runner(spec, eager).train_step)
     return {"train_peak_mib": allocated / 2**20, "train_rss_delta_mib": (peak - before) / 2**20,
             "peak_rss_mib": peak / 2**20}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any
 
@@ -84,9 +83,16 @@ def sort_callbacks(callbacks: list[Callback]) -> list[Callback]:
     return sorted(callbacks, key=lambda c: c.order)
 
 
-def lookup(mapping: Mapping[str, Any], key: str, what: str, owner: str) -> Any:
-    """``mapping[key]``, or a KeyError naming the callback, the missing key and the keys there are."""
-    try:
-        return mapping[key]
-    except KeyError:
-        raise KeyError(f"{owner}: no {what} {key!r}; available: {sorted(mapping)}") from None
+def outputs_and_targets(callback: Callback, state: RunnerState) -> tuple[Any, Any]:
+    """``(state.output[callback.output_key], state.input[callback.input_key])`` for a callback with those keys.
+
+    Raises:
+        KeyError: naming the callback, the missing key and the keys there are.
+    """
+    found = []
+    for mapping, key, what in ((state.output, callback.output_key, "model output"),
+                               (state.input, callback.input_key, "batch key")):
+        if key not in mapping:
+            raise KeyError(f"{type(callback).__name__}: no {what} {key!r}; available: {sorted(mapping)}")
+        found.append(mapping[key])
+    return found[0], found[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from segzoo.errors import unknown_name_error
-from segzoo.training.callback import Callback, CallbackOrder, lookup
+from segzoo.training.callback import Callback, CallbackOrder, outputs_and_targets
 from segzoo.training.state import RunnerState
 
 
@@ -34,8 +34,7 @@ class CriterionCallback(Callback):
             criterion = criterion[self.criterion_key]
         if criterion is None:
             raise ValueError("CriterionCallback needs a criterion: pass criterion= to train()")
-        outputs = lookup(state.output, self.output_key, "model output", type(self).__name__)
-        targets = lookup(state.input, self.input_key, "batch key", type(self).__name__)
+        outputs, targets = outputs_and_targets(self, state)
         loss = criterion(outputs, targets) * self.multiplier
         state.loss[self.prefix] = loss
         state.batch_metrics[self.prefix] = float(loss.detach())

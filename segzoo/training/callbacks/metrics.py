@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from segzoo.metrics import dice_from_sums, iou_from_sums, segmentation_sums
-from segzoo.training.callback import Callback, CallbackOrder, lookup
+from segzoo.training.callback import Callback, CallbackOrder, outputs_and_targets
 from segzoo.training.distributed import all_reduce_sum
 from segzoo.training.state import RunnerState
 
@@ -35,9 +35,7 @@ class MetricCallback(Callback):
 
     def on_batch_end(self, state: RunnerState) -> None:
         with torch.no_grad():
-            value = self.metric_fn(lookup(state.output, self.output_key, "model output", type(self).__name__),
-                                   lookup(state.input, self.input_key, "batch key", type(self).__name__),
-                                   **self.metric_params)
+            value = self.metric_fn(*outputs_and_targets(self, state), **self.metric_params)
         state.batch_metrics[self.prefix] = float(value)
 
 
@@ -59,8 +57,7 @@ class _OverlapCallback(Callback):
         self._sums = None
 
     def on_batch_end(self, state: RunnerState) -> None:
-        outputs = lookup(state.output, self.output_key, "model output", type(self).__name__)
-        targets = lookup(state.input, self.input_key, "batch key", type(self).__name__)
+        outputs, targets = outputs_and_targets(self, state)
         sums = torch.stack(segmentation_sums(outputs, targets, self.threshold, self.activation, self.ignore_index))
         self._sums = sums if self._sums is None else self._sums + sums
         state.batch_metrics[self.prefix] = float(self.score_fn(*sums, eps=self.eps).mean())
