@@ -54,3 +54,20 @@ def test_learned_upsample_changes_channels():
 def test_unknown_upsample_mode_lists_choices():
     with pytest.raises(KeyError, match="bilinear"):
         make_upsample("bicubicish", 8, 2)
+
+
+def test_interpolate_hands_a_channels_last_gradient_to_its_backward():
+    """Concat backward gives a channel slice of a channels_last gradient; it is made channels_last first."""
+    up = make_upsample("bilinear", 6, 2)
+    x = torch.rand(2, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    skip = torch.rand(2, 3, 10, 14, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    y = up(x)
+    seen = []
+    y.register_hook(lambda g: seen.append(g.is_contiguous(memory_format=torch.channels_last)))
+    weight = torch.rand(2, 9, 10, 14, dtype=torch.float64)
+    (torch.cat([y, skip], dim=1) * weight).sum().backward()
+    assert seen == [True]
+    ref = x.detach().contiguous().requires_grad_()
+    (torch.nn.functional.interpolate(ref, scale_factor=2.0, mode="bilinear") * weight[:, :6]).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)
+

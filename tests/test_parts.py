@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from segzoo.bridges import UnetBridge
-from segzoo.decoders import FPNDecoder, PSPDecoder, UNetDecoder, adaptive_avg_pool
+from segzoo.decoders import FPNDecoder, PSPDecoder, UNetDecoder, adaptive_avg_pool, pyramid_avg_pool
 from segzoo.encoders import ResnetEncoder, TimmEncoder, UnetEncoder
 from segzoo.heads import FPNHead, UnetHead
 
@@ -86,3 +86,19 @@ def test_decoder_rejects_too_few_features():
 def test_adaptive_avg_pool_matches_torch(hw, size):
     x = torch.rand(2, 4, *hw)
     torch.testing.assert_close(adaptive_avg_pool(x, size), torch.nn.functional.adaptive_avg_pool2d(x, size))
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 13), (32, 20)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_pyramid_avg_pool_matches_torch_values_and_gradients(hw, layout):
+    sizes = [1, 2, 3, 6]
+    x = torch.rand(2, 5, *hw, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    ref = x.detach().clone().requires_grad_()
+    got = pyramid_avg_pool(x, sizes)
+    want = [torch.nn.functional.adaptive_avg_pool2d(ref, s) for s in sizes]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    weights = [torch.rand_like(w) for w in want]
+    sum((g * k).sum() for g, k in zip(got, weights)).backward()
+    sum((w * k).sum() for w, k in zip(want, weights)).backward()
+    torch.testing.assert_close(x.grad, ref.grad)

@@ -22,16 +22,38 @@ def _pool_matrix(n: int, size: int, like: torch.Tensor) -> torch.Tensor:
     return m / m.sum(dim=1, keepdim=True)
 
 
-def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Exactly ``F.adaptive_avg_pool2d(x, size)``, written as two matrix products.
+def pyramid_avg_pool(x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """``[F.adaptive_avg_pool2d(x, s) for s in sizes]``, reading ``x`` once, as matrix products.
 
     ONNX and torch.export cannot express adaptive pooling whose bins depend on a dynamic
-    input size; this form can (its bins are computed from the runtime shape).
+    input size; this form can (its bins are computed from the runtime shape). The pooling
+    matrices of all sizes are stacked, so ``x`` is read once whatever the number of sizes,
+    and a channels_last ``x`` is read in its own layout (no copy to NCHW).
+
+    Shapes: (B, C, H, W) -> [(B, C, s, s) for s in sizes].
+    """
+    b, c, h, w = x.shape
+    ph = torch.cat([_pool_matrix(h, s, x) for s in sizes])  # (S, H), S = sum(sizes)
+    pw = torch.cat([_pool_matrix(w, s, x) for s in sizes])  # (S, W)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        nhwc = x.permute(0, 2, 3, 1).reshape(b, h, w * c)  # a view: no copy
+        rows = (ph @ nhwc).reshape(b, -1, w, c)  # (B, S, W, C)
+        grid = (pw @ rows).permute(0, 3, 1, 2)  # (B, C, S, S), channels_last strides
+    else:
+        grid = ph @ x @ pw.transpose(0, 1)  # (B, C, S, S)
+    out, offset = [], 0
+    for s in sizes:
+        out.append(grid[:, :, offset:offset + s, offset:offset + s])
+        offset += s
+    return out
+
+
+def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Exactly ``F.adaptive_avg_pool2d(x, size)``, written as matrix products (see :func:`pyramid_avg_pool`).
 
     Shapes: (B, C, H, W) -> (B, C, size, size).
     """
-    h, w = x.shape[-2], x.shape[-1]
-    return _pool_matrix(h, size, x) @ x @ _pool_matrix(w, size, x).transpose(0, 1)
+    return pyramid_avg_pool(x, [size])[0]
 
 
 class PyramidPooling(nn.Module):
@@ -50,8 +72,12 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool, project, and resize to ``x``'s size."""
-        y = self.conv(adaptive_avg_pool(x, self.size))
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.project(adaptive_avg_pool(x, self.size), x.shape[-2:])
+
+    def project(self, pooled: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Project an already pooled map (B, C, size, size) and resize it to ``size`` (h, w)."""
+        y = self.conv(pooled)
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
 
 class PSPDecoder(DecoderSpec):
@@ -88,5 +114,6 @@ class PSPDecoder(DecoderSpec):
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Pool the deepest feature at several scales and fuse."""
         x = features[-1]
-        x = torch.cat([x] + [b(x) for b in self.branches], dim=1)
+        pooled = pyramid_avg_pool(x, [b.size for b in self.branches])
+        x = torch.cat([x] + [b.project(p, x.shape[-2:]) for b, p in zip(self.branches, pooled)], dim=1)
         return [self.dropout(self.fuse(x))]

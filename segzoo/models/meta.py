@@ -132,8 +132,11 @@ class UnetMetaSpec(nn.Module):
         h, w = x.shape[-2], x.shape[-1]
         m = self.size_multiple
         if self.size_mode == "pad" and m > 1:
-            # always pad (possibly by 0) so traced/exported graphs work for every size
-            x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m))
+            pad_h, pad_w = (m - h % m) % m, (m - w % m) % m
+            # traced/exported graphs always pad (possibly by 0) so they work for every size;
+            # eager skips the copy when the size already fits
+            if torch.jit.is_tracing() or torch.compiler.is_compiling() or pad_h or pad_w:
+                x = F.pad(x, (0, pad_w, 0, pad_h))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.encoder(x)
