@@ -34,9 +34,16 @@ def _load(command: str):
     return importlib.import_module(module_name)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit code 2), without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """Build the argument parser; only the chosen subcommand's module is imported."""
-    parser = argparse.ArgumentParser(prog="segzoo", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="segzoo", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

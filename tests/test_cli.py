@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from segzoo.cli import main
 
 
@@ -19,3 +21,12 @@ def test_models_unknown_pattern_is_one_line_error(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "segzoo.cli", "models", "unet"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "unet"
+
+
+def test_usage_errors_are_one_line(capsys):
+    for argv in (["export", "logs", "--format", "bogus"], ["nosuchcommand"], ["trace"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("segzoo") and ": error: " in err and "\n" not in err, err
