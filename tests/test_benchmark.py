@@ -259,3 +259,12 @@ def test_models_script_records_its_command_and_target_report(tmp_path):
     data = json.loads((tmp_path / "m.json").read_text())
     assert data["command"] == "python -m benchmarks.models " + " ".join(args)
     assert (tmp_path / "m-targets.md").read_text().startswith("| check |")
+
+
+def test_environment_records_allocator_and_openmp_settings(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("SEGZOO_UNRELATED", "x")
+    env = bench.environment()["env_vars"]
+    assert env["MALLOC_MMAP_MAX_"] == "0" and env["OMP_NUM_THREADS"] == "2"
+    assert "SEGZOO_UNRELATED" not in env

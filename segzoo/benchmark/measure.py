@@ -97,6 +97,10 @@ class BenchConfig:
             raise ValueError(f"warmup must be an int >= 0, got {self.warmup!r}")
 
 
+TIMING_ENV_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "OMP_", "KMP_", "MKL_", "DNNL_", "ONEDNN_",
+                       "THP_MEM_ALLOC_ENABLE")
+
+
 def environment() -> dict[str, Any]:
     """Versions, device and thread count, recorded with every result."""
     cpu = platform.processor() or platform.machine()
@@ -111,6 +115,8 @@ def environment() -> dict[str, Any]:
         "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # settings that change CPU timings (allocator, OpenMP); see BENCHMARKS.md
+        "env_vars": {k: v for k, v in sorted(os.environ.items()) if k.startswith(TIMING_ENV_PREFIXES)},
     }
     try:
         import segmentation_models_pytorch as smp
