@@ -59,6 +59,24 @@ def _assert_ort_matches(path, model, shapes, atol=1e-3):
         np.testing.assert_allclose(got, ref, atol=atol, rtol=0, err_msg=f"input {(b, h, w)}")
 
 
+def _export_ok(cli, logdir, fmt, out, size):
+    """``segzoo export`` at a size x size example succeeds and prints the written file's path."""
+    code, stdout, err = cli("export", logdir, "--format", fmt, "--out", out, "--input-size", size, size)
+    assert code == 0, err
+    assert stdout.strip() == str(out)
+
+
+def _assert_same_logits(artifact, model, shapes, rtol):
+    """A loaded TorchScript / torch.export module gives the eager model's logits (B, 2, H, W) at each shape."""
+    for b, h, w in shapes:
+        x = torch.randn(b, 3, h, w)
+        with torch.no_grad():
+            ref = model(x)
+            got = artifact(x)
+        assert got.shape == (b, 2, h, w)
+        assert torch.allclose(got, ref, atol=1e-5, rtol=rtol), (b, h, w)
+
+
 def _no_temp_files(folder):
     return [p.name for p in folder.iterdir() if ".tmp" in p.name] == []
 
@@ -71,9 +89,7 @@ def test_onnx_dynamic_batch_and_size_match_eager(tmp_path, cli, arch):
     onnx = pytest.importorskip("onnx")
     logdir, model = _arch_log(tmp_path, arch)
     out = tmp_path / "model.onnx"
-    code, stdout, err = cli("export", logdir, "--format", "onnx", "--out", out, "--input-size", 32, 32)
-    assert code == 0, err
-    assert stdout.strip() == str(out)
+    _export_ok(cli, logdir, "onnx", out, 32)
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     # batch, height and width are symbolic in the graph, channels fixed
@@ -112,20 +128,12 @@ def test_onnx_opset_out_of_range(tmp_path, logdir, cli, opset):
 def test_torchscript_matches_eager(tmp_path, cli, arch):
     logdir, model = _arch_log(tmp_path, arch)
     out = tmp_path / "model.pt"
-    code, stdout, err = cli("export", logdir, "--format", "torchscript", "--out", out, "--input-size", 32, 32)
-    assert code == 0, err
-    assert stdout.strip() == str(out)
+    _export_ok(cli, logdir, "torchscript", out, 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated upstream
         traced = torch.jit.load(str(out))
     assert isinstance(traced, torch.jit.ScriptModule)
-    for b, h, w in [(2, 37, 53), (1, 64, 48)]:
-        x = torch.randn(b, 3, h, w)
-        with torch.no_grad():
-            ref = model(x)
-            got = traced(x)
-        assert got.shape == (b, 2, h, w)
-        assert torch.allclose(got, ref, atol=1e-5, rtol=0), (b, h, w)
+    _assert_same_logits(traced, model, [(2, 37, 53), (1, 64, 48)], rtol=0)
 
 
 # ---- torch.export ------------------------------------------------------------------------
@@ -137,9 +145,7 @@ def test_export_program_dynamic_batch_and_size(tmp_path, cli, arch):
     logdir, model = _arch_log(tmp_path, arch)
     out = tmp_path / "model.pt2"
     # 30 x 30 is not a multiple of 4 (unet): the example is rounded up, not refused
-    code, stdout, err = cli("export", logdir, "--format", "export", "--out", out, "--input-size", 30, 30)
-    assert code == 0, err
-    assert stdout.strip() == str(out)
+    _export_ok(cli, logdir, "export", out, 30)
     extra = {"segzoo.json": ""}
     program = torch.export.load(str(out), extra_files=extra)
     meta = json.loads(extra["segzoo.json"])
@@ -148,13 +154,7 @@ def test_export_program_dynamic_batch_and_size(tmp_path, cli, arch):
     assert meta["normalization"] == NORM
     assert meta["model_spec"]["name"] == arch
     module = program.module()
-    for b, h, w in [(1, 12 * m, 16 * m), (3, 16 * m, 10 * m)]:
-        x = torch.randn(b, 3, h, w)
-        with torch.no_grad():
-            ref = model(x)
-            got = module(x)
-        assert got.shape == (b, 2, h, w)
-        assert torch.allclose(got, ref, atol=1e-5, rtol=1e-4), (b, h, w)
+    _assert_same_logits(module, model, [(1, 12 * m, 16 * m), (3, 16 * m, 10 * m)], rtol=1e-4)
     # sizes the program does not take are refused by its guards, never answered wrongly
     with pytest.raises(Exception, match="Guard failed|guard"), torch.no_grad():
         module(torch.randn(1, 3, 8 * m + 1, 8 * m))
@@ -222,10 +222,10 @@ def test_unknown_format_is_an_argparse_error(tmp_path, logdir, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2
     assert "Traceback" not in err
-    # argparse prints its usage, then exactly one error line
+    # exactly one line: the error, without argparse's usage block
     errors = [ln for ln in err.splitlines() if "error:" in ln]
     assert len(errors) == 1 and "invalid choice: 'tflite'" in errors[0], err
-    assert err.strip().splitlines()[-1] == errors[0]
+    assert err.strip().splitlines() == errors
     assert not out.exists()
     with pytest.raises(ValueError, match="unknown export format 'tflite'.*onnx, torchscript, export"):
         export_checkpoint(logdir, "tflite", out)
