@@ -25,8 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # errors a user can cause; anything else is a bug and keeps its traceback
-USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError,
-               IsADirectoryError, NotADirectoryError, PermissionError, RuntimeError)
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError)
 
 
 def _load(command: str):

@@ -27,6 +27,16 @@ class WeightsUnavailableError(SegzooError, RuntimeError):
     """Pretrained weights were asked for but cannot be had (offline, no cache)."""
 
 
+class WriteError(SegzooError, OSError):
+    """A file could not be written (disk full, read-only folder, name too long...).
+
+    ``str()`` is one line naming the path and the reason; nothing half-written is left behind.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror or (self.args[0] if self.args else ""))
+
+
 class NotFoundError(SegzooError, KeyError):
     """An unknown name was looked up in a registry.
 
@@ -66,3 +76,15 @@ def check_file_name(name: object, what: str) -> str:
         raise ValueError(f"{what} must be a plain file name without folders (files stay in the log "
                          f"directory), got {name!r}")
     return name
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, so that an error quoting a value stays short.
+
+    Containers are not expanded in full (a YAML alias bomb must not produce a huge message).
+    """
+    if isinstance(value, dict | list | tuple | set):
+        text = f"{type(value).__name__} of {len(value)} item{'s' if len(value) != 1 else ''}"
+        return text if len(value) else repr(value)
+    text = repr(value) if not isinstance(value, str) or len(value) <= limit else repr(value[:limit])
+    return text if len(text) <= limit else text[: limit - 3] + "..."

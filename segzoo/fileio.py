@@ -1,0 +1,202 @@
+"""The one way segzoo writes files: atomic, never over a file it was not told to replace.
+
+Every file a command writes (checkpoints, JSON, configs, TorchScript/ONNX artifacts, masks)
+goes through :func:`atomic_path` or one of its two shortcuts:
+
+- the content is written to a temporary file in the destination folder, flushed and fsync'ed;
+- without ``overwrite`` it is published with a hard link, which fails if the destination
+  appeared meanwhile: two processes writing the same output never silently replace each
+  other, the loser gets one :class:`FileExistsError` line;
+- with ``overwrite`` it is renamed over the destination (``os.replace``): readers see the old
+  file or the new one, never a truncated one, and each published file is its own inode;
+- on any failure the temporary file is removed, and an ``OSError`` (disk full, read-only
+  folder, name too long, permission) becomes a one-line :class:`segzoo.errors.WriteError`
+  naming the path; the destination keeps its previous content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from segzoo.errors import WriteError
+
+_REASONS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted", errno.ENAMETOOLONG: "file name too long",
+            errno.ENOTDIR: "a parent is not a folder", errno.EISDIR: "is a folder",
+            errno.ELOOP: "too many levels of symbolic links", errno.EFBIG: "file too large"}
+
+
+def os_error_reason(exc: OSError) -> str:
+    """A short lower-case reason for an ``OSError`` ("no space left on device", ...)."""
+    return _REASONS.get(exc.errno, (exc.strerror or type(exc).__name__).lower())
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
+    """Build the one-line :class:`WriteError` for a failed write of ``path``."""
+    err = WriteError(exc.errno, f"cannot write {path}: {os_error_reason(exc)}")
+    err.filename = str(path)
+    return err
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike], what: str = "output") -> None:
+    """Refuse an output path that is (or links to) one of the ``inputs``; inputs are never written.
+
+    Raises:
+        ValueError: ``path`` is one of the inputs.
+    """
+    path = Path(path)
+    for src in inputs:
+        if _same_file(path, Path(src)):
+            raise ValueError(f"{what} {path} is the input {src}; inputs are never overwritten, "
+                             f"choose another output path")
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} was created by another process meanwhile; "
+                              f"it was left as it is") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        # a file system without hard links: exclusive create, then rename over our own empty file
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint: str = "--force") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; publish it at ``path`` only if the block succeeds.
+
+    Args:
+        path: destination file; missing parent folders are created.
+        overwrite: replace an existing file (atomically). Without it an existing ``path``
+            is refused before anything is written, and so is one that appears meanwhile.
+        force_hint: what the user passes to allow overwriting, named in the error.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        IsADirectoryError: ``path`` is a folder.
+        WriteError: the write failed (disk full, read-only, name too long...); nothing is left behind.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"output {path} is a folder, expected a file path")
+        if not overwrite and os.path.lexists(path):
+            raise FileExistsError(f"output {path} exists; pass {force_hint} to overwrite it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except (FileExistsError, IsADirectoryError):
+        raise
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        _publish(tmp, path, overwrite)
+        _fsync_dir(path.parent)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+class _WatchedFile:
+    """A binary file that remembers the ``OSError`` of a failed write.
+
+    ``torch.save`` turns a failed write into an opaque ``RuntimeError`` ("enforce fail at
+    inline_container.cc"); the remembered error names the real cause (ENOSPC...).
+    """
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, overwrite: bool = False,
+                 force_hint: str = "--force") -> Path:
+    """Write ``path`` atomically with ``write(binary_file)`` (for example ``lambda f: torch.save(obj, f)``).
+
+    A failure of the underlying file (disk full...) is reported as a :class:`WriteError` even when
+    ``write`` wrapped it in another exception (torch's serializer does).
+
+    Raises:
+        FileExistsError, IsADirectoryError, WriteError: see :func:`atomic_path`.
+    """
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite, force_hint=force_hint) as tmp:
+        with open(tmp, "wb") as raw:
+            f = _WatchedFile(raw)
+            try:
+                write(f)
+                f.flush()
+            except Exception as exc:
+                if f.error is not None and not isinstance(exc, OSError):
+                    raise f.error from None
+                raise
+    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, **kwargs: Any) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write` for the options)."""
+    return atomic_write(path, lambda f: f.write(data), **kwargs)
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically (see :func:`atomic_write`)."""
+    return write_bytes_atomic(path, json.dumps(obj, indent=2).encode(), **kwargs)

@@ -1,0 +1,107 @@
+"""segzoo.fileio: atomic, no-replace writes; disk full and other OS errors as one line."""
+
+import os
+import subprocess
+import threading
+
+import pytest
+import torch
+
+from segzoo.errors import WriteError, short_repr
+from segzoo.fileio import atomic_write, check_not_input, write_bytes_atomic, write_json_atomic
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 64 KiB tmpfs (we are root in CI); skipped where mounting is not allowed."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(tiny_fs):
+    path = tiny_fs / "ck.pth"
+    with pytest.raises(WriteError, match="no space left on device") as info:
+        atomic_write(path, lambda f: torch.save({"w": torch.randn(100_000)}, f))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert info.value.errno == 28
+    assert os.listdir(tiny_fs) == []
+
+
+def test_disk_full_keeps_the_previous_file(tiny_fs):
+    path = tiny_fs / "m.json"
+    write_json_atomic({"epoch": 1}, path)
+    with pytest.raises(WriteError):
+        write_bytes_atomic(path, b"x" * 200_000, overwrite=True)
+    assert path.read_text() == '{\n  "epoch": 1\n}'
+    assert os.listdir(tiny_fs) == ["m.json"]
+
+
+def test_existing_file_refused_unless_overwrite(tmp_path):
+    path = tmp_path / "a.json"
+    write_json_atomic([1], path)
+    with pytest.raises(FileExistsError, match="--force"):
+        write_json_atomic([2], path)
+    assert path.read_text() == "[\n  1\n]"
+    write_json_atomic([2], path, overwrite=True)
+    assert path.read_text() == "[\n  2\n]"
+
+
+def test_each_published_file_is_its_own_inode(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_bytes_atomic(a, b"1")
+    write_bytes_atomic(b, b"1")
+    assert os.stat(a).st_nlink == 1 and os.stat(b).st_nlink == 1
+
+
+def test_concurrent_writers_one_wins_the_other_fails(tmp_path):
+    path = tmp_path / "out.bin"
+    barrier = threading.Barrier(2)
+    results = []
+
+    def writer(data):
+        def write(f):
+            f.write(data)
+            barrier.wait()  # both temp files are written before either publishes
+        try:
+            atomic_write(path, write)
+            results.append(data)
+        except FileExistsError:
+            results.append("lost")
+
+    threads = [threading.Thread(target=writer, args=(d,)) for d in (b"A" * 10, b"B" * 10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(map(str, results)).count("lost") == 1
+    winner = next(r for r in results if r != "lost")
+    assert path.read_bytes() == winner
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
+def test_name_too_long_and_folder_destination(tmp_path):
+    with pytest.raises(WriteError, match="file name too long"):
+        write_bytes_atomic(tmp_path / ("x" * 300), b"1")
+    with pytest.raises(IsADirectoryError):
+        write_bytes_atomic(tmp_path, b"1")
+
+
+def test_check_not_input(tmp_path):
+    src = tmp_path / "img.png"
+    src.write_bytes(b"1")
+    link = tmp_path / "link.png"
+    link.symlink_to(src)
+    with pytest.raises(ValueError, match="never overwritten"):
+        check_not_input(link, [src])
+    check_not_input(tmp_path / "other.png", [src])
+
+
+def test_short_repr_is_bounded():
+    assert len(short_repr("x" * 10_000)) <= 80
+    assert short_repr(["a"] * 10**6) == "list of 1000000 items"
+    assert short_repr(3) == "3"
