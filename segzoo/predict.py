@@ -271,24 +271,7 @@ def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathL
                           **options)
 
 
-def add_arguments(parser, command: str) -> None:
-    """Arguments of ``segzoo predict``."""
-    parser.add_argument("logdir", help="trainer log directory (with checkpoints/) or a checkpoint file")
-    parser.add_argument("--input", required=True, help="an image or a folder of PNG/JPEG images")
-    parser.add_argument("--output", required=True, help="output folder for {stem}.png masks")
-    parser.add_argument("-c", "--checkpoint", default="best", help="best | last | STAGE.EPOCH | path (default best)")
-    parser.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
-                        help="factory for models outside the registry (checkpoint without model_spec)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold of binary models")
-    parser.add_argument("--overlay", action="store_true", help="also write {stem}_overlay.png")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images (or tiles) per forward pass")
-    parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
-                        help="run overlapping SIZE x SIZE windows (default: whole images)")
-    parser.add_argument("--tile-overlap", type=int, default=None, help="window overlap in pixels (default SIZE/4)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing masks")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
+# arguments of `segzoo predict`: segzoo.cli_args.add_predict_arguments
 
 def run(args) -> int:
     """Run ``segzoo predict``; prints how many masks were written and where."""

@@ -150,21 +150,3 @@ def model_from_spec(spec: dict[str, Any], for_checkpoint: bool = True) -> nn.Mod
     model = create_model(spec["name"], **kwargs)
     set_model_spec(model, spec["name"], spec.get("kwargs", {}))
     return model
-
-
-# ---- `segzoo models` ----------------------------------------------------------------
-
-def add_arguments(parser, command: str) -> None:
-    """Arguments of ``segzoo models``."""
-    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
-
-
-def run(args) -> int:
-    """Print the registered model names, one a line."""
-    import segzoo  # noqa: F401  (registers the models)
-
-    names = list_models(args.pattern)
-    if not names:
-        raise unknown_name_error("model pattern", args.pattern, list_models())
-    print("\n".join(names))
-    return 0
