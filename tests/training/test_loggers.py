@@ -60,3 +60,43 @@ def test_progress_bar_when_verbose(tiny, loaders, tmp_path, capsys):
     train(tiny, loaders, tmp_path, verbose=True)
     out = capsys.readouterr().out
     assert "train 1/1 train" in out and "loss=" in out
+
+
+def test_grids_have_num_images_rows_with_tensorboard_in_the_run(tmp_path):
+    """configs/demo.yml: PredictionSaverCallback(num_images=6) next to a default TensorboardLogger.
+
+    The logger (run last on *_end) used to re-capture its own default of 4 samples, cutting the PNG
+    grid to 4 rows; now the saver's setting governs both pictures.
+    """
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    torch.manual_seed(0)
+    loaders = make_loaders(n_valid=8, size=8, batch_size=8)
+    train(torch.nn.Conv2d(3, 1, 1), loaders, tmp_path,
+          callbacks=[PredictionSaverCallback(num_images=6), TensorboardLogger(log_on_batch_end=False)])
+    grid = np.asarray(Image.open(tmp_path / "predictions" / "train.1.png"))
+    assert grid.shape == (6 * 8, 3 * 8, 3)
+    log = event_accumulator.EventAccumulator(str(tmp_path / "valid_log"))
+    log.Reload()
+    image = log.Images("predictions")[-1]
+    assert (image.height, image.width) == (6 * 8, 3 * 8)
+
+
+def test_explicit_num_images_of_each_picture_are_kept(tmp_path):
+    """A logger with its own num_images draws that many rows and never shrinks the saver's picture."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    torch.manual_seed(0)
+    loaders = make_loaders(n_valid=8, size=8, batch_size=8)
+    train(torch.nn.Conv2d(3, 1, 1), loaders, tmp_path,
+          callbacks=[PredictionSaverCallback(num_images=5), TensorboardLogger(num_images=2, log_on_batch_end=False)])
+    assert np.asarray(Image.open(tmp_path / "predictions" / "train.1.png")).shape[0] == 5 * 8
+    log = event_accumulator.EventAccumulator(str(tmp_path / "valid_log"))
+    log.Reload()
+    assert log.Images("predictions")[-1].height == 2 * 8
+
+
+def test_tensorboard_alone_keeps_four_images(tiny, tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    train(tiny, make_loaders(n_valid=8, batch_size=8), tmp_path, callbacks=[TensorboardLogger(log_on_batch_end=False)])
+    log = event_accumulator.EventAccumulator(str(tmp_path / "valid_log"))
+    log.Reload()
+    assert log.Images("predictions")[-1].height == 4 * 8

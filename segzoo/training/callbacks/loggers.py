@@ -42,12 +42,13 @@ class TensorboardLogger(LoggerCallback):
         metric_names: log only these metrics (default all).
         log_on_batch_end: log batch scalars.
         log_on_epoch_end: log epoch scalars and images.
-        num_images: samples in the image grid (0 to disable).
+        num_images: samples in the image grid (0 to disable). Default ``None``: the
+            ``num_images`` of the run's :class:`PredictionSaverCallback`, or 4 without one.
         image_keys: batch key of the images, batch key of the targets, model output key.
     """
 
     def __init__(self, metric_names: list[str] | None = None, log_on_batch_end: bool = True,
-                 log_on_epoch_end: bool = True, num_images: int = 4,
+                 log_on_epoch_end: bool = True, num_images: int | None = None,
                  image_keys: tuple[str, str, str] = ("features", "targets", "logits")) -> None:
         super().__init__()
         try:
@@ -74,10 +75,13 @@ class TensorboardLogger(LoggerCallback):
     def on_batch_end(self, state: RunnerState) -> None:
         if not state.is_main_process:
             return
-        if self.num_images:
-            from segzoo.training.callbacks.predictions import capture
+        if self.num_images != 0:
+            from segzoo.training.callbacks.predictions import DEFAULT_NUM_IMAGES, capture
 
-            capture(state, self.num_images, *self.image_keys)
+            # loggers run last on *_end: a PredictionSaverCallback has captured its num_images already,
+            # and the default (None) shows exactly those samples
+            if self.num_images is not None or state.samples is None:
+                capture(state, self.num_images or DEFAULT_NUM_IMAGES, *self.image_keys)
         if not self.log_on_batch_end:
             return
         step = self.steps.get(state.loader_name, 0)
@@ -92,7 +96,7 @@ class TensorboardLogger(LoggerCallback):
         writer = self._writer(state)
         for k, v in self._wanted(state.loader_metrics).items():
             writer.add_scalar(f"{k}/epoch", v, state.global_epoch)
-        if self.num_images and state.loader_name == state.valid_loader:
+        if self.num_images != 0 and state.loader_name == state.valid_loader:
             from segzoo.training.callbacks.predictions import prediction_grid
 
             grid = prediction_grid(state, self.num_images)
