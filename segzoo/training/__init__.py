@@ -6,6 +6,7 @@ from segzoo.training.callbacks import (
     ConsoleLogger,
     CriterionAggregatorCallback,
     CriterionCallback,
+    CSVLogger,
     DiceCallback,
     EarlyStoppingCallback,
     IouCallback,
@@ -25,7 +26,7 @@ from segzoo.training.supervised import SupervisedRunner
 CALLBACKS = {cls.__name__: cls for cls in (
     CriterionCallback, CriterionAggregatorCallback, OptimizerCallback, SchedulerCallback, CheckpointCallback,
     EarlyStoppingCallback, DiceCallback, IouCallback, MetricCallback, ConsoleLogger, TensorboardLogger,
-    ProgressBarLogger, PredictionSaverCallback)}
+    ProgressBarLogger, PredictionSaverCallback, CSVLogger)}
 
 __all__ = ["SupervisedRunner", "Runner", "Stage", "RunnerState", "Callback", "CallbackOrder", "LoggerCallback",
            "CALLBACKS", "NonFiniteLossError", "seed_everything"]

@@ -100,3 +100,104 @@ def test_tensorboard_alone_keeps_four_images(tiny, tmp_path):
     log = event_accumulator.EventAccumulator(str(tmp_path / "valid_log"))
     log.Reload()
     assert log.Images("predictions")[-1].height == 4 * 8
+
+
+# ---- CSVLogger: logdir/metrics.csv ---------------------------------------------------------------
+
+def _csv_rows(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_logger_one_row_per_loader_and_epoch(tiny, loaders, tmp_path):
+    from segzoo.training import CALLBACKS
+    from segzoo.training.callbacks import CSVLogger
+
+    assert CALLBACKS["CSVLogger"] is CSVLogger
+    state = train(tiny, loaders, tmp_path, num_epochs=2, callbacks=[DiceCallback(), CSVLogger()])
+    text = (tmp_path / "metrics.csv").read_text()
+    assert text.splitlines()[0].startswith("stage,epoch,global_epoch,loader,loss,")
+    rows = _csv_rows(tmp_path / "metrics.csv")
+    assert [(r["stage"], r["epoch"], r["global_epoch"], r["loader"]) for r in rows] == [
+        ("train", "1", "1", "train"), ("train", "1", "1", "valid"), ("train", "2", "2", "train"),
+        ("train", "2", "2", "valid")]
+    for loader, metrics in state.epoch_metrics.items():  # last epoch, full precision
+        row = next(r for r in rows[2:] if r["loader"] == loader)
+        assert {k: float(row[k]) for k in metrics} == metrics
+
+
+def test_csv_logger_resumed_run_appends_and_fresh_run_refuses_an_old_file(tiny, loaders, tmp_path):
+    from segzoo.training.callbacks import CSVLogger
+
+    train(tiny, loaders, tmp_path, num_epochs=2, callbacks=[CSVLogger()])
+    before = (tmp_path / "metrics.csv").read_text()
+    train(tiny, loaders, tmp_path, num_epochs=3, callbacks=[CSVLogger()], resume=tmp_path)
+    after = (tmp_path / "metrics.csv").read_text()
+    assert after.startswith(before) and after.count("stage,epoch") == 1
+    assert [r["global_epoch"] for r in _csv_rows(tmp_path / "metrics.csv")] == ["1", "1", "2", "2", "3", "3"]
+    with pytest.raises(FileExistsError, match="metrics.csv exists from an earlier run; resume"):
+        train(tiny, loaders, tmp_path, callbacks=[CSVLogger()])
+    assert (tmp_path / "metrics.csv").read_text() == after  # untouched
+    train(tiny, loaders, tmp_path, callbacks=[CSVLogger(overwrite=True)])
+    assert len(_csv_rows(tmp_path / "metrics.csv")) == 2
+
+
+def test_csv_logger_rows_are_on_disk_after_each_epoch(tiny, loaders, tmp_path):
+    """A run that dies in epoch 3 leaves the rows of epochs 1 and 2; a metric first seen in
+    epoch 2 widens the header (earlier rows get an empty cell)."""
+    from segzoo.training.callback import Callback
+    from segzoo.training.callbacks import CSVLogger
+
+    class LateMetricThenCrash(Callback):
+        def on_loader_end(self, state):
+            if state.global_epoch >= 2:
+                state.loader_metrics["late"] = 0.5
+
+        def on_epoch_start(self, state):
+            if state.global_epoch == 3:
+                raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(tiny, loaders, tmp_path, num_epochs=4, callbacks=[LateMetricThenCrash(), CSVLogger()])
+    rows = _csv_rows(tmp_path / "metrics.csv")
+    assert [r["global_epoch"] for r in rows] == ["1", "1", "2", "2"]
+    assert [r["late"] for r in rows] == ["", "", "0.5", "0.5"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_csv_logger_failed_append_leaves_no_partial_row(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from segzoo.errors import WriteError
+    from segzoo.training.callbacks import CSVLogger
+    from segzoo.training.state import RunnerState
+
+    state = RunnerState(logdir=tmp_path, stage="train", epoch=1, global_epoch=1)
+    state.is_main_process = True
+    state.epoch_metrics = {"train": {"loss": 0.5}, "valid": {"loss": 0.25}}
+    logger = CSVLogger()
+    logger.on_stage_start(state)
+    logger.on_epoch_end(state)
+    before = (tmp_path / "metrics.csv").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    state.epoch, state.global_epoch = 2, 2
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError, match="metrics.csv: no space left on device"):
+        logger.on_epoch_end(state)
+    monkeypatch.undo()
+    assert (tmp_path / "metrics.csv").read_bytes() == before
+    assert before.decode().splitlines() == ["stage,epoch,global_epoch,loader,loss", "train,1,1,train,0.5",
+                                            "train,1,1,valid,0.25"]
+
+
+def test_csv_logger_filename_stays_in_logdir():
+    from segzoo.training.callbacks import CSVLogger
+
+    with pytest.raises(ValueError, match="plain file name"):
+        CSVLogger(filename="../elsewhere.csv")

@@ -1,7 +1,9 @@
-"""Loggers: console + log.txt, TensorBoard, and a tqdm progress bar."""
+"""Loggers: console + log.txt, TensorBoard, metrics.csv, and a tqdm progress bar."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -147,3 +149,107 @@ class ProgressBarLogger(LoggerCallback):
             self.bar.close()
             self.bar = None
 
+
+
+class CSVLogger(LoggerCallback):
+    """Epoch metrics to ``logdir/metrics.csv``: one row per loader and epoch (rank 0).
+
+    Columns: ``stage``, ``epoch`` (within the stage), ``global_epoch``, ``loader``, then each metric
+    in the order first seen (a metric a loader lacks, e.g. ``lr`` for ``valid``, is an empty cell).
+    Rows are appended and flushed to disk at each epoch end, so the file is complete up to the
+    last finished epoch even if the run is killed. A fresh run creates the file (refusing one
+    left by an earlier run unless ``overwrite``); a resumed run appends to it. A metric that
+    appears later in the run widens the header (the file is rewritten atomically).
+
+    Read it with ``pandas.read_csv(path)`` or ``csv.DictReader``.
+
+    Args:
+        filename: file name inside the log directory.
+        overwrite: let a fresh run replace an existing file.
+    """
+
+    FIXED_COLUMNS = ("stage", "epoch", "global_epoch", "loader")
+
+    def __init__(self, filename: str = "metrics.csv", overwrite: bool = False) -> None:
+        super().__init__()
+        from segzoo.errors import check_file_name
+
+        self.filename = check_file_name(filename, "CSVLogger filename")
+        self.overwrite = overwrite
+        self.columns: list[str] | None = None  # None: the file is not created yet in this run
+
+    def _path(self, state: RunnerState) -> Path:
+        return Path(state.logdir) / self.filename
+
+    def on_stage_start(self, state: RunnerState) -> None:
+        if not state.is_main_process or state.logdir is None or self.columns is not None:
+            return
+        path = self._path(state)
+        if state.global_epoch > 0 and path.is_file():  # resumed: continue the file of the run
+            import csv
+
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+            if not header or tuple(header[:len(self.FIXED_COLUMNS)]) != self.FIXED_COLUMNS:
+                raise ValueError(f"cannot append to {path}: its header {header!r} is not a segzoo metrics file "
+                                 f"(expected {','.join(self.FIXED_COLUMNS)},...); move it away")
+            self.columns = header
+        elif os.path.lexists(path) and not self.overwrite:
+            raise FileExistsError(f"{path} exists from an earlier run; resume that run (runner.resume={state.logdir}) "
+                                  f"or use another logdir")
+
+    def on_epoch_end(self, state: RunnerState) -> None:
+        if not state.is_main_process or state.logdir is None:
+            return
+        rows = [{"stage": state.stage, "epoch": state.epoch, "global_epoch": state.global_epoch, "loader": loader,
+                 **metrics} for loader, metrics in state.epoch_metrics.items()]
+        if not rows:
+            return
+        names = list(dict.fromkeys(k for row in rows for k in row))
+        if self.columns is None:
+            self.columns = names
+            self._rewrite(state, [], overwrite=self.overwrite)
+        elif not set(names) <= set(self.columns):
+            self.columns = [*self.columns, *(n for n in names if n not in self.columns)]
+            self._rewrite(state, self._read(state), overwrite=True)
+        self._append(state, rows)
+
+    def _text(self, rows: list[dict[str, Any]], header: bool) -> str:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+
+    def _read(self, state: RunnerState) -> list[dict[str, Any]]:
+        import csv
+
+        with open(self._path(state), newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _rewrite(self, state: RunnerState, rows: list[dict[str, Any]], overwrite: bool) -> None:
+        from segzoo.fileio import write_bytes_atomic
+
+        write_bytes_atomic(self._path(state), self._text(rows, header=True).encode(), overwrite=overwrite,
+                           force_hint="CSVLogger(overwrite=True)")
+
+    def _append(self, state: RunnerState, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows`` in one write and fsync; on failure the file is cut back to its old size."""
+        from segzoo.fileio import write_error
+
+        path = self._path(state)
+        data = self._text(rows, header=False).encode()
+        with open(path, "ab") as f:
+            size = f.tell()
+            try:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    f.truncate(size)
+                raise write_error(path, exc) from None
