@@ -21,3 +21,11 @@ __version__ = "0.1.0"
 
 __all__ = ["Unet", "Linknet", "FPNUnet", "PSPnet", "ResnetUnet", "ResnetLinknet", "ResnetFPNUnet", "ResnetPSPnet",
            "UnetMetaSpec", "create_model", "list_models", "get_model_spec", "model_from_spec", "load_model", "__version__"]
+
+
+def __getattr__(name: str):
+    """Catalyst 19.x model names segzoo does not carry (``MobileUnet``, ``ResNetUnet``, ...) raise an
+    ImportError naming the replacement (see :mod:`segzoo.compat`)."""
+    from segzoo._legacy import legacy_getattr
+
+    return legacy_getattr(__name__, name)

@@ -204,3 +204,23 @@ class CheckpointCallback(Callback):
             ck["global_epoch"] = max(state.global_epoch - 1, 0)
         save_checkpoint(full, folder / "last_full.pth")
         save_checkpoint(light, folder / "last.pth")
+
+    def load_for_infer(self, state: RunnerState) -> dict[str, Any]:
+        """Load the ``resume`` checkpoint's weights into ``state.model`` for inference (called by ``infer``).
+
+        In ``infer`` this is the callback's whole job (Catalyst 19.x loaded ``resume`` at stage
+        start); it writes nothing there.
+
+        Returns:
+            The loaded checkpoint.
+
+        Raises:
+            ValueError: no ``resume`` was given.
+            FileNotFoundError / CheckpointError / KeyError: the checkpoint cannot be read or does not fit.
+        """
+        from segzoo.training.resume import load_resume  # resume.py imports this module
+
+        if not self.resume:
+            raise ValueError("CheckpointCallback() in infer() has nothing to do: infer() writes no checkpoints; "
+                             "pass CheckpointCallback(resume='logs/.../checkpoints/best.pth') or drop it")
+        return load_resume(self.resume, state, None)

@@ -71,6 +71,16 @@ class TensorboardLogger(LoggerCallback):
     def _wanted(self, metrics: dict[str, float]) -> dict[str, float]:
         return {k: v for k, v in metrics.items() if self.metric_names is None or k in self.metric_names}
 
+    @property
+    def loggers(self) -> dict[str, Any]:
+        """The SummaryWriter of each loader by loader name (Catalyst 19.x's ``TensorboardLogger.loggers``)."""
+        return self.writers
+
+    def on_loader_start(self, state: RunnerState) -> None:
+        """Open the loader's writer first, so callbacks can write to ``loggers[state.loader_name]``."""
+        if state.is_main_process and state.logdir is not None:
+            self._writer(state)
+
     def on_batch_end(self, state: RunnerState) -> None:
         if not state.is_main_process:
             return
@@ -143,3 +153,6 @@ class ProgressBarLogger(LoggerCallback):
             self.bar.close()
             self.bar = None
 
+
+
+VerboseLogger = ProgressBarLogger  # Catalyst 19.x name of the tqdm progress bar (train/infer verbose=True)
