@@ -351,10 +351,11 @@ def test_bad_options_and_outputs(tmp_path, logdir, cli):
     _write(tmp_path / "solo", "s.png", _image(32, 32, 18))
     out = tmp_path / "out"
     solo = ("--input", tmp_path / "solo", "--output", out)
-    assert_user_error(cli("predict", logdir, "--input", tmp_path / "in", "--output", out), "would both write a.png")
+    assert_user_error(cli("predict", logdir, "--input", tmp_path / "in", "--output", out), "a.jpg and ",
+                      "a.png would both write", str(out / "a.png"))
     assert_user_error(cli("predict", logdir, *solo, "--threshold", 1.5), "threshold")
     assert_user_error(cli("predict", logdir, *solo, "--tile", 0), "tile size")
-    assert_user_error(cli("predict", logdir, *solo, "--tile", 16, "--tile-overlap", 16), "tile overlap")
+    assert_user_error(cli("predict", logdir, *solo, "--tile", 32, "--tile-overlap", 32), "tile overlap")
     assert_user_error(cli("predict", logdir, *solo, "--batch-size", 0), "batch size")
     assert not out.exists()
     out.write_text("a file")
