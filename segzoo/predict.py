@@ -161,7 +161,6 @@ def plan_outputs(images: Sequence[Path], output: str | os.PathLike, overlay: boo
     """
     output = Path(output)
     name_max = _check_output_folder(output)
-    by_path, by_inode = _input_index(images)
     taken: dict[str, tuple[Path, str]] = {}
     plans = []
     for path in images:
@@ -182,24 +181,26 @@ def plan_outputs(images: Sequence[Path], output: str | os.PathLike, overlay: boo
                 raise ValueError(f"inputs {show_path(other)} and {show_path(path)} would both write "
                                  f"{show_path(out)}{case}; rename one of them")
             taken[key] = (path, name)
-            hit = by_path.get(os.path.realpath(out))
-            if hit is None:
-                try:
-                    st = os.stat(out)
-                    hit = by_inode.get((st.st_dev, st.st_ino))
-                except OSError:
-                    pass
-            if hit is not None:
-                check_not_input(out, [hit])
-                raise ValueError(f"output {show_path(out)} is the input {show_path(hit)}; inputs are never "
-                                 f"overwritten, choose another output folder")
-            if os.path.lexists(out):
-                if out.is_dir():
-                    raise IsADirectoryError(f"output {show_path(out)} is a folder, expected a file path")
-                if not force:
-                    raise FileExistsError(f"output {show_path(out)} exists; pass --force to overwrite it")
             outs.append(out)
         plans.append(tuple(outs))
+    by_path, by_inode = _input_index(images)
+    for out in (o for plan in plans for o in plan):
+        hit = by_path.get(os.path.realpath(out))
+        if hit is None:
+            try:
+                st = os.stat(out)
+                hit = by_inode.get((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+        if hit is not None:
+            check_not_input(out, [hit])
+            raise ValueError(f"output {show_path(out)} is the input {show_path(hit)}; inputs are never "
+                             f"overwritten, choose another output folder")
+        if os.path.lexists(out):
+            if out.is_dir():
+                raise IsADirectoryError(f"output {show_path(out)} is a folder, expected a file path")
+            if not force:
+                raise FileExistsError(f"output {show_path(out)} exists; pass --force to overwrite it")
     return plans
 
 
@@ -323,8 +324,13 @@ def check_model_tile(model: nn.Module, tile: int | None) -> None:
 
 
 def _save_png(array: np.ndarray, path: Path, overwrite: bool) -> None:
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+    """Write ``array`` as a PNG atomically; replace an existing ``path`` only if ``overwrite``."""
+    try:
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
+    except FileExistsError:  # planned outputs were free (or --force'd): this one appeared during the run
+        raise FileExistsError(f"output {show_path(path)} was created by another process during this run; "
+                              f"it was left as it is") from None
 
 
 def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], output: str | os.PathLike,

@@ -222,6 +222,24 @@ def test_checkpoint_without_normalization_uses_imagenet(tmp_path, cli, user_mode
     _assert_same(_read_mask(tmp_path / "out" / "n.png"), expected, confident)
 
 
+def test_16_bit_images_give_the_mask_of_their_8_bit_version(tmp_path, cli):
+    logdir, ckpt, model = _class_log(tmp_path, num_classes=3)
+    grey = _image(37, 53, 19)[..., 0]
+    (tmp_path / "in16").mkdir()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "in16" / "g.png")  # mode I;16
+    rgb = np.repeat(grey[..., None], 3, -1)
+    code, _, err = cli("predict", logdir, "--input", tmp_path / "in16", "--output", tmp_path / "out", "--overlay",
+                       "--no-progress")
+    assert code == 0, err
+    expected, confident = _classes(_logits(model, rgb, _normalization(ckpt)))
+    _assert_same(_read_mask(tmp_path / "out" / "g.png"), expected, confident)
+    assert len(np.unique(expected)) >= 2  # a flattened (0/255) input would not give this mask
+    with Image.open(tmp_path / "out" / "g_overlay.png") as img:
+        blended = np.asarray(img)
+    background = _read_mask(tmp_path / "out" / "g.png") == 0
+    np.testing.assert_array_equal(blended[background], rgb[background])  # shown at 8 bits
+
+
 # ---- tiling ------------------------------------------------------------------------------
 
 def _spy_on_forward(monkeypatch):
