@@ -51,6 +51,13 @@ def _join_names(names: Sequence[str], limit: int = 5) -> str:
     return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
+def _given(path: str | os.PathLike, what: str) -> Path:
+    """``Path(path)``, refusing an empty string (``Path("")`` would silently be the current folder)."""
+    if not os.fspath(path).strip():
+        raise ValueError(f"{what} is an empty path; give a folder or a file (use '.' for the current folder)")
+    return Path(path)
+
+
 def scan_input(source: str | os.PathLike) -> tuple[list[Path], list[str]]:
     """The images of a folder (sorted by name, not recursive) and the names of its other entries.
 
@@ -60,10 +67,10 @@ def scan_input(source: str | os.PathLike) -> tuple[list[Path], list[str]]:
 
     Raises:
         FileNotFoundError: ``source`` does not exist, or the folder holds no image.
-        ValueError: ``source`` is a file whose name is not an image's, a broken link, or an
+        ValueError: ``source`` is empty, a file whose name is not an image's, a broken link, or an
             unreadable folder.
     """
-    source = Path(source)
+    source = _given(source, "input")
     try:
         st_is_dir = source.is_dir()
         os.stat(source)
@@ -154,12 +161,12 @@ def plan_outputs(images: Sequence[Path], output: str | os.PathLike, overlay: boo
     without ``force``, an output that is a folder, a name over the file system's length limit.
 
     Raises:
-        ValueError: a clash between inputs, an output that is an input, a name too long.
+        ValueError: a clash between inputs, an output that is an input, a name too long, an empty ``output``.
         FileExistsError: an output exists (and not ``force``).
         IsADirectoryError: an output path is a folder.
         NotADirectoryError: ``output`` (or a parent) is a file.
     """
-    output = Path(output)
+    output = _given(output, "output")
     name_max = _check_output_folder(output)
     taken: dict[str, tuple[Path, str]] = {}
     plans = []
@@ -377,7 +384,8 @@ def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], output
     dev = resolve_device(device)
     model = model.to(dev).eval()
     tiles_per_pass = max(1, min(batch_size, max_pixels // (tile * tile))) if tile else 1
-    with tqdm(total=len(images), unit="image", disable=not progress, desc="predict") as bar:
+    bar = tqdm(total=len(images), unit="image", disable=not progress, desc="predict")
+    try:
         pending = None
         i = 0
         while i < len(images):
@@ -402,6 +410,11 @@ def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], output
                     _save_png(overlay(img, mask, logits.shape[1]), plans[k][1], force and plans[k][1] in existed)
             bar.update(len(group))
             i += len(group)
+    except BaseException:
+        bar.leave = False  # the error line alone stays on the terminal
+        raise
+    finally:
+        bar.close()
     return [p[0] for p in plans]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ _IMAGE_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "P", "PA", "1", "CMYK"
                 *_GREY16)
 _MASK_MODES = ("L", "P", "1", "RGB", *_GREY16)
 _WORKER_PREFIX = "Caught "
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 def show_path(path: str | os.PathLike) -> str:
@@ -122,17 +124,20 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int = M
     """
     path = Path(path)
     _stat_file(path, what)
-    saved = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
+        # Pillow's own limit would warn (or refuse) below max_pixels: the size is checked here instead.
+        # The lock keeps concurrent calls from restoring each other's None as Pillow's limit.
+        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = None  # the size is checked below against max_pixels
-            img = Image.open(path)
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                img = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
     except Exception as exc:  # Pillow raises many types for hostile files; all mean "cannot read"
         name = "not a recognized image file" if isinstance(exc, Image.UnidentifiedImageError) else _reason(exc)
         raise DataError(f"cannot read {what} {show_path(path)}: {name}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
     with img:
         w, h = img.size
         if w * h > max_pixels:

@@ -118,9 +118,14 @@ def test_unreadable_and_huge_files_name_the_file(tmp_path):
     (tmp_path / "t.png").write_bytes(buf[: len(buf) // 2])
     with pytest.raises(DataError, match="cannot read image .*t.png: "):
         read_image(tmp_path / "t.png")
-    big = _png_raw(tmp_path / "bomb.png", 60_000, 60_000, 0, 1, b"\0" * 10)
-    with pytest.raises(DataError, match=r"bomb.png is 60000x60000 \(3600.0 Mpixels\), over the limit of 89478485"):
+    big = _png_raw(tmp_path / "bomb.png", 12_000, 12_000, 0, 1, b"\0" * 10)
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DataError, match=r"bomb.png is 12000x12000 \(144.0 Mpixels\), over the limit of 89478485"):
         read_image(big)
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # Pillow's own limit is left as it was
+    with pytest.raises(DataError, match="cannot read image .*bomb.png: "):  # allowed, then found truncated
+        read_image(big, max_pixels=12_000 ** 2)
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit
     with pytest.raises(DataError, match="over the limit of 100 pixels"):
         read_image(_save(tmp_path / "ok.png", _rgb()), max_pixels=100)
     with pytest.raises(ValueError, match="'L'"):

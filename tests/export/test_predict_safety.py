@@ -266,6 +266,9 @@ def test_output_names_over_the_length_limit_are_refused_up_front(tmp_path, logdi
     (["--batch-size", 10**9], "batch size must be an integer in [1, 1024]"),
     (["--batch-size", -3], "batch size"),
     (["--threshold", "nan"], "threshold"),
+    (["--max-pixels", -1], "max pixels"),
+    (["--output", ""], "output is an empty path"),  # "$OUT" unset: not the current folder
+    (["--input", ""], "input is an empty path"),
 ])
 def test_option_ranges_are_checked_up_front(tmp_path, logdir, cli, options, fragment):
     _png(tmp_path / "in", "a.png")
@@ -338,3 +341,29 @@ def test_plan_outputs_refuses_a_folder_where_a_mask_goes(tmp_path):
     (tmp_path / "out" / "a.png").mkdir(parents=True)
     with pytest.raises(IsADirectoryError, match="a.png is a folder"):
         plan_outputs([a], tmp_path / "out", force=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 16 KiB tmpfs (we are root in CI); skipped where mounting is not allowed."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_is_one_line_and_leaves_only_whole_files(tmp_path, logdir, cli, small_tmpfs):
+    for i in range(4):
+        _png(tmp_path / "in", f"{i}.png", i, size=(200, 200))
+    before = _snapshot(tmp_path / "in")
+    out = small_tmpfs / "out"
+    assert_user_error(cli("predict", logdir, "--input", tmp_path / "in", "--output", out, "--overlay",
+                          "--no-progress"), "cannot write", "no space left on device")
+    assert _snapshot(tmp_path / "in") == before
+    for path in out.iterdir():  # no temporary file; what is there is a whole PNG
+        assert not path.name.startswith(".")
+        with Image.open(path) as img:
+            img.load()
