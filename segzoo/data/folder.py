@@ -186,6 +186,8 @@ def _image_array(img: Image.Image, path: Path) -> np.ndarray:
         return np.repeat(grey[..., None], 3, axis=-1)
     # 8-bit modes: Pillow's conversion (alpha dropped, palette looked up, grey/1-bit/CMYK/YCbCr to RGB)
     try:
+        if "transparency" in img.info and mode in ("P", "L", "1"):
+            img = img.convert("RGBA")  # Pillow warns on a direct RGB conversion; alpha is dropped below
         return np.asarray(img.convert("RGB"))
     except ValueError as exc:
         raise DataError(f"image {show_path(path)} has mode {mode}, which cannot be converted to RGB: "

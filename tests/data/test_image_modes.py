@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -84,6 +85,10 @@ def test_8_bit_modes_become_rgb(tmp_path):
     np.testing.assert_array_equal(read_image(_save(tmp_path / "la.png", la)), np.repeat(grey[..., None], 3, -1))
     pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     np.testing.assert_array_equal(read_image(_save(tmp_path / "p.png", pal)), np.asarray(pal.convert("RGB")))
+    with warnings.catch_warnings():  # a palette with transparency: no Pillow warning on stderr
+        warnings.simplefilter("error")
+        pal.save(tmp_path / "pt.png", transparency=bytes(range(0, 256, 16)))
+        np.testing.assert_array_equal(read_image(tmp_path / "pt.png"), np.asarray(pal.convert("RGB")))
     bits = Image.fromarray(grey > 128)
     np.testing.assert_array_equal(read_image(_save(tmp_path / "1.png", bits))[..., 0], np.where(grey > 128, 255, 0))
     cmyk = read_image(_save(tmp_path / "c.jpg", Image.new("CMYK", (10, 12), (0, 255, 0, 0)), quality=100))
