@@ -133,6 +133,16 @@ def _make_parents(folder: Path) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from None
 
 
+def make_folder(folder: str | os.PathLike) -> Path:
+    """``mkdir -p folder``; any failure (a file in the way, read-only, disk full) is one :class:`WriteError` line."""
+    folder = Path(folder)
+    try:
+        _make_parents(folder)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint: str = "--force") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; publish it at ``path`` only if the block succeeds.

@@ -1,7 +1,6 @@
 """segzoo.fileio: atomic, no-replace writes; disk full and other OS errors as one line."""
 
 import os
-import subprocess
 import threading
 
 import pytest
@@ -9,18 +8,6 @@ import torch
 
 from segzoo.errors import WriteError, short_repr
 from segzoo.fileio import atomic_write, check_not_input, write_bytes_atomic, write_json_atomic
-
-
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A 64 KiB tmpfs (we are root in CI); skipped where mounting is not allowed."""
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_disk_full_is_one_line_and_leaves_nothing(tiny_fs):
