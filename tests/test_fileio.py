@@ -92,3 +92,39 @@ def test_short_repr_is_bounded():
     assert len(short_repr("x" * 10_000)) <= 80
     assert short_repr(["a"] * 10**6) == "list of 1000000 items"
     assert short_repr(3) == "3"
+
+
+def test_forced_overwrite_keeps_a_file_another_process_wrote_meanwhile(tmp_path):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+
+    def write(f):  # another process replaces the file while ours is being written
+        f.write(b"ours")
+        other = tmp_path / "other"
+        other.write_bytes(b"theirs")
+        os.replace(other, path)
+
+    with pytest.raises(FileExistsError, match="another process meanwhile"):
+        atomic_write(path, write, overwrite=True)
+    assert path.read_bytes() == b"theirs" and os.listdir(tmp_path) == ["out.bin"]
+    # and with overwrite, a file that did not exist at the start and appeared meanwhile is kept too
+    new = tmp_path / "new.bin"
+    with pytest.raises(FileExistsError, match="another process meanwhile"):
+        atomic_write(new, lambda f: (f.write(b"ours"), new.write_bytes(b"theirs")), overwrite=True)
+    assert new.read_bytes() == b"theirs"
+
+
+def test_published_file_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_bytes_atomic(tmp_path / "a", b"1")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a").st_mode & 0o777 == 0o640  # not mkstemp's 0600
+
+
+def test_parent_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(WriteError, match="a parent is not a folder"):
+        write_bytes_atomic(tmp_path / "f" / "out", b"1")  # mkdir would say "File exists"
+    assert (tmp_path / "f").read_text() == "x"
