@@ -147,15 +147,21 @@ def _check_checkpoint_file(path: Path) -> int:
     if st.st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it is not a torch file")
     try:
-        expanded = 0
+        expanded, names = 0, []
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
                 expanded = sum(info.file_size for info in zf.infolist())
+                names = zf.namelist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from exc
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {os_error_reason(exc)}") from exc
+    if any(n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in names):
+        raise CheckpointError(f"{path} is a TorchScript file, not a checkpoint; load it with torch.jit.load")
+    if any(n.endswith("/archive_format") for n in names) or any(n.endswith("/models/model.json") for n in names):
+        raise CheckpointError(f"{path} is a torch.export program (.pt2), not a checkpoint; "
+                              f"load it with torch.export.load")
     if expanded > _MAX_EXPANSION * st.st_size + _EXPANSION_SLACK:
         raise CheckpointError(f"refusing to load {path}: its {st.st_size} bytes expand to {expanded} bytes "
                               f"(compressed entries; torch never writes those: a zip bomb?)")

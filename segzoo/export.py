@@ -70,12 +70,18 @@ def example_input(model: nn.Module, input_size: Sequence[int] = DEFAULT_INPUT_SI
     """A random (batch_size, in_channels, H, W) input for ``model`` (3 channels if it does not say).
 
     Raises:
-        ValueError: sizes that are not positive integers.
+        ValueError: sizes that are not positive integers, or an input too large to allocate.
     """
     check_sizes(input_size, batch_size)
     channels = getattr(model, "in_channels", None) or 3
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(batch_size, channels, *input_size, generator=gen).to(device)
+    shape = (batch_size, channels, *input_size)
+    try:
+        return torch.randn(*shape, generator=gen).to(device)
+    except (RuntimeError, MemoryError) as exc:
+        gib = batch_size * channels * input_size[0] * input_size[1] * 4 / 2**30
+        raise ValueError(f"the example input {shape} needs {gib:.3g} GiB, more than can be allocated; "
+                         f"use a smaller --input-size / --batch-size (the result works at other sizes)") from exc
 
 
 def check_sizes(input_size: Sequence[int], batch_size: int) -> None:

@@ -198,6 +198,9 @@ def _hostile(tmp_path, kind):
     if kind == "unexpected_kwargs":
         torch.save({"model_state_dict": sd, "model_spec": {"name": "unet", "kwargs": {"frobnicate": 1}}}, path)
         return path, "frobnicate"
+    if kind == "torchscript_file":
+        torch.jit.save(torch.jit.trace(torch.nn.Conv2d(3, 2, 1), torch.randn(1, 3, 4, 4)), str(path))
+        return path, "is a TorchScript file, not a checkpoint"
     if kind == "state_dict_of_ints":
         torch.save({"model_state_dict": {"w": 3}, "model_spec": SPEC}, path)
         return path, "not name -> tensor"
@@ -206,7 +209,7 @@ def _hostile(tmp_path, kind):
 
 HOSTILE = ["empty", "folder", "symlink_loop", "dangling_symlink", "fifo", "zip_bomb", "pickle_payload",
            "int8_weights", "nan_weights", "huge_model_spec", "unknown_model", "unexpected_kwargs",
-           "state_dict_of_ints"]
+           "state_dict_of_ints", "torchscript_file"]
 
 
 @pytest.mark.parametrize("kind", HOSTILE)
@@ -238,3 +241,9 @@ def test_float16_weights_are_widened_losslessly(tmp_path):
     with pytest.raises(CheckpointError, match="float64 in the checkpoint but float32 in the model"):
         load_model(path)
 
+
+
+def test_example_input_too_large_to_allocate(logdir, cli):
+    if Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1":
+        pytest.skip("with overcommit always on, the allocation would succeed and fill the memory")
+    assert_user_error(cli("trace", logdir, "--input-size", 1_000_000, 1_000_000), "needs", "GiB", "smaller --input-size")
