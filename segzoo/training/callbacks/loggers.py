@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from segzoo.fileio import write_error
 from segzoo.training.callback import LoggerCallback
 from segzoo.training.state import RunnerState
 
@@ -28,8 +29,12 @@ class ConsoleLogger(LoggerCallback):
         text = "\n".join(lines)
         print(text, flush=True)
         if state.logdir is not None:
-            with open(Path(state.logdir) / "log.txt", "a") as f:
-                f.write(text + "\n")
+            path = Path(state.logdir) / "log.txt"
+            try:  # an append-only log: a failed write (disk full) is one line naming the file
+                with open(path, "a") as f:
+                    f.write(text + "\n")
+            except OSError as exc:
+                raise write_error(path, exc) from None
 
 
 class TensorboardLogger(LoggerCallback):
