@@ -34,7 +34,10 @@ Schema (every key optional unless marked; unknown keys are rejected with the clo
 Command-line overrides ``key.sub=value`` are parsed as YAML (``stages.1.num_epochs=2``,
 ``logdir=/tmp/x``, ``scheduler={name: StepLR, params: {step_size: 5}}``); ``~key.sub`` removes a
 key (``~model.params.pretrained``). YAML is read with a ``yaml.SafeLoader`` that also takes
-``1e-3`` as a float. The effective config is saved as ``logdir/config.yml``.
+``1e-3`` as a float and refuses aliases expanding past 100000 values. The effective config is
+saved once, when a fresh run starts, as ``logdir/config.yml``; ``segzoo train --force`` replaces a
+previous run and ``runner.resume`` continues one (see :mod:`segzoo.training.logdir` and
+:func:`check_resume_config`). Checks that need no data run first (:mod:`segzoo.training.preflight`).
 """
 
 from __future__ import annotations
