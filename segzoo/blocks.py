@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segzoo.errors import unknown_name_error
+from segzoo.errors import short_repr, unknown_name_error
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),
@@ -33,6 +33,8 @@ NORMS: dict[str, Callable[[int], nn.Module]] = {
 INTERPOLATION_MODES = ("nearest", "bilinear")
 CONV_UPSAMPLE_MODES = ("transpose", "pixelshuffle")
 # umbrella names accepted everywhere an upsampling mode is
+# extra conv layers of one block: a few in practice; a huge value would build until memory runs out
+MAX_COMPLEXITY = 32
 UPSAMPLE_ALIASES = {"interpolate": "bilinear", "conv": "transpose"}
 
 
@@ -112,8 +114,8 @@ def get_block(in_channels: int, out_channels: int, complexity: int = 1, kernel_s
     Returns:
         ``nn.Sequential`` mapping (B, C_in, H, W) -> (B, C_out, H / stride, W / stride).
     """
-    if not isinstance(complexity, int) or complexity < 0:
-        raise ValueError(f"complexity must be an int >= 0, got {complexity!r}")
+    if not isinstance(complexity, int) or isinstance(complexity, bool) or not 0 <= complexity <= MAX_COMPLEXITY:
+        raise ValueError(f"complexity must be an int in [0, {MAX_COMPLEXITY}], got {short_repr(complexity)}")
     layers = [ConvBnAct(in_channels, out_channels, kernel_size, stride, activation, norm)]
     layers += [ConvBnAct(out_channels, out_channels, kernel_size, 1, activation, norm) for _ in range(complexity)]
     return nn.Sequential(*layers)

@@ -25,7 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # errors a user can cause; anything else is a bug and keeps its traceback
-USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError)
+# (FloatingPointError: a NaN/inf loss, segzoo.training.NonFiniteLossError)
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError, FloatingPointError)
+MAX_MESSAGE = 1000  # characters of an error line: a message quoting a huge value stays readable
 
 
 def _load(command: str):
@@ -69,8 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"segzoo {args.command}: error: {message.splitlines()[0] if message else type(exc).__name__}",
-              file=sys.stderr)
+        line = message.splitlines()[0] if message.strip() else type(exc).__name__
+        line = line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE - 3] + "..."
+        print(f"segzoo {args.command}: error: {line}", file=sys.stderr)
         return 2
 
 

@@ -37,7 +37,8 @@ from segzoo.training.compat import (
     name_run_callbacks,
     resume_of_callbacks,
 )
-from segzoo.training.resume import load_resume, restore_after_resume
+from segzoo.training.logdir import check_logdir_path, claim_logdir
+from segzoo.training.resume import load_resume, optimizer_hparams, restore_after_resume
 from segzoo.training.state import RunnerState
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -274,7 +275,8 @@ class Runner(abc.ABC):
               channels_last: bool = False, compile: bool | dict = False,
               normalization: Mapping[str, list[float]] | None = None, nonfinite: str = "raise",
               checkpoint_data: Mapping[str, Any] | None = None, fp16: Any = None, monitoring_params: Any = None,
-              check: bool = False, timeit: bool = False) -> RunnerState:
+              check: bool = False, timeit: bool = False,
+              overwrite_logdir: bool = False) -> RunnerState:
         """Train ``model`` over ``stages`` (or one stage ``"train"`` of ``num_epochs``), validating each epoch.
 
         Loaders whose name starts with ``"train"`` run backward and optimizer steps; the metrics of
@@ -317,13 +319,18 @@ class Runner(abc.ABC):
             check: Catalyst's quick check: at most 4 batches per loader and 3 epochs per stage.
             timeit: add a :class:`~segzoo.training.callbacks.TimerCallback` (``_timers/data_time``,
                 ``_timers/batch_time`` metrics).
+            overwrite_logdir: replace the previous run in a ``logdir`` that already holds one (only the
+                files segzoo writes there are removed). Without it such a ``logdir`` is refused
+                unless ``resume`` points into it; see :mod:`segzoo.training.logdir`.
 
         Returns:
             The final :class:`RunnerState` (``valid_metrics``, ``best_valid_metric``, ...).
 
         Raises:
             ValueError: no model, no ``valid_loader`` loader, bad stages or options, a callback
-                or Catalyst argument that cannot be honoured (e.g. ``monitoring_params``).
+                or Catalyst argument that cannot be honoured (e.g. ``monitoring_params``), a ``logdir``
+                that holds another run, a ``resume`` whose optimizer settings differ from the given ones.
+            FileExistsError: another running training holds ``logdir``.
             KeyError: ``main_metric`` is not computed on the valid loader.
             NonFiniteLossError: a non-finite loss with ``nonfinite="raise"``.
         """
@@ -338,6 +345,7 @@ class Runner(abc.ABC):
         if valid_loader not in loaders:
             raise ValueError(f"training needs a {valid_loader!r} loader to select checkpoints; "
                              f"got loaders {list(loaders)}")
+        check_logdir_path(logdir)
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
         stages = list(stages) if stages else [Stage("train", num_epochs)]
@@ -369,8 +377,6 @@ class Runner(abc.ABC):
             state.scaler = torch.amp.GradScaler("cuda")
         if state.distributed:
             loaders = {k: dist_utils.shard_loader(v) if isinstance(v, DataLoader) else v for k, v in loaders.items()}
-        if state.is_main_process:
-            Path(logdir).mkdir(parents=True, exist_ok=True)
         self.state = state
         state.model = self._prepare_model(model, state, channels_last, compile)
         state.criterion = criterion
@@ -385,32 +391,36 @@ class Runner(abc.ABC):
                 raise ValueError(f"checkpoint {resume} is at the end of the last stage ({resumed['stage']!r}, "
                                  f"epoch {resumed['epoch']}): nothing left to train; raise num_epochs or add a stage")
 
-        for state.stage_index in range(start_stage, len(stages)):
-            stage = stages[state.stage_index]
-            state.stage, state.num_epochs = stage.name, stage.num_epochs
-            state.optimizer = stage.optimizer if stage.optimizer is not None else optimizer
-            state.scheduler = stage.scheduler if stage.scheduler is not None else scheduler
-            state.criterion = stage.criterion if stage.criterion is not None else criterion
-            cbs = self._stage_callbacks(given, stage, state, verbose)
-            self.callbacks, self.loggers = name_run_callbacks(cbs, items)
-            state.loggers = self.loggers
-            first = state.stage_index == start_stage
-            if first and resumed is not None:
-                restore_after_resume(resumed, state, cbs)
-            state.epoch = start_epoch - 1 if first else 0
-            state.stop_training = False
-            try:
-                self._fire(cbs, "on_stage_start", state)
-                for epoch in range(state.epoch + 1, stage.num_epochs + 1):
-                    state.epoch = epoch
-                    self._run_epoch(state, loaders, cbs, channels_last)
-                    if state.stop_training:
-                        break
-                self._fire(cbs, "on_stage_end", state)
-            except BaseException as exc:
-                state.exception = exc
-                self._fire(cbs, "on_exception", state)
-                raise
+        held = (claim_logdir(logdir, resume=resume, overwrite=overwrite_logdir) if state.is_main_process
+                else contextlib.nullcontext())
+        with held:
+            for state.stage_index in range(start_stage, len(stages)):
+                stage = stages[state.stage_index]
+                state.stage, state.num_epochs = stage.name, stage.num_epochs
+                state.optimizer = stage.optimizer if stage.optimizer is not None else optimizer
+                state.checkpoint_data["optimizer_hparams"] = optimizer_hparams(state.optimizer)
+                state.scheduler = stage.scheduler if stage.scheduler is not None else scheduler
+                state.criterion = stage.criterion if stage.criterion is not None else criterion
+                cbs = self._stage_callbacks(given, stage, state, verbose)
+                self.callbacks, self.loggers = name_run_callbacks(cbs, items)
+                state.loggers = self.loggers
+                first = state.stage_index == start_stage
+                if first and resumed is not None:
+                    restore_after_resume(resumed, state, cbs)
+                state.epoch = start_epoch - 1 if first else 0
+                state.stop_training = False
+                try:
+                    self._fire(cbs, "on_stage_start", state)
+                    for epoch in range(state.epoch + 1, stage.num_epochs + 1):
+                        state.epoch = epoch
+                        self._run_epoch(state, loaders, cbs, channels_last)
+                        if state.stop_training:
+                            break
+                    self._fire(cbs, "on_stage_end", state)
+                except BaseException as exc:
+                    state.exception = exc
+                    self._fire(cbs, "on_exception", state)
+                    raise
         return state
 
     def infer(self, model: nn.Module | None, loaders: Mapping[str, Iterable],
