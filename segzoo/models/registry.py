@@ -154,12 +154,26 @@ def model_from_spec(spec: dict[str, Any], for_checkpoint: bool = True) -> nn.Mod
 def add_arguments(parser, command: str) -> None:
     """Arguments of ``segzoo models``."""
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    parser.add_argument("--parts", action="store_true",
+                        help="list the part registries (encoders, bridges, decoders, heads) instead of the models")
 
 
 def run(args) -> int:
-    """Print the registered model names, one a line."""
+    """Print the registered model names (or, with ``--parts``, ``kind: name`` per part), one a line."""
     import segzoo  # noqa: F401  (registers the models)
 
+    if getattr(args, "parts", False):
+        from segzoo.bridges import BRIDGES
+        from segzoo.decoders import DECODERS
+        from segzoo.encoders import ENCODERS
+        from segzoo.heads import HEADS
+
+        lines = [f"{reg.kind}: {name}" for reg in (ENCODERS, BRIDGES, DECODERS, HEADS) for name in reg.names(args.pattern)]
+        if not lines:
+            raise unknown_name_error("part pattern", args.pattern, [n for r in (ENCODERS, BRIDGES, DECODERS, HEADS)
+                                                                     for n in r])
+        print("\n".join(lines))
+        return 0
     names = list_models(args.pattern)
     if not names:
         raise unknown_name_error("model pattern", args.pattern, list_models())
