@@ -2,15 +2,19 @@
 
 from segzoo.loading import load_model
 from segzoo.models import (
+    DeepLabV3Plus,
     FPNUnet,
     Linknet,
     PSPnet,
+    ResnetDeepLabV3Plus,
     ResnetFPNUnet,
     ResnetLinknet,
     ResnetPSPnet,
     ResnetUnet,
+    ResnetUPerNet,
     Unet,
     UnetMetaSpec,
+    UPerNet,
     create_model,
     get_model_spec,
     list_models,
@@ -20,6 +24,7 @@ from segzoo.models import (
 __version__ = "0.1.0"
 
 __all__ = ["Unet", "Linknet", "FPNUnet", "PSPnet", "ResnetUnet", "ResnetLinknet", "ResnetFPNUnet", "ResnetPSPnet",
+           "DeepLabV3Plus", "ResnetDeepLabV3Plus", "UPerNet", "ResnetUPerNet",
            "UnetMetaSpec", "create_model", "list_models", "get_model_spec", "model_from_spec", "load_model", "__version__"]
 
 
