@@ -397,27 +397,10 @@ def normalization_from_args(mean: Sequence[float] | None, std: Sequence[float] |
     return None if mean is None else {"mean": list(mean), "std": list(std)}
 
 
-def add_model_arguments(parser) -> None:
-    """The model-loading options shared by ``segzoo predict`` and ``segzoo serve``."""
-    parser.add_argument("-c", "--checkpoint", default="best", help="best | last | STAGE.EPOCH | path (default best)")
-    parser.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
-                        help="factory for models outside the registry (checkpoint without model_spec)")
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="eager | torchscript | onnxruntime | onnxruntime-int8 (default: eager for "
-                             "checkpoints and .pt2, torchscript for TorchScript files, onnxruntime for .onnx)")
-    parser.add_argument("--mean", type=float, nargs="+", default=None,
-                        help="normalization mean per channel (overrides the stored one; needed for files without it)")
-    parser.add_argument("--std", type=float, nargs="+", default=None, help="normalization std per channel")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    parser.add_argument("--calibration", default=None, metavar="FOLDER",
-                        help="images to calibrate --backend onnxruntime-int8 on")
-    parser.add_argument("--calibration-count", type=int, default=None,
-                        help="how many calibration images to use (default 16)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu; torch backends)")
-
-
 def add_arguments(parser, command: str) -> None:
     """Arguments of ``segzoo predict``."""
+    from segzoo.serve import add_model_arguments
+
     parser.add_argument("logdir", help="trainer log directory (with checkpoints/), a checkpoint, or a TorchScript, "
                                        ".pt2 or .onnx file")
     parser.add_argument("--input", required=True, help=f"an image or a folder of {_KINDS} images (never written)")
