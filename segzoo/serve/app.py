@@ -190,7 +190,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     async def health() -> JSONResponse:
         """Liveness and readiness (200 when ready, 503 while starting or stopping)."""
         ready = state["ready"]
-        body = {"live": True, "ready": ready, "in_progress": batcher.admitted, "queue_size": settings.queue_size}
+        body = {"live": True, "ready": ready, "in_progress": batcher.admitted, "queue_size": settings.queue_size,
+                "batches_run": batcher.batches, "images_run": batcher.images}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/v1/model")
