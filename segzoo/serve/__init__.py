@@ -96,28 +96,19 @@ def run(args: argparse.Namespace) -> int:
     _require_serve_packages()
     import uvicorn
 
-    from segzoo.inference import load_predictor, source_kind
-    from segzoo.loading import load_model_info
-    from segzoo.predict import MIN_TILE, check_model_tile, check_options, normalization_from_args
+    from segzoo.inference import load_predictor
+    from segzoo.predict import check_model_tile, check_options, normalization_from_args
     from segzoo.serve.app import ServeSettings, create_app
 
     overlap = check_options(tile=args.tile, tile_overlap=args.tile_overlap, max_pixels=args.max_pixels)
-    common = dict(normalization=normalization_from_args(args.mean, args.std), threads=args.threads,
-                  calibration=args.calibration, calibration_count=args.calibration_count)
-    if source_kind(args.source) == "checkpoint" and args.model is not None:
-        from segzoo.export import resolve_device
-        from segzoo.inference import from_loaded
-
-        loaded = load_model_info(args.source, args.checkpoint, args.model, map_location=resolve_device(args.device))
-        predictor = from_loaded(loaded, args.backend or "eager", **common)
-    else:
-        predictor = load_predictor(args.source, args.backend, checkpoint=args.checkpoint, device=args.device,
-                                   **common)
+    predictor = load_predictor(args.source, args.backend, checkpoint=args.checkpoint, model_factory=args.model,
+                               device=args.device, normalization=normalization_from_args(args.mean, args.std),
+                               threads=args.threads, calibration=args.calibration,
+                               calibration_count=args.calibration_count)
     check_model_tile(predictor, args.tile)
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                              workers=args.workers, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
                              tile=args.tile, tile_overlap=overlap if args.tile else None)
-    assert args.tile is None or args.tile >= MIN_TILE
     app = create_app(predictor, settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout, access_log=args.log_level == "debug")

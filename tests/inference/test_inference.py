@@ -188,7 +188,7 @@ def test_predict_cli_refuses_a_backend_the_file_cannot_run(logdir, images_folder
 def test_read_image_bytes_equals_read_image(tmp_path, mode):
     rgb = random_image(24, 40, 4)
     if mode == "I;16":
-        img = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+        img = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
     elif mode == "RGBA":
         img = Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]))
     else:
