@@ -80,6 +80,28 @@ def add_arguments(parser: argparse.ArgumentParser, command: str = "serve") -> No
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse an address that cannot be listened on (port in use, unknown host) with one line.
+
+    Raises:
+        OSError: the reason, naming ``host:port``.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            reason = "the port is in use" if exc.errno == 98 else (exc.strerror or str(exc))
+            raise OSError(f"cannot listen on {host}:{port}: {reason} (choose another --port)") from None
+
+
 def _require_serve_packages() -> None:
     missing = []
     for module in ("fastapi", "uvicorn", "multipart"):
@@ -101,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from segzoo.serve.app import ServeSettings, create_app
 
     overlap = check_options(tile=args.tile, tile_overlap=args.tile_overlap, max_pixels=args.max_pixels)
+    check_address(args.host, args.port)  # before the (slow) model loading
     predictor = load_predictor(args.source, args.backend, checkpoint=args.checkpoint, model_factory=args.model,
                                device=args.device, normalization=normalization_from_args(args.mean, args.std),
                                threads=args.threads, calibration=args.calibration,
@@ -118,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         server.run()
+    except SystemExit as exc:  # uvicorn exits when it cannot bind (e.g. the port was taken meanwhile)
+        raise OSError(f"cannot listen on {args.host}:{args.port} (see the log above)") from exc
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:

@@ -244,3 +244,19 @@ def test_sigterm_answers_requests_in_flight_then_exits_0(tmp_path):
     assert [r.status_code for r in replies] == [200, 200, 200]
     assert server.stop() == 0, server.log()
     assert "Traceback" not in server.log()
+
+
+def test_a_port_in_use_or_a_bad_source_is_one_line(tmp_path, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["serve", str(tmp_path), "--port", str(port)])
+        err = capsys.readouterr().err
+        assert code == 2 and "the port is in use" in err and len(err.strip().splitlines()) == 1
+    code = main(["serve", str(tmp_path / "missing"), "--port", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(tmp_path), "--max-batch", "0"])
+    assert exit_info.value.code == 2 and "max batch must be >= 1" in capsys.readouterr().err
