@@ -103,12 +103,11 @@ def check_address(host: str, port: int) -> None:
 
 
 def _require_serve_packages() -> None:
-    missing = []
-    for module in ("fastapi", "uvicorn", "multipart"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append("python-multipart" if module == "multipart" else module)
+    import importlib.util
+
+    missing = [name for name, module in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"),
+                                         ("python-multipart", "python_multipart"))
+               if importlib.util.find_spec(module) is None]
     if missing:
         raise ModuleNotFoundError(f"segzoo serve needs {', '.join(missing)}: pip install 'segzoo[serve]'")
 
