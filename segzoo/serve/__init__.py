@@ -75,6 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str = "serve") -> No
     parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
                         help="run overlapping SIZE x SIZE windows instead of whole images")
     parser.add_argument("--tile-overlap", type=int, default=None, help="window overlap (default SIZE/4)")
+    parser.add_argument("--read-timeout", type=_positive(float, "read timeout", 0.001), default=30.0,
+                        help="seconds a client has to send its whole body, else 408 (default 30)")
     parser.add_argument("--shutdown-timeout", type=_positive(float, "shutdown timeout", 0), default=30.0,
                         help="seconds to finish requests in flight after SIGTERM (default 30)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -130,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     check_model_tile(predictor, args.tile)
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                              workers=args.workers, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
-                             tile=args.tile, tile_overlap=overlap if args.tile else None)
+                             tile=args.tile, tile_overlap=overlap if args.tile else None,
+                             read_timeout=args.read_timeout)
     app = create_app(predictor, settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout, access_log=args.log_level == "debug")

@@ -13,12 +13,13 @@ Endpoints:
 - ``GET /docs``: OpenAPI documentation.
 
 Every error is JSON ``{"error": "..."}`` with a 4xx status naming the problem (400 unreadable or
-empty body, 413 too many bytes or pixels, 415 content type, 422 an image segzoo does not read or
+empty body, 408 a body that does not arrive within the read timeout, 413 too many bytes or pixels, 415 content type, 422 an image segzoo does not read or
 a bad query option, 503 + ``Retry-After`` when the queue is full).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from contextlib import asynccontextmanager
@@ -61,6 +62,7 @@ class ServeSettings:
     tile: int | None = None
     tile_overlap: int | None = None
     retry_after: int = 1
+    read_timeout: float = 30.0
 
 
 class ClientError(Exception):
@@ -86,7 +88,15 @@ def _status_of(exc: DataError) -> int:
     return 400
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    try:
+        return await asyncio.wait_for(_read_limited(request, limit), timeout)
+    except asyncio.TimeoutError:  # noqa: UP041  (not the builtin before Python 3.11)
+        raise ClientError(408, f"the request body did not arrive within {timeout:g} s "
+                               f"(segzoo serve --read-timeout)") from None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise ClientError(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes "
@@ -219,7 +229,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                                            f"classes (argmax)")
                 if overlay and format == "json":
                     raise ClientError(422, "overlay=true returns a PNG picture; it cannot be combined with format=json")
-                body = await _read_body(request, settings.max_bytes)
+                body = await _read_body(request, settings.max_bytes, settings.read_timeout)
                 if kind == "multipart/form-data":
                     body = await _multipart_file(request, body)
                 image = await run_in_threadpool(_decode, body, settings.max_pixels)

@@ -12,7 +12,7 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("served")
     logdir = write_logdir(tmp / "log")
     server = Server(logdir, "--max-batch", "4", "--max-wait-ms", "40", "--max-bytes", "300000",
-                    "--max-pixels", "200000", "--queue-size", "32", tmp=tmp)
+                    "--max-pixels", "200000", "--queue-size", "32", "--read-timeout", "2", tmp=tmp)
     yield server, logdir
     code = server.stop()
     assert code == 0, server.log()

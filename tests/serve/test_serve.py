@@ -195,6 +195,18 @@ def test_client_disconnecting_mid_request(served):
     assert "Traceback" not in server.log() and "500" not in server.log()
 
 
+def test_a_stalled_body_is_408_and_frees_its_place(served):
+    server, _ = served
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 5000\r\n\r\n" + b"\x89PNG")
+        sock.settimeout(10)
+        reply = sock.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 408") and "did not arrive within 2 s" in reply
+    assert httpx.get(server.url + "/health").json()["in_progress"] == 0
+    assert _post(server.url, png_bytes(random_image(16, 16, 1))).status_code == 200
+
+
 def _slow_server(tmp_path, *args):
     folder = tmp_path / "code"
     folder.mkdir()
