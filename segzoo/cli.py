@@ -1,4 +1,4 @@
-"""The ``segzoo`` command: ``segzoo models | train | trace | export | predict | benchmark``.
+"""The ``segzoo`` command: ``segzoo models | train | trace | export | predict | benchmark | serve``.
 
 Each subcommand lives in its own module, imported only when it is used, which
 provides ``add_arguments(parser, command)`` and ``run(args) -> int`` (``args.command``
@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("segzoo.export", "export a checkpoint to ONNX or TorchScript"),
     "predict": ("segzoo.predict", "predict masks for images with a trained model"),
     "benchmark": ("segzoo.benchmark", "measure speed and memory of models"),
+    "serve": ("segzoo.serve", "serve a model over HTTP (FastAPI + uvicorn)"),
 }
 
 # errors a user can cause; anything else is a bug and keeps its traceback

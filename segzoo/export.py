@@ -33,7 +33,8 @@ import torch.nn as nn
 from segzoo.checkpoint import resolve_checkpoint
 from segzoo.errors import SegzooError, check_file_name
 from segzoo.fileio import atomic_path, check_not_input, write_bytes_atomic, write_error
-from segzoo.loading import ModelFactory, load_model_info
+from segzoo.inference.metadata import add_onnx_metadata, model_metadata, torchscript_extra_files
+from segzoo.loading import LoadedModel, ModelFactory, load_model_info
 
 DEFAULT_INPUT_SIZE = (256, 256)
 TRACE_MODES = ("eval", "train")
@@ -265,16 +266,18 @@ def trace_model(model: nn.Module, example: torch.Tensor, method: str = "forward"
     return traced
 
 
-def save_traced(traced: torch.jit.ScriptModule, path: str | os.PathLike, force: bool = False) -> Path:
+def save_traced(traced: torch.jit.ScriptModule, path: str | os.PathLike, force: bool = False,
+                metadata: dict[str, Any] | None = None) -> Path:
     """``torch.jit.save`` atomically, without the upstream deprecation warning.
 
+    ``metadata`` (see :mod:`segzoo.inference.metadata`) is stored as the extra file ``segzoo.json``.
     The module is serialized in memory and the bytes written through :mod:`segzoo.fileio`: a full
     disk is one WriteError line (torch's own file writer aborts the process on it).
     """
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
-        torch.jit.save(traced, buf)
+        torch.jit.save(traced, buf, _extra_files=torchscript_extra_files(metadata))
     return write_bytes_atomic(path, buf.getvalue(), overwrite=force)
 
 
@@ -327,7 +330,7 @@ def trace_checkpoint(logdir: str | os.PathLike, checkpoint: str = "best", method
     loaded = load_model_info(path, checkpoint, model_factory, map_location=dev)
     example = example_input(loaded.model, input_size, batch_size, dev)
     traced = trace_model(loaded.model, example, method=method, mode=mode, requires_grad=requires_grad)
-    return save_traced(traced, out, force)
+    return save_traced(traced, out, force, metadata=checkpoint_metadata(loaded))
 
 
 # ---- ONNX and torch.export --------------------------------------------------------------
@@ -342,13 +345,14 @@ def _require(module: str, purpose: str) -> Any:
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, opset: int = 17,
-                verify: bool = True, force: bool = False) -> Path:
+                verify: bool = True, force: bool = False, metadata: dict[str, Any] | None = None) -> Path:
     """Export ``model`` to ONNX with dynamic batch, height and width.
 
     The graph input is ``input`` (B, C, H, W) float32, the output ``logits`` (B, K, H, W).
     Uses torch's TorchScript-based exporter (``dynamo=False``), which needs no extra
     package beyond ``onnx``; checked in onnxruntime (if installed) against eager at the
-    export size and at another batch and H x W (tolerance 1e-3).
+    export size and at another batch and H x W (tolerance 1e-3). ``metadata`` (see
+    :mod:`segzoo.inference.metadata`) goes into the file's ``metadata_props`` (key ``segzoo``).
 
     Raises:
         ValueError: ``opset`` outside the supported range.
@@ -370,7 +374,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
             torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["input"],
                               output_names=["logits"], dynamic_axes={"input": axes, "logits": axes},
                               opset_version=opset)
-    data = buf.getvalue()
+    data = add_onnx_metadata(buf.getvalue(), metadata)
     if ort is not None:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         multiple = int(getattr(model, "size_multiple", 1) or 1)
@@ -458,13 +462,18 @@ def export_checkpoint(logdir: str | os.PathLike, fmt: str, out: str | os.PathLik
         input_size = tuple(max(2 * m, -(-s // m) * m) for s in input_size)
         batch_size = max(2, batch_size)  # a batch of 1 would be specialised to a constant
     example = example_input(model, input_size, batch_size, dev)
+    meta = checkpoint_metadata(loaded)
     if fmt == "onnx":
-        return export_onnx(model, out, example, opset=opset, force=force)
+        return export_onnx(model, out, example, opset=opset, force=force, metadata=meta)
     if fmt == "export":
-        meta = {"normalization": loaded.normalization, "model_spec": loaded.info.get("model_spec")}
         return export_program(model, out, example, force=force, metadata=meta)
     traced = trace_model(model, example)
-    return save_traced(traced, out, force)
+    return save_traced(traced, out, force, metadata=meta)
+
+
+def checkpoint_metadata(loaded: LoadedModel) -> dict[str, Any]:
+    """What exported files store besides the graph (normalization, model spec, classes, channels)."""
+    return model_metadata(loaded.model, loaded.normalization, loaded.info.get("model_spec"))
 
 
 # ---- command line ----------------------------------------------------------------------

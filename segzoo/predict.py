@@ -35,12 +35,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from segzoo.data.folder import IMAGE_SUFFIXES, MAX_PIXELS, DataError, read_image, show_path
-from segzoo.data.visual import palette, to_unit_range
 from segzoo.export import resolve_device
 from segzoo.fileio import atomic_path, check_not_input, os_error_reason
-from segzoo.loading import IMAGENET_NORMALIZATION, ModelFactory, load_model_info
+from segzoo.inference import BACKENDS, Predictor, from_loaded, load_predictor, source_kind
+from segzoo.inference.processing import (  # noqa: F401  (public names of segzoo.predict)
+    OVERLAY_ALPHA,
+    check_normalization,
+    logits_to_masks,
+    overlay,
+    tiled_logits,
+    to_input,
+)
+from segzoo.loading import ModelFactory, load_model_info
 
-OVERLAY_ALPHA = 0.5
 MIN_TILE = 32  # smaller windows cost more than they save and see almost no context
 MAX_BATCH_SIZE = 1024
 _KINDS = "/".join(s.lstrip(".").upper() for s in IMAGE_SUFFIXES if s not in (".jpeg", ".tiff"))
@@ -211,84 +218,6 @@ def plan_outputs(images: Sequence[Path], output: str | os.PathLike, overlay: boo
     return plans
 
 
-def to_input(image: np.ndarray, channels: int, normalization: Mapping[str, Sequence[float]]) -> torch.Tensor:
-    """(H, W, 3) RGB image -> normalized float (channels, H, W); 1 channel = luminance.
-
-    uint8 images are divided by 255, float ones (16-bit files as read) are in [0, 1] already.
-    """
-    x = to_unit_range(image)
-    if channels == 1:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-    mean = torch.tensor([float(v) for v in normalization["mean"]]).view(-1, 1, 1)
-    std = torch.tensor([float(v) for v in normalization["std"]]).view(-1, 1, 1)
-    return (x - mean) / std
-
-
-def check_normalization(normalization: Mapping[str, Sequence[float]] | None, channels: int) -> dict:
-    """The normalization to use: given (validated) or ImageNet's (3 channels) / 0.5, 0.5 (1 channel)."""
-    if normalization is None:
-        return dict(IMAGENET_NORMALIZATION) if channels == 3 else {"mean": [0.5], "std": [0.5]}
-    mean, std = list(normalization.get("mean", [])), list(normalization.get("std", []))
-    if len(mean) != channels or len(std) != channels or min(std, default=0) <= 0:
-        raise ValueError(f"normalization must give {channels} mean and {channels} positive std values, "
-                         f"got mean={mean} std={std}")
-    return {"mean": mean, "std": std}
-
-
-def _windows(size: int, tile: int, step: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, step))
-    return starts + [size - tile]
-
-
-@torch.no_grad()
-def tiled_logits(model: nn.Module, x: torch.Tensor, tile: int, overlap: int, batch_size: int = 1) -> torch.Tensor:
-    """Logits (B, K, H, W) from overlapping ``tile`` x ``tile`` windows, averaged where they overlap.
-
-    Windows start every ``tile - overlap`` pixels; the last one is flush with the border.
-    An image no larger than the tile is run whole.
-    """
-    if not 0 <= overlap < tile:
-        raise ValueError(f"tile overlap must be in [0, {tile}), got {overlap}")
-    h, w = x.shape[-2:]
-    th, tw = min(tile, h), min(tile, w)
-    boxes = [(top, left) for top in _windows(h, th, tile - overlap) for left in _windows(w, tw, tile - overlap)]
-    out = count = None
-    for i in range(0, len(boxes), batch_size):
-        chunk = boxes[i:i + batch_size]
-        crops = torch.cat([x[..., t:t + th, s:s + tw] for t, s in chunk])
-        logits = model(crops).float()
-        if out is None:
-            out = x.new_zeros((x.shape[0], logits.shape[1], h, w), dtype=torch.float32)
-            count = x.new_zeros((1, 1, h, w), dtype=torch.float32)
-        for j, (t, s) in enumerate(chunk):
-            out[..., t:t + th, s:s + tw] += logits[j * x.shape[0]:(j + 1) * x.shape[0]]
-            count[..., t:t + th, s:s + tw] += 1
-    return out / count
-
-
-def logits_to_masks(logits: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
-    """Logits (B, K, H, W) -> masks (B, H, W): 0/255 uint8 if K == 1, else argmax class indices."""
-    if logits.shape[1] == 1:
-        return ((torch.sigmoid(logits[:, 0].float()) > threshold).to(torch.uint8) * 255).cpu().numpy()
-    dtype = np.uint8 if logits.shape[1] <= 256 else np.uint16
-    return logits.argmax(1).cpu().numpy().astype(dtype)
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """Blend class colours into an RGB image (H, W, 3) -> uint8 (H, W, 3); background (0) pixels stay unchanged.
-
-    ``image`` is uint8, or float in [0, 1] (16-bit files as read), shown at 8 bits.
-    """
-    if image.dtype != np.uint8:
-        image = (to_unit_range(image).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    classes = (mask > 0).astype(np.int64) if num_classes == 1 else mask.astype(np.int64)
-    colours = palette(max(2, num_classes))[classes].astype(np.float32)
-    blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
-    return np.where((classes > 0)[..., None], blended, image).round().astype(np.uint8)
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -340,7 +269,7 @@ def _save_png(array: np.ndarray, path: Path, overwrite: bool) -> None:
                               f"it was left as it is") from None
 
 
-def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], output: str | os.PathLike,
+def predict_images(model: nn.Module | Predictor, images: Sequence[str | os.PathLike], output: str | os.PathLike,
                    normalization: Mapping[str, Sequence[float]] | None = None, threshold: float = 0.5,
                    with_overlay: bool = False, device: str = "cpu", batch_size: int = 1, tile: int | None = None,
                    tile_overlap: int | None = None, force: bool = False, progress: bool = True,
@@ -348,13 +277,15 @@ def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], output
     """Write a mask PNG (and optionally an overlay) per image; see the module docstring.
 
     Args:
-        model: maps (B, C, H, W) float to logits (B, K, H, W); C is 1 or 3.
+        model: a :class:`segzoo.inference.Predictor` (any backend), or a module mapping (B, C, H, W)
+            float to logits (B, K, H, W), C = 1 or 3, run on the ``eager`` backend (not folded).
         images: image files (PNG/JPEG/TIFF/BMP).
         output: output folder (created).
-        normalization: ``{"mean", "std"}`` per channel (``None``: ImageNet's).
+        normalization: ``{"mean", "std"}`` per channel for a module (``None``: ImageNet's); a
+            predictor carries its own.
         threshold: probability threshold of one-class models, in [0, 1].
         with_overlay: also write ``{stem}_overlay.png``.
-        device: ``cpu`` | ``cuda`` | ``cuda:N``.
+        device: ``cpu`` | ``cuda`` | ``cuda:N`` (for a module; a predictor is already placed).
         batch_size: images (or tiles) per forward pass, at most ``MAX_BATCH_SIZE``; only same-size
             images share a batch, and a batch holds at most ``max_pixels`` pixels.
         tile: run SIZE x SIZE overlapping windows instead of the whole image (SIZE >= ``MIN_TILE``
@@ -373,16 +304,22 @@ def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], output
     """
     overlap = check_options(threshold, batch_size, tile, tile_overlap, max_pixels)
     check_model_tile(model, tile)
-    channels = int(getattr(model, "in_channels", None) or 3)
-    if channels not in (1, 3):
-        raise ValueError(f"predict reads RGB images: the model must take 1 or 3 channels, not {channels}")
-    norm = check_normalization(normalization, channels)
+    if isinstance(model, Predictor):
+        if normalization is not None:
+            raise ValueError("normalization is given twice: the predictor carries its own (load_predictor("
+                             "normalization=...))")
+        predictor = model
+    else:
+        channels = int(getattr(model, "in_channels", None) or 3)
+        if channels not in (1, 3):
+            raise ValueError(f"predict reads RGB images: the model must take 1 or 3 channels, not {channels}")
+        check_normalization(normalization, channels)
     images = [Path(p) for p in images]
     plans = plan_outputs(images, output, with_overlay, force)
     existed = {o for plan in plans for o in plan if os.path.lexists(o)}  # only these may be replaced (force)
     check_images(images, max_pixels)
-    dev = resolve_device(device)
-    model = model.to(dev).eval()
+    if not isinstance(model, Predictor):
+        predictor = Predictor.from_module(model.to(resolve_device(device)), normalization)
     tiles_per_pass = max(1, min(batch_size, max_pixels // (tile * tile))) if tile else 1
     bar = tqdm(total=len(images), unit="image", disable=not progress, desc="predict")
     try:
@@ -400,9 +337,8 @@ def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], output
                     pending = nxt
                     break
                 group.append((i + len(group), nxt))
-            x = torch.stack([to_input(img, channels, norm) for _, img in group]).to(dev)
-            with torch.no_grad():
-                logits = tiled_logits(model, x, tile, overlap, tiles_per_pass) if tile else model(x)
+            x = torch.stack([predictor.preprocess(img) for _, img in group])
+            logits = predictor.logits(x, tile, overlap, tiles_per_pass)
             masks = logits_to_masks(logits, threshold)
             for (k, img), mask in zip(group, masks):
                 _save_png(mask, plans[k][0], force and plans[k][0] in existed)
@@ -420,15 +356,23 @@ def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], output
 
 def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathLike | Sequence[str | os.PathLike],
                        output: str | os.PathLike, checkpoint: str = "best", model_factory: ModelFactory | None = None,
-                       device: str = "cpu", **options) -> list[Path]:
-    """Rebuild a checkpoint's model and run :func:`predict_images` on a folder, an image or a list of images.
+                       device: str = "cpu", backend: str | None = None,
+                       normalization: Mapping[str, Sequence[float]] | None = None, threads: int | None = None,
+                       calibration: str | os.PathLike | None = None, calibration_count: int | None = None,
+                       **options) -> list[Path]:
+    """Load a model with :func:`segzoo.inference.load_predictor` and run :func:`predict_images` on it.
 
-    The normalization stored in the checkpoint is used (ImageNet's if it has none).
+    ``logdir_or_file`` is a log directory, a checkpoint, a TorchScript, ``.pt2`` or ONNX file;
+    ``backend`` one of :data:`segzoo.inference.BACKENDS` (default: the source's own). The
+    normalization stored with the model is used unless ``normalization`` is given (ImageNet's,
+    with a warning, if there is none). ``source`` is a folder, an image or a list of images;
     ``options`` are :func:`predict_images`'s keyword arguments. Inputs and outputs are checked
-    before the checkpoint is loaded.
+    before the model is loaded.
     """
     check_options(options.get("threshold", 0.5), options.get("batch_size", 1), options.get("tile"),
                   options.get("tile_overlap"), options.get("max_pixels", MAX_PIXELS))
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if isinstance(source, (str, os.PathLike)):
         images = list_images(source)
     else:
@@ -436,22 +380,34 @@ def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathL
     plan_outputs(images, output, options.get("with_overlay", False), options.get("force", False))
     dev = resolve_device(device)
     # images are decoded and checked by predict_images, before any mask is written
-    loaded = load_model_info(logdir_or_file, checkpoint, model_factory, map_location=dev)
-    return predict_images(loaded.model, images, output, normalization=loaded.normalization, device=str(dev),
-                          **options)
+    common = dict(normalization=normalization, threads=threads, calibration=calibration,
+                  calibration_count=calibration_count)
+    if source_kind(logdir_or_file) == "checkpoint":
+        loaded = load_model_info(logdir_or_file, checkpoint, model_factory, map_location=dev)
+        predictor = from_loaded(loaded, backend or "eager", **common)
+    else:
+        predictor = load_predictor(logdir_or_file, backend, device=str(dev), **common)
+    return predict_images(predictor, images, output, **options)
+
+
+def normalization_from_args(mean: Sequence[float] | None, std: Sequence[float] | None) -> dict | None:
+    """``{"mean", "std"}`` from ``--mean``/``--std`` (both or neither), or ``None``."""
+    if (mean is None) != (std is None):
+        raise ValueError("give --mean and --std together (one value per input channel each)")
+    return None if mean is None else {"mean": list(mean), "std": list(std)}
 
 
 def add_arguments(parser, command: str) -> None:
     """Arguments of ``segzoo predict``."""
-    parser.add_argument("logdir", help="trainer log directory (with checkpoints/) or a checkpoint file")
+    from segzoo.serve import add_model_arguments
+
+    parser.add_argument("logdir", help="trainer log directory (with checkpoints/), a checkpoint, or a TorchScript, "
+                                       ".pt2 or .onnx file")
     parser.add_argument("--input", required=True, help=f"an image or a folder of {_KINDS} images (never written)")
     parser.add_argument("--output", required=True, help="output folder for {stem}.png masks")
-    parser.add_argument("-c", "--checkpoint", default="best", help="best | last | STAGE.EPOCH | path (default best)")
-    parser.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
-                        help="factory for models outside the registry (checkpoint without model_spec)")
+    add_model_arguments(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold of binary models")
     parser.add_argument("--overlay", action="store_true", help="also write {stem}_overlay.png")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help=f"images (or tiles) per forward pass, 1..{MAX_BATCH_SIZE}")
     parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
@@ -468,7 +424,10 @@ def run(args) -> int:
     """Run ``segzoo predict``; prints how many masks were written and where, and what was not read."""
     images, other = scan_input(args.input)
     paths = predict_checkpoint(args.logdir, images, args.output, checkpoint=args.checkpoint,
-                               model_factory=args.model, device=args.device, threshold=args.threshold,
+                               model_factory=args.model, device=args.device, backend=args.backend,
+                               normalization=normalization_from_args(args.mean, args.std), threads=args.threads,
+                               calibration=args.calibration, calibration_count=args.calibration_count,
+                               threshold=args.threshold,
                                with_overlay=args.overlay, batch_size=args.batch_size, tile=args.tile,
                                tile_overlap=args.tile_overlap, force=args.force, progress=not args.no_progress,
                                max_pixels=args.max_pixels)

@@ -22,6 +22,7 @@ naming the file and the reason, also when it is re-raised from a ``DataLoader`` 
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import threading
@@ -124,6 +125,14 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int = M
     """
     path = Path(path)
     _stat_file(path, what)
+    with _open_checked(path, path, what, max_pixels) as img:
+        yield img
+
+
+@contextmanager
+def _open_checked(source: Path | io.BytesIO, path: str | os.PathLike, what: str,
+                  max_pixels: int) -> Iterator[Image.Image]:
+    """:func:`open_image` on a path or in-memory bytes (``source``); ``path`` is what errors name."""
     try:
         # Pillow's own limit would warn (or refuse) below max_pixels: the size is checked here instead.
         # The lock keeps concurrent calls from restoring each other's None as Pillow's limit.
@@ -132,7 +141,7 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int = M
             saved = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None
             try:
-                img = Image.open(path)
+                img = Image.open(source)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except Exception as exc:  # Pillow raises many types for hostile files; all mean "cannot read"
@@ -226,6 +235,26 @@ def read_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int = MAX
     with open_image(path, what, max_pixels) as img:
         _decode(img, path, what)
         return _mask_array(img, path) if what == "mask" else _image_array(img, path)
+
+
+def read_image_bytes(data: bytes, mode: str = "RGB", max_pixels: int = MAX_PIXELS,
+                     name: str = "image data") -> np.ndarray:
+    """:func:`read_image` for an encoded file held in memory (e.g. an HTTP request body); same rules and result.
+
+    ``name`` is what error messages call the data.
+
+    Raises:
+        DataError: empty data, or any reason :func:`read_image` gives (not an image, too many
+            pixels, several frames, an unsupported mode, corrupt data).
+    """
+    if mode not in ("RGB", "mask"):
+        raise ValueError(f"read_image mode must be 'RGB' or 'mask', got {mode!r}")
+    what = "mask" if mode == "mask" else "image"
+    if not data:
+        raise DataError(f"cannot read {what} {show_path(name)}: it is empty (0 bytes)")
+    with _open_checked(io.BytesIO(data), name, what, max_pixels) as img:
+        _decode(img, name, what)
+        return _mask_array(img, name) if what == "mask" else _image_array(img, name)
 
 
 def _list(folder: Path, suffixes: Sequence[str], what: str) -> dict[str, Path]:
