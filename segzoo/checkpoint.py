@@ -16,9 +16,11 @@ Keys written by the trainer:
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
-import tempfile
+import stat
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,52 +28,46 @@ from typing import Any
 
 import torch
 
-from segzoo.errors import CheckpointError
+from segzoo.errors import CheckpointError, short_repr
+from segzoo.fileio import os_error_reason, write_bytes_atomic
 
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``obj`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+def checkpoint_bytes(obj: Mapping[str, Any]) -> bytes:
+    """Serialize a checkpoint dict with ``torch.save`` into memory.
+
+    Serializing once and writing the bytes (with :func:`segzoo.fileio.write_bytes_atomic`) to
+    several files gives independent files with identical content; a full disk is then an
+    ordinary ``OSError`` of the write, never an error deep inside torch's zip writer.
+    """
+    buf = io.BytesIO()
+    torch.save(dict(obj), buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Write ``obj`` to ``path`` atomically through :mod:`segzoo.fileio` (temp file, fsync, rename).
 
     A process killed at any moment leaves either the previous file or the new one,
-    never a truncated file.
+    never a truncated file; each file written is its own inode.
 
     Args:
         obj: the checkpoint dict (plain data only, so it loads with ``weights_only=True``).
         path: destination file; its folder is created if needed.
+        overwrite: replace an existing ``path`` (default, as the trainer does every epoch);
+            without it an existing file is refused.
 
     Returns:
         The destination path.
+
+    Raises:
+        WriteError: the disk is full, the folder read-only...: one line naming ``path``;
+            the previous file at ``path`` is left as it was and no temporary file remains.
+        FileExistsError: ``path`` exists and ``overwrite`` is False, or another process
+            replaced it meanwhile.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(obj), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return write_bytes_atomic(path, checkpoint_bytes(obj), overwrite=overwrite)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -91,8 +87,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             than plain data (refused, never unpickled), or is not a dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    size = _check_checkpoint_file(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -101,17 +96,76 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"refusing to load {path}: it holds objects other than tensors and plain data "
             f"({first[:200]}); segzoo loads checkpoints with weights_only=True"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
-        # KeyError/IndexError: the weights-only unpickler reading bytes that are not a pickle
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_error_reason(exc)}") from exc
+    except MemoryError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: it needs more memory than there is "
+                              f"({size} bytes on disk)") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError,
+            TypeError, AttributeError) as exc:
+        # KeyError/IndexError/TypeError: the weights-only unpickler reading bytes that are not a pickle
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+                              ) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     if "model_state_dict" not in obj:
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return {"model_state_dict": obj}
-        raise CheckpointError(f"checkpoint {path} has no 'model_state_dict' (keys: {sorted(obj)[:10]})")
+        keys = sorted(map(str, obj))
+        raise CheckpointError(f"checkpoint {path} has no 'model_state_dict' "
+                              f"(keys: {', '.join(short_repr(k, 40) for k in keys[:10])})")
+    sd = obj["model_state_dict"]
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"checkpoint {path}: model_state_dict is a {type(sd).__name__}, "
+                              f"expected a dict of tensors")
+    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: model_state_dict has {len(bad)} entries that are not "
+                              f"name -> tensor, e.g. {short_repr(bad[0])}")
     return obj
+
+
+# a torch zip checkpoint stores its entries uncompressed: what it expands to is about its size
+_MAX_EXPANSION, _EXPANSION_SLACK = 2, 1 << 20
+
+
+def _check_checkpoint_file(path: Path) -> int:
+    """Refuse what is not a readable regular checkpoint file before torch reads it; returns its size."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise CheckpointError(f"checkpoint {path} is a symbolic link to a missing file") from None
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    except OSError as exc:  # ELOOP (a symlink loop), ENAMETOOLONG, EACCES...
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_error_reason(exc)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"checkpoint {path} is a folder, expected a .pth file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a pipe or a device?)")
+    if st.st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it is not a torch file")
+    try:
+        expanded, names = 0, []
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                expanded = sum(info.file_size for info in zf.infolist())
+                names = zf.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_error_reason(exc)}") from exc
+    if any(n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in names):
+        raise CheckpointError(f"{path} is a TorchScript file, not a checkpoint; load it with torch.jit.load")
+    if any(n.endswith("/archive_format") for n in names) or any(n.endswith("/models/model.json") for n in names):
+        raise CheckpointError(f"{path} is a torch.export program (.pt2), not a checkpoint; "
+                              f"load it with torch.export.load")
+    if expanded > _MAX_EXPANSION * st.st_size + _EXPANSION_SLACK:
+        raise CheckpointError(f"refusing to load {path}: its {st.st_size} bytes expand to {expanded} bytes "
+                              f"(compressed entries; torch never writes those: a zip bomb?)")
+    return st.st_size
 
 
 def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,7 +203,16 @@ def resolve_checkpoint(logdir_or_file: str | os.PathLike, checkpoint: str = "bes
     if base.is_file():
         return base
     if not base.exists():
+        if os.path.lexists(base):  # a dangling symbolic link or a loop
+            try:
+                os.stat(base)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise CheckpointError(f"cannot read {base}: {os_error_reason(exc)}") from None
+            raise FileNotFoundError(f"{base} is a symbolic link to a missing file") from None
         raise FileNotFoundError(f"no such log directory or checkpoint file: {base}")
+    if not base.is_dir():
+        return base  # a pipe or a device: load_checkpoint names what it is
     as_path = Path(checkpoint)
     if as_path.suffix == ".pth" and as_path.is_file():
         return as_path
@@ -157,6 +220,9 @@ def resolve_checkpoint(logdir_or_file: str | os.PathLike, checkpoint: str = "bes
     candidate = folder / (checkpoint if checkpoint.endswith(".pth") else f"{checkpoint}.pth")
     if candidate.is_file():
         return candidate
-    available = sorted(p.stem for p in folder.glob("*.pth")) if folder.is_dir() else []
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{base} is a folder but not a log directory (no checkpoints/ in it); "
+                                f"pass a log directory or a .pth file")
+    available = sorted(p.stem for p in folder.glob("*.pth"))
     listed = ", ".join(available) if available else "none"
     raise FileNotFoundError(f"checkpoint {checkpoint!r} not found in {folder} (available: {listed})")

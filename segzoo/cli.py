@@ -1,4 +1,4 @@
-"""The ``segzoo`` command: ``segzoo models | train | trace | export | predict | benchmark``.
+"""The ``segzoo`` command: ``segzoo models | train | trace | export | predict | benchmark | serve``.
 
 Each subcommand's arguments are declared in :mod:`segzoo.cli_args`, which does not import
 torch, so ``--help``, usage errors and ``segzoo models`` answer at once. The module that runs
@@ -18,16 +18,19 @@ from collections.abc import Sequence
 
 # command name -> (module whose run(args) implements it, or "module:function"; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("segzoo.cli_args:run_models", "list the registered models"),
+    "models": ("segzoo.cli_args:run_models", "list the registered models (--parts: encoders, decoders, ...)"),
     "train": ("segzoo.training.config", "train a model from a YAML config"),
     "trace": ("segzoo.export", "trace a checkpoint to TorchScript"),
     "export": ("segzoo.export", "export a checkpoint to ONNX, TorchScript or torch.export (.pt2)"),
     "predict": ("segzoo.predict", "predict masks for images with a trained model"),
     "benchmark": ("segzoo.benchmark", "measure speed and memory of models"),
+    "serve": ("segzoo.serve", "serve a model over HTTP (FastAPI + uvicorn)"),
 }
 
 # errors a user can cause; anything else is a bug and keeps its traceback
-USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError)
+# (FloatingPointError: a NaN/inf loss, segzoo.training.NonFiniteLossError)
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError, FloatingPointError)
+MAX_MESSAGE = 1000  # characters of an error line: a message quoting a huge value stays readable
 
 
 def _load(command: str):
@@ -84,8 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"segzoo {args.command}: error: {message.splitlines()[0] if message else type(exc).__name__}",
-              file=sys.stderr)
+        line = message.splitlines()[0] if message.strip() else type(exc).__name__
+        line = line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE - 3] + "..."
+        print(f"segzoo {args.command}: error: {line}", file=sys.stderr)
         return 2
 
 

@@ -17,7 +17,9 @@ path is ``torch.export`` (``--format export``, a ``.pt2`` file).
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
+import io
 import json
 import os
 import warnings
@@ -28,8 +30,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from segzoo.errors import SegzooError
-from segzoo.loading import ModelFactory, load_model_info
+from segzoo.checkpoint import resolve_checkpoint
+from segzoo.errors import SegzooError, check_file_name
+from segzoo.fileio import atomic_path, check_not_input, write_bytes_atomic, write_error
+from segzoo.inference.metadata import add_onnx_metadata, model_metadata, torchscript_extra_files
+from segzoo.loading import LoadedModel, ModelFactory, load_model_info
 
 DEFAULT_INPUT_SIZE = (256, 256)
 TRACE_MODES = ("eval", "train")
@@ -66,12 +71,18 @@ def example_input(model: nn.Module, input_size: Sequence[int] = DEFAULT_INPUT_SI
     """A random (batch_size, in_channels, H, W) input for ``model`` (3 channels if it does not say).
 
     Raises:
-        ValueError: sizes that are not positive integers.
+        ValueError: sizes that are not positive integers, or an input too large to allocate.
     """
     check_sizes(input_size, batch_size)
     channels = getattr(model, "in_channels", None) or 3
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(batch_size, channels, *input_size, generator=gen).to(device)
+    shape = (batch_size, channels, *input_size)
+    try:
+        return torch.randn(*shape, generator=gen).to(device)
+    except (RuntimeError, MemoryError) as exc:
+        gib = batch_size * channels * input_size[0] * input_size[1] * 4 / 2**30
+        raise ValueError(f"the example input {shape} needs {gib:.3g} GiB, more than can be allocated; "
+                         f"use a smaller --input-size / --batch-size (the result works at other sizes)") from exc
 
 
 def check_sizes(input_size: Sequence[int], batch_size: int) -> None:
@@ -109,25 +120,53 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
+    """Yield a temporary path next to ``path``; publish it at ``path`` only if the block succeeds.
+
+    :func:`segzoo.fileio.atomic_path` with ``overwrite=force``: a file another process wrote at
+    ``path`` meanwhile is never replaced, and a failed write (disk full) is one WriteError line.
 
     Raises:
         FileExistsError: ``path`` exists and ``force`` is False.
         IsADirectoryError: ``path`` is a directory.
+        WriteError: the write failed; nothing is left behind.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"output {path} is a directory, expected a file path")
-    if path.exists() and not force:
-        raise FileExistsError(f"output {path} exists; pass --force (force=True) to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
+    with atomic_path(path, overwrite=force, force_hint="--force (force=True)") as tmp:
         yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+
+def check_output(out: str | os.PathLike, force: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Refuse an output path before any work is done, in one line.
+
+    Refused: an existing file without ``force``; a folder; one of ``inputs`` (never overwritten,
+    even with ``force``); a ``.pth`` file in the ``checkpoints/`` folder of an input checkpoint
+    (it would be listed, and tried, as a checkpoint); a parent that is a file; a file name longer
+    than the file system allows.
+
+    Raises:
+        FileExistsError, IsADirectoryError, ValueError, WriteError.
+    """
+    out = Path(out)
+    parent = next((p for p in out.parents if os.path.lexists(p)), None)
+    try:
+        name_max = os.pathconf(parent if parent is not None and parent.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if any(len(os.fsencode(part)) > name_max for part in out.parts):
+        raise write_error(out, OSError(errno.ENAMETOOLONG, "name too long"))
+    if parent is not None and not parent.is_dir():
+        raise write_error(out, OSError(errno.ENOTDIR, "not a folder"))
+    if out.is_dir():
+        raise IsADirectoryError(f"output {out} is a folder, expected a file path")
+    check_not_input(out, inputs)
+    if os.path.lexists(out) and not force:
+        raise FileExistsError(f"output {out} exists; pass --force to overwrite it")
+    for src in map(Path, inputs):
+        folder = src.parent
+        if out.suffix == ".pth" and folder.name == "checkpoints" and folder.is_dir() \
+                and out.parent.is_dir() and os.path.samefile(out.parent, folder):
+            raise ValueError(f"output {out} is in the checkpoints folder {folder}, where it would be taken for "
+                             f"a checkpoint; choose another folder (default: the log directory's trace/)")
+    return out
 
 
 def _outputs_close(ref: Any, got: Any, rtol: float, atol: float) -> tuple[bool, float]:
@@ -227,12 +266,19 @@ def trace_model(model: nn.Module, example: torch.Tensor, method: str = "forward"
     return traced
 
 
-def save_traced(traced: torch.jit.ScriptModule, path: str | os.PathLike, force: bool = False) -> Path:
-    """``torch.jit.save`` atomically, without the upstream deprecation warning."""
-    with atomic_output(path, force) as tmp, warnings.catch_warnings():
+def save_traced(traced: torch.jit.ScriptModule, path: str | os.PathLike, force: bool = False,
+                metadata: dict[str, Any] | None = None) -> Path:
+    """``torch.jit.save`` atomically, without the upstream deprecation warning.
+
+    ``metadata`` (see :mod:`segzoo.inference.metadata`) is stored as the extra file ``segzoo.json``.
+    The module is serialized in memory and the bytes written through :mod:`segzoo.fileio`: a full
+    disk is one WriteError line (torch's own file writer aborts the process on it).
+    """
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DEPRECATED, category=FutureWarning)
-        torch.jit.save(traced, str(tmp))
-    return Path(path)
+        torch.jit.save(traced, buf, _extra_files=torchscript_extra_files(metadata))
+    return write_bytes_atomic(path, buf.getvalue(), overwrite=force)
 
 
 def _default_trace_dir(source: Path) -> Path:
@@ -255,7 +301,7 @@ def trace_checkpoint(logdir: str | os.PathLike, checkpoint: str = "best", method
         mode: ``"eval"`` or ``"train"``; adds ``-in_train`` to the name.
         requires_grad: trace with gradients; adds ``-with_grad`` to the name.
         out_dir: folder of the output (default ``LOGDIR/trace``).
-        out_model: full output path; overrides ``out_dir`` and the generated name.
+        out_model: output file: a path, or with ``out_dir`` a plain file name in that folder.
         device: where to trace (``cpu``, ``cuda``, ``cuda:1``...).
         input_size: (H, W) of the tracing input; the result works at other sizes too.
         batch_size: batch of the tracing input.
@@ -270,20 +316,21 @@ def trace_checkpoint(logdir: str | os.PathLike, checkpoint: str = "best", method
     check_sizes(input_size, batch_size)
     dev = resolve_device(device)
     source = Path(logdir)
-    if out_model is not None:
+    if out_model is not None and out_dir is not None:
+        out = Path(out_dir) / check_file_name(str(out_model), "--out-model (a file name in --out-dir)")
+    elif out_model is not None:
         out = Path(out_model)
     else:
         tag = source.stem if source.is_file() else (Path(checkpoint).stem if checkpoint.endswith(".pth")
                                                     else checkpoint)
         out = Path(out_dir) if out_dir is not None else _default_trace_dir(source)
         out = out / traced_filename(tag, method, mode, requires_grad)
-    if out.exists() and not force:
-        raise FileExistsError(f"output {out} exists; pass --force to overwrite it")
-    loaded = load_model_info(logdir, checkpoint, model_factory, map_location=dev)
+    path = resolve_checkpoint(logdir, checkpoint)
+    check_output(out, force, inputs=[path])
+    loaded = load_model_info(path, checkpoint, model_factory, map_location=dev)
     example = example_input(loaded.model, input_size, batch_size, dev)
     traced = trace_model(loaded.model, example, method=method, mode=mode, requires_grad=requires_grad)
-    save_traced(traced, out, force)
-    return out
+    return save_traced(traced, out, force, metadata=checkpoint_metadata(loaded))
 
 
 # ---- ONNX and torch.export --------------------------------------------------------------
@@ -298,13 +345,14 @@ def _require(module: str, purpose: str) -> Any:
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, opset: int = 17,
-                verify: bool = True, force: bool = False) -> Path:
+                verify: bool = True, force: bool = False, metadata: dict[str, Any] | None = None) -> Path:
     """Export ``model`` to ONNX with dynamic batch, height and width.
 
     The graph input is ``input`` (B, C, H, W) float32, the output ``logits`` (B, K, H, W).
     Uses torch's TorchScript-based exporter (``dynamo=False``), which needs no extra
     package beyond ``onnx``; checked in onnxruntime (if installed) against eager at the
-    export size and at another batch and H x W (tolerance 1e-3).
+    export size and at another batch and H x W (tolerance 1e-3). ``metadata`` (see
+    :mod:`segzoo.inference.metadata`) goes into the file's ``metadata_props`` (key ``segzoo``).
 
     Raises:
         ValueError: ``opset`` outside the supported range.
@@ -318,24 +366,25 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
     model = model.eval().cpu()
     example = example.cpu()
     axes = {0: "batch", 2: "height", 3: "width"}
-    with atomic_output(path, force) as tmp:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message=_DEPRECATED)
+    buf = io.BytesIO()  # in memory: on a full disk torch's writer would abort the process
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=_DEPRECATED)
+        with torch.no_grad():
+            torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": axes, "logits": axes},
+                              opset_version=opset)
+    data = add_onnx_metadata(buf.getvalue(), metadata)
+    if ort is not None:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        multiple = int(getattr(model, "size_multiple", 1) or 1)
+        for x in (example, other_input(example, multiple)):
             with torch.no_grad():
-                torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=["input"],
-                                  output_names=["logits"], dynamic_axes={"input": axes, "logits": axes},
-                                  opset_version=opset)
-        if ort is not None:
-            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-            multiple = int(getattr(model, "size_multiple", 1) or 1)
-            for x in (example, other_input(example, multiple)):
-                with torch.no_grad():
-                    ref = model(x)
-                got = torch.from_numpy(_run("ONNX model (onnxruntime)", lambda a: session.run(None, {"input": a})[0],
-                                            x.numpy(), x.shape))
-                _check("ONNX model (onnxruntime)", ref, got, x, 1e-3, 1e-3)
-    return Path(path)
+                ref = model(x)
+            got = torch.from_numpy(_run("ONNX model (onnxruntime)", lambda a: session.run(None, {"input": a})[0],
+                                        x.numpy(), x.shape))
+            _check("ONNX model (onnxruntime)", ref, got, x, 1e-3, 1e-3)
+    return write_bytes_atomic(path, data, overwrite=force)
 
 
 def export_program(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, verify: bool = True,
@@ -378,9 +427,11 @@ def export_program(model: nn.Module, path: str | os.PathLike, example: torch.Ten
             with torch.no_grad():
                 _check("exported program", model(x), _run("exported program", module, x, x.shape), x, 1e-4, 1e-5)
     extra = {"segzoo.json": json.dumps({"size_multiple": multiple, **(metadata or {})})}
-    with atomic_output(path, force) as tmp:
-        torch.export.save(program, str(tmp), extra_files=extra)
-    return Path(path)
+    buf = io.BytesIO()  # in memory: on a full disk torch's writer would abort the process
+    with warnings.catch_warnings():  # torch 2.14 warns about CPU weights it then saves correctly
+        warnings.filterwarnings("ignore", message="No complete tensor found")
+        torch.export.save(program, buf, extra_files=extra)
+    return write_bytes_atomic(path, buf.getvalue(), overwrite=force)
 
 
 def export_checkpoint(logdir: str | os.PathLike, fmt: str, out: str | os.PathLike, checkpoint: str = "best",
@@ -399,27 +450,30 @@ def export_checkpoint(logdir: str | os.PathLike, fmt: str, out: str | os.PathLik
     check_sizes(input_size, batch_size)
     if fmt == "onnx" and (not isinstance(opset, int) or not ONNX_OPSETS[0] <= opset <= ONNX_OPSETS[1]):
         raise ValueError(f"ONNX opset must be an integer in {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]}, got {opset!r}")
-    out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"output {out} exists; pass --force to overwrite it")
+    path = resolve_checkpoint(logdir, checkpoint)
+    out = check_output(out, force, inputs=[path])
     if fmt == "onnx":
         _require("onnx", "ONNX export")
     dev = resolve_device("cpu" if fmt == "onnx" else device)
-    loaded = load_model_info(logdir, checkpoint, model_factory, map_location=dev)
+    loaded = load_model_info(path, checkpoint, model_factory, map_location=dev)
     model = loaded.model
     if fmt == "export":
         m = int(getattr(model, "size_multiple", 1) or 1)
         input_size = tuple(max(2 * m, -(-s // m) * m) for s in input_size)
         batch_size = max(2, batch_size)  # a batch of 1 would be specialised to a constant
     example = example_input(model, input_size, batch_size, dev)
+    meta = checkpoint_metadata(loaded)
     if fmt == "onnx":
-        return export_onnx(model, out, example, opset=opset, force=force)
+        return export_onnx(model, out, example, opset=opset, force=force, metadata=meta)
     if fmt == "export":
-        meta = {"normalization": loaded.normalization, "model_spec": loaded.info.get("model_spec")}
         return export_program(model, out, example, force=force, metadata=meta)
     traced = trace_model(model, example)
-    save_traced(traced, out, force)
-    return out
+    return save_traced(traced, out, force, metadata=meta)
+
+
+def checkpoint_metadata(loaded: LoadedModel) -> dict[str, Any]:
+    """What exported files store besides the graph (normalization, model spec, classes, channels)."""
+    return model_metadata(loaded.model, loaded.normalization, loaded.info.get("model_spec"))
 
 
 # ---- command line (arguments: segzoo.cli_args.add_export_arguments) ---------------------

@@ -8,7 +8,11 @@ goes through :func:`atomic_path` or one of its two shortcuts:
   appeared meanwhile: two processes writing the same output never silently replace each
   other, the loser gets one :class:`FileExistsError` line;
 - with ``overwrite`` it is renamed over the destination (``os.replace``): readers see the old
-  file or the new one, never a truncated one, and each published file is its own inode;
+  file or the new one, never a truncated one, and each published file is its own inode.
+  ``overwrite`` replaces the file that was there when the write began: if the destination was
+  created, replaced or modified by another process meanwhile, it is left alone and the write
+  fails with :class:`FileExistsError` (a forced overwrite never clobbers a concurrent writer);
+- published files get the usual ``0o666 & ~umask`` permissions (not the temp file's ``0o600``);
 - on any failure the temporary file is removed, and an ``OSError`` (disk full, read-only
   folder, name too long, permission) becomes a one-line :class:`segzoo.errors.WriteError`
   naming the path; the destination keeps its previous content.
@@ -75,8 +79,34 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
-    if overwrite:
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """What tells a file apart from its replacement: device, inode, size, modification time."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _umask() -> int:
+    try:  # Linux >= 4.7: read it without changing it (os.umask would race with other threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, path: Path, replaces: tuple[int, ...] | None) -> None:
+    """Move ``tmp`` to ``path``; ``replaces`` is the identity of the file it may replace (None: none)."""
+    if replaces is not None:
+        if _identity(path) != replaces:
+            raise FileExistsError(f"{path} was replaced or removed by another process meanwhile; "
+                                  f"it was left as it is")
         os.replace(tmp, path)
         return
     try:
@@ -95,6 +125,24 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
+def _make_parents(folder: Path) -> None:
+    """``mkdir -p folder``; a parent that is a file is ENOTDIR (mkdir says EEXIST, which misleads)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from None
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """``mkdir -p folder``; any failure (a file in the way, read-only, disk full) is one :class:`WriteError` line."""
+    folder = Path(folder)
+    try:
+        _make_parents(folder)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint: str = "--force") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; publish it at ``path`` only if the block succeeds.
@@ -103,10 +151,12 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint:
         path: destination file; missing parent folders are created.
         overwrite: replace an existing file (atomically). Without it an existing ``path``
             is refused before anything is written, and so is one that appears meanwhile.
+            With it, the file that existed at the start is replaced, but a file another
+            process created, replaced or changed at ``path`` meanwhile is not.
         force_hint: what the user passes to allow overwriting, named in the error.
 
     Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FileExistsError: ``path`` exists and ``overwrite`` is False, or another process wrote it meanwhile.
         IsADirectoryError: ``path`` is a folder.
         WriteError: the write failed (disk full, read-only, name too long...); nothing is left behind.
     """
@@ -116,7 +166,8 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint:
             raise IsADirectoryError(f"output {path} is a folder, expected a file path")
         if not overwrite and os.path.lexists(path):
             raise FileExistsError(f"output {path} exists; pass {force_hint} to overwrite it")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        replaces = _identity(path) if overwrite else None
+        _make_parents(path.parent)
         fd, name = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except (FileExistsError, IsADirectoryError):
@@ -127,8 +178,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint:
     try:
         yield tmp
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
-        _publish(tmp, path, overwrite)
+        _publish(tmp, path, replaces)
         _fsync_dir(path.parent)
     except FileExistsError:
         raise

@@ -19,10 +19,13 @@ import torch
 import torch.nn as nn
 
 from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
+from segzoo.encoders.weights import check_weights, load_into
 from segzoo.errors import CheckpointError, ConfigError
 from segzoo.models.registry import model_from_spec, set_model_spec
 
 ModelFactory = str | Callable[..., nn.Module]
+
+_MISMATCH_HINT = " (wrong --model factory or model arguments?)"
 
 IMAGENET_NORMALIZATION: dict[str, list[float]] = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -119,24 +122,14 @@ def build_model(spec: Mapping[str, Any] | None, model_factory: ModelFactory | No
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
-    """Load ``state_dict`` strictly, turning a mismatch into one readable CheckpointError."""
-    state_dict = clean_state_dict(state_dict)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-              for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[:3]}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es) e.g. {shapes[:2]}")
-        raise CheckpointError(f"weights in {source} do not fit the model {type(model).__name__}: "
-                              + "; ".join(parts) + " (wrong --model factory or model arguments?)")
-    model.load_state_dict(state_dict, strict=True)
+    """Load ``state_dict`` (``module.``/``_orig_mod.`` prefixes stripped) strictly into ``model``.
+
+    The checks are :func:`segzoo.encoders.weights.load_into`'s: missing/unexpected keys, shapes,
+    lossy dtype casts (an int8 checkpoint into float parameters) and NaN/Inf values are refused
+    in one :class:`CheckpointError` line naming ``source`` and the key.
+    """
+    load_into(model, clean_state_dict(state_dict), f"the model {type(model).__name__}", source=source,
+              hint=_MISMATCH_HINT)
 
 
 def load_model_info(checkpoint_or_logdir: str | os.PathLike, checkpoint: str = "best",
@@ -148,8 +141,20 @@ def load_model_info(checkpoint_or_logdir: str | os.PathLike, checkpoint: str = "
     spec = ckpt.get("model_spec")
     if spec is not None and not isinstance(spec, Mapping):
         raise CheckpointError(f"checkpoint {path} has a malformed model_spec of type {type(spec).__name__}")
+    state_dict = clean_state_dict(ckpt["model_state_dict"])
+    # build on the meta device first (no memory): a spec asking for a huge model is refused by
+    # the comparison with the weights before anything is allocated
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(spec, model_factory)
+    except (NotImplementedError, RuntimeError):
+        skeleton = None  # a factory that cannot run on the meta device: checked after the real build
+    if skeleton is not None:
+        check_weights(skeleton.state_dict(), state_dict, f"the model {type(skeleton).__name__}", path,
+                      hint=_MISMATCH_HINT)
+        del skeleton
     model = build_model(spec, model_factory)
-    load_weights(model, ckpt["model_state_dict"], path)
+    load_weights(model, state_dict, path)
     model = model.to(map_location).eval()
     info = {k: v for k, v in ckpt.items() if k != "model_state_dict"}
     return LoadedModel(model=model, path=path, info=info)

@@ -13,10 +13,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segzoo._legacy import legacy_getattr
 from segzoo.errors import unknown_name_error
 from segzoo.metrics import prepare_targets
 
 MODES = ("binary", "multilabel", "multiclass")
+
+
+def __getattr__(name: str):
+    """Catalyst 19.x losses segzoo does not carry raise an ImportError naming the replacement."""
+    return legacy_getattr(__name__, name)
 
 
 def _check_mode(mode: str) -> None:
@@ -31,6 +37,22 @@ def _check_multiclass(logits: torch.Tensor, targets: torch.Tensor) -> None:
     if targets.dim() != 3 or targets.is_floating_point():
         raise ValueError(f"mode='multiclass' takes (B, H, W) integer class indices, got targets "
                          f"{tuple(targets.shape)} of dtype {targets.dtype}")
+
+
+def _check_catalyst_args(mode: str, activation: Any, threshold: Any, what: str) -> None:
+    """Catalyst 19.x's ``activation=`` / ``threshold=`` loss arguments: accepted where they mean what
+    ``mode`` already does, refused with the segzoo spelling otherwise."""
+    if threshold is not None:
+        raise ValueError(f"{what}(threshold={threshold!r}) makes the loss non-differentiable (zero gradients); "
+                         f"drop threshold (binarize in DiceCallback/IouCallback(threshold=...) instead)")
+    if activation == "auto":
+        return
+    expected = "Softmax2d" if mode == "multiclass" else "Sigmoid"
+    if activation != expected:
+        hint = ("mode='multiclass' with (B, H, W) class-index targets" if activation == "Softmax2d" else
+                "mode='binary'/'multilabel'" if activation == "Sigmoid" else
+                "logits: segzoo losses apply the activation themselves")
+        raise ValueError(f"{what}(mode={mode!r}, activation={activation!r}) is not supported; use {hint}")
 
 
 def _probs_and_targets(logits: torch.Tensor, targets: torch.Tensor, mode: str, ignore_index: int | None):
@@ -50,9 +72,11 @@ class _OverlapLoss(nn.Module):
     """Shared body of the soft Dice and IoU losses: 1 - score, averaged over classes."""
 
     def __init__(self, mode: str = "binary", smooth: float = 1.0, eps: float = 1e-7,
-                 ignore_index: int | None = None, class_weights: list[float] | None = None) -> None:
+                 ignore_index: int | None = None, class_weights: list[float] | None = None, *,
+                 threshold: float | None = None, activation: str | None = "auto") -> None:
         super().__init__()
         _check_mode(mode)
+        _check_catalyst_args(mode, activation, threshold, type(self).__name__)
         self.mode = mode
         self.smooth = smooth
         self.eps = eps
@@ -87,9 +111,12 @@ class DiceLoss(_OverlapLoss):
     Args:
         mode: ``"binary"``, ``"multilabel"`` (sigmoid per channel) or ``"multiclass"`` (softmax).
         smooth: added to numerator and denominator (an empty class with an empty prediction scores 1).
-        eps: floor of the denominator.
+        eps: floor of the denominator (Catalyst's ``eps``: guards against division by zero).
         ignore_index: target value whose pixels are left out.
         class_weights: optional weight per class (C,).
+        threshold: Catalyst 19.x argument; only ``None`` (a thresholded loss has no gradient).
+        activation: Catalyst 19.x argument: ``"auto"`` (from ``mode``), or the one ``mode``
+            implies (``"Sigmoid"`` for binary/multilabel, ``"Softmax2d"`` for multiclass).
     """
 
     def score(self, inter: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -107,6 +134,8 @@ class _BCEOverlapLoss(nn.Module):
     def __init__(self, overlap: nn.Module, bce_weight: float, overlap_weight: float,
                  ignore_index: int | None) -> None:
         super().__init__()
+        if bce_weight == 0 and overlap_weight == 0:
+            raise ValueError(f"{type(self).__name__}: the BCE and overlap weights cannot both be 0")
         self.overlap = overlap
         self.bce_weight = bce_weight
         self.overlap_weight = overlap_weight
@@ -124,21 +153,43 @@ class _BCEOverlapLoss(nn.Module):
 
 
 class BCEDiceLoss(_BCEOverlapLoss):
-    """``bce_weight * BCE + dice_weight * Dice`` for binary / multi-label targets (B, C, H, W)."""
+    """``bce_weight * BCE + dice_weight * Dice`` for binary / multi-label targets (B, C, H, W).
+
+    Args:
+        bce_weight: weight of the BCE-with-logits term.
+        dice_weight: weight of the soft Dice term (not both 0).
+        ignore_index: target value whose pixels are left out.
+        smooth: Dice smoothing (see :class:`DiceLoss`).
+        eps: Dice denominator floor (Catalyst 19.x's ``eps``).
+        threshold: Catalyst 19.x argument; only ``None``.
+        activation: Catalyst 19.x argument; ``"auto"`` or ``"Sigmoid"``.
+    """
 
     def __init__(self, bce_weight: float = 0.5, dice_weight: float = 0.5, ignore_index: int | None = None,
-                 smooth: float = 1.0) -> None:
-        super().__init__(DiceLoss("binary", smooth=smooth, ignore_index=ignore_index), bce_weight, dice_weight,
-                         ignore_index)
+                 smooth: float = 1.0, *, eps: float = 1e-7, threshold: float | None = None,
+                 activation: str | None = "auto") -> None:
+        super().__init__(DiceLoss("binary", smooth=smooth, eps=eps, ignore_index=ignore_index, threshold=threshold,
+                                  activation=activation), bce_weight, dice_weight, ignore_index)
 
 
 class BCEIoULoss(_BCEOverlapLoss):
-    """``bce_weight * BCE + iou_weight * IoU`` for binary / multi-label targets (B, C, H, W)."""
+    """``bce_weight * BCE + iou_weight * IoU`` for binary / multi-label targets (B, C, H, W).
+
+    Args:
+        bce_weight: weight of the BCE-with-logits term.
+        iou_weight: weight of the soft IoU term (not both 0).
+        ignore_index: target value whose pixels are left out.
+        smooth: IoU smoothing (see :class:`IoULoss`).
+        eps: IoU denominator floor (Catalyst 19.x's ``eps``).
+        threshold: Catalyst 19.x argument; only ``None``.
+        activation: Catalyst 19.x argument; ``"auto"`` or ``"Sigmoid"``.
+    """
 
     def __init__(self, bce_weight: float = 0.5, iou_weight: float = 0.5, ignore_index: int | None = None,
-                 smooth: float = 1.0) -> None:
-        super().__init__(IoULoss("binary", smooth=smooth, ignore_index=ignore_index), bce_weight, iou_weight,
-                         ignore_index)
+                 smooth: float = 1.0, *, eps: float = 1e-7, threshold: float | None = None,
+                 activation: str | None = "auto") -> None:
+        super().__init__(IoULoss("binary", smooth=smooth, eps=eps, ignore_index=ignore_index, threshold=threshold,
+                                 activation=activation), bce_weight, iou_weight, ignore_index)
 
 
 class FocalLoss(nn.Module):
@@ -210,24 +261,45 @@ def _lovasz_softmax_flat(probs: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return torch.stack(losses).mean() if losses else probs.sum() * 0.0
 
 
+def _onehot_to_indices(targets: torch.Tensor, logits: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    """One-hot float targets (B, C, H, W) -> (B, H, W) class indices; an all-zero pixel becomes ``ignore_index``."""
+    if tuple(targets.shape) != tuple(logits.shape):
+        raise ValueError(f"one-hot targets of shape {tuple(targets.shape)} do not fit logits {tuple(logits.shape)}")
+    total = targets.sum(1)
+    empty = total == 0
+    if not ((targets == 0) | (targets == 1)).all() or ((total != 1) & ~empty).any():
+        raise ValueError("multiclass targets (B, C, H, W) must be one-hot (one 1 per pixel); for multi-label "
+                         "targets use LovaszLoss(mode='multilabel') / LovaszLossMultiLabel")
+    indices = targets.argmax(1)
+    if empty.any():
+        if ignore_index is None:
+            raise ValueError("one-hot targets have pixels of no class; set ignore_index (Catalyst: ignore=) "
+                             "or give every pixel a class")
+        indices = torch.where(empty, torch.full_like(indices, ignore_index), indices)
+    return indices
+
+
 class LovaszLoss(nn.Module):
-    """Lovasz-hinge (binary) or Lovasz-softmax (multiclass) loss: a convex surrogate of 1 - IoU.
+    """Lovasz-hinge (binary, multilabel) or Lovasz-softmax (multiclass) loss: a convex surrogate of 1 - IoU.
 
     Args:
-        mode: ``"binary"`` (targets (B, 1, H, W) or (B, H, W)) or ``"multiclass"`` ((B, H, W) indices).
+        mode: ``"binary"`` (logits (B, 1, H, W), targets (B, 1, H, W) or (B, H, W)),
+            ``"multilabel"`` (the binary loss of each channel, averaged; targets of the logits'
+            shape) or ``"multiclass"`` (softmax over C; (B, H, W) class indices, or one-hot float
+            (B, C, H, W) targets as Catalyst 19.x took them).
         ignore_index: target value whose pixels are left out.
         per_image: compute per image and average (else over the whole batch).
     """
 
     def __init__(self, mode: str = "binary", ignore_index: int | None = None, per_image: bool = False) -> None:
         super().__init__()
-        if mode not in ("binary", "multiclass"):
-            raise ValueError(f"LovaszLoss mode must be 'binary' or 'multiclass', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"LovaszLoss mode must be one of {MODES}, got {mode!r}")
         self.mode, self.ignore_index, self.per_image = mode, ignore_index, per_image
 
-    def _one(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _one(self, logits: torch.Tensor, targets: torch.Tensor, mode: str) -> torch.Tensor:
         x = logits.float()
-        if self.mode == "binary":
+        if mode == "binary":
             t = targets.float().reshape(-1)
             x = x.reshape(-1)
             keep = t != self.ignore_index if self.ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
@@ -241,22 +313,94 @@ class LovaszLoss(nn.Module):
         """Loss of logits (B, C, H, W); a scalar."""
         if logits.dim() != 4:
             raise ValueError(f"logits must be (B, C, H, W), got shape {tuple(logits.shape)}")
-        if self.mode == "binary" and logits.shape[1] != 1:
+        if self.mode == "multilabel":
+            if tuple(targets.shape) != tuple(logits.shape):
+                raise ValueError(f"multilabel LovaszLoss needs targets of the logits' shape {tuple(logits.shape)}, "
+                                 f"got {tuple(targets.shape)}")
+            return torch.stack([self._forward("binary", logits[:, c:c + 1], targets[:, c])
+                                for c in range(logits.shape[1])]).mean()
+        if self.mode == "multiclass" and targets.dim() == 4 and targets.is_floating_point():
+            targets = _onehot_to_indices(targets, logits, self.ignore_index)
+        return self._forward(self.mode, logits, targets)
+
+    def _forward(self, mode: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if mode == "binary" and logits.shape[1] != 1:
             raise ValueError(f"binary LovaszLoss needs one output channel, got logits {tuple(logits.shape)}")
-        if self.mode == "binary" and targets.dim() == 4 and targets.shape[1] == 1:
+        if mode == "binary" and targets.dim() == 4 and targets.shape[1] == 1:
             targets = targets[:, 0]
-        if self.mode == "multiclass":
+        if mode == "multiclass":
             _check_multiclass(logits, targets)
         if targets.shape != (logits.shape[0], *logits.shape[2:]):
             raise ValueError(f"targets of shape {tuple(targets.shape)} do not fit logits {tuple(logits.shape)}")
-        if self.mode == "multiclass":
+        if mode == "multiclass":
             valid = targets if self.ignore_index is None else targets[targets != self.ignore_index]
             if valid.numel() and (valid.min() < 0 or valid.max() >= logits.shape[1]):
                 raise ValueError(f"target class indices must be in [0, {logits.shape[1] - 1}], found "
                                  f"[{int(valid.min())}, {int(valid.max())}]")
         if self.per_image:
-            return torch.stack([self._one(lg[None], tg[None]) for lg, tg in zip(logits, targets)]).mean()
-        return self._one(logits, targets)
+            return torch.stack([self._one(lg[None], tg[None], mode) for lg, tg in zip(logits, targets)]).mean()
+        return self._one(logits, targets, mode)
+
+
+class LovaszLossBinary(LovaszLoss):
+    """Catalyst 19.x name of ``LovaszLoss(mode="binary")``: Lovasz hinge on logits (B, 1, H, W).
+
+    Args:
+        per_image: compute per image and average.
+        ignore: target value whose pixels are left out (segzoo: ``ignore_index``).
+    """
+
+    def __init__(self, per_image: bool = False, ignore: int | None = None) -> None:
+        super().__init__("binary", ignore_index=ignore, per_image=per_image)
+
+
+class LovaszLossMultiClass(LovaszLoss):
+    """Catalyst 19.x name of ``LovaszLoss(mode="multiclass")``: Lovasz-softmax over C classes.
+
+    Targets are (B, H, W) class indices or one-hot float (B, C, H, W). Unlike Catalyst, the
+    logits go through a softmax first (Catalyst fed raw logits in as probabilities).
+
+    Args:
+        per_image: compute per image and average.
+        ignore: target value whose pixels are left out (segzoo: ``ignore_index``).
+    """
+
+    def __init__(self, per_image: bool = False, ignore: int | None = None) -> None:
+        super().__init__("multiclass", ignore_index=ignore, per_image=per_image)
+
+
+class LovaszLossMultiLabel(LovaszLoss):
+    """Catalyst 19.x name of ``LovaszLoss(mode="multilabel")``: the Lovasz hinge of each channel, averaged.
+
+    Args:
+        per_image: compute per image and average.
+        ignore: target value whose pixels are left out (segzoo: ``ignore_index``).
+    """
+
+    def __init__(self, per_image: bool = False, ignore: int | None = None) -> None:
+        super().__init__("multilabel", ignore_index=ignore, per_image=per_image)
+
+
+class FocalLossBinary(FocalLoss):
+    """Catalyst 19.x name of ``FocalLoss(mode="binary")`` (sigmoid focal loss, mean over pixels).
+
+    Args:
+        ignore: target value whose pixels are left out (segzoo: ``ignore_index``).
+        reduced: only ``False`` (Catalyst's reduced focal loss is not in segzoo).
+        gamma: focusing parameter.
+        alpha: weight of positives.
+        threshold: only used by the reduced variant; must stay at its default 0.5.
+        reduction: only ``"mean"``.
+    """
+
+    def __init__(self, ignore: int | None = None, reduced: bool = False, gamma: float = 2.0, alpha: float = 0.25,
+                 threshold: float = 0.5, reduction: str = "mean") -> None:
+        if reduced or threshold != 0.5:
+            raise ValueError("FocalLossBinary(reduced=True, threshold=...) is not supported; "
+                             "use FocalLossBinary(gamma=..., alpha=...) / FocalLoss(mode='binary')")
+        if reduction != "mean":
+            raise ValueError(f"FocalLossBinary(reduction={reduction!r}) is not supported: only 'mean'")
+        super().__init__("binary", gamma=gamma, alpha=alpha, ignore_index=ignore)
 
 
 LOSSES: dict[str, type[nn.Module]] = {
@@ -266,6 +410,10 @@ LOSSES: dict[str, type[nn.Module]] = {
     "BCEIoULoss": BCEIoULoss,
     "FocalLoss": FocalLoss,
     "LovaszLoss": LovaszLoss,
+    "LovaszLossBinary": LovaszLossBinary,
+    "LovaszLossMultiClass": LovaszLossMultiClass,
+    "LovaszLossMultiLabel": LovaszLossMultiLabel,
+    "FocalLossBinary": FocalLossBinary,
     "CrossEntropyLoss": nn.CrossEntropyLoss,
     "BCEWithLogitsLoss": nn.BCEWithLogitsLoss,
 }

@@ -140,7 +140,7 @@ def dice(outputs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-7, thresh
 
 def iou(outputs: torch.Tensor, targets: torch.Tensor, classes: list[str] | None = None, eps: float = 1e-7,
         threshold: float | None = None, activation: str | None = "Sigmoid", ignore_index: int | None = None,
-        per_class: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        per_class: bool | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
     """IoU (Jaccard) of logits (B, C, H, W) against targets, from :func:`segmentation_sums`.
 
     Args:
@@ -149,9 +149,11 @@ def iou(outputs: torch.Tensor, targets: torch.Tensor, classes: list[str] | None 
         threshold: binarize predictions after the activation (see :func:`segmentation_sums`).
         activation: ``"Sigmoid"``, ``"Softmax2d"`` or ``None``.
         ignore_index: target value whose pixels are left out.
-        classes: optional names of the C classes (Catalyst compatibility); used with ``per_class``.
+        classes: optional names of the C classes; as in Catalyst 19.x, giving them asks for
+            per-class values (unless ``per_class=False``).
         eps: added to the denominator.
-        per_class: return per-class scores instead of their mean.
+        per_class: return per-class scores instead of their mean; ``None``: per class exactly
+            when ``classes`` is given.
 
     Returns:
         A float64 scalar (mean over classes); with ``per_class`` a (C,) tensor, or a dict
@@ -164,8 +166,13 @@ def iou(outputs: torch.Tensor, targets: torch.Tensor, classes: list[str] | None 
         raise ValueError(f"{len(classes)} class names {list(classes)!r} for outputs of shape "
                          f"{tuple(outputs.shape)} ({outputs.shape[1]} classes)")
     scores = iou_from_sums(*segmentation_sums(outputs, targets, threshold, activation, ignore_index), eps=eps)
+    if per_class is None:
+        per_class = classes is not None
     if not per_class:
         return scores.mean()
     if classes is not None:
         return {name: scores[i] for i, name in enumerate(classes)}
     return scores
+
+
+jaccard = iou  # Catalyst 19.x name

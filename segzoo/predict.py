@@ -1,4 +1,4 @@
-"""Predict masks for PNG/JPEG images with a trained model: ``segzoo predict``.
+"""Predict masks for images with a trained model: ``segzoo predict``.
 
 One mask PNG is written per input image, at the image's size, named ``{stem}.png``:
 class indices (uint8, or 16-bit beyond 256 classes) for multi-class models, 0/255 for
@@ -6,14 +6,20 @@ one-class (binary) models, whose sigmoid probability is compared with ``threshol
 ``overlay=True`` also writes ``{stem}_overlay.png``: the image with predicted classes
 blended in colour (background left as is).
 
+Images are read as in training (:func:`segzoo.data.read_image`): 8-bit files divided by 255,
+16-bit grey ones by 65535, alpha dropped; a folder's other files are listed, not read.
+
 Large images: models take any H x W, so by default each image is run whole (exact, but
 memory grows with the pixel count). ``tile=SIZE`` runs SIZE x SIZE windows that overlap by
-``tile_overlap`` pixels (default SIZE // 4) and averages the logits where they overlap;
-memory is then bounded by the tile, at the cost of context at tile borders.
+``tile_overlap`` pixels (default SIZE // 4, at most SIZE // 2) and averages the logits where
+they overlap; memory is then bounded by the tile, at the cost of context at tile borders.
+Images over ``max_pixels`` (default Pillow's 89.5 Mpixels) are refused from their header.
 
-Everything a user can get wrong (missing checkpoint, no images, an unreadable image, an
-output file that exists) is checked before the model runs; existing masks are refused
-unless ``force=True``, and every file is written atomically.
+Safety: everything a user can get wrong (missing checkpoint, no images, an unreadable image,
+an output file that exists, two inputs that would write the same output, an output that is an
+input) is checked before the model runs and before anything is written. Inputs are never
+written to. An existing output is replaced only with ``force=True``; a file that another
+process creates meanwhile is never replaced. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -25,259 +31,387 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
-from segzoo.data.folder import IMAGE_SUFFIXES, read_image
-from segzoo.data.visual import palette
-from segzoo.export import atomic_output, resolve_device
-from segzoo.loading import IMAGENET_NORMALIZATION, ModelFactory, load_model_info
+from segzoo.data.folder import IMAGE_SUFFIXES, MAX_PIXELS, DataError, read_image, show_path
+from segzoo.export import resolve_device
+from segzoo.fileio import atomic_path, check_not_input, os_error_reason
+from segzoo.inference import BACKENDS, Predictor, from_loaded, load_predictor, source_kind
+from segzoo.inference.processing import (  # noqa: F401  (public names of segzoo.predict)
+    OVERLAY_ALPHA,
+    check_normalization,
+    logits_to_masks,
+    overlay,
+    tiled_logits,
+    to_input,
+)
+from segzoo.loading import ModelFactory, load_model_info
 
-OVERLAY_ALPHA = 0.5
+MIN_TILE = 32  # smaller windows cost more than they save and see almost no context
+MAX_BATCH_SIZE = 1024
+_KINDS = "/".join(s.lstrip(".").upper() for s in IMAGE_SUFFIXES if s not in (".jpeg", ".tiff"))
+
+
+def _join_names(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _given(path: str | os.PathLike, what: str) -> Path:
+    """``Path(path)``, refusing an empty string (``Path("")`` would silently be the current folder)."""
+    if not os.fspath(path).strip():
+        raise ValueError(f"{what} is an empty path; give a folder or a file (use '.' for the current folder)")
+    return Path(path)
+
+
+def scan_input(source: str | os.PathLike) -> tuple[list[Path], list[str]]:
+    """The images of a folder (sorted by name, not recursive) and the names of its other entries.
+
+    An image is an entry whose name ends in one of ``IMAGE_SUFFIXES`` (any case) and is not a
+    folder; everything else (other files, sub-folders, shown with a trailing ``/``) is returned
+    in the second list so that the caller can say what was not read. For a file, ``([source], [])``.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist, or the folder holds no image.
+        ValueError: ``source`` is empty, a file whose name is not an image's, a broken link, or an
+            unreadable folder.
+    """
+    source = _given(source, "input")
+    try:
+        st_is_dir = source.is_dir()
+        os.stat(source)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            if not os.path.lexists(source):
+                raise FileNotFoundError(f"input not found: {show_path(source)}") from None
+            raise DataError(f"cannot read input {show_path(source)}: broken symbolic link") from None
+        raise DataError(f"cannot read input {show_path(source)}: {os_error_reason(exc)}") from None
+    if not st_is_dir:
+        if source.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"input {show_path(source)} is not a {_KINDS} image (by its name)")
+        return [source], []
+    try:
+        entries = sorted(os.scandir(source), key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(f"cannot list input folder {show_path(source)}: {os_error_reason(exc)}") from None
+    images, other = [], []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+            images.append(source / entry.name)
+        else:
+            other.append(show_path(entry.name) + ("/" if is_dir else ""))
+    if not images:
+        held = f"it holds only {_join_names(other)}" if other else "it is empty"
+        raise FileNotFoundError(f"input folder {show_path(source)} has no {_KINDS} images ({held})")
+    return images, other
 
 
 def list_images(source: str | os.PathLike) -> list[Path]:
-    """The PNG/JPEG files of a folder (sorted, not recursive), or ``[source]`` for one image.
+    """The images of a folder (sorted, not recursive), or ``[source]`` for one image (see :func:`scan_input`)."""
+    return scan_input(source)[0]
+
+
+def check_images(images: Sequence[Path], max_pixels: int = MAX_PIXELS) -> None:
+    """Decode every image so unreadable files fail before any work (or any mask) is done.
 
     Raises:
-        FileNotFoundError: ``source`` does not exist, or the folder holds no PNG/JPEG image.
-        ValueError: ``source`` is a file that is not a PNG/JPEG image by its suffix.
-    """
-    source = Path(source)
-    if source.is_dir():
-        images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise FileNotFoundError(f"input folder {source} has no {'/'.join(IMAGE_SUFFIXES)} images")
-        return images
-    if not source.exists():
-        raise FileNotFoundError(f"input not found: {source}")
-    if source.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"input {source} is not a {'/'.join(IMAGE_SUFFIXES)} image")
-    return [source]
-
-
-def check_images(images: Sequence[Path]) -> None:
-    """Open and decode every image so unreadable files fail before any work (or any mask) is done.
-
-    Raises:
-        ValueError: an image that PIL cannot identify or whose data is corrupt (named).
+        FileNotFoundError: an image is missing.
+        DataError: a ``ValueError`` naming the image (see :func:`segzoo.data.read_image`).
     """
     for path in images:
+        read_image(path, max_pixels=max_pixels)
+
+
+def _check_output_folder(output: Path) -> int:
+    """Refuse an output that is not (and cannot become) a folder; returns the file-name length limit."""
+    if os.path.lexists(output) and not output.is_dir():
+        kind = "a file" if output.is_file() else "not a folder (a broken link?)"
+        raise NotADirectoryError(f"output {show_path(output)} is {kind}, expected a folder")
+    existing = output
+    for parent in (output, *output.parents):
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise NotADirectoryError(f"output {show_path(output)}: {show_path(parent)} is not a folder")
+            existing = parent
+            break
+    try:
+        return int(os.pathconf(existing, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def _input_index(images: Sequence[Path]) -> tuple[dict[str, Path], dict[tuple[int, int], Path]]:
+    by_path: dict[str, Path] = {}
+    by_inode: dict[tuple[int, int], Path] = {}
+    for image in images:
+        by_path[os.path.realpath(image)] = image
         try:
-            with Image.open(path) as img:
-                img.verify()
-            # verify() checks PNG chunk checksums but decodes nothing: a truncated JPEG passes it
-            with Image.open(path) as img:
-                img.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise ValueError(f"cannot read image {path}: {exc}") from exc
+            st = os.stat(image)
+        except OSError:
+            continue
+        by_inode[(st.st_dev, st.st_ino)] = image
+    return by_path, by_inode
 
 
 def plan_outputs(images: Sequence[Path], output: str | os.PathLike, overlay: bool = False,
                  force: bool = False) -> list[tuple[Path, ...]]:
-    """Output paths per image: ``(mask,)`` or ``(mask, overlay)`` inside ``output``.
+    """Output paths per image: ``(mask,)`` or ``(mask, overlay)`` inside ``output``, all checked first.
+
+    Refused before anything is written: two inputs whose outputs would have the same name (also
+    when the names differ only in case, which is one file on case-insensitive file systems), an
+    output that is an input file or a link to one (whatever ``force`` says), an existing output
+    without ``force``, an output that is a folder, a name over the file system's length limit.
 
     Raises:
-        FileExistsError: an output exists (and not ``force``), or two inputs share a stem.
-        NotADirectoryError: ``output`` is an existing file.
+        ValueError: a clash between inputs, an output that is an input, a name too long, an empty ``output``.
+        FileExistsError: an output exists (and not ``force``).
+        IsADirectoryError: an output path is a folder.
+        NotADirectoryError: ``output`` (or a parent) is a file.
     """
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise NotADirectoryError(f"output {output} is a file, expected a folder")
-    seen: dict[str, Path] = {}
+    output = _given(output, "output")
+    name_max = _check_output_folder(output)
+    taken: dict[str, tuple[Path, str]] = {}
     plans = []
     for path in images:
-        if path.stem in seen:
-            raise FileExistsError(f"inputs {seen[path.stem]} and {path} would both write {path.stem}.png")
-        seen[path.stem] = path
-        outs = (output / f"{path.stem}.png",) + ((output / f"{path.stem}_overlay.png",) if overlay else ())
-        existing = [o for o in outs if o.exists()]
-        if existing and not force:
-            raise FileExistsError(f"output {existing[0]} exists; pass --force to overwrite")
-        plans.append(outs)
+        names = [f"{path.stem}.png"] + ([f"{path.stem}_overlay.png"] if overlay else [])
+        outs = []
+        for name in names:
+            size = len(os.fsencode(name))
+            if size > name_max:
+                raise ValueError(f"output name for input {show_path(path)} would be {size} bytes, over the file "
+                                 f"system's limit of {name_max}; rename the input")
+            out = output / name
+            if out.parent != output:  # a name from the file system never holds a separator; stay inside regardless
+                raise ValueError(f"output name {show_path(name)} of input {show_path(path)} leaves {show_path(output)}")
+            key = name.casefold()
+            if key in taken:
+                other, other_name = taken[key]
+                case = "" if other_name == name else f" ({other_name} and {name} differ only in case)"
+                raise ValueError(f"inputs {show_path(other)} and {show_path(path)} would both write "
+                                 f"{show_path(out)}{case}; rename one of them")
+            taken[key] = (path, name)
+            outs.append(out)
+        plans.append(tuple(outs))
+    by_path, by_inode = _input_index(images)
+    for out in (o for plan in plans for o in plan):
+        hit = by_path.get(os.path.realpath(out))
+        if hit is None:
+            try:
+                st = os.stat(out)
+                hit = by_inode.get((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+        if hit is not None:
+            check_not_input(out, [hit])
+            raise ValueError(f"output {show_path(out)} is the input {show_path(hit)}; inputs are never "
+                             f"overwritten, choose another output folder")
+        if os.path.lexists(out):
+            if out.is_dir():
+                raise IsADirectoryError(f"output {show_path(out)} is a folder, expected a file path")
+            if not force:
+                raise FileExistsError(f"output {show_path(out)} exists; pass --force to overwrite it")
     return plans
 
 
-def to_input(image: np.ndarray, channels: int, normalization: Mapping[str, Sequence[float]]) -> torch.Tensor:
-    """uint8 (H, W, 3) RGB image -> normalized float (channels, H, W); 1 channel = luminance."""
-    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
-    if channels == 1:
-        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-    mean = torch.tensor([float(v) for v in normalization["mean"]]).view(-1, 1, 1)
-    std = torch.tensor([float(v) for v in normalization["std"]]).view(-1, 1, 1)
-    return (x - mean) / std
-
-
-def check_normalization(normalization: Mapping[str, Sequence[float]] | None, channels: int) -> dict:
-    """The normalization to use: given (validated) or ImageNet's (3 channels) / 0.5, 0.5 (1 channel)."""
-    if normalization is None:
-        return dict(IMAGENET_NORMALIZATION) if channels == 3 else {"mean": [0.5], "std": [0.5]}
-    mean, std = list(normalization.get("mean", [])), list(normalization.get("std", []))
-    if len(mean) != channels or len(std) != channels or min(std, default=0) <= 0:
-        raise ValueError(f"normalization must give {channels} mean and {channels} positive std values, "
-                         f"got mean={mean} std={std}")
-    return {"mean": mean, "std": std}
-
-
-def _windows(size: int, tile: int, step: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, step))
-    return starts + [size - tile]
-
-
-@torch.no_grad()
-def tiled_logits(model: nn.Module, x: torch.Tensor, tile: int, overlap: int, batch_size: int = 1) -> torch.Tensor:
-    """Logits (B, K, H, W) from overlapping ``tile`` x ``tile`` windows, averaged where they overlap.
-
-    Windows start every ``tile - overlap`` pixels; the last one is flush with the border.
-    An image no larger than the tile is run whole.
-    """
-    if not 0 <= overlap < tile:
-        raise ValueError(f"tile overlap must be in [0, {tile}), got {overlap}")
-    h, w = x.shape[-2:]
-    th, tw = min(tile, h), min(tile, w)
-    boxes = [(top, left) for top in _windows(h, th, tile - overlap) for left in _windows(w, tw, tile - overlap)]
-    out = count = None
-    for i in range(0, len(boxes), batch_size):
-        chunk = boxes[i:i + batch_size]
-        crops = torch.cat([x[..., t:t + th, s:s + tw] for t, s in chunk])
-        logits = model(crops).float()
-        if out is None:
-            out = x.new_zeros((x.shape[0], logits.shape[1], h, w), dtype=torch.float32)
-            count = x.new_zeros((1, 1, h, w), dtype=torch.float32)
-        for j, (t, s) in enumerate(chunk):
-            out[..., t:t + th, s:s + tw] += logits[j * x.shape[0]:(j + 1) * x.shape[0]]
-            count[..., t:t + th, s:s + tw] += 1
-    return out / count
-
-
-def logits_to_masks(logits: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
-    """Logits (B, K, H, W) -> masks (B, H, W): 0/255 uint8 if K == 1, else argmax class indices."""
-    if logits.shape[1] == 1:
-        return ((torch.sigmoid(logits[:, 0].float()) > threshold).to(torch.uint8) * 255).cpu().numpy()
-    dtype = np.uint8 if logits.shape[1] <= 256 else np.uint16
-    return logits.argmax(1).cpu().numpy().astype(dtype)
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """Blend class colours into an RGB uint8 image (H, W, 3); background (0) pixels stay unchanged."""
-    classes = (mask > 0).astype(np.int64) if num_classes == 1 else mask.astype(np.int64)
-    colours = palette(max(2, num_classes))[classes].astype(np.float32)
-    blended = image.astype(np.float32) * (1 - alpha) + colours * alpha
-    return np.where((classes > 0)[..., None], blended, image).round().astype(np.uint8)
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_options(threshold: float = 0.5, batch_size: int = 1, tile: int | None = None,
-                  tile_overlap: int | None = None) -> int:
+                  tile_overlap: int | None = None, max_pixels: int = MAX_PIXELS) -> int:
     """Validate prediction options; returns the tile overlap to use (0 without tiling).
 
     Raises:
-        ValueError: threshold outside [0, 1], batch size or tile below 1, overlap outside [0, tile).
+        ValueError: threshold outside [0, 1], batch size outside [1, MAX_BATCH_SIZE], tile below
+            ``MIN_TILE``, overlap outside [0, tile // 2] (more would run each pixel many times),
+            max_pixels below 1.
     """
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not _is_int(batch_size) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch size must be an integer in [1, {MAX_BATCH_SIZE}], got {batch_size!r}")
+    if not _is_int(max_pixels) or max_pixels < 1:
+        raise ValueError(f"max pixels must be a positive integer, got {max_pixels!r}")
     if tile is None:
         return 0
-    if not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"tile size must be a positive integer, got {tile!r}")
+    if not _is_int(tile) or tile < MIN_TILE:
+        raise ValueError(f"tile size must be an integer >= {MIN_TILE}, got {tile!r}")
     overlap = tile // 4 if tile_overlap is None else tile_overlap
-    if not isinstance(overlap, int) or not 0 <= overlap < tile:
-        raise ValueError(f"tile overlap must be an integer in [0, {tile}), got {overlap!r}")
+    if not _is_int(overlap) or not 0 <= overlap <= tile // 2:
+        raise ValueError(f"tile overlap must be an integer in [0, {tile // 2}] (half the tile), got {overlap!r}")
     return overlap
 
 
-def _save_png(array: np.ndarray, path: Path, force: bool) -> None:
-    with atomic_output(path, force) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+def check_model_tile(model: nn.Module, tile: int | None) -> None:
+    """Refuse a tile smaller than the model's ``size_multiple`` (its input is padded to it anyway).
+
+    Raises:
+        ValueError: ``tile`` below ``model.size_multiple``.
+    """
+    multiple = int(getattr(model, "size_multiple", 1) or 1)
+    if tile is not None and tile < multiple:
+        raise ValueError(f"tile size {tile} is smaller than the model's size multiple {multiple}; "
+                         f"use --tile {multiple} or more")
 
 
-def predict_images(model: nn.Module, images: Sequence[str | os.PathLike], output: str | os.PathLike,
+def _save_png(array: np.ndarray, path: Path, overwrite: bool) -> None:
+    """Write ``array`` as a PNG atomically; replace an existing ``path`` only if ``overwrite``."""
+    try:
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
+    except FileExistsError:  # planned outputs were free (or --force'd): this one appeared during the run
+        raise FileExistsError(f"output {show_path(path)} was created by another process during this run; "
+                              f"it was left as it is") from None
+
+
+def predict_images(model: nn.Module | Predictor, images: Sequence[str | os.PathLike], output: str | os.PathLike,
                    normalization: Mapping[str, Sequence[float]] | None = None, threshold: float = 0.5,
                    with_overlay: bool = False, device: str = "cpu", batch_size: int = 1, tile: int | None = None,
-                   tile_overlap: int | None = None, force: bool = False, progress: bool = True) -> list[Path]:
+                   tile_overlap: int | None = None, force: bool = False, progress: bool = True,
+                   max_pixels: int = MAX_PIXELS) -> list[Path]:
     """Write a mask PNG (and optionally an overlay) per image; see the module docstring.
 
     Args:
-        model: maps (B, C, H, W) float to logits (B, K, H, W); C is 1 or 3.
-        images: image files (PNG/JPEG).
+        model: a :class:`segzoo.inference.Predictor` (any backend), or a module mapping (B, C, H, W)
+            float to logits (B, K, H, W), C = 1 or 3, run on the ``eager`` backend (not folded).
+        images: image files (PNG/JPEG/TIFF/BMP).
         output: output folder (created).
-        normalization: ``{"mean", "std"}`` per channel (``None``: ImageNet's).
+        normalization: ``{"mean", "std"}`` per channel for a module (``None``: ImageNet's); a
+            predictor carries its own.
         threshold: probability threshold of one-class models, in [0, 1].
         with_overlay: also write ``{stem}_overlay.png``.
-        device: ``cpu`` | ``cuda`` | ``cuda:N``.
-        batch_size: images (or tiles) per forward pass; only same-size images share a batch.
-        tile: run SIZE x SIZE overlapping windows instead of the whole image.
-        tile_overlap: overlap of windows in pixels (default ``tile // 4``).
-        force: overwrite existing outputs.
+        device: ``cpu`` | ``cuda`` | ``cuda:N`` (for a module; a predictor is already placed).
+        batch_size: images (or tiles) per forward pass, at most ``MAX_BATCH_SIZE``; only same-size
+            images share a batch, and a batch holds at most ``max_pixels`` pixels.
+        tile: run SIZE x SIZE overlapping windows instead of the whole image (SIZE >= ``MIN_TILE``
+            and >= the model's ``size_multiple``).
+        tile_overlap: overlap of windows in pixels (default ``tile // 4``, at most ``tile // 2``).
+        force: replace outputs that exist when the run starts (never an input).
         progress: show a tqdm progress bar over files.
+        max_pixels: refuse images with more pixels (read from the header, before decoding).
 
     Returns:
         The mask paths, in input order.
+
+    Raises:
+        ValueError, OSError: see :func:`plan_outputs`, :func:`check_options`, :func:`check_images`;
+            all are raised before the first file is written.
     """
-    overlap = check_options(threshold, batch_size, tile, tile_overlap)
-    channels = int(getattr(model, "in_channels", None) or 3)
-    if channels not in (1, 3):
-        raise ValueError(f"predict reads RGB images: the model must take 1 or 3 channels, not {channels}")
-    norm = check_normalization(normalization, channels)
+    overlap = check_options(threshold, batch_size, tile, tile_overlap, max_pixels)
+    check_model_tile(model, tile)
+    if isinstance(model, Predictor):
+        if normalization is not None:
+            raise ValueError("normalization is given twice: the predictor carries its own (load_predictor("
+                             "normalization=...))")
+        predictor = model
+    else:
+        channels = int(getattr(model, "in_channels", None) or 3)
+        if channels not in (1, 3):
+            raise ValueError(f"predict reads RGB images: the model must take 1 or 3 channels, not {channels}")
+        check_normalization(normalization, channels)
     images = [Path(p) for p in images]
     plans = plan_outputs(images, output, with_overlay, force)
-    check_images(images)
-    dev = resolve_device(device)
-    model = model.to(dev).eval()
-    Path(output).mkdir(parents=True, exist_ok=True)
+    existed = {o for plan in plans for o in plan if os.path.lexists(o)}  # only these may be replaced (force)
+    check_images(images, max_pixels)
+    if not isinstance(model, Predictor):
+        predictor = Predictor.from_module(model.to(resolve_device(device)), normalization)
+    tiles_per_pass = max(1, min(batch_size, max_pixels // (tile * tile))) if tile else 1
     bar = tqdm(total=len(images), unit="image", disable=not progress, desc="predict")
-    i = 0
-    while i < len(images):
-        first = read_image(images[i])
-        group = [(i, first)]
-        while len(group) < batch_size and i + len(group) < len(images) and tile is None:
-            nxt = read_image(images[i + len(group)])
-            if nxt.shape != first.shape:
-                break
-            group.append((i + len(group), nxt))
-        x = torch.stack([to_input(img, channels, norm) for _, img in group]).to(dev)
-        with torch.no_grad():
-            logits = tiled_logits(model, x, tile, overlap, batch_size) if tile else model(x)
-        masks = logits_to_masks(logits, threshold)
-        for (k, img), mask in zip(group, masks):
-            _save_png(mask, plans[k][0], force)
-            if with_overlay:
-                _save_png(overlay(img, mask, logits.shape[1]), plans[k][1], force)
-        bar.update(len(group))
-        i += len(group)
-    bar.close()
+    try:
+        pending = None
+        i = 0
+        while i < len(images):
+            first = pending if pending is not None else read_image(images[i], max_pixels=max_pixels)
+            pending = None
+            group = [(i, first)]
+            pixels = first.shape[0] * first.shape[1]
+            while (tile is None and len(group) < batch_size and i + len(group) < len(images)
+                   and (len(group) + 1) * pixels <= max_pixels):
+                nxt = read_image(images[i + len(group)], max_pixels=max_pixels)
+                if nxt.shape != first.shape:
+                    pending = nxt
+                    break
+                group.append((i + len(group), nxt))
+            x = torch.stack([predictor.preprocess(img) for _, img in group])
+            logits = predictor.logits(x, tile, overlap, tiles_per_pass)
+            masks = logits_to_masks(logits, threshold)
+            for (k, img), mask in zip(group, masks):
+                _save_png(mask, plans[k][0], force and plans[k][0] in existed)
+                if with_overlay:
+                    _save_png(overlay(img, mask, logits.shape[1]), plans[k][1], force and plans[k][1] in existed)
+            bar.update(len(group))
+            i += len(group)
+    except BaseException:
+        bar.leave = False  # the error line alone stays on the terminal
+        raise
+    finally:
+        bar.close()
     return [p[0] for p in plans]
 
 
-def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathLike, output: str | os.PathLike,
-                       checkpoint: str = "best", model_factory: ModelFactory | None = None,
-                       device: str = "cpu", **options) -> list[Path]:
-    """Rebuild a checkpoint's model and run :func:`predict_images` on a folder or an image.
+def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathLike | Sequence[str | os.PathLike],
+                       output: str | os.PathLike, checkpoint: str = "best", model_factory: ModelFactory | None = None,
+                       device: str = "cpu", backend: str | None = None,
+                       normalization: Mapping[str, Sequence[float]] | None = None, threads: int | None = None,
+                       calibration: str | os.PathLike | None = None, calibration_count: int | None = None,
+                       **options) -> list[Path]:
+    """Load a model with :func:`segzoo.inference.load_predictor` and run :func:`predict_images` on it.
 
-    The normalization stored in the checkpoint is used (ImageNet's if it has none).
-    ``options`` are :func:`predict_images`'s keyword arguments.
+    ``logdir_or_file`` is a log directory, a checkpoint, a TorchScript, ``.pt2`` or ONNX file;
+    ``backend`` one of :data:`segzoo.inference.BACKENDS` (default: the source's own). The
+    normalization stored with the model is used unless ``normalization`` is given (ImageNet's,
+    with a warning, if there is none). ``source`` is a folder, an image or a list of images;
+    ``options`` are :func:`predict_images`'s keyword arguments. Inputs and outputs are checked
+    before the model is loaded.
     """
     check_options(options.get("threshold", 0.5), options.get("batch_size", 1), options.get("tile"),
-                  options.get("tile_overlap"))
-    images = list_images(source)
+                  options.get("tile_overlap"), options.get("max_pixels", MAX_PIXELS))
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if isinstance(source, (str, os.PathLike)):
+        images = list_images(source)
+    else:
+        images = [Path(p) for p in source]
     plan_outputs(images, output, options.get("with_overlay", False), options.get("force", False))
     dev = resolve_device(device)
     # images are decoded and checked by predict_images, before any mask is written
-    loaded = load_model_info(logdir_or_file, checkpoint, model_factory, map_location=dev)
-    return predict_images(loaded.model, images, output, normalization=loaded.normalization, device=str(dev),
-                          **options)
+    common = dict(normalization=normalization, threads=threads, calibration=calibration,
+                  calibration_count=calibration_count)
+    if source_kind(logdir_or_file) == "checkpoint":
+        loaded = load_model_info(logdir_or_file, checkpoint, model_factory, map_location=dev)
+        predictor = from_loaded(loaded, backend or "eager", **common)
+    else:
+        predictor = load_predictor(logdir_or_file, backend, device=str(dev), **common)
+    return predict_images(predictor, images, output, **options)
+
+
+def normalization_from_args(mean: Sequence[float] | None, std: Sequence[float] | None) -> dict | None:
+    """``{"mean", "std"}`` from ``--mean``/``--std`` (both or neither), or ``None``."""
+    if (mean is None) != (std is None):
+        raise ValueError("give --mean and --std together (one value per input channel each)")
+    return None if mean is None else {"mean": list(mean), "std": list(std)}
 
 
 # arguments of `segzoo predict`: segzoo.cli_args.add_predict_arguments
 
 def run(args) -> int:
-    """Run ``segzoo predict``; prints how many masks were written and where."""
-    paths = predict_checkpoint(args.logdir, args.input, args.output, checkpoint=args.checkpoint,
-                               model_factory=args.model, device=args.device, threshold=args.threshold,
+    """Run ``segzoo predict``; prints how many masks were written and where, and what was not read."""
+    images, other = scan_input(args.input)
+    paths = predict_checkpoint(args.logdir, images, args.output, checkpoint=args.checkpoint,
+                               model_factory=args.model, device=args.device, backend=args.backend,
+                               normalization=normalization_from_args(args.mean, args.std), threads=args.threads,
+                               calibration=args.calibration, calibration_count=args.calibration_count,
+                               threshold=args.threshold,
                                with_overlay=args.overlay, batch_size=args.batch_size, tile=args.tile,
-                               tile_overlap=args.tile_overlap, force=args.force, progress=not args.no_progress)
+                               tile_overlap=args.tile_overlap, force=args.force, progress=not args.no_progress,
+                               max_pixels=args.max_pixels)
     print(f"wrote {len(paths)} mask(s) to {args.output}")
+    if other:
+        print(f"not read: {len(other)} entr{'y' if len(other) == 1 else 'ies'} of {args.input} not named "
+              f"*{'/*'.join(IMAGE_SUFFIXES)}: {_join_names(other)}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import torch
@@ -34,3 +35,31 @@ def hub_cache(tmp_path, monkeypatch):
     folder = tmp_path / "torch_home" / "hub" / "checkpoints"
     folder.mkdir(parents=True)
     return folder
+
+
+@pytest.fixture
+def make_tmpfs(tmp_path):
+    """Mount a tmpfs of the given size (e.g. ``"64k"``) for disk-full tests; skipped where mounting is not allowed.
+
+    Returns a function ``size -> folder``; every mount is removed after the test.
+    """
+    mounts = []
+
+    def mount(size: str = "64k", name: str = "full"):
+        folder = tmp_path / name
+        folder.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounts):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def tiny_fs(make_tmpfs):
+    """A 64 KiB tmpfs (we are root in CI); skipped where mounting is not allowed."""
+    return make_tmpfs("64k")

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint, save_checkpoint
-from segzoo.errors import CheckpointError
+from segzoo.encoders.weights import check_weights, load_into
+from segzoo.errors import CheckpointError, WriteError
 
 
 def test_round_trip_and_no_temp_files(tmp_path):
@@ -97,3 +98,36 @@ def test_resolve_checkpoint(tmp_path):
         resolve_checkpoint(tmp_path, "stage2.1")
     with pytest.raises(FileNotFoundError, match="no such log directory"):
         resolve_checkpoint(tmp_path / "nothing")
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tiny_fs):
+    path = save_checkpoint({"model_state_dict": {"w": torch.ones(2)}}, tiny_fs / "last.pth")
+    with pytest.raises(WriteError, match=f"cannot write {path}: no space left on device"):
+        save_checkpoint({"model_state_dict": {"w": torch.randn(100_000)}}, path)
+    assert torch.equal(load_checkpoint(path)["model_state_dict"]["w"], torch.ones(2))
+    assert os.listdir(tiny_fs) == ["last.pth"]
+
+
+@pytest.mark.parametrize("src, dst, ok", [
+    (torch.float16, torch.float32, True), (torch.bfloat16, torch.float32, True), (torch.int32, torch.int64, True),
+    (torch.float32, torch.float32, True), (torch.int8, torch.float32, False), (torch.float64, torch.float32, False),
+    (torch.float32, torch.float16, False), (torch.float32, torch.int64, False), (torch.bool, torch.int64, False),
+    (torch.uint8, torch.float32, False), (torch.complex64, torch.float32, False)])
+def test_only_lossless_dtype_casts_are_loaded(src, dst, ok):
+    own = {"w": torch.zeros(3, dtype=dst)}
+    weights = {"w": torch.ones(3, dtype=src)}
+    if ok:
+        check_weights(own, weights, "the model")
+    else:
+        with pytest.raises(CheckpointError, match=f"'w' is {str(src)[6:]} in the checkpoint but {str(dst)[6:]}"):
+            check_weights(own, weights, "the model")
+
+
+def test_resume_path_refuses_int8_weights():
+    # load_into is what resuming and state_dict= use: an int8 checkpoint would otherwise be cast silently
+    model = torch.nn.Conv2d(3, 2, 1)
+    weights = {k: (v * 100).to(torch.int8) for k, v in model.state_dict().items()}
+    before = model.weight.detach().clone()
+    with pytest.raises(CheckpointError, match="int8 in the checkpoint but float32"):
+        load_into(model, weights, "the model")
+    assert torch.equal(model.weight, before)

@@ -7,9 +7,12 @@ from segzoo.cli import main
 
 
 def test_models_lists_registry(capsys):
+    from segzoo.models import ARCHITECTURES
+
     assert main(["models", "resnet18_*"]) == 0
-    assert capsys.readouterr().out.split() == ["resnet18_fpn_unet", "resnet18_linknet", "resnet18_pspnet",
-                                                "resnet18_unet"]
+    assert capsys.readouterr().out.split() == sorted(f"resnet18_{arch}" for arch in ARCHITECTURES)
+    assert main(["models", "--parts", "*net*"]) == 0
+    assert {"decoder: upernet", "encoder: resnet", "head: unet"} <= set(capsys.readouterr().out.splitlines())
 
 
 def test_models_unknown_pattern_is_one_line_error(capsys):

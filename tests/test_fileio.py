@@ -1,7 +1,6 @@
 """segzoo.fileio: atomic, no-replace writes; disk full and other OS errors as one line."""
 
 import os
-import subprocess
 import threading
 
 import pytest
@@ -9,18 +8,6 @@ import torch
 
 from segzoo.errors import WriteError, short_repr
 from segzoo.fileio import atomic_write, check_not_input, write_bytes_atomic, write_json_atomic
-
-
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A 64 KiB tmpfs (we are root in CI); skipped where mounting is not allowed."""
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_disk_full_is_one_line_and_leaves_nothing(tiny_fs):
@@ -105,3 +92,39 @@ def test_short_repr_is_bounded():
     assert len(short_repr("x" * 10_000)) <= 80
     assert short_repr(["a"] * 10**6) == "list of 1000000 items"
     assert short_repr(3) == "3"
+
+
+def test_forced_overwrite_keeps_a_file_another_process_wrote_meanwhile(tmp_path):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+
+    def write(f):  # another process replaces the file while ours is being written
+        f.write(b"ours")
+        other = tmp_path / "other"
+        other.write_bytes(b"theirs")
+        os.replace(other, path)
+
+    with pytest.raises(FileExistsError, match="another process meanwhile"):
+        atomic_write(path, write, overwrite=True)
+    assert path.read_bytes() == b"theirs" and os.listdir(tmp_path) == ["out.bin"]
+    # and with overwrite, a file that did not exist at the start and appeared meanwhile is kept too
+    new = tmp_path / "new.bin"
+    with pytest.raises(FileExistsError, match="another process meanwhile"):
+        atomic_write(new, lambda f: (f.write(b"ours"), new.write_bytes(b"theirs")), overwrite=True)
+    assert new.read_bytes() == b"theirs"
+
+
+def test_published_file_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_bytes_atomic(tmp_path / "a", b"1")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a").st_mode & 0o777 == 0o640  # not mkstemp's 0600
+
+
+def test_parent_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(WriteError, match="a parent is not a folder"):
+        write_bytes_atomic(tmp_path / "f" / "out", b"1")  # mkdir would say "File exists"
+    assert (tmp_path / "f").read_text() == "x"

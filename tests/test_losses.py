@@ -223,3 +223,79 @@ def test_tversky_ignore_index_registry_and_errors():
                           ({"gamma": 0}, "gamma"), ({"mode": "binaryy"}, "mode")):
         with pytest.raises(ValueError, match=match):
             TverskyLoss(**kwargs)
+
+
+# ---- Catalyst 19.x names and arguments ------------------------------------------------------------
+
+
+def test_catalyst_lovasz_variants():
+    from segzoo.losses import LovaszLossBinary, LovaszLossMultiClass, LovaszLossMultiLabel
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    binary_t = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    assert LovaszLossBinary()(logits[:, :1], binary_t).item() == pytest.approx(LovaszLoss()(logits[:, :1], binary_t).item())
+    # multilabel: the binary loss of each channel, averaged
+    ml_t = (torch.rand(2, 3, 8, 8) > 0.5).float()
+    per_channel = [LovaszLoss()(logits[:, c:c + 1], ml_t[:, c:c + 1]).item() for c in range(3)]
+    assert LovaszLossMultiLabel()(logits, ml_t).item() == pytest.approx(sum(per_channel) / 3, rel=1e-6)
+    assert LovaszLossMultiLabel()(ml_t * 40 - 20, ml_t).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="logits' shape"):
+        LovaszLossMultiLabel()(logits, ml_t[:, :2])
+    # multiclass: one-hot float targets (as 19.x scripts give them) equal class indices
+    idx = torch.randint(0, 3, (2, 8, 8))
+    onehot = torch.nn.functional.one_hot(idx, 3).permute(0, 3, 1, 2).float()
+    expected = LovaszLoss(mode="multiclass")(logits, idx).item()
+    assert LovaszLossMultiClass()(logits, onehot).item() == pytest.approx(expected, rel=1e-6)
+    assert LovaszLossMultiClass(per_image=True)(logits, onehot).item() == pytest.approx(
+        LovaszLoss(mode="multiclass", per_image=True)(logits, idx).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="one-hot"):
+        LovaszLossMultiClass()(logits, ml_t)
+    # an all-zero pixel is an ignored pixel when ignore is set, an error otherwise
+    holes = onehot.clone()
+    holes[:, :, :2] = 0
+    ignored = idx.clone()
+    ignored[:, :2] = 255
+    assert LovaszLossMultiClass(ignore=255)(logits, holes).item() == pytest.approx(
+        LovaszLoss(mode="multiclass", ignore_index=255)(logits, ignored).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="no class"):
+        LovaszLossMultiClass()(logits, holes)
+
+
+def test_catalyst_loss_arguments():
+    import torch.nn.functional as F
+
+    from segzoo.losses import FocalLossBinary
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8)
+    t = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    # eps keeps its role (a zero-division guard); activation that matches mode is accepted
+    assert DiceLoss(eps=1e-7)(logits, t).item() == pytest.approx(DiceLoss()(logits, t).item())
+    assert IoULoss(eps=1e-6, activation="Sigmoid")(logits, t).item() == pytest.approx(IoULoss()(logits, t).item())
+    DiceLoss(mode="multiclass", activation="Softmax2d")
+    combo = BCEDiceLoss(eps=1e-7, bce_weight=0.3, dice_weight=0.7)(logits, t).item()
+    expected = 0.3 * F.binary_cross_entropy_with_logits(logits, t).item() + 0.7 * DiceLoss(eps=1e-7)(logits, t).item()
+    assert combo == pytest.approx(expected, rel=1e-6)
+    assert BCEDiceLoss(bce_weight=1.0, dice_weight=0.0)(logits, t).item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(logits, t).item(), rel=1e-6)
+    # what cannot mean the same is refused, naming what to write
+    with pytest.raises(ValueError, match="non-differentiable"):
+        DiceLoss(threshold=0.5)
+    with pytest.raises(ValueError, match="mode='multiclass'"):
+        DiceLoss(activation="Softmax2d")
+    with pytest.raises(ValueError, match="logits"):
+        BCEDiceLoss(activation="none")
+    with pytest.raises(ValueError, match="both be 0"):
+        BCEDiceLoss(bce_weight=0, dice_weight=0)
+    # FocalLossBinary is FocalLoss(mode="binary") with Catalyst's ignore=
+    target = t.clone()
+    target[0, 0, 0, :4] = 255
+    assert FocalLossBinary(ignore=255, gamma=2.0)(logits, target).item() == pytest.approx(
+        FocalLoss(ignore_index=255)(logits, target).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="reduced"):
+        FocalLossBinary(reduced=True)
+    with pytest.raises(ImportError, match="FocalLoss\\(mode='multiclass'"):
+        from segzoo.losses import FocalLossMultiClass  # noqa: F401
+    for name in ("LovaszLossBinary", "LovaszLossMultiClass", "LovaszLossMultiLabel", "FocalLossBinary"):
+        assert type(get_loss(name)).__name__ == name

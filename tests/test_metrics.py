@@ -108,3 +108,15 @@ def test_bf16_inputs_and_class_name_errors():
         iou(o, t, classes=["a", "b"], per_class=True, activation="Softmax2d")
     with pytest.raises(ValueError, match=r"\(2, 16, 16\)"):
         dice(o, t.float())  # float (B, H, W) targets do not fit C == 3
+
+
+def test_catalyst_iou_classes_means_per_class():
+    from segzoo.metrics import iou, jaccard
+
+    logits = torch.tensor([[[[5.0, -5.0]], [[-5.0, 5.0]]]])  # (1, 2, 1, 2)
+    target = torch.tensor([[[[1.0, 0.0]], [[1.0, 1.0]]]])
+    per = iou(logits, target, classes=["a", "b"], threshold=0.5)  # 19.x: naming the classes asks for per-class values
+    assert set(per) == {"a", "b"}
+    assert float(per["a"]) == pytest.approx(1.0, abs=1e-3) and float(per["b"]) == pytest.approx(0.5, abs=1e-3)
+    assert float(iou(logits, target, classes=["a", "b"], per_class=False, threshold=0.5)) == pytest.approx(0.75, abs=1e-3)
+    assert jaccard is iou

@@ -1,12 +1,23 @@
-"""Every part declares the truth: declared channels/strides equal the real tensors."""
+"""Every registered part declares the truth: declared channels/strides equal the real tensors."""
 
 import pytest
 import torch
 
-from segzoo.bridges import UnetBridge
-from segzoo.decoders import FPNDecoder, PSPDecoder, UNetDecoder, adaptive_avg_pool, pyramid_avg_pool
-from segzoo.encoders import ResnetEncoder, TimmEncoder, UnetEncoder
-from segzoo.heads import FPNHead, UnetHead
+from segzoo.bridges import create_bridge, list_bridges
+from segzoo.decoders import (
+    DeepLabV3PlusDecoder,
+    FPNDecoder,
+    PSPDecoder,
+    UNetDecoder,
+    UPerNetDecoder,
+    adaptive_avg_pool,
+    create_decoder,
+    list_decoders,
+    pyramid_avg_pool,
+)
+from segzoo.encoders import ResnetEncoder, create_encoder, list_encoders
+from segzoo.heads import UnetHead, create_head, list_heads
+from segzoo.registry import Registry
 
 SIZE = 64
 
@@ -17,12 +28,28 @@ def _check(part, features, size=SIZE):
     assert [size // f.shape[-2] for f in features] == list(part.out_strides)
 
 
-ENCODERS = {
-    "unet": lambda: UnetEncoder(3, 8, 4),
-    "resnet18": lambda: ResnetEncoder("resnet18", pretrained=False),
+# arguments an encoder needs to be built small and offline; every registered encoder is built, with these or none
+ENCODER_ARGS = {"unet": dict(in_channels=3, num_channels=8, num_blocks=4), "resnet": dict(pretrained=False),
+                "timm": dict(name="test_resnet")}
+# variants beyond the registered defaults (stage cuts, dilation)
+ENCODER_VARIANTS = {
     "resnet50_l123": lambda: ResnetEncoder("resnet50", pretrained=False, layers_indices=[1, 2, 3]),
-    "timm": lambda: TimmEncoder("test_resnet"),
+    "resnet18_os16": lambda: ResnetEncoder("resnet18", pretrained=False, output_stride=16),
+    "resnet34_os8": lambda: ResnetEncoder("resnet34", pretrained=False, output_stride=8),
 }
+ENCODERS = {**{name: (lambda n=name: create_encoder(n, **ENCODER_ARGS.get(n, {}))) for name in list_encoders()},
+            **ENCODER_VARIANTS}
+# decoder options beyond the registered defaults
+DECODER_VARIANTS = {
+    "unet_sum": lambda c, s: UNetDecoder(c, s, block="sum"),
+    "unet_transpose": lambda c, s: UNetDecoder(c, s, upsample="transpose", complexity=0),
+    "unet_pixelshuffle": lambda c, s: UNetDecoder(c, s, upsample="pixelshuffle", min_stride=4),
+    "fpn2": lambda c, s: FPNDecoder(c, s, num_levels=2, upsample="bilinear"),
+    "psp_sizes": lambda c, s: PSPDecoder(c, s, pool_sizes=(1, 3)),
+    "deeplab_full": lambda c, s: DeepLabV3PlusDecoder(c, s, separable=False, fuse_convs=2, low_level_stride=8),
+    "upernet_1x1": lambda c, s: UPerNetDecoder(c, s, channels=32, fuse_kernel=1, min_stride=2),
+}
+DECODERS = {**{name: (lambda c, s, n=name: create_decoder(n, c, s)) for name in list_decoders()}, **DECODER_VARIANTS}
 
 
 @pytest.fixture(params=list(ENCODERS), scope="module")
@@ -39,28 +66,39 @@ def test_encoder_declares_truth(encoded):
     _check(enc, feats)
 
 
-def test_bridge_declares_truth(encoded):
+@pytest.mark.parametrize("name", list_bridges())
+def test_bridge_declares_truth(encoded, name):
     enc, feats = encoded
-    bridge = UnetBridge(enc.out_channels, enc.out_strides).eval()
+    bridge = create_bridge(name, enc.out_channels, enc.out_strides).eval()
     _check(bridge, bridge(feats))
 
 
-@pytest.mark.parametrize("make", [
-    lambda c, s: UNetDecoder(c, s),
-    lambda c, s: UNetDecoder(c, s, block="sum"),
-    lambda c, s: UNetDecoder(c, s, upsample="transpose", complexity=0),
-    lambda c, s: UNetDecoder(c, s, upsample="pixelshuffle", min_stride=4),
-    lambda c, s: FPNDecoder(c, s),
-    lambda c, s: FPNDecoder(c, s, num_levels=2, upsample="bilinear"),
-    lambda c, s: PSPDecoder(c, s),
-], ids=["concat", "sum", "transpose", "pixelshuffle", "fpn", "fpn2", "psp"])
+@pytest.mark.parametrize("make", list(DECODERS.values()), ids=list(DECODERS))
 def test_decoders_and_heads_declare_truth(encoded, make):
     enc, feats = encoded
     dec = make(enc.out_channels, enc.out_strides).eval()
-    out = dec(feats)
-    _check(dec, out)
-    for head in (UnetHead(dec.out_channels, 3, dec.out_strides), FPNHead(dec.out_channels, 3, dec.out_strides)):
-        assert head.eval()(out).shape == (2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = dec(feats)
+        _check(dec, out)
+        for name in list_heads():
+            head = create_head(name, dec.out_channels, 3, dec.out_strides).eval()
+            assert head(out).shape == (2, 3, SIZE, SIZE), name
+
+
+def test_part_registries_reject_duplicates_and_unknown_names():
+    reg = Registry("widget")
+    reg.register("abc", dict, size=1)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("abc", list)
+    with pytest.raises(KeyError, match="did you mean .abc."):
+        reg["abd"]
+    assert "abc" in reg and "abd" not in reg and dict(reg) == {"abc": dict} and {**reg} == {"abc": dict}
+    assert reg.create("abc", colour=2) == {"size": 1, "colour": 2} and reg.names("a*") == ["abc"]
+    for lookup, wrong in ((create_decoder, "upernett"), (create_head, "fpnn"), (create_bridge, "unett")):
+        with pytest.raises(KeyError, match="did you mean"):
+            lookup(wrong, [8], [2])
+    with pytest.raises(KeyError, match="resnet"):
+        create_encoder("resnett")
 
 
 def test_unet_head_upsample_blocks_are_distinct_and_convolutional():

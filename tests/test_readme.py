@@ -10,7 +10,12 @@ Substitutions, to keep the suite fast and offline (never a download):
   data.valid_size=16`` appended (the README's full demo takes minutes).
 - Commands run with ``python -m segzoo.cli`` (the same ``main`` as the ``segzoo`` script) from a
   temporary directory holding a copy of ``configs/``; ``images/`` for ``segzoo predict`` holds two
-  generated PNGs.
+  generated PNGs, ``image.png`` (the Serving section's) a third.
+- ``segzoo serve`` (which runs until stopped) is started in the background on a free port instead of
+  ``--port 8000`` (other tests or servers may hold 8000); the ``curl`` lines that follow it run against
+  that port, then the server gets SIGTERM and must exit 0.
+- Python blocks that read files the commands wrote (``torch.jit.load(``, ``load_predictor(``) run
+  after the commands.
 
 Lines that mention segzoo but cannot run here are listed in ``NOT_RUN`` with the reason; a new
 such line fails :func:`test_every_segzoo_command_is_run_or_excused` until it is run or listed.
@@ -40,8 +45,9 @@ NOT_RUN = {
 }
 # appended to `segzoo train --config configs/demo.yml` (see the module docstring)
 DEMO_SPEEDUP = ["num_epochs=1", "data.train_size=32", "data.valid_size=16"]
-# blocks run by test_bash_blocks_then_deploy_snippet, in the directory those commands filled
-DEPLOY_MARKER = "torch.jit.load("
+# python blocks run by test_bash_blocks_then_deploy_snippet, in the directory the commands filled
+# (each marker is in exactly one block: Deploy's and Serving's)
+AFTER_COMMANDS = ("torch.jit.load(", "load_predictor(")
 SLOW_MARKERS = ("SupervisedRunner().train(", "segmentation_models_pytorch")
 
 
@@ -49,11 +55,16 @@ def _blocks(lang: str, text: str = README) -> list[str]:
     return re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M)
 
 
+def _after_commands(block: str) -> bool:
+    return any(marker in block for marker in AFTER_COMMANDS)
+
+
 def _sections() -> dict[str, list[str]]:
-    """``## heading -> its python blocks`` (a section's blocks build on each other), deploy block excluded."""
+    """``## heading -> its python blocks`` (a section's blocks build on each other), blocks that
+    read the commands' files excluded."""
     out = {}
     for part in re.split(r"^## ", README, flags=re.M)[1:]:
-        blocks = [b for b in _blocks("python", part) if DEPLOY_MARKER not in b]
+        blocks = [b for b in _blocks("python", part) if not _after_commands(b)]
         if blocks:
             out[part.splitlines()[0].strip()] = blocks
     return out
@@ -104,6 +115,7 @@ def readme_dir(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     for name, size in (("a.png", (70, 90)), ("b.png", (64, 64))):
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(tmp_path / "images" / name)
+    Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(tmp_path / "image.png")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -118,8 +130,10 @@ def _run_python(blocks: list[str]) -> None:
 
 def test_readme_has_the_blocks_this_test_expects():
     blocks = _blocks("python")
-    assert len(blocks) >= 7 and sum(DEPLOY_MARKER in b for b in blocks) == 1
-    assert sum(len(b) for b in _sections().values()) == len(blocks) - 1
+    assert len(blocks) >= 7
+    for marker in AFTER_COMMANDS:
+        assert sum(marker in b for b in blocks) == 1, marker
+    assert sum(len(b) for b in _sections().values()) == len(blocks) - len(AFTER_COMMANDS)
     assert any(_segzoo_args(c) for c in _commands())
 
 
@@ -166,34 +180,111 @@ def test_inline_commands_parse():
             pytest.fail(f"README command does not parse: {command} (exit {exc.code})")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    """The README's ``segzoo serve`` line in the background, on ``port`` instead of its ``--port``."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300.0) -> None:
+        import time
+        import urllib.request
+
+        self.port = _free_port()
+        args = [str(self.port) if prev == "--port" else a for prev, a in zip(["", *args], args)]
+        self.log = cwd / "serve.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "segzoo.cli", *args], cwd=cwd, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"segzoo serve exited: {self.log.read_text()[-2000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        pytest.fail(f"segzoo serve did not become ready: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> int:
+        """SIGTERM, wait; the exit status (killed after 60 s)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _curl(command: str, port: int, cwd: Path) -> str:
+    """Run a README ``curl`` line against ``port``; its stdout (curl fails on an HTTP error with --fail)."""
+    words = [w.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for w in shlex.split(command)]
+    proc = subprocess.run([words[0], "--fail", *words[1:]], cwd=cwd, capture_output=True, timeout=300)
+    assert proc.returncode == 0, f"{command}: curl exit {proc.returncode} {proc.stderr[-500:]!r}"
+    return proc.stdout.decode()
+
+
 @pytest.mark.slow
 def test_bash_blocks_then_deploy_snippet(readme_dir):
-    """Runs the README's segzoo commands in order (main job, then Deploy), then the Deploy Python block."""
+    """Runs the README's segzoo commands in order (main job, Deploy, Serving with its curl lines),
+    then the Python blocks that read what they wrote."""
     pytest.importorskip("onnxruntime")
+    for module in ("fastapi", "uvicorn", "multipart"):
+        pytest.importorskip(module)
+    if shutil.which("curl") is None:
+        pytest.skip("the Serving section's lines need curl")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    ran = []
-    for command in _commands():
-        args = _segzoo_args(command)
-        if args is None:
-            continue
-        if args[:3] == ["train", "--config", "configs/demo.yml"]:
-            args = args + DEMO_SPEEDUP
-        proc = subprocess.run([sys.executable, "-m", "segzoo.cli", *args], cwd=readme_dir, env=env,
-                              capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        ran.append(args[0])
-    assert {"train", "trace", "export", "predict"} <= set(ran)
+    ran, server, answers = [], None, []
+    try:
+        for command in _commands():
+            if command.startswith("curl "):
+                assert server is not None, f"a curl line before any segzoo serve line: {command}"
+                answers.append(_curl(command, server.port, readme_dir))
+                continue
+            args = _segzoo_args(command)
+            if args is None:
+                continue
+            if args[:3] == ["train", "--config", "configs/demo.yml"]:
+                args = args + DEMO_SPEEDUP
+            ran.append(args[0])
+            if args[0] == "serve":
+                server = _Server(args, readme_dir, {**env, "OMP_NUM_THREADS": "1"})
+                continue
+            proc = subprocess.run([sys.executable, "-m", "segzoo.cli", *args], cwd=readme_dir, env=env,
+                                  capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    finally:
+        code = server.stop() if server is not None else 0
+    assert code == 0, server.log.read_text()[-2000:]
+    assert {"train", "trace", "export", "predict", "serve"} <= set(ran)
     assert sorted(p.name for p in (readme_dir / "masks").glob("*.png")) == ["a.png", "a_overlay.png", "b.png",
                                                                           "b_overlay.png"]
     assert (readme_dir / "logs" / "demo" / "metrics.csv").is_file()
-    _run_python([b for b in _blocks("python") if DEPLOY_MARKER in b])
+    from PIL import Image
+
+    with Image.open(readme_dir / "mask.png") as mask:  # the first curl line's answer: a mask of the image
+        assert mask.size == (80, 48)
+    import json
+
+    assert len(answers) == 2 and isinstance(json.loads(answers[1]), dict)
+    _run_python([b for b in _blocks("python") if _after_commands(b)])
 
 
 def test_all_extra_is_the_union_of_the_others():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     extras = {k: set(v.split()) for k, v in cfg["options.extras_require"].items()}
-    assert extras["all"] == extras["train"] | extras["export"] | extras["bench"]
+    assert extras["all"] == extras["train"] | extras["export"] | extras["bench"] | extras["serve"]
     assert extras["all"] <= extras["dev"]
     for name in extras:
         assert f'".[{name}]"' in README, f"README does not say what the [{name}] extra is for"

@@ -8,20 +8,23 @@ from typing import Any
 import torch.nn as nn
 
 from segzoo.errors import unknown_name_error
+from segzoo.models.archs import ARCHITECTURES
 
 __all__ = ["SMP_ARCHS", "ARCHS", "segzoo_spec", "smp_spec", "body_spec", "spec_label", "smp_available",
            "build_model", "default_suite"]
 
-# segzoo architecture (registry suffix) -> smp class name
-SMP_ARCHS = {"unet": "Unet", "linknet": "Linknet", "fpn_unet": "FPN", "pspnet": "PSPNet"}
-ARCHS = tuple(SMP_ARCHS)
+# segzoo architecture (registry suffix) -> the smp 0.6 class it is compared with
+SMP_ARCHS = {"unet": "Unet", "linknet": "Linknet", "fpn_unet": "FPN", "pspnet": "PSPNet",
+             "deeplabv3plus": "DeepLabV3Plus", "upernet": "UPerNet"}
+# every architecture of the table (those without an smp twin are benchmarked alone)
+ARCHS = tuple(ARCHITECTURES)
 
 
 def segzoo_spec(arch: str, encoder: str = "resnet34", **kwargs: Any) -> dict[str, Any]:
     """Spec of a segzoo model: ``{encoder}_{arch}`` from the registry for ResNets, else the
     generic model with a ``TimmEncoder(encoder)`` (``encoder="timm:<name>"``)."""
-    if arch not in SMP_ARCHS:
-        raise unknown_name_error("architecture", arch, SMP_ARCHS)
+    if arch not in ARCHITECTURES:
+        raise unknown_name_error("architecture", arch, ARCHITECTURES)
     if encoder.startswith("timm:"):
         return {"library": "segzoo", "name": arch, "timm_encoder": encoder[5:], "kwargs": kwargs,
                 "pair": f"{encoder}/{arch}"}
@@ -115,6 +118,6 @@ def default_suite(encoders: Sequence[str] = ("resnet18", "resnet34", "resnet50",
             specs.append(body_spec(enc))
         for arch in archs:
             specs.append(segzoo_spec(arch, enc))
-            if with_smp:
+            if with_smp and arch in SMP_ARCHS:
                 specs.append(smp_spec(arch, enc))
     return specs

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from segzoo.parts import FeaturePart
+from segzoo.registry import Registry
+
+BRIDGES = Registry("bridge")
+register_bridge = BRIDGES.register
+create_bridge = BRIDGES.create
+list_bridges = BRIDGES.names
 
 
 class BridgeSpec(FeaturePart):

@@ -6,9 +6,10 @@ import torch
 import torch.nn as nn
 
 from segzoo.blocks import get_block
-from segzoo.bridges.base import BridgeSpec
+from segzoo.bridges.base import BridgeSpec, register_bridge
 
 
+@register_bridge("unet")
 class UnetBridge(BridgeSpec):
     """Append a (max-pool, conv block) stage at twice the deepest stride.
 

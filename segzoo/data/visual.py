@@ -29,9 +29,38 @@ def check_normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[tu
     return mean_t, std_t
 
 
+def to_unit_range(image: np.ndarray) -> torch.Tensor:
+    """(H, W, C) image -> float32 (C, H, W) tensor in [0, 1].
+
+    uint8 is divided by 255 and uint16 by 65535; float images (what 16-bit and float files are
+    read as, see :func:`segzoo.data.read_image`) are taken as already in [0, 1].
+
+    Raises:
+        ValueError: another dtype (int32, bool...), or float values outside [0, 1].
+    """
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        scale = 255.0
+    elif image.dtype == np.uint16:
+        scale = 65535.0
+    elif image.dtype.kind == "f":
+        scale = 1.0
+        if image.size and not (np.isfinite(image).all() and -1e-3 <= image.min() and image.max() <= 1 + 1e-3):
+            raise ValueError(f"float images must hold values in [0, 1], got values in "
+                             f"[{np.nanmin(image):.4g}, {np.nanmax(image):.4g}] (a transform returning 0..255 floats?)")
+    else:
+        raise ValueError(f"images must be uint8, uint16 or float in [0, 1], got dtype {image.dtype}")
+    x = torch.from_numpy(np.array(image, dtype=np.float32, copy=True)).permute(2, 0, 1)
+    return x.div_(scale) if scale != 1.0 else x
+
+
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (H, W, 3) image -> float32 (3, H, W) tensor ``(x / 255 - mean) / std``."""
-    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
+    """(H, W, 3) image -> float32 (3, H, W) tensor ``(x - mean) / std`` with ``x`` in [0, 1].
+
+    ``x`` is ``image / 255`` for uint8, ``image / 65535`` for uint16, ``image`` for float (see
+    :func:`to_unit_range`), so 8-bit and 16-bit files of the same picture give the same input.
+    """
+    x = to_unit_range(image)
     return (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
 
 

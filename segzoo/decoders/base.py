@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from segzoo.parts import FeaturePart
+from segzoo.registry import Registry
+
+DECODERS = Registry("decoder")
+register_decoder = DECODERS.register
+create_decoder = DECODERS.create
+list_decoders = DECODERS.names
 
 
 class DecoderSpec(FeaturePart):

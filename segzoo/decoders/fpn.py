@@ -6,9 +6,10 @@ import torch
 import torch.nn as nn
 
 from segzoo.blocks import make_upsample
-from segzoo.decoders.base import DecoderSpec, stride_ratio
+from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
 
 
+@register_decoder("fpn")
 class FPNDecoder(DecoderSpec):
     """Feature pyramid over the deepest ``num_levels`` features.
 

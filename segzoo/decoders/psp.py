@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segzoo.blocks import ConvBnAct
-from segzoo.decoders.base import DecoderSpec
+from segzoo.decoders.base import DecoderSpec, register_decoder
 
 
 def _pool_matrix(n: int, size: int, like: torch.Tensor) -> torch.Tensor:
@@ -80,6 +80,7 @@ class PyramidPooling(nn.Module):
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
 
+@register_decoder("psp")
 class PSPDecoder(DecoderSpec):
     """Pyramid scene parsing on the deepest given feature (stride 8 for ResnetPSPnet).
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from segzoo.blocks import INTERPOLATION_MODES, ConvBnAct, get_block, make_upsample, resolve_upsample_mode
-from segzoo.decoders.base import DecoderSpec, stride_ratio
+from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
 from segzoo.errors import unknown_name_error
 
 
@@ -64,6 +64,7 @@ class DecoderSumBlock(nn.Module):
         return self.dropout(self.expand(self.conv(self.up(self.reduce(x)))) + skip)
 
 
+@register_decoder("unet")
 class UNetDecoder(DecoderSpec):
     """Top-down decoder: from the deepest feature, fuse each shallower skip in turn.
 

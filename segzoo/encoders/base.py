@@ -7,6 +7,13 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn as nn
 
+from segzoo.registry import Registry
+
+ENCODERS = Registry("encoder")
+register_encoder = ENCODERS.register
+create_encoder = ENCODERS.create
+list_encoders = ENCODERS.names
+
 
 class EncoderSpec(ABC, nn.Module):
     """Base class of encoders: an image in, a list of feature maps out, shallow to deep.

@@ -6,10 +6,11 @@ from typing import Any
 
 import torch
 
-from segzoo.encoders.base import EncoderSpec
+from segzoo.encoders.base import EncoderSpec, register_encoder
 from segzoo.errors import WeightsUnavailableError, unknown_name_error
 
 
+@register_encoder("timm")
 class TimmEncoder(EncoderSpec):
     """Wrap ``timm.create_model(name, features_only=True, ...)``.
 

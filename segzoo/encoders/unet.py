@@ -6,9 +6,10 @@ import torch
 import torch.nn as nn
 
 from segzoo.blocks import get_block
-from segzoo.encoders.base import EncoderSpec
+from segzoo.encoders.base import EncoderSpec, register_encoder
 
 
+@register_encoder("unet")
 class UnetEncoder(EncoderSpec):
     """Classic Unet encoder: a conv block at full resolution, then (max-pool, conv block) stages.
 

@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 from segzoo.checkpoint import load_checkpoint
-from segzoo.errors import CheckpointError, WeightsUnavailableError
+from segzoo.errors import CheckpointError, WeightsUnavailableError, short_repr
 
 StateDictSource = str | os.PathLike | Mapping[str, torch.Tensor]
 
@@ -99,25 +99,94 @@ def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return weight[:, index] * (weight.shape[1] / in_channels)
 
 
-def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
-              ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load ``state_dict`` strictly, naming missing/unexpected/mis-shaped keys on failure.
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "float"
+    return "int" if dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) else str(dtype)
 
-    Keys starting with ``ignore_prefixes`` (e.g. a classifier ``fc.``) are ignored on both sides.
+
+def lossless_cast(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether a checkpoint tensor of dtype ``src`` may be loaded into a ``dst`` parameter or buffer.
+
+    Only casts that keep every value are allowed: the same kind of number (bool, integer, float,
+    complex) and ``dst`` holds all of ``src`` (float16/bfloat16 -> float32/float64, int32 -> int64).
+    An int8 checkpoint into float parameters, float64 into float32, float into an integer
+    buffer are all refused: PyTorch's ``load_state_dict`` would silently cast them.
+    """
+    if src == dst:
+        return True
+    return _kind(src) == _kind(dst) in ("int", "float", "complex") and torch.promote_types(src, dst) == dst
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def check_weights(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], what: str,
+                  source: str | os.PathLike | None = None, ignore_prefixes: tuple[str, ...] = (),
+                  hint: str = "") -> None:
+    """Check that ``state_dict`` fits ``own`` (a module's state dict, meta tensors are fine) exactly.
+
+    Refused, in one :class:`CheckpointError` line: missing or unexpected keys, other shapes,
+    dtypes that would be cast with a loss (see :func:`lossless_cast`), and NaN/Inf values.
+
+    Args:
+        own: the target module's ``state_dict()`` (only names, shapes and dtypes are used).
+        state_dict: the weights to load.
+        what: the target, e.g. ``"the model Unet"``.
+        source: where the weights come from (a file), named in the message.
+        ignore_prefixes: keys starting with these are ignored on both sides.
+        hint: appended to the message of a key/shape mismatch.
     """
     sd = {k: v for k, v in state_dict.items() if not k.startswith(ignore_prefixes)}
-    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore_prefixes)}
+    own = {k: v for k, v in own.items() if not k.startswith(ignore_prefixes)}
+    origin = f"weights in {source}" if source is not None else "weights"
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{origin} have non-tensor entries: {[short_repr(k, 60) for k in bad[:5]]}")
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-              for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    common = [k for k in own if k in sd]
+    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in common if sd[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         parts = []
         if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            parts.append(f"{len(missing)} missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''}")
         if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+            parts.append(f"{len(unexpected)} unexpected keys {[short_repr(k, 60) for k in unexpected[:3]]}"
+                         f"{' ...' if len(unexpected) > 3 else ''}")
         if shapes:
-            parts.append(f"shape mismatches {shapes[:3]}")
-        raise CheckpointError(f"weights do not fit {what}: " + "; ".join(parts))
+            parts.append(f"{len(shapes)} shape mismatches (checkpoint vs model) {shapes[:2]}")
+        raise CheckpointError(f"{origin} do not fit {what}: " + "; ".join(parts) + hint)
+    dtypes = [k for k in common if not lossless_cast(sd[k].dtype, own[k].dtype)]
+    if dtypes:
+        k = dtypes[0]
+        raise CheckpointError(
+            f"{origin} do not fit {what}: {len(dtypes)} tensors of another dtype, e.g. {k!r} is "
+            f"{_name(sd[k].dtype)} in the checkpoint but {_name(own[k].dtype)} in the model; refusing a lossy "
+            f"cast (only float16/bfloat16 -> float32 and integer widening are done); convert it yourself")
+    for k in common:
+        v = sd[k]
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+            count = int((~torch.isfinite(v)).sum())
+            raise CheckpointError(f"{origin} hold NaN/Inf values: {k!r} has {count} of {v.numel()} non-finite; "
+                                  f"the run probably diverged: use an earlier checkpoint")
+
+
+def load_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
+              ignore_prefixes: tuple[str, ...] = (), source: str | os.PathLike | None = None,
+              hint: str = "") -> None:
+    """Load ``state_dict`` strictly: the one weight loader of segzoo (checkpoints, resume, pretrained).
+
+    Everything :func:`check_weights` refuses raises one :class:`CheckpointError` line naming the
+    key and the offending shape / dtype / values, before anything is copied; float16 or bfloat16
+    weights are widened into float32 parameters (lossless). Keys starting with ``ignore_prefixes``
+    (e.g. a classifier ``fc.``) are ignored on both sides.
+    """
+    check_weights(module.state_dict(), state_dict, what, source, ignore_prefixes, hint)
+    sd = {k: v for k, v in state_dict.items() if not k.startswith(ignore_prefixes)}
     module.load_state_dict(sd, strict=not ignore_prefixes)

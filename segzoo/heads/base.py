@@ -8,6 +8,12 @@ import torch
 import torch.nn as nn
 
 from segzoo.parts import check_features
+from segzoo.registry import Registry
+
+HEADS = Registry("head")
+register_head = HEADS.register
+create_head = HEADS.create
+list_heads = HEADS.names
 
 
 class HeadSpec(ABC, nn.Module):

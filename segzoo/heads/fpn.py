@@ -7,9 +7,10 @@ import torch.nn as nn
 
 from segzoo.blocks import ConvBnAct, make_upsample
 from segzoo.decoders.base import stride_ratio
-from segzoo.heads.base import HeadSpec
+from segzoo.heads.base import HeadSpec, register_head
 
 
+@register_head("fpn")
 class FPNHead(HeadSpec):
     """Per level a 3x3 conv at the level's own resolution, upsampled to the finest level; sum; classify.
 

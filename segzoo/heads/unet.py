@@ -6,9 +6,10 @@ import torch
 import torch.nn as nn
 
 from segzoo.blocks import INTERPOLATION_MODES, ConvBnAct, make_upsample, resolve_upsample_mode
-from segzoo.heads.base import HeadSpec
+from segzoo.heads.base import HeadSpec, register_head
 
 
+@register_head("unet")
 class UnetHead(HeadSpec):
     """Optional upsample blocks, a 1x1 conv to logits, then upsampling to full size.
 

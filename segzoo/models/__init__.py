@@ -1,17 +1,25 @@
-"""Model assembly (UnetMetaSpec), the named models and the registry."""
+"""Model assembly (UnetMetaSpec), the architecture table, the named models and the registry."""
 
+from segzoo.models.archs import ARCHITECTURES, Architecture
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.named import (
+    DeepLabV3Plus,
     FPNUnet,
+    GenericModel,
     Linknet,
     PSPnet,
+    ResnetDeepLabV3Plus,
     ResnetFPNUnet,
     ResnetLinknet,
+    ResnetModel,
     ResnetPSPnet,
     ResnetUnet,
+    ResnetUPerNet,
     Unet,
+    UPerNet,
 )
 from segzoo.models.registry import (
+    MODELS,
     create_model,
     get_model_spec,
     list_models,
@@ -19,5 +27,7 @@ from segzoo.models.registry import (
     register_model,
 )
 
-__all__ = ["UnetMetaSpec", "Unet", "Linknet", "FPNUnet", "PSPnet", "ResnetUnet", "ResnetLinknet", "ResnetFPNUnet",
-           "ResnetPSPnet", "create_model", "list_models", "register_model", "get_model_spec", "model_from_spec"]
+__all__ = ["UnetMetaSpec", "Unet", "Linknet", "FPNUnet", "PSPnet", "DeepLabV3Plus", "UPerNet", "ResnetUnet",
+           "ResnetLinknet", "ResnetFPNUnet", "ResnetPSPnet", "ResnetDeepLabV3Plus", "ResnetUPerNet", "GenericModel",
+           "ResnetModel", "Architecture", "ARCHITECTURES", "MODELS", "create_model", "list_models", "register_model",
+           "get_model_spec", "model_from_spec"]

@@ -36,7 +36,7 @@ def nearest_valid_sizes(size: int, multiple: int) -> tuple[int, int]:
 class UnetMetaSpec(nn.Module):
     """``head(decoder(bridge(encoder(x))))`` with input checks and any-size support.
 
-    Every named model (Unet, Linknet, FPNUnet, PSPnet and their Resnet versions) is this
+    Every named model (the rows of ``segzoo.models.ARCHITECTURES`` in the generic and ResNet families) is this
     class with different parts. The declared ``out_channels``/``out_strides`` of each part
     must match the next part's inputs (checked here, at construction).
 

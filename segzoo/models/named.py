@@ -1,94 +1,43 @@
-"""The named models: thin wiring of parts on top of :class:`UnetMetaSpec`.
+"""The named models: two model families times the rows of :data:`~segzoo.models.archs.ARCHITECTURES`.
 
-Generic models (``Unet``, ``Linknet``, ``FPNUnet``, ``PSPnet``) use the plain
-:class:`~segzoo.encoders.UnetEncoder` by default or any ``encoder=`` instance;
-``Resnet*`` models use a torchvision ResNet encoder. All return logits
-(B, num_classes, H, W) for inputs (B, in_channels, H, W) of any H, W.
+Generic models (``Unet``, ``Linknet``, ``FPNUnet``, ``PSPnet``, ``DeepLabV3Plus``, ``UPerNet``) use the
+plain :class:`~segzoo.encoders.UnetEncoder` by default or any ``encoder=`` instance; ``Resnet*``
+models use a torchvision ResNet encoder. All return logits (B, num_classes, H, W) for inputs
+(B, in_channels, H, W) of any H, W. Each class only names its architecture row; the family
+constructor builds every part once and hands them to :class:`UnetMetaSpec`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, ClassVar
 
-import torch.nn as nn
-
-from segzoo.bridges import UnetBridge
 from segzoo.checkpoint import clean_state_dict
-from segzoo.decoders import FPNDecoder, PSPDecoder, UNetDecoder
 from segzoo.encoders import EncoderSpec, ResnetEncoder, UnetEncoder
 from segzoo.encoders.resnet import RESNET_CHANNELS
 from segzoo.encoders.weights import StateDictSource, load_into, read_state_dict
-from segzoo.heads import FPNHead, UnetHead
+from segzoo.models.archs import ARCHITECTURES, build_parts, part_params
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.registry import register_model, set_model_spec
 
 Params = dict[str, Any] | None
 
-# decoder/head wiring per architecture: (decoder class, decoder defaults, head class, head defaults)
-_ARCHS: dict[str, tuple[type, dict[str, Any], type, dict[str, Any]]] = {
-    "unet": (UNetDecoder, {"block": "concat"}, UnetHead, {}),
-    "linknet": (UNetDecoder, {"block": "sum"}, UnetHead, {}),
-    "fpn_unet": (FPNDecoder, {}, FPNHead, {}),
-    "pspnet": (PSPDecoder, {}, UnetHead, {}),
-}
 
-
-def _params(value: Params, what: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise TypeError(f"{what} must be a dict or None, got {type(value).__name__}")
-    return dict(value)
-
-
-def _build(self: UnetMetaSpec, arch: str, encoder: EncoderSpec, num_classes: int, bridge_params: Params,
-           use_bridge: bool, decoder_params: Params, head_params: Params, decoder_defaults: Params = None,
-           meta: Params = None, state_dict: StateDictSource | None = None) -> None:
-    decoder_cls, dec_defaults, head_cls, head_defaults = _ARCHS[arch]
-    bridge = None
-    if use_bridge:
-        bridge = UnetBridge(encoder.out_channels, encoder.out_strides, **_params(bridge_params, "bridge_params"))
-    feats = bridge or encoder
-    decoder = decoder_cls(feats.out_channels, feats.out_strides,
-                          **{**dec_defaults, **_params(decoder_defaults, ""), **_params(decoder_params, "decoder_params")})
-    head = head_cls(decoder.out_channels, num_classes, decoder.out_strides,
-                    **{**head_defaults, **_params(head_params, "head_params")})
-    UnetMetaSpec.__init__(self, encoder, decoder, bridge=bridge, head=head, **_params(meta, "model options"))
+def _finish(model: UnetMetaSpec, name: str, given: dict[str, Any], state_dict: StateDictSource | None) -> None:
+    """Load whole-model weights, then record the spec: the registry name and the non-default arguments."""
     if state_dict is not None:
-        load_into(self, clean_state_dict(read_state_dict(state_dict)), type(self).__name__)
+        load_into(model, clean_state_dict(read_state_dict(state_dict)), type(model).__name__)
+    params = inspect.signature(type(model).__init__).parameters
+    set_model_spec(model, name, {k: v for k, v in given.items() if not _is_default(v, params[k].default)})
 
 
-class _GenericModel(UnetMetaSpec):
-    """Shared constructor of the generic models (UnetEncoder by default, any EncoderSpec via ``encoder=``)."""
-
-    arch = ""
-
-    def __init__(self, num_classes: int = 1, in_channels: int = 3, num_channels: int = 32, num_blocks: int = 4,
-                 encoder: EncoderSpec | None = None, encoder_params: Params = None, bridge_params: Params = None,
-                 decoder_params: Params = None, head_params: Params = None, state_dict: StateDictSource | None = None,
-                 size_mode: str = "pad", channels_last: bool = True) -> None:
-        kwargs = dict(num_classes=num_classes, in_channels=in_channels, num_channels=num_channels,
-                      num_blocks=num_blocks, encoder=encoder, encoder_params=encoder_params,
-                      bridge_params=bridge_params, decoder_params=decoder_params, head_params=head_params,
-                      state_dict=state_dict, size_mode=size_mode, channels_last=channels_last)
-        nn.Module.__init__(self)
-        if encoder is None:
-            encoder = UnetEncoder(in_channels, num_channels, num_blocks, **_params(encoder_params, "encoder_params"))
-        elif not isinstance(encoder, EncoderSpec):
-            raise TypeError(f"encoder must be an EncoderSpec instance, got {type(encoder).__name__}")
-        elif encoder_params:
-            raise ValueError("pass either encoder= (an instance) or encoder_params=, not both")
-        # PSP reads one feature map and needs no bridge; the others go one stage deeper
-        use_bridge = self.arch != "pspnet"
-        # a classic (symmetric) Unet: decoder widths equal the skip widths
-        dec_defaults = {"channels": encoder.out_channels} if self.arch == "unet" else None
-        _build(self, self.arch, encoder, num_classes, bridge_params, use_bridge, decoder_params, head_params,
-               dec_defaults, {"size_mode": size_mode, "channels_last": channels_last}, state_dict)
-        set_model_spec(self, self.arch, {k: v for k, v in kwargs.items() if v is not None})
+def _is_default(value: Any, default: Any) -> bool:
+    return value is default or (type(value) is type(default) and isinstance(value, (bool, int, float, str))
+                                and value == default)
 
 
-class Unet(_GenericModel):
-    """Classic Unet: UnetEncoder, UnetBridge, concat decoder, UnetHead.
+class GenericModel(UnetMetaSpec):
+    """The generic family: UnetEncoder by default, any :class:`EncoderSpec` via ``encoder=``.
 
     Args:
         num_classes: output channels (logits).
@@ -97,9 +46,9 @@ class Unet(_GenericModel):
         num_blocks: encoder stages.
         encoder: an ``EncoderSpec`` instance replacing the default encoder.
         encoder_params: extra ``UnetEncoder`` arguments (e.g. ``complexity``).
-        bridge_params: ``UnetBridge`` arguments.
-        decoder_params: ``UNetDecoder`` arguments (``channels``, ``upsample``, ``complexity``, ``dropout``...).
-        head_params: ``UnetHead`` arguments (``upsample="interpolate"|"conv"``, ``dropout``...).
+        bridge_params: ``UnetBridge`` arguments (see the bridge policy in :mod:`segzoo.models.archs`).
+        decoder_params: arguments of the architecture's decoder.
+        head_params: arguments of the architecture's head (``upsample``, ``dropout``...).
         state_dict: path or dict of this whole model's weights, loaded after construction.
         size_mode: ``"pad"`` (any size) or ``"strict"`` (see :class:`UnetMetaSpec`).
         channels_last: run internally in channels_last (see :class:`UnetMetaSpec`).
@@ -107,54 +56,33 @@ class Unet(_GenericModel):
     Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
     """
 
-    arch = "unet"
+    architecture: ClassVar[str] = ""
+
+    def __init__(self, num_classes: int = 1, in_channels: int = 3, num_channels: int = 32, num_blocks: int = 4,
+                 encoder: EncoderSpec | None = None, encoder_params: Params = None, bridge_params: Params = None,
+                 decoder_params: Params = None, head_params: Params = None, *,
+                 state_dict: StateDictSource | None = None, size_mode: str = "pad", channels_last: bool = True) -> None:
+        given = dict(num_classes=num_classes, in_channels=in_channels, num_channels=num_channels,
+                     num_blocks=num_blocks, encoder=encoder, encoder_params=encoder_params,
+                     bridge_params=bridge_params, decoder_params=decoder_params, head_params=head_params,
+                     state_dict=state_dict, size_mode=size_mode, channels_last=channels_last)
+        arch = ARCHITECTURES[self.architecture]
+        if encoder is None:
+            encoder = UnetEncoder(in_channels, num_channels, num_blocks, **part_params(encoder_params, "encoder_params"))
+        elif not isinstance(encoder, EncoderSpec):
+            raise TypeError(f"encoder must be an EncoderSpec instance, got {type(encoder).__name__}")
+        elif encoder_params:
+            raise ValueError("pass either encoder= (an instance) or encoder_params=, not both")
+        bridge, decoder, head = build_parts(
+            arch, encoder, num_classes, family_bridge=True, bridge_params=bridge_params,
+            decoder_params=decoder_params, head_params=head_params,
+            decoder_defaults={"channels": encoder.out_channels} if arch.symmetric else None)
+        super().__init__(encoder, decoder, bridge=bridge, head=head, size_mode=size_mode, channels_last=channels_last)
+        _finish(self, self.architecture, given, state_dict)
 
 
-class Linknet(_GenericModel):
-    """Linknet: as :class:`Unet` but the decoder adds skips (sum blocks). Same arguments. Shapes as Unet."""
-
-    arch = "linknet"
-
-
-class FPNUnet(_GenericModel):
-    """FPN: UnetEncoder, UnetBridge, FPNDecoder, FPNHead. Same arguments as :class:`Unet`. Shapes as Unet."""
-
-    arch = "fpn_unet"
-
-
-class PSPnet(_GenericModel):
-    """PSPNet on the deepest UnetEncoder stage: PSPDecoder, UnetHead. Same arguments as :class:`Unet`."""
-
-    arch = "pspnet"
-
-
-class _ResnetModel(UnetMetaSpec):
-    """Shared constructor of the ResNet models."""
-
-    arch = ""
-
-    def __init__(self, num_classes: int = 1, arch: str = "resnet18", pretrained: bool = True,
-                 encoder_params: Params = None, bridge_params: Params = None, decoder_params: Params = None,
-                 head_params: Params = None, state_dict: StateDictSource | None = None, size_mode: str = "pad",
-                 channels_last: bool = True) -> None:
-        kwargs = dict(num_classes=num_classes, pretrained=pretrained, encoder_params=encoder_params,
-                      bridge_params=bridge_params, decoder_params=decoder_params, head_params=head_params,
-                      state_dict=state_dict, size_mode=size_mode, channels_last=channels_last)
-        nn.Module.__init__(self)
-        enc_params = _params(encoder_params, "encoder_params")
-        if self.arch == "pspnet":
-            enc_params.setdefault("layers_indices", [2])  # PSP reads stride 8: layer3/layer4 are never built
-        if "pretrained" in enc_params:
-            raise ValueError("pass pretrained= to the model, not inside encoder_params")
-        encoder = ResnetEncoder(arch=arch, pretrained=pretrained and enc_params.get("state_dict") is None,
-                                **enc_params)
-        _build(self, self.arch, encoder, num_classes, bridge_params, bridge_params is not None, decoder_params,
-               head_params, None, {"size_mode": size_mode, "channels_last": channels_last}, state_dict)
-        set_model_spec(self, f"{arch}_{self.arch}", {k: v for k, v in kwargs.items() if v is not None})
-
-
-class ResnetUnet(_ResnetModel):
-    """Unet on a torchvision ResNet: concat decoder to stride 2, logits upsampled bilinearly.
+class ResnetModel(UnetMetaSpec):
+    """The ResNet family: a torchvision ResNet encoder (resnet18/34/50/101/152).
 
     Args:
         num_classes: output channels (logits).
@@ -162,15 +90,89 @@ class ResnetUnet(_ResnetModel):
         pretrained: torchvision ImageNet weights for the encoder (hub cache first; offline without a
             cache: one clear error naming the cache path and ``encoder_params=dict(state_dict=...)``).
         encoder_params: extra ``ResnetEncoder`` arguments (``state_dict``, ``in_channels``,
-            ``requires_grad``, ``layers_indices``).
+            ``requires_grad``, ``layers_indices``, ``output_stride``) over the architecture's defaults.
         bridge_params: ``UnetBridge`` arguments; a bridge is added only when given.
-        decoder_params: ``UNetDecoder`` arguments.
-        head_params: ``UnetHead`` arguments.
+        decoder_params: arguments of the architecture's decoder.
+        head_params: arguments of the architecture's head.
         state_dict: path or dict of this whole model's weights, loaded after construction.
         size_mode: ``"pad"`` (any size) or ``"strict"``.
         channels_last: run internally in channels_last.
 
     Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
+    """
+
+    architecture: ClassVar[str] = ""
+
+    def __init__(self, num_classes: int = 1, arch: str = "resnet18", pretrained: bool = True,
+                 encoder_params: Params = None, bridge_params: Params = None, decoder_params: Params = None,
+                 head_params: Params = None, state_dict: StateDictSource | None = None, *, size_mode: str = "pad",
+                 channels_last: bool = True) -> None:
+        given = dict(num_classes=num_classes, pretrained=pretrained, encoder_params=encoder_params,
+                     bridge_params=bridge_params, decoder_params=decoder_params, head_params=head_params,
+                     state_dict=state_dict, size_mode=size_mode, channels_last=channels_last)
+        row = ARCHITECTURES[self.architecture]
+        enc_params = {**row.resnet_encoder, **part_params(encoder_params, "encoder_params")}
+        if "pretrained" in enc_params:
+            raise ValueError("pass pretrained= to the model, not inside encoder_params")
+        encoder = ResnetEncoder(arch=arch, pretrained=pretrained and enc_params.get("state_dict") is None,
+                                **enc_params)
+        bridge, decoder, head = build_parts(row, encoder, num_classes, family_bridge=False,
+                                            bridge_params=bridge_params, decoder_params=decoder_params,
+                                            head_params=head_params)
+        super().__init__(encoder, decoder, bridge=bridge, head=head, size_mode=size_mode, channels_last=channels_last)
+        _finish(self, f"{arch}_{self.architecture}", given, state_dict)
+
+
+class Unet(GenericModel):
+    """Classic Unet: UnetEncoder, UnetBridge, concat decoder with the encoder's widths, UnetHead.
+
+    Arguments as :class:`GenericModel`. Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
+    """
+
+    architecture = "unet"
+
+
+class Linknet(GenericModel):
+    """Linknet: as :class:`Unet` but the decoder adds skips (sum blocks). Arguments as :class:`GenericModel`."""
+
+    architecture = "linknet"
+
+
+class FPNUnet(GenericModel):
+    """FPN: UnetEncoder, UnetBridge, FPNDecoder, FPNHead. Arguments as :class:`GenericModel`."""
+
+    architecture = "fpn_unet"
+
+
+class PSPnet(GenericModel):
+    """PSPNet on the deepest UnetEncoder stage: PSPDecoder, UnetHead. Arguments as :class:`GenericModel`."""
+
+    architecture = "pspnet"
+
+
+class DeepLabV3Plus(GenericModel):
+    """DeepLabV3+: ASPP on the deepest feature (the bridge's, stride 16 by default), fused with the stride-4
+    skip (:class:`~segzoo.decoders.DeepLabV3PlusDecoder`), logits upsampled bilinearly.
+
+    With an encoder without dilation (``encoder=TimmEncoder(...)``, a custom one) ASPP runs on its deepest
+    feature, whatever its stride, with the atrous rates scaled to it. Arguments as :class:`GenericModel`.
+    """
+
+    architecture = "deeplabv3plus"
+
+
+class UPerNet(GenericModel):
+    """UPerNet: PPM on the deepest feature, FPN over the stride >= 4 levels, fused by concatenation at stride 4
+    (:class:`~segzoo.decoders.UPerNetDecoder`), logits upsampled bilinearly. Arguments as :class:`GenericModel`.
+    """
+
+    architecture = "upernet"
+
+
+class ResnetUnet(ResnetModel):
+    """Unet on a torchvision ResNet: concat decoder to stride 2, logits upsampled bilinearly.
+
+    Arguments as :class:`ResnetModel`. Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
 
     Example:
         >>> model = ResnetUnet(num_classes=2, arch="resnet34", pretrained=False)
@@ -178,32 +180,59 @@ class ResnetUnet(_ResnetModel):
         torch.Size([2, 2, 100, 75])
     """
 
-    arch = "unet"
+    architecture = "unet"
 
 
-class ResnetLinknet(_ResnetModel):
-    """Linknet on a torchvision ResNet (sum decoder, bilinear upsampling). Arguments as :class:`ResnetUnet`."""
+class ResnetLinknet(ResnetModel):
+    """Linknet on a torchvision ResNet (sum decoder, bilinear upsampling). Arguments as :class:`ResnetModel`."""
 
-    arch = "linknet"
-
-
-class ResnetFPNUnet(_ResnetModel):
-    """FPN on a torchvision ResNet (P2..P5, 128 channels). Arguments as :class:`ResnetUnet`."""
-
-    arch = "fpn_unet"
+    architecture = "linknet"
 
 
-class ResnetPSPnet(_ResnetModel):
+class ResnetFPNUnet(ResnetModel):
+    """FPN on a torchvision ResNet (P2..P5, 128 channels). Arguments as :class:`ResnetModel`."""
+
+    architecture = "fpn_unet"
+
+
+class ResnetPSPnet(ResnetModel):
     """PSPNet on a torchvision ResNet's stride-8 stage; layer3/layer4 are not built nor run.
 
-    Arguments as :class:`ResnetUnet`.
+    Arguments as :class:`ResnetModel`.
     """
 
-    arch = "pspnet"
+    architecture = "pspnet"
 
 
-GENERIC_MODELS = {"unet": Unet, "linknet": Linknet, "fpn_unet": FPNUnet, "pspnet": PSPnet}
-RESNET_MODELS = {"unet": ResnetUnet, "linknet": ResnetLinknet, "fpn_unet": ResnetFPNUnet, "pspnet": ResnetPSPnet}
+class ResnetDeepLabV3Plus(ResnetModel):
+    """DeepLabV3+ on a dilated torchvision ResNet (output stride 16; ``encoder_params=dict(output_stride=8)``
+    dilates layer3 too and doubles the atrous rates). ImageNet weights load as for any ResNet.
+
+    Arguments as :class:`ResnetModel`.
+    """
+
+    architecture = "deeplabv3plus"
+
+
+class ResnetUPerNet(ResnetModel):
+    """UPerNet on a torchvision ResNet (PPM on layer4, FPN over layer1..layer4, 256 channels).
+
+    Arguments as :class:`ResnetModel`.
+    """
+
+    architecture = "upernet"
+
+
+def _family_classes(family: type) -> dict[str, type]:
+    """The family's class per architecture row: the named one, or one made for a row without a named class."""
+    named = {cls.architecture: cls for cls in family.__subclasses__() if cls.architecture}
+    return {name: named.get(name) or type(f"{family.__name__}_{name}", (family,), {
+        "architecture": name, "__doc__": f"{row.title}. Arguments as :class:`{family.__name__}`."})
+        for name, row in ARCHITECTURES.items()}
+
+
+GENERIC_MODELS = _family_classes(GenericModel)
+RESNET_MODELS = _family_classes(ResnetModel)
 
 for _name, _cls in GENERIC_MODELS.items():
     register_model(_name, _cls)

@@ -9,18 +9,18 @@ them through the user's own factory.
 
 from __future__ import annotations
 
-import fnmatch
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch.nn as nn
 
-from segzoo.errors import ConfigError, unknown_name_error
+from segzoo.errors import ConfigError
+from segzoo.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
 
-_REGISTRY: dict[str, tuple[ModelFactory, dict[str, Any]]] = {}
+MODELS = Registry("model")
 
 # keyword arguments that fetch weights; dropped when a model is rebuilt to load a checkpoint
 _WEIGHT_SOURCES = ("pretrained", "state_dict")
@@ -32,20 +32,16 @@ def register_model(name: str, factory: ModelFactory, **defaults: Any) -> None:
     Raises:
         ValueError: ``name`` is already registered.
     """
-    if name in _REGISTRY:
-        raise ValueError(f"model name {name!r} is already registered")
-    _REGISTRY[name] = (factory, dict(defaults))
+    MODELS.register(name, factory, **defaults)
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Return the sorted registered model names matching a shell-style ``pattern``."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return MODELS.names(pattern)
 
 
 def _lookup(name: str) -> tuple[ModelFactory, dict[str, Any]]:
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise unknown_name_error("model", str(name), _REGISTRY)
-    return _REGISTRY[name]
+    return MODELS[name], MODELS.defaults(name)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -68,7 +64,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     params = {**defaults, **kwargs}
     _check_kwargs(name, factory, params)
     model = factory(**params)
-    set_model_spec(model, name, kwargs)
+    if not hasattr(model, "segzoo_spec"):
+        # segzoo's models record their own spec (registry name + non-default arguments);
+        # a user-registered factory's model gets the arguments it was created with
+        set_model_spec(model, name, kwargs)
     return model
 
 
@@ -147,6 +146,5 @@ def model_from_spec(spec: dict[str, Any], for_checkpoint: bool = True) -> nn.Mod
             if "pretrained" in (kwargs.get("encoder_params") or {}):
                 enc["pretrained"] = False
             kwargs["encoder_params"] = enc
-    model = create_model(spec["name"], **kwargs)
-    set_model_spec(model, spec["name"], spec.get("kwargs", {}))
-    return model
+    return create_model(spec["name"], **kwargs)
+

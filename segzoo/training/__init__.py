@@ -1,5 +1,6 @@
 """The callback trainer: runner, state, callbacks and the CALLBACKS registry."""
 
+from segzoo._legacy import legacy_getattr
 from segzoo.training.callback import Callback, CallbackOrder, LoggerCallback
 from segzoo.training.callbacks import (
     CheckpointCallback,
@@ -9,6 +10,7 @@ from segzoo.training.callbacks import (
     CSVLogger,
     DiceCallback,
     EarlyStoppingCallback,
+    InferCallback,
     IouCallback,
     MetricCallback,
     NonFiniteLossError,
@@ -17,6 +19,7 @@ from segzoo.training.callbacks import (
     ProgressBarLogger,
     SchedulerCallback,
     TensorboardLogger,
+    TimerCallback,
 )
 from segzoo.training.runner import Runner, Stage, seed_everything
 from segzoo.training.state import RunnerState
@@ -26,7 +29,14 @@ from segzoo.training.supervised import SupervisedRunner
 CALLBACKS = {cls.__name__: cls for cls in (
     CriterionCallback, CriterionAggregatorCallback, OptimizerCallback, SchedulerCallback, CheckpointCallback,
     EarlyStoppingCallback, DiceCallback, IouCallback, MetricCallback, ConsoleLogger, TensorboardLogger,
-    ProgressBarLogger, PredictionSaverCallback, CSVLogger)}
+    ProgressBarLogger, PredictionSaverCallback, InferCallback, TimerCallback, CSVLogger)}
+CALLBACKS["VerboseLogger"] = ProgressBarLogger  # Catalyst 19.x name
+
+
+def __getattr__(name: str):
+    """Catalyst 19.x names segzoo does not carry raise an ImportError naming the replacement."""
+    return legacy_getattr(__name__, name)
+
 
 __all__ = ["SupervisedRunner", "Runner", "Stage", "RunnerState", "Callback", "CallbackOrder", "LoggerCallback",
            "CALLBACKS", "NonFiniteLossError", "seed_everything"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
 from segzoo.encoders.weights import load_into
+from segzoo.errors import short_repr
 from segzoo.training.callback import Callback
 from segzoo.training.callbacks.checkpoint import callback_key, set_rng_state
 from segzoo.training.state import RunnerState
@@ -61,6 +64,7 @@ def load_resume(resume: str | os.PathLike, state: RunnerState, stage_names: list
             raise ValueError(f"checkpoint {path} is from stage {ck.get('stage')!r}, not one of {stage_names}")
         ck["stage_index"] = stage_names.index(ck["stage"])
     load_into(unwrap_model(state.model), clean_state_dict(ck["model_state_dict"]), f"the model (resuming from {path})")
+    ck["_path"] = str(path)
     if stage_names is not None and "optimizer_state_dict" not in ck:
         warnings.warn(f"{path} has no optimizer state (not a _full checkpoint): resuming with fresh "
                       f"optimizer/scheduler state", stacklevel=3)
@@ -78,11 +82,90 @@ def _load_into_obj(obj: Any, saved: Any) -> None:
         obj.load_state_dict(saved)
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else None
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, bool | int | float | str | type(None)) else None
+
+
+def optimizer_hparams(optimizer: Any) -> Any:
+    """The settings of ``optimizer`` (a dict of them too) as plain data, for comparison on resume.
+
+    Returns:
+        ``{"name": class name, "groups": [{setting: value}, ...]}`` per param group, the learning rate
+        as the one given at construction (a scheduler's ``initial_lr`` when it set one); ``None``
+        for no optimizer.
+    """
+    if optimizer is None:
+        return None
+    if isinstance(optimizer, dict):
+        return {k: optimizer_hparams(v) for k, v in optimizer.items()}
+    if not hasattr(optimizer, "param_groups"):
+        return None
+    groups = []
+    for group in optimizer.param_groups:
+        hp = {k: _plain(v) for k, v in group.items() if k not in ("params", "initial_lr", "param_names")}
+        if "initial_lr" in group:
+            hp["lr"] = _plain(group["initial_lr"])
+        groups.append(hp)
+    return {"name": type(optimizer).__name__, "groups": groups}
+
+
+def _differences(saved: Any, given: Any, where: str) -> list[str]:
+    if isinstance(saved, dict) and isinstance(given, dict):
+        out = []
+        for key in sorted(set(saved) | set(given), key=str):
+            if key not in given or key not in saved:
+                continue  # a setting torch added or dropped between versions says nothing
+            out += _differences(saved[key], given[key], f"{where}.{key}" if where else str(key))
+        return out
+    if isinstance(saved, list) and isinstance(given, list) and len(saved) == len(given):
+        return [d for i, (a, b) in enumerate(zip(saved, given)) for d in _differences(a, b, f"{where}[{i}]")]
+    if saved != given and not (isinstance(saved, float) and isinstance(given, float)
+                               and math.isclose(saved, given, rel_tol=1e-9, abs_tol=0.0)):
+        return [f"{where}={short_repr(given)} (the run used {short_repr(saved)})"]
+    return []
+
+
+def check_optimizer_unchanged(ck: dict[str, Any], current: Any, path: str | os.PathLike = "the checkpoint") -> None:
+    """Refuse to resume when the optimizer given differs from the one the checkpoint was trained with.
+
+    Loading the saved optimizer state would silently replace the given learning rate, momentum...
+    with the saved ones, so a change would be ignored. Checkpoints written before the settings were
+    recorded (no ``optimizer_hparams``) are not checked.
+
+    Raises:
+        ValueError: naming each differing setting with both values.
+    """
+    saved = ck.get("optimizer_hparams")
+    if saved is None or current is None or ck.get("optimizer_state_dict") is None:
+        return
+    diffs = _differences(saved, current, "optimizer")
+    if diffs:
+        raise ValueError(f"cannot resume from {path} with a changed optimizer: {'; '.join(diffs[:3])}"
+                         + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+                         + "; the saved optimizer state would override it. Resume with the run's settings, "
+                           "or start a new run in a new logdir")
+
+
 def restore_after_resume(ck: dict[str, Any], state: RunnerState, callbacks: list[Callback]) -> None:
-    """Restore optimizer, scheduler, criterion, scaler, callback and RNG state for the first resumed stage."""
+    """Restore optimizer, scheduler, criterion, scaler, callback and RNG state for the first resumed stage.
+
+    When the checkpoint ends the previous stage, the new stage keeps its own fresh optimizer and
+    scheduler (each stage starts with a fresh one, as in an uninterrupted run).
+
+    Raises:
+        ValueError: the optimizer settings differ from the checkpoint's (:func:`check_optimizer_unchanged`).
+    """
+    same_stage = ck.get("stage") == state.stage
+    if same_stage:
+        check_optimizer_unchanged(ck, state.checkpoint_data.get("optimizer_hparams"), ck.get("_path", "the checkpoint"))
     for key, obj in (("optimizer_state_dict", state.optimizer), ("scheduler_state_dict", state.scheduler),
                      ("criterion_state_dict", state.criterion), ("scaler_state_dict", state.scaler)):
-        _load_into_obj(obj, ck.get(key))
+        if same_stage or key in ("criterion_state_dict", "scaler_state_dict"):
+            _load_into_obj(obj, ck.get(key))
     counts: dict[str, int] = {}
     saved_cbs = ck.get("callbacks_state", {})
     for cb in callbacks:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import os
 import random
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,19 @@ from segzoo.training.callbacks.criterion import CriterionCallback
 from segzoo.training.callbacks.loggers import ConsoleLogger, ProgressBarLogger
 from segzoo.training.callbacks.optimizer import OptimizerCallback
 from segzoo.training.callbacks.scheduler import SchedulerCallback
-from segzoo.training.resume import load_resume, restore_after_resume
+from segzoo.training.callbacks.timer import TimerCallback
+from segzoo.training.compat import (
+    CHECK_BATCHES,
+    CHECK_EPOCHS,
+    callback_items,
+    check_infer_callbacks,
+    check_monitoring_params,
+    fp16_to_amp,
+    name_run_callbacks,
+    resume_of_callbacks,
+)
+from segzoo.training.logdir import check_logdir_path, claim_logdir
+from segzoo.training.resume import load_resume, optimizer_hparams, restore_after_resume
 from segzoo.training.state import RunnerState
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -114,6 +128,15 @@ class Runner(abc.ABC):
     Callbacks run sorted by ``order`` (ties keep insertion order); loggers run first on
     ``*_start`` events and last on ``*_end`` / ``on_exception``.
 
+    After :meth:`train` or :meth:`infer`, ``runner.model`` is the model that ran,
+    ``runner.state`` the final state, and ``runner.callbacks`` / ``runner.loggers`` the
+    callbacks of the run (of its last stage) in run order, keyed as in Catalyst 19.x: a
+    list's callbacks by their position after sorting by ``order`` (so in
+    ``infer(callbacks=[CheckpointCallback(resume=...), InferCallback()])``, ``callbacks[0]``
+    is the InferCallback), a dict's by their key, and the ones the runner added by
+    ``"_criterion"``, ``"_optimizer"``, ``"_scheduler"``, ``"_saver"``, ``"console"``,
+    ``"verbose"``, ``"_timer"``.
+
     Args:
         model: default model for :meth:`train` and :meth:`infer`.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` or ``None`` (CUDA if available).
@@ -123,6 +146,8 @@ class Runner(abc.ABC):
         self.model = model
         self.device = device
         self.state: RunnerState | None = None
+        self.callbacks: OrderedDict[Any, Callback] = OrderedDict()
+        self.loggers: OrderedDict[Any, Callback] = OrderedDict()
 
     @abc.abstractmethod
     def batch_to_dict(self, batch: Any) -> dict[str, Any]:
@@ -148,8 +173,11 @@ class Runner(abc.ABC):
     def _run_loader(self, state: RunnerState, loader: Iterable, callbacks: list[Callback],
                     channels_last: bool) -> None:
         state.loader_len = len(loader) if hasattr(loader, "__len__") else 0
+        if state.max_batches is not None and hasattr(loader, "__len__"):
+            state.loader_len = min(state.loader_len, state.max_batches)
         state.model.train(state.need_backward)
         state.loader_metrics = {}
+        state.epoch_metrics[state.loader_name] = state.loader_metrics
         totals: dict[str, float] = {}
         count = 0
         autocast = (torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
@@ -167,14 +195,17 @@ class Runner(abc.ABC):
                 for k, v in state.batch_metrics.items():
                     totals[k] = totals.get(k, 0.0) + v * state.batch_size
                 count += state.batch_size
+                if state.max_batches is not None and state.batch_index + 1 >= state.max_batches:
+                    break
         if state.distributed:
             keys = sorted(totals)
             packed = dist_utils.all_reduce_sum(torch.tensor([totals[k] for k in keys] + [count],
                                                             dtype=torch.float64), state)
             totals, count = dict(zip(keys, packed[:-1].tolist())), packed[-1].item()
         state.loader_metrics = {k: v / max(count, 1) for k, v in totals.items()}
+        # the same dict: what on_loader_end callbacks add (Catalyst's state.metrics.epoch_values) is kept
+        state.epoch_metrics[state.loader_name] = state.loader_metrics
         self._fire(callbacks, "on_loader_end", state)
-        state.epoch_metrics[state.loader_name] = dict(state.loader_metrics)
 
     def _run_epoch(self, state: RunnerState, loaders: Mapping[str, Iterable], cbs: list[Callback],
                    channels_last: bool) -> None:
@@ -243,7 +274,9 @@ class Runner(abc.ABC):
               stages: list[Stage] | None = None, seed: int | None = None, amp: bool | str = False,
               channels_last: bool = False, compile: bool | dict = False,
               normalization: Mapping[str, list[float]] | None = None, nonfinite: str = "raise",
-              checkpoint_data: Mapping[str, Any] | None = None) -> RunnerState:
+              checkpoint_data: Mapping[str, Any] | None = None, fp16: Any = None, monitoring_params: Any = None,
+              check: bool = False, timeit: bool = False,
+              overwrite_logdir: bool = False) -> RunnerState:
         """Train ``model`` over ``stages`` (or one stage ``"train"`` of ``num_epochs``), validating each epoch.
 
         Loaders whose name starts with ``"train"`` run backward and optimizer steps; the metrics of
@@ -279,23 +312,40 @@ class Runner(abc.ABC):
             nonfinite: on a NaN/inf loss ``"raise"`` (stop with an error naming the loss and where)
                 or ``"skip"`` (skip the batch; counted in ``state.skipped_batches``).
             checkpoint_data: extra plain data stored in every checkpoint.
+            fp16: Catalyst 19.x spelling of ``amp``: ``None``/``False`` off, ``True`` or
+                ``dict(opt_level="O1"|"O2")`` is ``amp=True`` (native autocast, said once in a
+                warning), ``"O0"`` off; ``"O3"`` and other apex options raise.
+            monitoring_params: Catalyst 19.x Alchemy / W&B monitoring: only ``None`` is accepted.
+            check: Catalyst's quick check: at most 4 batches per loader and 3 epochs per stage.
+            timeit: add a :class:`~segzoo.training.callbacks.TimerCallback` (``_timers/data_time``,
+                ``_timers/batch_time`` metrics).
+            overwrite_logdir: replace the previous run in a ``logdir`` that already holds one (only the
+                files segzoo writes there are removed). Without it such a ``logdir`` is refused
+                unless ``resume`` points into it; see :mod:`segzoo.training.logdir`.
 
         Returns:
             The final :class:`RunnerState` (``valid_metrics``, ``best_valid_metric``, ...).
 
         Raises:
-            ValueError: no model, no ``valid_loader`` loader, bad stages or options.
+            ValueError: no model, no ``valid_loader`` loader, bad stages or options, a callback
+                or Catalyst argument that cannot be honoured (e.g. ``monitoring_params``), a ``logdir``
+                that holds another run, a ``resume`` whose optimizer settings differ from the given ones.
+            FileExistsError: another running training holds ``logdir``.
             KeyError: ``main_metric`` is not computed on the valid loader.
             NonFiniteLossError: a non-finite loss with ``nonfinite="raise"``.
         """
         model = model if model is not None else self.model
         if model is None:
             raise ValueError("no model: pass one to train() or to the runner's constructor")
+        self.model = model  # stays on the runner: predict_loader(None, ...) / predict_batch use it
+        check_monitoring_params(monitoring_params)
+        amp = fp16_to_amp(fp16, amp)
         if not isinstance(loaders, Mapping) or not loaders:
             raise ValueError(f"loaders must be a non-empty dict name -> DataLoader, got {type(loaders).__name__}")
         if valid_loader not in loaders:
             raise ValueError(f"training needs a {valid_loader!r} loader to select checkpoints; "
                              f"got loaders {list(loaders)}")
+        check_logdir_path(logdir)
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
         stages = list(stages) if stages else [Stage("train", num_epochs)]
@@ -305,14 +355,19 @@ class Runner(abc.ABC):
             check_file_name(s.name, "a stage name (it names checkpoint files)")
         if len({s.name for s in stages}) != len(stages):
             raise ValueError(f"stage names must be unique, got {[s.name for s in stages]}")
-        given = list(callbacks.values()) if isinstance(callbacks, Mapping) else list(callbacks or [])
-        if resume is None:
-            resume = next((c.resume for c in given if isinstance(c, CheckpointCallback) and c.resume), None)
+        items = callback_items(callbacks)
+        given = [cb for _, cb in items]
+        resume = resume_of_callbacks(given, resume)
+        if timeit and not any(isinstance(c, TimerCallback) for c in given):
+            given.append(TimerCallback())
+        if check:
+            stages = [dataclasses.replace(s, num_epochs=min(s.num_epochs, CHECK_EPOCHS)) for s in stages]
         if seed is not None:
             seed_everything(seed)
 
         state = RunnerState(logdir=Path(logdir), main_metric=main_metric, minimize_metric=minimize_metric,
-                            nonfinite=nonfinite, valid_loader=valid_loader)
+                            nonfinite=nonfinite, valid_loader=valid_loader,
+                            max_batches=CHECK_BATCHES if check else None)
         state.distributed, rank, state.world_size, state.device = dist_utils.setup(resolve_device(self.device))
         state.is_main_process = rank == 0
         state.checkpoint_data = {"normalization": dict(normalization) if normalization else None,
@@ -322,8 +377,6 @@ class Runner(abc.ABC):
             state.scaler = torch.amp.GradScaler("cuda")
         if state.distributed:
             loaders = {k: dist_utils.shard_loader(v) if isinstance(v, DataLoader) else v for k, v in loaders.items()}
-        if state.is_main_process:
-            Path(logdir).mkdir(parents=True, exist_ok=True)
         self.state = state
         state.model = self._prepare_model(model, state, channels_last, compile)
         state.criterion = criterion
@@ -338,68 +391,112 @@ class Runner(abc.ABC):
                 raise ValueError(f"checkpoint {resume} is at the end of the last stage ({resumed['stage']!r}, "
                                  f"epoch {resumed['epoch']}): nothing left to train; raise num_epochs or add a stage")
 
-        for state.stage_index in range(start_stage, len(stages)):
-            stage = stages[state.stage_index]
-            state.stage, state.num_epochs = stage.name, stage.num_epochs
-            state.optimizer = stage.optimizer if stage.optimizer is not None else optimizer
-            state.scheduler = stage.scheduler if stage.scheduler is not None else scheduler
-            state.criterion = stage.criterion if stage.criterion is not None else criterion
-            cbs = self._stage_callbacks(given, stage, state, verbose)
-            first = state.stage_index == start_stage
-            if first and resumed is not None:
-                restore_after_resume(resumed, state, cbs)
-            state.epoch = start_epoch - 1 if first else 0
-            state.stop_training = False
-            try:
-                self._fire(cbs, "on_stage_start", state)
-                for epoch in range(state.epoch + 1, stage.num_epochs + 1):
-                    state.epoch = epoch
-                    self._run_epoch(state, loaders, cbs, channels_last)
-                    if state.stop_training:
-                        break
-                self._fire(cbs, "on_stage_end", state)
-            except BaseException as exc:
-                state.exception = exc
-                self._fire(cbs, "on_exception", state)
-                raise
+        held = (claim_logdir(logdir, resume=resume, overwrite=overwrite_logdir) if state.is_main_process
+                else contextlib.nullcontext())
+        with held:
+            for state.stage_index in range(start_stage, len(stages)):
+                stage = stages[state.stage_index]
+                state.stage, state.num_epochs = stage.name, stage.num_epochs
+                state.optimizer = stage.optimizer if stage.optimizer is not None else optimizer
+                state.checkpoint_data["optimizer_hparams"] = optimizer_hparams(state.optimizer)
+                state.scheduler = stage.scheduler if stage.scheduler is not None else scheduler
+                state.criterion = stage.criterion if stage.criterion is not None else criterion
+                cbs = self._stage_callbacks(given, stage, state, verbose)
+                self.callbacks, self.loggers = name_run_callbacks(cbs, items)
+                state.loggers = self.loggers
+                first = state.stage_index == start_stage
+                if first and resumed is not None:
+                    restore_after_resume(resumed, state, cbs)
+                state.epoch = start_epoch - 1 if first else 0
+                state.stop_training = False
+                try:
+                    self._fire(cbs, "on_stage_start", state)
+                    for epoch in range(state.epoch + 1, stage.num_epochs + 1):
+                        state.epoch = epoch
+                        self._run_epoch(state, loaders, cbs, channels_last)
+                        if state.stop_training:
+                            break
+                    self._fire(cbs, "on_stage_end", state)
+                except BaseException as exc:
+                    state.exception = exc
+                    self._fire(cbs, "on_exception", state)
+                    raise
         return state
 
-    def infer(self, model: nn.Module | None, loaders: Mapping[str, Iterable], callbacks: list[Callback] | None = None,
-              verbose: bool = False, resume: str | os.PathLike | None = None, amp: bool | str = False,
-              channels_last: bool = False) -> RunnerState:
+    def infer(self, model: nn.Module | None, loaders: Mapping[str, Iterable],
+              callbacks: list[Callback] | Mapping[Any, Callback] | None = None, verbose: bool = False,
+              resume: str | os.PathLike | None = None, amp: bool | str = False, channels_last: bool = False,
+              fp16: Any = None, check: bool = False, timeit: bool = False) -> RunnerState:
         """Run ``model`` over ``loaders`` in eval mode without gradients; callbacks see every batch.
 
+        One stage ``"infer"`` of one epoch: callbacks get every event of :meth:`train`
+        (stage, epoch, loader, batch; ``on_exception`` on errors). A
+        ``CheckpointCallback(resume=...)`` loads its checkpoint's weights before the first batch
+        (Catalyst 19.x's way) and writes nothing. Callbacks that only make sense while training
+        (optimizer, scheduler, criterion, early stopping, TensorBoard, prediction pictures) are
+        refused with a ValueError saying what to use instead, rather than silently not run.
+
         Args:
-            model: the model (default: the runner's).
+            model: the model (default: the runner's); it stays on the runner afterwards.
             loaders: ``name -> DataLoader``.
-            callbacks: e.g. metric callbacks; their loader values end up in ``state.epoch_metrics``.
+            callbacks: a list or a dict ``name -> Callback`` (see ``runner.callbacks`` in the
+                class doc), e.g. ``InferCallback()`` to collect outputs, or metric callbacks whose
+                loader values end up in ``state.epoch_metrics``.
             verbose: show a tqdm progress bar.
-            resume: checkpoint (file or log directory) whose weights to load first.
+            resume: checkpoint (file or log directory) whose weights to load first; the same as
+                ``CheckpointCallback(resume=...)`` (giving both with different paths raises).
             amp: autocast as in :meth:`train`.
             channels_last: as in :meth:`train`.
+            fp16: Catalyst 19.x spelling of ``amp``, as in :meth:`train`.
+            check: at most 4 batches per loader.
+            timeit: add a :class:`~segzoo.training.callbacks.TimerCallback`.
 
         Returns:
             The final state (``state.epoch_metrics`` holds the metrics the callbacks computed).
+
+        Raises:
+            ValueError: no model, bad loaders, a callback or argument infer cannot honour.
         """
         model = model if model is not None else self.model
         if model is None:
             raise ValueError("no model: pass one to infer() or to the runner's constructor")
         if not isinstance(loaders, Mapping):
             raise ValueError(f"loaders must be a dict name -> DataLoader, got {type(loaders).__name__}")
-        state = RunnerState(stage="infer", num_epochs=1, epoch=1)
+        items = callback_items(callbacks)
+        given = [cb for _, cb in items]
+        check_infer_callbacks(given, resume)
+        resume = resume_of_callbacks(given, resume)
+        amp = fp16_to_amp(fp16, amp)
+        self.model = model
+        state = RunnerState(stage="infer", num_epochs=1, epoch=1, global_epoch=1,
+                            max_batches=CHECK_BATCHES if check else None)
         state.device = resolve_device(self.device)
         state.amp_dtype = amp_dtype(amp, state.device)
         state.model = model.to(state.device)
         if channels_last:
             state.model = state.model.to(memory_format=torch.channels_last)
-        if resume is not None:
-            load_resume(resume, state, None)
+        added = ([ProgressBarLogger()] if verbose else []) + ([TimerCallback()] if timeit else [])
+        everything = sort_callbacks(given + added)
+        self.callbacks, self.loggers = name_run_callbacks(everything, items)
+        state.loggers = self.loggers
         self.state = state
-        cbs = sort_callbacks(list(callbacks or []) + ([ProgressBarLogger()] if verbose else []))
-        self._fire(cbs, "on_stage_start", state)
-        for state.loader_name, loader in loaders.items():
-            state.need_backward = False
-            self._run_loader(state, loader, cbs, channels_last)
-        self._fire(cbs, "on_stage_end", state)
+        saver = next((c for c in given if isinstance(c, CheckpointCallback) and c.resume), None)
+        if saver is not None:
+            saver.load_for_infer(state)
+        elif resume is not None:
+            load_resume(resume, state, None)
+        # a CheckpointCallback's only job in infer is the loading above: it writes nothing
+        cbs = [c for c in everything if not isinstance(c, CheckpointCallback)]
+        try:
+            self._fire(cbs, "on_stage_start", state)
+            self._fire(cbs, "on_epoch_start", state)
+            for state.loader_name, loader in loaders.items():
+                state.need_backward = False
+                self._run_loader(state, loader, cbs, channels_last)
+            self._fire(cbs, "on_epoch_end", state)
+            self._fire(cbs, "on_stage_end", state)
+        except BaseException as exc:
+            state.exception = exc
+            self._fire(cbs, "on_exception", state)
+            raise
         return state
-

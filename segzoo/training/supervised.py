@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch.nn as nn
 
 from segzoo.training.callback import Callback, CallbackOrder
 from segzoo.training.callbacks.criterion import CriterionCallback
-from segzoo.training.runner import Runner
+from segzoo.training.runner import Runner, move_to, resolve_device
 from segzoo.training.state import RunnerState
 
 
@@ -83,6 +85,104 @@ class SupervisedRunner(Runner):
         if not collector.outputs:
             return np.zeros((0,), dtype=np.float32)
         return torch.cat(collector.outputs).numpy()
+
+    def _model_device(self, model: nn.Module) -> torch.device:
+        param = next(iter(model.parameters()), None)
+        return param.device if param is not None else resolve_device(self.device)
+
+    def _features(self, batch: Any) -> torch.Tensor:
+        if isinstance(batch, torch.Tensor):
+            return batch
+        return self.batch_to_dict(batch)[self.input_key]
+
+    def predict_batch(self, batch: Any, **kwargs: Any) -> dict[str, Any]:
+        """Outputs of the runner's model for one batch (Catalyst 19.x ``runner.predict_batch``).
+
+        The batch goes to the model's device; the model runs in eval mode without gradients
+        (its train/eval mode is restored afterwards).
+
+        Args:
+            batch: a dict holding ``input_key`` (features (B, C, H, W)), a ``(features, targets)``
+                pair, or the features tensor itself; other items (file names...) are ignored.
+            **kwargs: refused (Catalyst passed them to the model).
+
+        Returns:
+            ``{output_key: logits (B, K, H, W)}`` on the model's device.
+
+        Raises:
+            ValueError: the runner has no model (give one to the constructor, train or infer).
+            TypeError: keyword arguments (Catalyst passed them to the model; segzoo models take none).
+        """
+        if kwargs:
+            raise TypeError(f"predict_batch() takes no model keyword arguments, got {sorted(kwargs)}")
+        model = self.model
+        if model is None:
+            raise ValueError("no model: pass one to SupervisedRunner(model=...), train() or infer() first")
+        device = self._model_device(model)
+        batch = {self.input_key: batch} if isinstance(batch, torch.Tensor) else self.batch_to_dict(batch)
+        state = RunnerState(stage="predict", device=device, input=move_to(batch, device))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return self.forward(state, model)
+        finally:
+            model.train(was_training)
+
+    def trace(self, model: nn.Module | None = None, batch: Any = None, logdir: str | os.PathLike | None = None,
+              loader: Iterable | None = None, method_name: str = "forward", mode: str = "eval",
+              requires_grad: bool = False, fp16: Any = None, device: str | torch.device = "cpu",
+              predict_params: Mapping[str, Any] | None = None) -> torch.jit.ScriptModule:
+        """TorchScript of the model, traced on a batch and checked against eager (Catalyst 19.x ``runner.trace``).
+
+        Uses :func:`segzoo.export.trace_model` (same checks as ``segzoo trace``) on a copy of
+        the model, so the runner's model keeps its mode and ``requires_grad``.
+
+        Args:
+            model: the model (default: the runner's); it becomes the runner's model.
+            batch: a batch as in training (dict, pair or features (B, C, H, W)).
+            logdir: when set, also save to ``logdir/trace/traced-{method}[-in_train][-with_grad].pth``
+                (an existing file is refused).
+            loader: when ``batch`` is not given, its first batch is used.
+            method_name: the model method to trace.
+            mode: ``"eval"`` or ``"train"``.
+            requires_grad: trace with gradients.
+            fp16: only ``None`` / ``False`` (tracing is float32).
+            device: where to trace.
+            predict_params: only ``None`` (segzoo models take no forward keywords).
+
+        Returns:
+            The traced module (``torch.jit.save`` / ``torch.jit.load``, or ``torch::jit::load`` in C++).
+
+        Raises:
+            ValueError: no batch and no loader, no model, ``fp16`` / ``predict_params`` given.
+            ExportCheckError: the trace does not reproduce eager outputs.
+        """
+        from segzoo.export import save_traced, trace_model
+
+        if fp16:
+            raise ValueError(f"runner.trace(fp16={fp16!r}) is not supported: tracing is float32; "
+                             f"drop fp16 (cast the loaded TorchScript with .half() if you need it)")
+        if predict_params is not None:
+            raise ValueError("runner.trace(predict_params=...) is not supported: segzoo models' forward "
+                             "takes only the input tensor")
+        if batch is None:
+            if loader is None:
+                raise ValueError("runner.trace() needs batch= or loader=")
+            batch = next(iter(loader))
+        if model is not None:
+            self.model = model
+        if self.model is None:
+            raise ValueError("no model: pass model= to trace() or give the runner one")
+        dev = resolve_device(device)
+        example = self._features(batch).to(dev)
+        traced = trace_model(copy.deepcopy(self.model).to(dev), example, method=method_name, mode=mode,
+                             requires_grad=requires_grad)
+        if logdir is not None:
+            name = f"traced-{method_name}" + ("-in_train" if mode == "train" else "") + \
+                   ("-with_grad" if requires_grad else "") + ".pth"
+            save_traced(traced, Path(logdir) / "trace" / name)
+        return traced
 
 
 class _OutputCollector(Callback):

@@ -107,3 +107,17 @@ def test_requires_grad_false_freezes_and_keeps_bn_eval():
     assert torch.equal(before, bns[0].running_mean)
     enc.unfreeze()
     assert all(p.requires_grad for p in enc.parameters()) and bns[0].training
+
+
+@pytest.mark.parametrize("output_stride, replace", [(16, [False, False, True]), (8, [False, True, True])])
+def test_output_stride_matches_torchvision_dilation(output_stride, replace):
+    """Dilated stages equal torchvision's replace_stride_with_dilation, with the same (unchanged) weights."""
+    ref = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=replace).eval()
+    enc = ResnetEncoder("resnet50", pretrained=False, state_dict=ref.state_dict(), output_stride=output_stride).eval()
+    assert enc.out_strides == [2, 4, 8, min(16, output_stride), output_stride]
+    x = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        want = torch.nn.Sequential(*list(ref.children())[:-2])(x)
+        got = enc(x)[-1]
+    assert got.shape == want.shape == (1, 2048, 48 // output_stride, 64 // output_stride)
+    torch.testing.assert_close(got, want)

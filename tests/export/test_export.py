@@ -14,12 +14,13 @@ import torch.nn as nn
 from _h4_helpers import NORM, assert_user_error, tiny_model, write_checkpoint
 
 from segzoo.export import ONNX_OPSETS, export_checkpoint
+from segzoo.models import ARCHITECTURES
 
 pytestmark = [pytest.mark.export,
               # the TorchScript-based exporter segzoo uses on purpose (dynamo=False) says it is legacy
               pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")]
 
-ARCHS = ["unet", "linknet", "fpn_unet", "pspnet"]
+ARCHS = list(ARCHITECTURES)  # every architecture of the table
 
 
 def _model(arch, seed=0):

@@ -222,6 +222,24 @@ def test_checkpoint_without_normalization_uses_imagenet(tmp_path, cli, user_mode
     _assert_same(_read_mask(tmp_path / "out" / "n.png"), expected, confident)
 
 
+def test_16_bit_images_give_the_mask_of_their_8_bit_version(tmp_path, cli):
+    logdir, ckpt, model = _class_log(tmp_path, num_classes=3)
+    grey = _image(37, 53, 19)[..., 0]
+    (tmp_path / "in16").mkdir()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "in16" / "g.png")  # mode I;16
+    rgb = np.repeat(grey[..., None], 3, -1)
+    code, _, err = cli("predict", logdir, "--input", tmp_path / "in16", "--output", tmp_path / "out", "--overlay",
+                       "--no-progress")
+    assert code == 0, err
+    expected, confident = _classes(_logits(model, rgb, _normalization(ckpt)))
+    _assert_same(_read_mask(tmp_path / "out" / "g.png"), expected, confident)
+    assert len(np.unique(expected)) >= 2  # a flattened (0/255) input would not give this mask
+    with Image.open(tmp_path / "out" / "g_overlay.png") as img:
+        blended = np.asarray(img)
+    background = _read_mask(tmp_path / "out" / "g.png") == 0
+    np.testing.assert_array_equal(blended[background], rgb[background])  # shown at 8 bits
+
+
 # ---- tiling ------------------------------------------------------------------------------
 
 def _spy_on_forward(monkeypatch):
@@ -351,10 +369,11 @@ def test_bad_options_and_outputs(tmp_path, logdir, cli):
     _write(tmp_path / "solo", "s.png", _image(32, 32, 18))
     out = tmp_path / "out"
     solo = ("--input", tmp_path / "solo", "--output", out)
-    assert_user_error(cli("predict", logdir, "--input", tmp_path / "in", "--output", out), "would both write a.png")
+    assert_user_error(cli("predict", logdir, "--input", tmp_path / "in", "--output", out), "a.jpg and ",
+                      "a.png would both write", str(out / "a.png"))
     assert_user_error(cli("predict", logdir, *solo, "--threshold", 1.5), "threshold")
     assert_user_error(cli("predict", logdir, *solo, "--tile", 0), "tile size")
-    assert_user_error(cli("predict", logdir, *solo, "--tile", 16, "--tile-overlap", 16), "tile overlap")
+    assert_user_error(cli("predict", logdir, *solo, "--tile", 32, "--tile-overlap", 32), "tile overlap")
     assert_user_error(cli("predict", logdir, *solo, "--batch-size", 0), "batch size")
     assert not out.exists()
     out.write_text("a file")

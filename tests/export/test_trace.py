@@ -64,10 +64,16 @@ def test_out_dir_out_model_and_checkpoint_file(logdir, tmp_path, cli):
     code, out, _ = cli("trace", logdir, "--input-size", 32, 32, "--out-dir", tmp_path / "elsewhere")
     assert code == 0 and out.strip() == str(tmp_path / "elsewhere" / "traced-best-forward.pth")
     target = tmp_path / "x" / "model.pt"
-    code, out, _ = cli("trace", logdir, "--input-size", 32, 32, "--out-dir", tmp_path / "ignored",
-                       "--out-model", target)
-    assert code == 0 and out.strip() == str(target) and not (tmp_path / "ignored").exists()
+    code, out, _ = cli("trace", logdir, "--input-size", 32, 32, "--out-model", target)
+    assert code == 0 and out.strip() == str(target)
     _check_traced(target, tiny_model())
+    # with --out-dir, --out-model is a file name in it (neither silently ignored nor a way out of it)
+    code, out, _ = cli("trace", logdir, "--input-size", 32, 32, "--out-dir", tmp_path / "dir", "--out-model", "m.pt")
+    assert code == 0 and out.strip() == str(tmp_path / "dir" / "m.pt")
+    for name in ("../escape.pt", "sub/m.pt", ".."):
+        assert_user_error(cli("trace", logdir, "--out-dir", tmp_path / "dir", "--out-model", name),
+                          "--out-model", "plain file name")
+    assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["m.pt"] and not (tmp_path / "escape.pt").exists()
     code, out, _ = cli("trace", logdir / "checkpoints" / "last.pth", "--input-size", 32, 32)
     assert code == 0 and out.strip() == str(logdir / "trace" / "traced-last-forward.pth")
 

@@ -6,10 +6,8 @@ import torch.nn as nn
 
 import segzoo
 from segzoo import (
-    FPNUnet,
     Linknet,
-    PSPnet,
-    ResnetFPNUnet,
+    ResnetDeepLabV3Plus,
     ResnetLinknet,
     ResnetPSPnet,
     ResnetUnet,
@@ -20,9 +18,11 @@ from segzoo import (
     model_from_spec,
 )
 from segzoo.encoders import EncoderSpec, TimmEncoder
+from segzoo.models import ARCHITECTURES
 
-GENERIC = [Unet, Linknet, FPNUnet, PSPnet]
-RESNET = [ResnetUnet, ResnetLinknet, ResnetFPNUnet, ResnetPSPnet]
+# every architecture of the table, in both families: a new row is tested here without editing this file
+GENERIC = list(ARCHITECTURES)
+RESNET = [f"resnet18_{arch}" for arch in ARCHITECTURES]
 
 
 class TinyEncoder(EncoderSpec):
@@ -49,8 +49,8 @@ class TinyEncoder(EncoderSpec):
         return [a, b, self.c(b)]
 
 
-def _tiny(cls):
-    return dict(num_channels=8, num_blocks=3)
+def _tiny(name):
+    return dict(pretrained=False) if name.startswith("resnet") else dict(num_channels=8, num_blocks=3)
 
 
 def _forward_backward(model, shape=(2, 3, 64, 64), classes=2):
@@ -64,33 +64,32 @@ def _forward_backward(model, shape=(2, 3, 64, 64), classes=2):
     assert any(g.abs().sum() > 0 for g in enc_grads)
 
 
-@pytest.mark.parametrize("cls", GENERIC, ids=lambda c: c.__name__)
-def test_generic_default_encoder(cls):
-    _forward_backward(cls(num_classes=2, **_tiny(cls)))
+@pytest.mark.parametrize("name", GENERIC)
+def test_generic_default_encoder(name):
+    _forward_backward(create_model(name, num_classes=2, **_tiny(name)))
 
 
-@pytest.mark.parametrize("cls", GENERIC, ids=lambda c: c.__name__)
-def test_generic_custom_encoder(cls):
-    model = cls(num_classes=2, encoder=TinyEncoder())
+@pytest.mark.parametrize("name", GENERIC)
+def test_generic_custom_encoder(name):
+    model = create_model(name, num_classes=2, encoder=TinyEncoder())
     _forward_backward(model)
     assert model.segzoo_spec is None  # not rebuildable from plain data: trace needs a factory
 
 
-@pytest.mark.parametrize("cls", GENERIC, ids=lambda c: c.__name__)
-def test_generic_timm_encoder(cls):
-    _forward_backward(cls(num_classes=2, encoder=TimmEncoder("test_resnet")))
+@pytest.mark.parametrize("name", GENERIC)
+def test_generic_timm_encoder(name):
+    _forward_backward(create_model(name, num_classes=2, encoder=TimmEncoder("test_resnet")))
 
 
-@pytest.mark.parametrize("cls", RESNET, ids=lambda c: c.__name__)
-def test_resnet_models(cls):
-    _forward_backward(cls(num_classes=2, arch="resnet18", pretrained=False))
+@pytest.mark.parametrize("name", RESNET)
+def test_resnet_models(name):
+    _forward_backward(create_model(name, num_classes=2, pretrained=False))
 
 
-@pytest.mark.parametrize("cls", GENERIC + RESNET, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", GENERIC + RESNET)
 @pytest.mark.parametrize("hw", [(67, 71), (33, 97), (1, 1), (100, 100)])
-def test_any_size_exact_output(cls, hw):
-    kw = dict(arch="resnet18", pretrained=False) if cls in RESNET else _tiny(cls)
-    model = cls(num_classes=3, **kw).eval()
+def test_any_size_exact_output(name, hw):
+    model = create_model(name, num_classes=3, **_tiny(name)).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, *hw)).shape == (1, 3, *hw)
 
@@ -158,12 +157,16 @@ def test_bad_part_combinations():
         Unet(encoder=TinyEncoder(), encoder_params=dict(num_blocks=2))
     with pytest.raises(TypeError, match="decoder_params"):
         ResnetUnet(pretrained=False, decoder_params=[1, 2])
+    with pytest.raises(TypeError):  # options after the documented ones are keyword-only
+        Linknet(1, 3, 32, 4, None, None, None, None, None, None)
 
 
 def test_registry_lists_and_rejects():
     names = list_models()
-    assert {"unet", "linknet", "fpn_unet", "pspnet", "resnet34_unet", "resnet152_pspnet"} <= set(names)
-    assert list_models("resnet18_*") == ["resnet18_fpn_unet", "resnet18_linknet", "resnet18_pspnet", "resnet18_unet"]
+    assert {"unet", "linknet", "fpn_unet", "pspnet", "deeplabv3plus", "upernet", "resnet34_unet", "resnet152_pspnet",
+            "resnet34_deeplabv3plus", "resnet50_upernet"} <= set(names)
+    assert list_models("resnet18_*") == ["resnet18_deeplabv3plus", "resnet18_fpn_unet", "resnet18_linknet",
+                                         "resnet18_pspnet", "resnet18_unet", "resnet18_upernet"]
     with pytest.raises(KeyError, match="resnet34_unet"):
         create_model("resnet34_unett")
     with pytest.raises(TypeError, match="unknown argument"):
@@ -195,15 +198,53 @@ def test_spec_rebuilds_identical_model():
 
 
 def test_direct_construction_records_spec_and_rebuild_skips_downloads(hub_cache):
-    model = ResnetUnet(arch="resnet34", pretrained=False, num_classes=2)
-    assert model.segzoo_spec == {"name": "resnet34_unet", "kwargs": {
-        "num_classes": 2, "pretrained": False, "size_mode": "pad", "channels_last": True}}
+    # the spec is the registry name and the arguments that differ from the defaults, however the model was built
+    model = ResnetUnet(arch="resnet34", pretrained=False, num_classes=2, channels_last=True)
+    assert model.segzoo_spec == {"name": "resnet34_unet", "kwargs": {"num_classes": 2, "pretrained": False}}
+    assert create_model("resnet34_unet", pretrained=False, num_classes=2).segzoo_spec == model.segzoo_spec
     # the hub cache is empty and SEGZOO_OFFLINE is set: a spec asking for pretrained weights (or for an
     # encoder weights file) is rebuilt without reading them, since the checkpoint carries the weights
     spec = {"name": "resnet34_unet", "kwargs": {"pretrained": True, "num_classes": 2,
                                                  "encoder_params": {"state_dict": "/nonexistent.pth"}}}
     rebuilt = model_from_spec(spec)
-    assert isinstance(rebuilt, ResnetUnet) and rebuilt.segzoo_spec == spec
+    assert isinstance(rebuilt, ResnetUnet)
+    assert rebuilt.segzoo_spec == {"name": "resnet34_unet", "kwargs": {"pretrained": False, "num_classes": 2,
+                                                                         "encoder_params": {}}}
+
+
+def test_unet_and_generic_models_keep_their_parameter_counts():
+    # the architecture table must build exactly what the per-name code built before it
+    counts = {"unet": 7_849_634, "linknet": 5_042_594, "fpn_unet": 5_133_154, "pspnet": 1_371_106,
+              "resnet34_unet": 24_429_314, "resnet34_linknet": 21_613_698, "resnet34_fpn_unet": 21_703_618,
+              "resnet34_pspnet": 1_430_978}
+    for name, count in counts.items():
+        kw = {"pretrained": False} if name.startswith("resnet") else {}
+        assert sum(p.numel() for p in create_model(name, num_classes=2, **kw).parameters()) == count, name
+
+
+def test_bridge_policy_is_uniform():
+    """bridge_params given: a bridge, for every architecture and family; not given: the family's default."""
+    for name in GENERIC + RESNET:
+        given = create_model(name, **_tiny(name), bridge_params={"out_channels": 16})
+        assert given.bridge is not None and given.bridge.out_channels[-1] == 16, name
+        default = create_model(name, **_tiny(name))
+        assert (default.bridge is not None) == (not name.startswith("resnet") and ARCHITECTURES[name].bridge), name
+
+
+def test_deeplab_output_stride_and_weights_load_into_dilated_encoder(tmp_path):
+    import torchvision
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    for stride in (16, 8):
+        model = ResnetDeepLabV3Plus(num_classes=2, arch="resnet18", pretrained=False,
+                                    encoder_params=dict(output_stride=stride, state_dict=str(path)))
+        assert model.encoder.out_strides[-1] == stride and model.size_multiple == stride
+        assert model.decoder.aspp.rates == [12 * 16 // stride, 24 * 16 // stride, 36 * 16 // stride]
+        assert model.decoder.out_strides == [4]
+        _forward_backward(model, shape=(2, 3, 50, 70))
+    with pytest.raises(ValueError, match="output_stride"):
+        ResnetDeepLabV3Plus(pretrained=False, encoder_params=dict(output_stride=4))
 
 
 def test_whole_model_state_dict(tmp_path):

@@ -1,20 +1,29 @@
 """Property tests: random sizes and options for every architecture give the input's size or a clear error."""
 
+import inspect
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segzoo import FPNUnet, Linknet, PSPnet, ResnetFPNUnet, ResnetLinknet, ResnetPSPnet, ResnetUnet, Unet
+from segzoo import Linknet, create_model
+from segzoo.decoders import DECODERS
+from segzoo.models import ARCHITECTURES
 
-GENERIC = [Unet, Linknet, FPNUnet, PSPnet]
-RESNET = [ResnetUnet, ResnetLinknet, ResnetFPNUnet, ResnetPSPnet]
 MODES = ["nearest", "bilinear", "interpolate", "transpose", "conv", "pixelshuffle"]
+
+
+def _decoder_options(arch: str, upsample: str, complexity: int) -> dict:
+    """The random options the architecture's decoder takes (read from its signature, not from its name)."""
+    accepted = inspect.signature(DECODERS[ARCHITECTURES[arch].decoder]).parameters
+    return {k: v for k, v in {"upsample": upsample, "complexity": complexity}.items() if k in accepted}
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    cls=st.sampled_from(GENERIC + RESNET),
+    arch=st.sampled_from(list(ARCHITECTURES)),
+    resnet=st.booleans(),
     h=st.integers(1, 80),
     w=st.integers(1, 80),
     batch=st.integers(1, 3),
@@ -24,19 +33,17 @@ MODES = ["nearest", "bilinear", "interpolate", "transpose", "conv", "pixelshuffl
     upsample=st.sampled_from(MODES),
     strict=st.booleans(),
 )
-def test_random_configurations(cls, h, w, batch, in_channels, num_classes, complexity, upsample, strict):
+def test_random_configurations(arch, resnet, h, w, batch, in_channels, num_classes, complexity, upsample, strict):
     head = {"upsample": upsample}
-    decoder = {} if cls in (PSPnet, ResnetPSPnet) else {"upsample": upsample}
-    if cls in (Unet, Linknet, ResnetUnet, ResnetLinknet):
-        decoder["complexity"] = complexity
+    decoder = _decoder_options(arch, upsample, complexity)
     size_mode = "strict" if strict else "pad"
-    if cls in RESNET:
-        model = cls(num_classes=num_classes, arch="resnet18", pretrained=False, decoder_params=decoder,
-                    head_params=head, encoder_params={"in_channels": in_channels}, size_mode=size_mode)
+    if resnet:
+        model = create_model(f"resnet18_{arch}", num_classes=num_classes, pretrained=False, decoder_params=decoder,
+                             head_params=head, encoder_params={"in_channels": in_channels}, size_mode=size_mode)
     else:
-        model = cls(num_classes=num_classes, in_channels=in_channels, num_channels=4, num_blocks=3,
-                    encoder_params={"complexity": complexity}, decoder_params=decoder, head_params=head,
-                    size_mode=size_mode)
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels, num_channels=4, num_blocks=3,
+                             encoder_params={"complexity": complexity}, decoder_params=decoder, head_params=head,
+                             size_mode=size_mode)
     model.eval()
     x = torch.rand(batch, in_channels, h, w)
     m = model.size_multiple

@@ -243,3 +243,104 @@ def test_folder_config_missing_folder_exit_2(tmp_path, capsys):
             f"data.train_images={tmp_path / 'none'}"]
     assert main(args) == 2
     assert "none" in capsys.readouterr().err
+
+
+# ---- hostile configs: each refused in one line before any folder is created ----------------------
+
+def _refused(tmp_path, capsys, *overrides, config=None, needle=""):
+    path = config or write(tmp_path, TINY)
+    assert main(["train", "--config", str(path), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 1100, err
+    assert needle in err, err
+    assert not (tmp_path / "run").exists()
+    return err
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["loss.name=CrossEntropyLoss"], "CrossEntropyLoss needs num_classes >= 2"),
+    (["loss={name: DiceLoss, params: {mode: multiclass}}"], "needs num_classes >= 2"),
+    (["loss.name=BCEWithLogitsLoss", "data.params.num_classes=3", "model.params.num_classes=3"],
+     "takes one binary channel"),
+    (["data.params.num_classes=3", "~model.params.num_classes"], "model.params.num_classes is not set"),
+    (["callbacks.0.params={activation: Softmax2d}"], "Softmax2d needs num_classes >= 2"),
+    (["loss.params={bce_weight: .nan}"], "is nan on the first valid sample"),
+    (["scheduler={name: StepLR, params: {step_size: abc}}"], "scheduler StepLR params.step_size must be int"),
+    (["scheduler={name: OneCycleLR, params: {max_lr: 0.1, total_steps: 1}}"], "Tried to step"),
+    (["callbacks.0.params.threshold=abc"], "threshold must be float | None, got str"),
+    (["callbacks.0.params.threshold=5"], "threshold must be in [0, 1]"),
+    (["runner.main_metric=f1"], "runner.main_metric 'f1' is computed by no callback"),
+    (["callbacks.1={name: EarlyStoppingCallback, params: {patience: 2, metric: f1}}"], "EarlyStoppingCallback metric"),
+    (["optimizer.params.lr=-1"], "optimizer Adam: Invalid learning rate: -1"),
+    (["seed.x.y=1"], "seed is not a mapping"),
+    (['logdir=""'], "logdir is empty"),
+    (["data.train_size=10000000000"], "data.train_size must be <= 10000000"),
+    (["data.num_workers=100000"], "data.num_workers must be <= 64"),
+    (["data.params.image_size=100000"], "data.params.image_size must be <= 8192"),
+    (["data.batch_size=4096", "data.params.image_size=512"], "GiB"),
+    (["num_epochs=10000000"], "num_epochs must be <= 100000"),
+    (["model.params.num_channels=100000"], "parameters (limit 2e+09)"),
+    (["model.params.encoder_params={complexity: 1000000}"], "complexity must be an int in [0, 32]"),
+    (["~num_epochs", "stages=[{name: a, num_epochs: 1}, {name: a, num_epochs: 1}]"], "two stages are named 'a'"),
+    (["runner.resume=/nonexistent/run"], "resume checkpoint not found"),
+])
+def test_hostile_values_refused_before_training(tmp_path, capsys, overrides, needle):
+    _refused(tmp_path, capsys, *overrides, needle=needle)
+
+
+def test_logdir_inside_a_data_folder_refused(tmp_path, capsys):
+    args = [f"data.train_images={tmp_path / 'd'}", f"logdir={tmp_path / 'd' / 'run'}"]
+    assert main(["train", "--config", str(CONFIGS / "folder.yml"), *args]) == 2
+    assert "inside data.train_images" in capsys.readouterr().err
+
+
+BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]"
+                                                              for p, c in zip("abcdef", "bcdefg")])
+
+
+def test_yaml_alias_bomb_is_one_short_line(tmp_path, capsys):
+    bomb = tmp_path / "bomb.yml"
+    bomb.write_text(BOMB + "\nlogdir: [*g, *g]\n")
+    _refused(tmp_path, capsys, config=bomb, needle="alias bomb")
+    _refused(tmp_path, capsys, "logdir=[" + ", ".join(["[x, x, x, x, x, x, x, x, x, x]"] * 3) + "]",
+             needle="logdir must be str, got list")
+    on_cli = "model.params=" + "{" + BOMB.replace("\n", ", ") + ", z: [*g, *g]}"
+    _refused(tmp_path, capsys, on_cli, needle="alias bomb")
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"- 1\n- 2\n", "must be a mapping of keys"),
+    (b"42\n", "must be a mapping of keys"),
+    (b"\xff\xfe\x00\x01", "is not UTF-8"),
+    (b"a: &a [*a]\n", "refers to its own anchor"),
+    (b"x: " + b"[" * 500 + b"]" * 500 + b"\n", "nested"),
+])
+def test_bad_config_files_one_line(tmp_path, capsys, content, needle):
+    path = tmp_path / "bad.yml"
+    path.write_bytes(content)
+    err = _refused(tmp_path, capsys, config=path, needle=needle)
+    assert "bad.yml" in err
+
+
+def test_config_path_is_a_folder(tmp_path, capsys):
+    _refused(tmp_path, capsys, config=tmp_path, needle="is a folder")
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_is_one_line_and_keeps_checkpoints(tmp_path, capsys, monkeypatch):
+    from segzoo.losses import BCEDiceLoss
+
+    calls = {"n": 0}
+    real = BCEDiceLoss.forward
+
+    def flaky(self, logits, targets):  # finite for the preflight and the first epoch, then NaN
+        calls["n"] += 1
+        loss = real(self, logits, targets)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(BCEDiceLoss, "forward", flaky)
+    path = write(tmp_path, TINY)
+    assert main(["train", "--config", str(path), "num_epochs=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite loss" in err[0], err
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")["epoch"] == 1

@@ -128,7 +128,7 @@ def test_csv_logger_one_row_per_loader_and_epoch(tiny, loaders, tmp_path):
         assert {k: float(row[k]) for k in metrics} == metrics
 
 
-def test_csv_logger_resumed_run_appends_and_fresh_run_refuses_an_old_file(tiny, loaders, tmp_path):
+def test_csv_logger_resumed_run_appends_and_fresh_run_follows_the_logdir_policy(tiny, loaders, tmp_path):
     from segzoo.training.callbacks import CSVLogger
 
     train(tiny, loaders, tmp_path, num_epochs=2, callbacks=[CSVLogger()])
@@ -137,11 +137,32 @@ def test_csv_logger_resumed_run_appends_and_fresh_run_refuses_an_old_file(tiny, 
     after = (tmp_path / "metrics.csv").read_text()
     assert after.startswith(before) and after.count("stage,epoch") == 1
     assert [r["global_epoch"] for r in _csv_rows(tmp_path / "metrics.csv")] == ["1", "1", "2", "2", "3", "3"]
-    with pytest.raises(FileExistsError, match="metrics.csv exists from an earlier run; resume"):
+    with pytest.raises(FileExistsError, match="already holds a run"):  # the logdir policy, before training
         train(tiny, loaders, tmp_path, callbacks=[CSVLogger()])
     assert (tmp_path / "metrics.csv").read_text() == after  # untouched
-    train(tiny, loaders, tmp_path, callbacks=[CSVLogger(overwrite=True)])
-    assert len(_csv_rows(tmp_path / "metrics.csv")) == 2
+    # replacing the run (segzoo train --force) removes metrics.csv with the rest: the new file is fresh
+    train(tiny, loaders, tmp_path, callbacks=[CSVLogger()], overwrite_logdir=True)
+    assert [r["global_epoch"] for r in _csv_rows(tmp_path / "metrics.csv")] == ["1", "1"]
+
+
+def test_csv_logger_refuses_an_old_file_at_a_fresh_start_unless_overwrite(tmp_path):
+    """Outside the runner's policy (a custom loop), a metrics.csv present at a fresh start is refused."""
+    from segzoo.training.callbacks import CSVLogger
+    from segzoo.training.state import RunnerState
+
+    (tmp_path / "metrics.csv").write_text("mine\n")
+    state = RunnerState(logdir=tmp_path, stage="train", epoch=0, global_epoch=0)
+    state.is_main_process = True
+    with pytest.raises(FileExistsError, match=r"metrics.csv exists from an earlier run; resume.*--force"):
+        CSVLogger().on_stage_start(state)
+    assert (tmp_path / "metrics.csv").read_text() == "mine\n"
+    logger = CSVLogger(overwrite=True)
+    logger.on_stage_start(state)
+    state.epoch = state.global_epoch = 1
+    state.epoch_metrics = {"train": {"loss": 0.5}}
+    logger.on_epoch_end(state)
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["stage,epoch,global_epoch,loader,loss",
+                                                                   "train,1,1,train,0.5"]
 
 
 def test_csv_logger_rows_are_on_disk_after_each_epoch(tiny, loaders, tmp_path):

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from segzoo.checkpoint import clean_state_dict, save_checkpoint
+from segzoo.checkpoint import checkpoint_bytes, clean_state_dict
 from segzoo.errors import check_file_name
+from segzoo.fileio import make_folder, write_bytes_atomic, write_json_atomic
 from segzoo.models.registry import get_model_spec
 from segzoo.training.callback import Callback, CallbackOrder
 from segzoo.training.state import RunnerState
@@ -94,28 +93,6 @@ def full_checkpoint(state: RunnerState, callbacks: list[Callback]) -> dict[str, 
     }
 
 
-def _publish(src: Path, dst: Path) -> None:
-    """Make ``dst`` an atomic hard link (or copy) of ``src``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    os.unlink(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class CheckpointCallback(Callback):
     """Write checkpoints to ``logdir/checkpoints`` after every epoch (rank 0 only).
 
@@ -123,9 +100,17 @@ class CheckpointCallback(Callback):
     main valid metric improves; ``{stage}.{epoch}.pth`` / ``_full`` for the ``save_n_best`` best
     epochs (others are removed); ``_metrics.json`` with best, last and every epoch's metrics.
     ``_full`` files also hold optimizer, scheduler, criterion, scaler, callback and RNG state;
-    every file is written atomically and loads with ``torch.load(weights_only=True)``.
-    On Ctrl-C, ``last.pth`` / ``last_full.pth`` get the current weights with ``"interrupted": True``
-    (resume re-runs the unfinished epoch); on other errors (a NaN loss) nothing is written.
+    every file loads with ``torch.load(weights_only=True)``.
+
+    Every file is its own file (no hard links between best/last/top-N), written atomically through
+    :mod:`segzoo.fileio`: new checkpoints are published first, and only then are the top-N files
+    that fell out of the top removed. When a write fails (disk full...) the run stops with one
+    :class:`~segzoo.errors.WriteError` line naming the file, and every checkpoint written before
+    stays as it was, loadable.
+
+    On Ctrl-C during an epoch, ``last.pth`` / ``last_full.pth`` get the current weights with
+    ``"interrupted": True`` (resume re-runs the unfinished epoch); after the epoch's checkpoints
+    were written nothing more is saved; on other errors (a NaN loss, a full disk) nothing is written.
 
     Args:
         save_n_best: how many per-epoch checkpoints to keep (>= 1).
@@ -145,6 +130,7 @@ class CheckpointCallback(Callback):
         self.top: list[tuple[float, str]] = []
         self.history: list[dict[str, Any]] = []
         self.callbacks: list[Callback] = []  # set by the runner: whose states go into full checkpoints
+        self._saved: tuple[str, int] | None = None  # (stage, global epoch) of the last complete last_full
 
     def state_dict(self) -> dict[str, Any]:
         return {"top": [[v, n] for v, n in self.top], "history": self.history}
@@ -154,9 +140,11 @@ class CheckpointCallback(Callback):
         self.history = list(state_dict["history"])
 
     def _folder(self, state: RunnerState) -> Path:
-        folder = Path(state.logdir) / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        return make_folder(Path(state.logdir) / "checkpoints")
+
+    def _write(self, folder: Path, stem: str, full: bytes, light: bytes) -> None:
+        write_bytes_atomic(folder / f"{stem}_full.pth", full, overwrite=True)
+        write_bytes_atomic(folder / f"{stem}.pth", light, overwrite=True)
 
     def on_epoch_end(self, state: RunnerState) -> None:
         if not state.is_main_process:
@@ -168,39 +156,72 @@ class CheckpointCallback(Callback):
         self.history.append(json.loads(json.dumps(entry, default=float)))
         worst_first = sorted(self.top, key=lambda t: t[0], reverse=state.minimize_metric)
         keep = len(self.top) < self.save_n_best or state.is_better(value, worst_first[0][0])
+        dropped = None
         if keep:
             self.top.append((value, name))
             if len(self.top) > self.save_n_best:
                 dropped = sorted(self.top, key=lambda t: t[0], reverse=state.minimize_metric)[0]
                 self.top.remove(dropped)
-                for suffix in (".pth", "_full.pth"):
-                    (folder / f"{dropped[1]}{suffix}").unlink(missing_ok=True)
-        save_checkpoint(full_checkpoint(state, self.callbacks), folder / "last_full.pth")
-        save_checkpoint(model_checkpoint(state), folder / "last.pth")
-        for suffix in (".pth", "_full.pth"):
-            if keep:
-                _publish(folder / f"last{suffix}", folder / f"{name}{suffix}")
-            if state.is_best_valid:
-                _publish(folder / f"last{suffix}", folder / f"best{suffix}")
+        # serialized once (the full one with the updated top-N), written to each file on its own
+        full = checkpoint_bytes(full_checkpoint(state, self.callbacks))
+        light = checkpoint_bytes(model_checkpoint(state))
+        self._write(folder, "last", full, light)
+        self._saved = (state.stage, state.global_epoch)
+        if keep:
+            self._write(folder, name, full, light)
+        if state.is_best_valid:
+            self._write(folder, "best", full, light)
+        if dropped is not None and dropped[1] != name:  # only once the new files are published
+            for suffix in (".pth", "_full.pth"):
+                (folder / f"{dropped[1]}{suffix}").unlink(missing_ok=True)
         best_name = (min if state.minimize_metric else max)(self.top, key=lambda t: t[0])[1]
         best = next((h for h in self.history if h["name"] == best_name), None)
         write_json_atomic({"main_metric": state.main_metric, "minimize_metric": state.minimize_metric,
                            "best": best, "last": self.history[-1], "epochs": self.history},
-                          folder / self.metric_filename)
+                          folder / self.metric_filename, overwrite=True)
 
     def on_exception(self, state: RunnerState) -> None:
         """On Ctrl-C save ``last`` / ``last_full`` marked ``interrupted`` (resuming re-runs the unfinished
-        epoch); on any other error write nothing, so the last good checkpoints stay as they were."""
+        epoch); on any other error write nothing, so the last good checkpoints stay as they were.
+
+        Nothing is written either when the epoch's ``last_full`` was already written (Ctrl-C came
+        after it): it is the complete epoch. A failed write here (disk full) is reported as one
+        line on stderr and the interruption goes on; the previous ``last`` files stay as they were.
+        """
         if not isinstance(state.exception, KeyboardInterrupt):
             return
         if not state.is_main_process or state.model is None or state.logdir is None:
             return
-        folder = self._folder(state)
-        full = full_checkpoint(state, self.callbacks)
-        light = model_checkpoint(state)
-        for ck in (full, light):
-            ck["interrupted"] = True
-            ck["epoch"] = max(state.epoch - 1, 0)  # the epoch in progress is not complete
-            ck["global_epoch"] = max(state.global_epoch - 1, 0)
-        save_checkpoint(full, folder / "last_full.pth")
-        save_checkpoint(light, folder / "last.pth")
+        if self._saved == (state.stage, state.global_epoch):
+            return
+        try:
+            folder = self._folder(state)
+            full = full_checkpoint(state, self.callbacks)
+            light = model_checkpoint(state)
+            for ck in (full, light):
+                ck["interrupted"] = True
+                ck["epoch"] = max(state.epoch - 1, 0)  # the epoch in progress is not complete
+                ck["global_epoch"] = max(state.global_epoch - 1, 0)
+            self._write(folder, "last", checkpoint_bytes(full), checkpoint_bytes(light))
+        except OSError as exc:
+            print(f"segzoo: the interrupted state was not saved: {exc}", file=sys.stderr)
+
+    def load_for_infer(self, state: RunnerState) -> dict[str, Any]:
+        """Load the ``resume`` checkpoint's weights into ``state.model`` for inference (called by ``infer``).
+
+        In ``infer`` this is the callback's whole job (Catalyst 19.x loaded ``resume`` at stage
+        start); it writes nothing there.
+
+        Returns:
+            The loaded checkpoint.
+
+        Raises:
+            ValueError: no ``resume`` was given.
+            FileNotFoundError / CheckpointError / KeyError: the checkpoint cannot be read or does not fit.
+        """
+        from segzoo.training.resume import load_resume  # resume.py imports this module
+
+        if not self.resume:
+            raise ValueError("CheckpointCallback() in infer() has nothing to do: infer() writes no checkpoints; "
+                             "pass CheckpointCallback(resume='logs/.../checkpoints/best.pth') or drop it")
+        return load_resume(self.resume, state, None)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from segzoo.fileio import write_error
 from segzoo.training.callback import LoggerCallback
 from segzoo.training.state import RunnerState
 
@@ -30,8 +31,12 @@ class ConsoleLogger(LoggerCallback):
         text = "\n".join(lines)
         print(text, flush=True)
         if state.logdir is not None:
-            with open(Path(state.logdir) / "log.txt", "a") as f:
-                f.write(text + "\n")
+            path = Path(state.logdir) / "log.txt"
+            try:  # an append-only log: a failed write (disk full) is one line naming the file
+                with open(path, "a") as f:
+                    f.write(text + "\n")
+            except OSError as exc:
+                raise write_error(path, exc) from None
 
 
 class TensorboardLogger(LoggerCallback):
@@ -73,6 +78,16 @@ class TensorboardLogger(LoggerCallback):
 
     def _wanted(self, metrics: dict[str, float]) -> dict[str, float]:
         return {k: v for k, v in metrics.items() if self.metric_names is None or k in self.metric_names}
+
+    @property
+    def loggers(self) -> dict[str, Any]:
+        """The SummaryWriter of each loader by loader name (Catalyst 19.x's ``TensorboardLogger.loggers``)."""
+        return self.writers
+
+    def on_loader_start(self, state: RunnerState) -> None:
+        """Open the loader's writer first, so callbacks can write to ``loggers[state.loader_name]``."""
+        if state.is_main_process and state.logdir is not None:
+            self._writer(state)
 
     def on_batch_end(self, state: RunnerState) -> None:
         if not state.is_main_process:
@@ -151,21 +166,32 @@ class ProgressBarLogger(LoggerCallback):
 
 
 
+VerboseLogger = ProgressBarLogger  # Catalyst 19.x name of the tqdm progress bar (train/infer verbose=True)
+
+
 class CSVLogger(LoggerCallback):
     """Epoch metrics to ``logdir/metrics.csv``: one row per loader and epoch (rank 0).
 
     Columns: ``stage``, ``epoch`` (within the stage), ``global_epoch``, ``loader``, then each metric
     in the order first seen (a metric a loader lacks, e.g. ``lr`` for ``valid``, is an empty cell).
     Rows are appended and flushed to disk at each epoch end, so the file is complete up to the
-    last finished epoch even if the run is killed. A fresh run creates the file (refusing one
-    left by an earlier run unless ``overwrite``); a resumed run appends to it. A metric that
-    appears later in the run widens the header (the file is rewritten atomically).
+    last finished epoch even if the run is killed. A metric that appears later in the run widens
+    the header (the file is rewritten atomically).
+
+    The file follows the log-directory policy (:mod:`segzoo.training.logdir`): a fresh run creates
+    it (a logdir holding an earlier run is refused before training starts, and ``segzoo train
+    --force`` / ``overwrite_logdir=True`` removes the old ``metrics.csv`` with the rest of that
+    run); a run resumed in its logdir appends to it (resumed from an earlier checkpoint than the
+    last, the repeated epochs get rows again: the later row is the resumed run's). The file is
+    never replaced behind the policy's back: one still present at a fresh start is refused
+    unless ``overwrite``.
 
     Read it with ``pandas.read_csv(path)`` or ``csv.DictReader``.
 
     Args:
         filename: file name inside the log directory.
-        overwrite: let a fresh run replace an existing file.
+        overwrite: let a fresh run replace an existing file (only reachable when the logdir
+            policy let the run start with the file present, e.g. a custom runner).
     """
 
     FIXED_COLUMNS = ("stage", "epoch", "global_epoch", "loader")
@@ -195,8 +221,8 @@ class CSVLogger(LoggerCallback):
                                  f"(expected {','.join(self.FIXED_COLUMNS)},...); move it away")
             self.columns = header
         elif os.path.lexists(path) and not self.overwrite:
-            raise FileExistsError(f"{path} exists from an earlier run; resume that run (runner.resume={state.logdir}) "
-                                  f"or use another logdir")
+            raise FileExistsError(f"{path} exists from an earlier run; resume that run (runner.resume={state.logdir}), "
+                                  f"choose another logdir, or replace the run (segzoo train --force)")
 
     def on_epoch_end(self, state: RunnerState) -> None:
         if not state.is_main_process or state.logdir is None:
@@ -239,8 +265,6 @@ class CSVLogger(LoggerCallback):
 
     def _append(self, state: RunnerState, rows: list[dict[str, Any]]) -> None:
         """Append ``rows`` in one write and fsync; on failure the file is cut back to its old size."""
-        from segzoo.fileio import write_error
-
         path = self._path(state)
         data = self._text(rows, header=False).encode()
         with open(path, "ab") as f:

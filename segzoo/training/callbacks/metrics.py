@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from segzoo.metrics import dice_from_sums, iou_from_sums, segmentation_sums
+from segzoo.errors import short_repr
+from segzoo.metrics import ACTIVATIONS, dice_from_sums, iou_from_sums, segmentation_sums
 from segzoo.training.callback import Callback, CallbackOrder, outputs_and_targets
 from segzoo.training.distributed import all_reduce_sum
 from segzoo.training.state import RunnerState
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_prefix(prefix: Any) -> None:
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(f"prefix (the metric's name) must be a non-empty string, got {short_repr(prefix)}")
+
+
+def _check_overlap_params(eps: Any, threshold: Any, activation: Any, ignore_index: Any, class_names: Any) -> None:
+    """Refuse at construction what would otherwise fail (or mislead) at the first batch."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {short_repr(activation)}")
+    if threshold is not None:
+        if not _is_number(threshold):
+            raise ValueError(f"threshold must be a number or None, got {short_repr(threshold)}")
+        if activation is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1] (it applies to {activation} probabilities), "
+                             f"got {short_repr(threshold)}")
+    if not _is_number(eps) or eps <= 0:
+        raise ValueError(f"eps must be a number > 0, got {short_repr(eps)}")
+    if ignore_index is not None and (not isinstance(ignore_index, int) or isinstance(ignore_index, bool)):
+        raise ValueError(f"ignore_index must be an int or None, got {short_repr(ignore_index)}")
+    if class_names is not None and (not isinstance(class_names, list | tuple)
+                                    or not all(isinstance(n, str) and n for n in class_names)):
+        raise ValueError(f"class_names must be a list of non-empty strings, got {short_repr(class_names)}")
 
 
 class MetricCallback(Callback):
@@ -30,6 +60,9 @@ class MetricCallback(Callback):
     def __init__(self, prefix: str, metric_fn: Callable[..., Any], input_key: str = "targets",
                  output_key: str = "logits", **metric_params: Any) -> None:
         super().__init__(CallbackOrder.Metric)
+        _check_prefix(prefix)
+        if not callable(metric_fn):
+            raise TypeError(f"metric_fn must be callable, got {type(metric_fn).__name__}")
         self.prefix, self.metric_fn = prefix, metric_fn
         self.input_key, self.output_key, self.metric_params = input_key, output_key, metric_params
 
@@ -48,6 +81,8 @@ class _OverlapCallback(Callback):
                  eps: float = 1e-7, threshold: float | None = None, activation: str | None = "Sigmoid",
                  ignore_index: int | None = None, class_names: list[str] | None = None) -> None:
         super().__init__(CallbackOrder.Metric)
+        _check_prefix(prefix)
+        _check_overlap_params(eps, threshold, activation, ignore_index, class_names)
         self.input_key, self.output_key, self.prefix, self.eps = input_key, output_key, prefix, eps
         self.threshold, self.activation, self.ignore_index = threshold, activation, ignore_index
         self.class_names = class_names

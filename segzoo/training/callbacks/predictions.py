@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, colorize_mask, denormalize
+from segzoo.fileio import atomic_path
 from segzoo.training.callback import Callback, CallbackOrder
 from segzoo.training.state import RunnerState
 
@@ -92,6 +93,6 @@ class PredictionSaverCallback(Callback):
         grid = prediction_grid(state, self.num_images)
         if grid is None:
             return
-        folder = Path(state.logdir) / "predictions"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(folder / f"{state.stage}.{state.epoch}.png")
+        path = Path(state.logdir) / "predictions" / f"{state.stage}.{state.epoch}.png"
+        with atomic_path(path, overwrite=True) as tmp:  # a resumed run re-writes its own epoch's picture
+            Image.fromarray(grid).save(tmp, format="PNG")

@@ -1,0 +1,153 @@
+"""CheckpointCallback writes: independent files, rotation order, disk full, Ctrl-C after the epoch's files."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from _helpers import TinyNet, scripted_metric, train
+
+import segzoo.training.callbacks.checkpoint as ckpt_module
+from segzoo.checkpoint import load_checkpoint
+from segzoo.errors import WriteError
+from segzoo.fileio import write_error
+from segzoo.training import Callback, CallbackOrder
+from segzoo.training.callbacks import CheckpointCallback
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _all_load(folder):
+    """Every .pth in ``folder`` loads; no temporary file is left; returns {name: epoch}."""
+    assert [p.name for p in folder.iterdir() if ".tmp" in p.name] == []
+    return {p.name: load_checkpoint(p)["epoch"] for p in folder.glob("*.pth")}
+
+
+def test_checkpoint_files_are_independent(tiny, loaders, tmp_path):
+    train(tiny, loaders, tmp_path, num_epochs=1)  # epoch 1 is last, best and train.1 at once
+    folder = tmp_path / "checkpoints"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["_metrics.json", "best.pth", "best_full.pth", "last.pth", "last_full.pth",
+                     "train.1.pth", "train.1_full.pth"]
+    for name in names:
+        st = os.stat(folder / name)
+        assert st.st_nlink == 1, name
+        assert st.st_mode & 0o777 == 0o666 & ~_umask(), name  # not the temp file's 0600
+    with open(folder / "best.pth", "r+b") as f:  # damaging one file leaves the others as they were
+        f.truncate(100)
+    with open(folder / "last_full.pth", "r+b") as f:
+        f.truncate(0)
+    assert load_checkpoint(folder / "last.pth")["epoch"] == 1
+    assert load_checkpoint(folder / "train.1.pth")["epoch"] == 1
+    assert load_checkpoint(folder / "best_full.pth")["epoch"] == 1
+    for bad in ("best.pth", "last_full.pth"):
+        with pytest.raises(ValueError, match="truncated|empty"):
+            load_checkpoint(folder / bad)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_new_top_n_file_is_written_before_the_old_one_is_removed(tiny, loaders, tmp_path, monkeypatch):
+    real = ckpt_module.write_bytes_atomic
+
+    def failing(path, data, **kw):  # the disk fills up when epoch 2's own checkpoint is written
+        if Path(path).name == "train.2_full.pth":
+            raise write_error(path, OSError(errno.ENOSPC, "No space left on device"))
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(ckpt_module, "write_bytes_atomic", failing)
+    with pytest.raises(WriteError, match="cannot write .*train.2_full.pth: no space left on device"):
+        train(tiny, loaders, tmp_path, num_epochs=3, main_metric="m",
+              callbacks=[scripted_metric([3.0, 2.0, 1.0]), CheckpointCallback(save_n_best=1)])
+    epochs = _all_load(tmp_path / "checkpoints")
+    # epoch 1's top-1 files stay until epoch 2's are published; last is epoch 2, best still epoch 1
+    assert epochs == {"train.1.pth": 1, "train.1_full.pth": 1, "best.pth": 1, "best_full.pth": 1,
+                      "last.pth": 2, "last_full.pth": 2}
+    metrics = json.loads((tmp_path / "checkpoints" / "_metrics.json").read_text())
+    assert metrics["last"]["epoch"] == 1
+
+
+def test_disk_full_stops_the_run_and_keeps_earlier_checkpoints(tiny, loaders, make_tmpfs):
+    # TinyNet: light 3 KB (1 page), full 18 KB (5 pages); epoch 1's three pairs and the JSON take 76 KiB,
+    # epoch 2 needs 120 KiB at its peak (its top-1 pair plus best_full's temporary file): the disk fills
+    logdir = make_tmpfs("104k") / "run"
+    with pytest.raises(WriteError) as info:
+        train(tiny, loaders, logdir, num_epochs=6, main_metric="m",
+              callbacks=[scripted_metric([6, 5, 4, 3, 2, 1]), CheckpointCallback(save_n_best=1)])
+    message = str(info.value)
+    assert "\n" not in message and "no space left on device" in message and str(logdir) in message
+    epochs = _all_load(logdir / "checkpoints")
+    assert {"last.pth", "last_full.pth", "best.pth", "best_full.pth"} <= set(epochs)
+    assert epochs["last_full.pth"] == 2 and epochs["best.pth"] == 1
+    assert epochs["train.1_full.pth"] == 1  # the old top-1 is removed only after epoch 2's files are all written
+    json.loads((logdir / "checkpoints" / "_metrics.json").read_text())
+
+
+class _InterruptAfterCheckpoints(Callback):
+    """Ctrl-C in the end of epoch 2, after CheckpointCallback wrote it."""
+
+    def __init__(self):
+        super().__init__(CallbackOrder.External + 20)
+
+    def on_epoch_end(self, state):
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_after_the_epochs_checkpoints_keeps_the_complete_epoch(tiny, loaders, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, loaders, tmp_path, num_epochs=3, callbacks=[_InterruptAfterCheckpoints()])
+    last = load_checkpoint(tmp_path / "checkpoints" / "last_full.pth")
+    assert last["epoch"] == 2 and "interrupted" not in last  # not re-labelled as an unfinished epoch 1
+    state = train(TinyNet(), loaders, tmp_path, num_epochs=3, resume=tmp_path)
+    assert state.epoch == 3 and state.global_epoch == 3
+
+
+def test_disk_full_during_ctrl_c_save_keeps_the_interruption(tiny, loaders, tmp_path, monkeypatch, capsys):
+    class Interrupt(Callback):
+        def on_batch_end(self, state):
+            if state.epoch == 2 and state.batch_index == 1:
+                monkeypatch.setattr(ckpt_module, "write_bytes_atomic", full_disk)
+                raise KeyboardInterrupt
+
+    def full_disk(path, data, **kw):
+        raise write_error(path, OSError(errno.ENOSPC, "No space left on device"))
+
+    with pytest.raises(KeyboardInterrupt):  # not replaced by the failed save
+        train(tiny, loaders, tmp_path, num_epochs=3, callbacks=[Interrupt()])
+    err = capsys.readouterr().err
+    assert "the interrupted state was not saved: cannot write" in err and "no space left" in err
+    assert _all_load(tmp_path / "checkpoints")["last_full.pth"] == 1
+
+
+@pytest.mark.slow
+def test_cli_train_on_a_full_disk_is_one_line_exit_2(tmp_path, make_tmpfs):
+    # a 30k-parameter Unet with Adam: the full checkpoint (~0.5 MB) fits 1 MiB once, not twice
+    logdir = make_tmpfs("1m") / "run"
+    cfg = {"seed": 0, "logdir": str(logdir),
+           "model": {"name": "unet", "params": {"num_classes": 1, "num_channels": 8, "num_blocks": 2}},
+           "data": {"kind": "procedural", "params": {"image_size": 32, "num_classes": 1},
+                    "train_size": 4, "valid_size": 4, "batch_size": 4},
+           "loss": {"name": "BCEDiceLoss"}, "optimizer": {"name": "Adam", "params": {"lr": 0.001}},
+           "num_epochs": 2, "runner": {"device": "cpu"}}
+    path = tmp_path / "cfg.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SEGZOO_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "segzoo.cli", "train", "--config", str(path)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1 and lines[0].startswith("segzoo train: error: cannot write "), res.stderr
+    assert "no space left on device" in lines[0] and str(logdir) in lines[0]
+    epochs = _all_load(logdir / "checkpoints")
+    assert epochs.get("last_full.pth") == 1
+    assert torch.load(logdir / "checkpoints" / "last.pth", weights_only=True)["epoch"] == 1
