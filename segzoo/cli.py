@@ -1,8 +1,10 @@
 """The ``segzoo`` command: ``segzoo models | train | trace | export | predict | benchmark | serve``.
 
-Each subcommand lives in its own module, imported only when it is used, which
-provides ``add_arguments(parser, command)`` and ``run(args) -> int`` (``args.command``
-names the subcommand, so one module may serve several). Errors a user can
+Each subcommand's arguments are declared in :mod:`segzoo.cli_args`, which does not import
+torch, so ``--help``, usage errors and ``segzoo models`` answer at once. The module that runs
+a command provides ``run(args) -> int`` (``args.command`` names the subcommand, so one module
+may serve several) and is imported only when the command runs; a command missing from
+``cli_args.ARGUMENTS`` has its module's own ``add_arguments(parser, command)``. Errors a user can
 cause are printed as one line on stderr with a non-zero exit code; ``--debug``
 shows the full traceback instead.
 """
@@ -14,12 +16,12 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# command name -> (module implementing it, one-line help)
+# command name -> (module whose run(args) implements it, or "module:function"; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("segzoo.models.registry", "list the registered models"),
+    "models": ("segzoo.cli_args:run_models", "list the registered models (--parts: encoders, decoders, ...)"),
     "train": ("segzoo.training.config", "train a model from a YAML config"),
     "trace": ("segzoo.export", "trace a checkpoint to TorchScript"),
-    "export": ("segzoo.export", "export a checkpoint to ONNX or TorchScript"),
+    "export": ("segzoo.export", "export a checkpoint to ONNX, TorchScript or torch.export (.pt2)"),
     "predict": ("segzoo.predict", "predict masks for images with a trained model"),
     "benchmark": ("segzoo.benchmark", "measure speed and memory of models"),
     "serve": ("segzoo.serve", "serve a model over HTTP (FastAPI + uvicorn)"),
@@ -33,7 +35,20 @@ MAX_MESSAGE = 1000  # characters of an error line: a message quoting a huge valu
 
 def _load(command: str):
     module_name, _ = COMMANDS[command]
-    return importlib.import_module(module_name)
+    return importlib.import_module(module_name.partition(":")[0])
+
+
+def _runner(command: str):
+    """The ``run(args)`` function of ``command`` (imports its module: torch, for most commands)."""
+    module_name, _ = COMMANDS[command]
+    return getattr(_load(command), module_name.partition(":")[2] or "run")
+
+
+def _add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    from segzoo.cli_args import ARGUMENTS
+
+    add = ARGUMENTS.get(command) or _load(command).add_arguments
+    add(parser, command)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -44,7 +59,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """Build the argument parser; only the chosen subcommand's module is imported."""
+    """Build the argument parser; only the chosen subcommand's arguments are added (no torch import)."""
     parser = OneLineErrorParser(prog="segzoo", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -54,7 +69,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            _load(name).add_arguments(p, name)
+            _add_arguments(p, name)
     return parser
 
 
@@ -64,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
-        return int(_load(args.command).run(args) or 0)
+        return int(_runner(args.command)(args) or 0)
     except KeyboardInterrupt:
         print("segzoo: interrupted", file=sys.stderr)
         return 130

@@ -476,34 +476,7 @@ def checkpoint_metadata(loaded: LoadedModel) -> dict[str, Any]:
     return model_metadata(loaded.model, loaded.normalization, loaded.info.get("model_spec"))
 
 
-# ---- command line ----------------------------------------------------------------------
-
-def add_arguments(parser, command: str) -> None:
-    """Arguments of ``segzoo trace`` and ``segzoo export``."""
-    parser.add_argument("logdir", help="trainer log directory (with checkpoints/) or a checkpoint file")
-    parser.add_argument("-c", "--checkpoint", default="best", help="best | last | STAGE.EPOCH | path (default best)")
-    parser.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
-                        help="factory for models outside the registry (checkpoint without model_spec)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    parser.add_argument("--input-size", nargs=2, type=int, default=list(DEFAULT_INPUT_SIZE), metavar=("H", "W"),
-                        help="size of the example input (default 256 256); outputs work at other sizes")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch of the example input (default 1)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    if command == "trace":
-        parser.description = ("Trace a checkpoint to TorchScript (torch.jit, deprecated upstream but kept for "
-                              "C++ torch::jit::load users; see 'segzoo export --format export').")
-        parser.add_argument("-m", "--method", default="forward", help="model method to trace (default forward)")
-        parser.add_argument("--mode", choices=TRACE_MODES, default="eval", help="model mode while tracing")
-        parser.add_argument("--with-grad", action="store_true", help="trace with gradients enabled")
-        parser.add_argument("--out-dir", default=None, help="output folder (default LOGDIR/trace)")
-        parser.add_argument("--out-model", default=None,
-                            help="output file; with --out-dir, a plain file name in that folder")
-    else:
-        parser.add_argument("--format", choices=FORMATS, required=True,
-                            help="onnx | torchscript | export (torch.export .pt2)")
-        parser.add_argument("--out", required=True, help="output file")
-        parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-
+# ---- command line (arguments: segzoo.cli_args.add_export_arguments) ---------------------
 
 def run(args) -> int:
     """Run ``segzoo trace`` or ``segzoo export``; prints the written path."""

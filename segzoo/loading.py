@@ -55,6 +55,10 @@ class LoadedModel:
 def import_factory(path: str) -> Callable[..., nn.Module]:
     """Import ``"package.module:factory"`` (``factory`` may be dotted, e.g. ``Class.build``).
 
+    The module is imported like any Python import, from ``sys.path``: a module in the current
+    directory is found by ``python -m segzoo.cli`` but not by the ``segzoo`` script unless
+    ``PYTHONPATH`` names the directory (the error says so).
+
     Raises:
         ConfigError: the string is malformed, the module cannot be imported, the attribute
             does not exist or is not callable.
@@ -64,6 +68,14 @@ def import_factory(path: str) -> Callable[..., nn.Module]:
     module_name, attr = path.split(":")
     try:
         obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise ConfigError(f"cannot import model factory {path!r}: no module named {missing!r} on the Python path; "
+                              f"the folder that contains it must be on PYTHONPATH (the segzoo command does not "
+                              f"look in the current directory: run PYTHONPATH=. segzoo ...)") from exc
+        raise ConfigError(f"cannot import model factory {path!r}: {module_name!r} needs {missing!r}, "
+                          f"which is not installed ({exc})") from exc
     except ImportError as exc:
         raise ConfigError(f"cannot import model factory {path!r}: {exc}") from exc
     for part in attr.split("."):

@@ -428,3 +428,59 @@ def get_loss(name: str, **params: Any) -> nn.Module:
     if name not in LOSSES:
         raise unknown_name_error("loss", str(name), LOSSES)
     return LOSSES[name](**params)
+
+
+class TverskyLoss(_OverlapLoss):
+    """Tversky loss ``1 - (I + smooth) / (I + alpha * FP + beta * FN + smooth)`` per class, averaged.
+
+    With soft predictions ``p`` and targets ``t`` summed over the batch and pixels of a class,
+    ``I = sum(p * t)``, ``FP = sum(p) - I``, ``FN = sum(t) - I``. ``alpha = beta = 0.5`` is the
+    soft Dice loss (:class:`DiceLoss` with ``smooth`` doubled); ``beta > alpha`` penalizes missed foreground more (thin or rare structures).
+    ``gamma`` raises each class's loss to a power (focal Tversky; ``gamma < 1`` focuses on the
+    hard classes).
+
+    Args:
+        alpha: weight of false positives.
+        beta: weight of false negatives.
+        gamma: exponent of each class's loss (1: plain Tversky).
+        mode: ``"binary"``, ``"multilabel"`` (sigmoid per channel, targets (B, C, H, W)) or
+            ``"multiclass"`` (softmax, (B, H, W) class indices).
+        smooth: added to numerator and denominator.
+        eps: floor of the denominator.
+        ignore_index: target value whose pixels are left out.
+        class_weights: optional weight per class (C,).
+    """
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, gamma: float = 1.0, mode: str = "binary",
+                 smooth: float = 1.0, eps: float = 1e-7, ignore_index: int | None = None,
+                 class_weights: list[float] | None = None) -> None:
+        super().__init__(mode, smooth=smooth, eps=eps, ignore_index=ignore_index, class_weights=class_weights)
+        for name, value in (("alpha", alpha), ("beta", beta)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"TverskyLoss {name} must be a number >= 0, got {value!r}")
+        if alpha + beta <= 0:
+            raise ValueError(f"TverskyLoss needs alpha + beta > 0, got alpha={alpha!r}, beta={beta!r}")
+        if not isinstance(gamma, (int, float)) or gamma <= 0:
+            raise ValueError(f"TverskyLoss gamma must be a number > 0, got {gamma!r}")
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss of logits (B, C, H, W) against targets; a scalar."""
+        if self.class_weights is not None and logits.dim() == 4 and logits.shape[1] != self.class_weights.numel():
+            raise ValueError(f"{self.class_weights.numel()} class_weights for logits of shape "
+                             f"{tuple(logits.shape)} ({logits.shape[1]} classes)")
+        p, t, _ = _probs_and_targets(logits, targets, self.mode, self.ignore_index)
+        dims = (0, 2, 3)
+        inter = (p * t).sum(dims)
+        fp = p.sum(dims) - inter
+        fn = t.sum(dims) - inter
+        score = (inter + self.smooth) / (inter + self.alpha * fp + self.beta * fn + self.smooth).clamp_min(self.eps)
+        loss = 1.0 - score
+        if self.gamma != 1.0:  # floored: x ** gamma has an infinite slope at 0 for gamma < 1
+            loss = loss.clamp_min(self.eps) ** self.gamma
+        if self.class_weights is not None:
+            return (loss * self.class_weights).sum() / self.class_weights.sum()
+        return loss.mean()
+
+
+LOSSES["TverskyLoss"] = TverskyLoss

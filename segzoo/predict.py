@@ -397,28 +397,7 @@ def normalization_from_args(mean: Sequence[float] | None, std: Sequence[float] |
     return None if mean is None else {"mean": list(mean), "std": list(std)}
 
 
-def add_arguments(parser, command: str) -> None:
-    """Arguments of ``segzoo predict``."""
-    from segzoo.serve import add_model_arguments
-
-    parser.add_argument("logdir", help="trainer log directory (with checkpoints/), a checkpoint, or a TorchScript, "
-                                       ".pt2 or .onnx file")
-    parser.add_argument("--input", required=True, help=f"an image or a folder of {_KINDS} images (never written)")
-    parser.add_argument("--output", required=True, help="output folder for {stem}.png masks")
-    add_model_arguments(parser)
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold of binary models")
-    parser.add_argument("--overlay", action="store_true", help="also write {stem}_overlay.png")
-    parser.add_argument("--batch-size", type=int, default=1,
-                        help=f"images (or tiles) per forward pass, 1..{MAX_BATCH_SIZE}")
-    parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
-                        help=f"run overlapping SIZE x SIZE windows, SIZE >= {MIN_TILE} (default: whole images)")
-    parser.add_argument("--tile-overlap", type=int, default=None,
-                        help="window overlap in pixels, 0..SIZE/2 (default SIZE/4)")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                        help=f"refuse images with more pixels (default {MAX_PIXELS}, Pillow's limit)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing masks (never an input)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
+# arguments of `segzoo predict`: segzoo.cli_args.add_predict_arguments
 
 def run(args) -> int:
     """Run ``segzoo predict``; prints how many masks were written and where, and what was not read."""

@@ -150,6 +150,81 @@ def test_multiclass_input_errors():
         LovaszLoss()(logits, target)
 
 
+# ---- TverskyLoss ---------------------------------------------------------------------------------
+
+def test_tversky_hand_computation_binary():
+    """Hard 0/1 'probabilities' make I, FP, FN countable by hand."""
+    from segzoo.losses import TverskyLoss
+
+    t = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.float32).reshape(1, 1, 2, 4)
+    p = torch.tensor([[1, 0, 1, 1], [1, 0, 0, 0]], dtype=torch.float32).reshape(1, 1, 2, 4)
+    logits = (p * 2 - 1) * BIG  # sigmoid -> p
+    # I = 2 (two hits), FP = 2 (predicted, not target), FN = 1 (target missed)
+    for alpha, beta in ((0.5, 0.5), (0.3, 0.7), (0.9, 0.1)):
+        expected = 1 - 2 / (2 + alpha * 2 + beta * 1)
+        got = TverskyLoss(alpha=alpha, beta=beta, smooth=0.0)(logits, t).item()
+        assert got == pytest.approx(expected, abs=1e-5)
+    smooth = TverskyLoss(alpha=0.3, beta=0.7, smooth=1.0)(logits, t).item()
+    assert smooth == pytest.approx(1 - 3 / (3 + 0.3 * 2 + 0.7 * 1), abs=1e-5)
+    focal = TverskyLoss(alpha=0.3, beta=0.7, gamma=0.75, smooth=0.0)(logits, t).item()
+    assert focal == pytest.approx((1 - 2 / (2 + 0.6 + 0.7)) ** 0.75, abs=1e-5)
+
+
+def test_tversky_half_half_is_dice():
+    from segzoo.losses import TverskyLoss
+
+    torch.manual_seed(1)
+    x, t = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    assert TverskyLoss(smooth=1.0)(x, t).item() == pytest.approx(DiceLoss(smooth=2.0)(x, t).item(), abs=1e-6)
+    xm, tm = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    assert TverskyLoss(mode="multiclass", smooth=0.0)(xm, tm).item() == pytest.approx(
+        DiceLoss(mode="multiclass", smooth=0.0)(xm, tm).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["binary", "multilabel", "multiclass"])
+@pytest.mark.parametrize("alpha,beta", [(0.3, 0.7), (0.7, 0.3)])
+def test_tversky_equals_smp(mode, alpha, beta):
+    """Same value as smp 0.6's TverskyLoss with smooth=0 when every class has target pixels
+    (smp zeroes the loss of classes without any; segzoo counts their false positives)."""
+    smp_losses = pytest.importorskip("segmentation_models_pytorch.losses")
+    from segzoo.losses import TverskyLoss
+
+    torch.manual_seed(2)
+    c = 1 if mode == "binary" else 3
+    x = torch.randn(2, c, 16, 16, requires_grad=True)
+    if mode == "multiclass":
+        t = torch.randint(0, c, (2, 16, 16))
+    else:
+        t = (torch.rand(2, c, 16, 16) > 0.6).float()
+    ours = TverskyLoss(alpha=alpha, beta=beta, mode=mode, smooth=0.0)(x, t)
+    theirs = smp_losses.TverskyLoss(mode=mode, alpha=alpha, beta=beta, smooth=0.0)(x, t)
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
+    g_ours, = torch.autograd.grad(ours, x)
+    g_theirs, = torch.autograd.grad(theirs, x)
+    torch.testing.assert_close(g_ours, g_theirs, atol=1e-6, rtol=1e-4)
+
+
+def test_tversky_ignore_index_registry_and_errors():
+    from segzoo.losses import TverskyLoss
+
+    assert isinstance(get_loss("TverskyLoss", alpha=0.3, beta=0.7), TverskyLoss)
+    loss = TverskyLoss(alpha=0.2, beta=0.8, mode="multiclass", ignore_index=255)
+    target, logits = torch.randint(0, 3, (2, 8, 8)), torch.randn(2, 3, 8, 8)
+    ignored = target.clone()
+    ignored[:, :3] = 255
+    other = logits.clone()
+    other[:, :, :3] = torch.randn(2, 3, 3, 8) * 10
+    assert loss(logits, ignored).item() == pytest.approx(loss(other, ignored).item(), abs=1e-6)
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    TverskyLoss(gamma=0.75)((torch.ones(2, 1, 8, 8) * BIG).requires_grad_(), torch.ones(2, 1, 8, 8)).backward()
+    TverskyLoss(alpha=0.3, beta=0.7, gamma=0.75)(x, (torch.rand(2, 1, 8, 8) > 0.5).float()).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for kwargs, match in (({"alpha": -0.1}, "alpha"), ({"alpha": 0, "beta": 0}, "alpha \\+ beta"),
+                          ({"gamma": 0}, "gamma"), ({"mode": "binaryy"}, "mode")):
+        with pytest.raises(ValueError, match=match):
+            TverskyLoss(**kwargs)
+
+
 # ---- Catalyst 19.x names and arguments ------------------------------------------------------------
 
 
@@ -224,4 +299,3 @@ def test_catalyst_loss_arguments():
         from segzoo.losses import FocalLossMultiClass  # noqa: F401
     for name in ("LovaszLossBinary", "LovaszLossMultiClass", "LovaszLossMultiLabel", "FocalLossBinary"):
         assert type(get_loss(name)).__name__ == name
-

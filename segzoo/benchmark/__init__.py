@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from segzoo.benchmark.measure import (
-    DTYPES,
     BenchConfig,
     count_gflops,
     count_params,
@@ -44,6 +43,7 @@ from segzoo.benchmark.specs import (
     smp_spec,
     spec_label,
 )
+from segzoo.cli_args import add_benchmark_arguments as add_arguments
 
 __all__ = ["BenchConfig", "environment", "count_params", "count_gflops", "time_block", "throughput",
            "train_step_memory", "run_benchmark", "run_suite", "available_devices", "ratios", "markdown_table",
@@ -100,36 +100,6 @@ def run_suite(specs: Sequence[dict[str, Any]], devices: Sequence[str] = ("cpu",)
             for r in results[-len(specs):]:
                 log(f"  {r['label']:<34} fwd {r['forward_ms']:8.1f} ms  train {r.get('train_ms', float('nan')):8.1f} ms")
     return results
-
-
-def add_arguments(parser: argparse.ArgumentParser, command: str = "benchmark") -> None:
-    """Options of ``segzoo benchmark`` (also used by ``python -m benchmarks.models``)."""
-    parser.add_argument("--models", nargs="+", metavar="NAME",
-                        help="segzoo registry names (e.g. resnet34_unet); default: --encoders x --archs")
-    parser.add_argument("--encoders", nargs="+", default=["resnet34"],
-                        help="resnet18/34/50/... or timm:<name> (default: resnet34)")
-    parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
-    parser.add_argument("--no-smp", action="store_true", help="do not add the smp twin of each model")
-    parser.add_argument("--no-body", action="store_true", help="do not add the ResNet encoder body alone")
-    parser.add_argument("--devices", nargs="+", default=["cpu"], help="cpu and/or cuda (cuda skipped if absent)")
-    parser.add_argument("--dtypes", nargs="+", default=["fp32"], choices=list(DTYPES),
-                        help="fp32, or bf16/fp16 autocast")
-    parser.add_argument("--channels-last", choices=("off", "on", "both"), default="off",
-                        help="convert models and inputs to channels_last")
-    parser.add_argument("--compile", action="store_true", help="wrap models in torch.compile")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[4])
-    parser.add_argument("--resolutions", nargs="+", type=int, default=[256])
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per model and mode")
-    parser.add_argument("--iterations", type=int, default=2, help="calls per timed block")
-    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per model and mode (median)")
-    parser.add_argument("--num-classes", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--no-memory", action="store_true", help="skip the train-step memory measurement")
-    parser.add_argument("--memory-repeats", type=int, default=3,
-                        help="memory measurements per model, each in a fresh process (median)")
-    parser.add_argument("--forward-only", action="store_true", help="time the forward pass only")
-    parser.add_argument("--out", default="benchmarks/results", help="output folder (json, md, png)")
-    parser.add_argument("--name", default="benchmark", help="output file stem")
 
 
 def specs_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from segzoo.errors import ConfigError, unknown_name_error
+from segzoo.errors import ConfigError
 from segzoo.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
@@ -148,34 +148,3 @@ def model_from_spec(spec: dict[str, Any], for_checkpoint: bool = True) -> nn.Mod
             kwargs["encoder_params"] = enc
     return create_model(spec["name"], **kwargs)
 
-
-# ---- `segzoo models` ----------------------------------------------------------------
-
-def add_arguments(parser, command: str) -> None:
-    """Arguments of ``segzoo models``."""
-    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
-    parser.add_argument("--parts", action="store_true",
-                        help="list the part registries (encoders, bridges, decoders, heads) instead of the models")
-
-
-def run(args) -> int:
-    """Print the registered model names (or, with ``--parts``, ``kind: name`` per part), one a line."""
-    import segzoo  # noqa: F401  (registers the models)
-
-    if getattr(args, "parts", False):
-        from segzoo.bridges import BRIDGES
-        from segzoo.decoders import DECODERS
-        from segzoo.encoders import ENCODERS
-        from segzoo.heads import HEADS
-
-        lines = [f"{reg.kind}: {name}" for reg in (ENCODERS, BRIDGES, DECODERS, HEADS) for name in reg.names(args.pattern)]
-        if not lines:
-            raise unknown_name_error("part pattern", args.pattern, [n for r in (ENCODERS, BRIDGES, DECODERS, HEADS)
-                                                                     for n in r])
-        print("\n".join(lines))
-        return 0
-    names = list_models(args.pattern)
-    if not names:
-        raise unknown_name_error("model pattern", args.pattern, list_models())
-    print("\n".join(names))
-    return 0

@@ -16,70 +16,13 @@ import argparse
 import signal
 import sys
 
-DEFAULT_PORT = 8000
-# segzoo.inference.BACKENDS, repeated here so that building the parser imports no torch (a test keeps them equal)
-BACKENDS = ("eager", "torchscript", "onnxruntime", "onnxruntime-int8")
+# the arguments live in segzoo.cli_args, so that `segzoo serve --help` imports nothing heavy;
+# BACKENDS is segzoo.inference.BACKENDS repeated without torch (a test keeps them equal)
+from segzoo.cli_args import DEFAULT_PORT, add_model_arguments
+from segzoo.cli_args import INFERENCE_BACKENDS as BACKENDS
+from segzoo.cli_args import add_serve_arguments as add_arguments
 
-
-def _positive(kind: type, name: str, minimum: float = 1):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text}")
-        return value
-    return parse
-
-
-def add_model_arguments(parser) -> None:
-    """The model-loading options shared by ``segzoo predict`` and ``segzoo serve``."""
-    parser.add_argument("-c", "--checkpoint", default="best", help="best | last | STAGE.EPOCH | path (default best)")
-    parser.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY",
-                        help="factory for models outside the registry (checkpoint without model_spec)")
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="eager | torchscript | onnxruntime | onnxruntime-int8 (default: eager for "
-                             "checkpoints and .pt2, torchscript for TorchScript files, onnxruntime for .onnx)")
-    parser.add_argument("--mean", type=float, nargs="+", default=None,
-                        help="normalization mean per channel (overrides the stored one; needed for files without it)")
-    parser.add_argument("--std", type=float, nargs="+", default=None, help="normalization std per channel")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
-    parser.add_argument("--calibration", default=None, metavar="FOLDER",
-                        help="images to calibrate --backend onnxruntime-int8 on")
-    parser.add_argument("--calibration-count", type=int, default=None,
-                        help="how many calibration images to use (default 16)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu; torch backends)")
-
-
-def add_arguments(parser: argparse.ArgumentParser, command: str = "serve") -> None:
-    """Arguments of ``segzoo serve`` (model loading as in ``segzoo predict``)."""
-    parser.add_argument("source", help="trainer log directory, checkpoint, TorchScript, .pt2 or .onnx file")
-    add_model_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
-                                                            "machine only; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=_positive(int, "port", 0), default=DEFAULT_PORT,
-                        help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
-    parser.add_argument("--max-batch", type=_positive(int, "max batch"), default=8,
-                        help="most images per forward pass (1 = no batching; default 8)")
-    parser.add_argument("--max-wait-ms", type=_positive(float, "max wait", 0), default=5.0,
-                        help="how long a request waits for others to share its batch (default 5 ms)")
-    parser.add_argument("--workers", type=_positive(int, "workers"), default=1,
-                        help="batches run at the same time, each in its own thread (default 1)")
-    parser.add_argument("--queue-size", type=_positive(int, "queue size"), default=64,
-                        help="requests in progress at most; more get 503 + Retry-After (default 64)")
-    parser.add_argument("--max-bytes", type=_positive(int, "max bytes"), default=32 * 1024 * 1024,
-                        help="largest request body in bytes (default 32 MiB)")
-    parser.add_argument("--max-pixels", type=_positive(int, "max pixels"), default=25_000_000,
-                        help="largest image W x H, checked before decoding (default 25 Mpixels)")
-    parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
-                        help="run overlapping SIZE x SIZE windows instead of whole images")
-    parser.add_argument("--tile-overlap", type=int, default=None, help="window overlap (default SIZE/4)")
-    parser.add_argument("--read-timeout", type=_positive(float, "read timeout", 0.001), default=30.0,
-                        help="seconds a client has to send its whole body, else 408 (default 30)")
-    parser.add_argument("--shutdown-timeout", type=_positive(float, "shutdown timeout", 0), default=30.0,
-                        help="seconds to finish requests in flight after SIGTERM (default 30)")
-    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+__all__ = ["BACKENDS", "DEFAULT_PORT", "add_arguments", "add_model_arguments", "check_address", "run"]
 
 
 def check_address(host: str, port: int) -> None:

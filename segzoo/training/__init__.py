@@ -7,6 +7,7 @@ from segzoo.training.callbacks import (
     ConsoleLogger,
     CriterionAggregatorCallback,
     CriterionCallback,
+    CSVLogger,
     DiceCallback,
     EarlyStoppingCallback,
     InferCallback,
@@ -28,7 +29,7 @@ from segzoo.training.supervised import SupervisedRunner
 CALLBACKS = {cls.__name__: cls for cls in (
     CriterionCallback, CriterionAggregatorCallback, OptimizerCallback, SchedulerCallback, CheckpointCallback,
     EarlyStoppingCallback, DiceCallback, IouCallback, MetricCallback, ConsoleLogger, TensorboardLogger,
-    ProgressBarLogger, PredictionSaverCallback, InferCallback, TimerCallback)}
+    ProgressBarLogger, PredictionSaverCallback, InferCallback, TimerCallback, CSVLogger)}
 CALLBACKS["VerboseLogger"] = ProgressBarLogger  # Catalyst 19.x name
 
 

@@ -600,15 +600,7 @@ def train_from_config(cfg: dict[str, Any], force: bool = False, config_path: str
                             normalization=normalization, **runner_cfg)
 
 
-# ---- `segzoo train` ------------------------------------------------------------------------
-
-def add_arguments(parser, command: str) -> None:
-    """Arguments of ``segzoo train``."""
-    parser.add_argument("--config", "-C", required=True, help="YAML config file")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides (values are YAML)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace the previous run in logdir (only the files segzoo train wrote there)")
-
+# ---- `segzoo train` (its arguments: segzoo.cli_args.add_train_arguments) ------------------
 
 def run(args) -> int:
     """Train from the config; prints per-epoch Dice/IoU; returns 0 on success."""

@@ -7,8 +7,9 @@ Policy (``segzoo train`` and :meth:`segzoo.training.Runner.train` alike):
   checkpoint inside it (``runner.resume=LOGDIR`` / ``train(resume=LOGDIR)``), or when the user
   asked to replace the previous run (``segzoo train --force`` / ``train(overwrite_logdir=True)``);
 - replacing removes only what segzoo writes there (:data:`RUN_ENTRIES`: ``config.yml`` with
-  segzoo's header line, ``log.txt``, ``checkpoints/``, ``train_log/``, ``valid_log/``,
-  ``predictions/``, ``trace/``, leftover ``.*.tmp`` files) and refuses when the folder holds
+  segzoo's header line, ``log.txt``, ``metrics.csv`` (CSVLogger's default file name),
+  ``checkpoints/``, ``train_log/``, ``valid_log/``, ``predictions/``, ``trace/``, leftover
+  ``.*.tmp`` files) and refuses when the folder holds
   anything else or when one of the run's inputs (its config file, a data folder, the checkpoint
   it resumes from) lies in what would be removed;
 - while a run trains, it holds an exclusive ``flock`` on the directory: a second run (fresh,
@@ -36,7 +37,8 @@ except ImportError:  # pragma: no cover - Windows
 CONFIG_NAME = "config.yml"
 # first line of the config.yml segzoo writes; --force removes a config.yml only when it carries it
 CONFIG_HEADER = "# segzoo train: the effective config of this run (written once, when it started)\n"
-RUN_ENTRIES = ("config.yml", "log.txt", "checkpoints", "train_log", "valid_log", "predictions", "trace")
+RUN_ENTRIES = ("config.yml", "log.txt", "metrics.csv", "checkpoints", "train_log", "valid_log", "predictions",
+               "trace")
 
 # how each caller spells the three ways out of a refusal
 HINTS = {

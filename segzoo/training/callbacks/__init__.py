@@ -7,6 +7,7 @@ from segzoo.training.callbacks.early_stopping import EarlyStoppingCallback
 from segzoo.training.callbacks.infer import InferCallback
 from segzoo.training.callbacks.loggers import (
     ConsoleLogger,
+    CSVLogger,
     ProgressBarLogger,
     TensorboardLogger,
     VerboseLogger,
@@ -26,4 +27,4 @@ def __getattr__(name: str):
 __all__ = ["CriterionCallback", "CriterionAggregatorCallback", "OptimizerCallback", "SchedulerCallback",
            "CheckpointCallback", "EarlyStoppingCallback", "DiceCallback", "IouCallback", "MetricCallback",
            "ConsoleLogger", "TensorboardLogger", "ProgressBarLogger", "PredictionSaverCallback",
-           "NonFiniteLossError", "InferCallback", "TimerCallback", "VerboseLogger"]
+           "NonFiniteLossError", "InferCallback", "TimerCallback", "VerboseLogger", "CSVLogger"]

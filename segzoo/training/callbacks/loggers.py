@@ -1,7 +1,9 @@
-"""Loggers: console + log.txt, TensorBoard, and a tqdm progress bar."""
+"""Loggers: console + log.txt, TensorBoard, metrics.csv, and a tqdm progress bar."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,12 +49,13 @@ class TensorboardLogger(LoggerCallback):
         metric_names: log only these metrics (default all).
         log_on_batch_end: log batch scalars.
         log_on_epoch_end: log epoch scalars and images.
-        num_images: samples in the image grid (0 to disable).
+        num_images: samples in the image grid (0 to disable). Default ``None``: the
+            ``num_images`` of the run's :class:`PredictionSaverCallback`, or 4 without one.
         image_keys: batch key of the images, batch key of the targets, model output key.
     """
 
     def __init__(self, metric_names: list[str] | None = None, log_on_batch_end: bool = True,
-                 log_on_epoch_end: bool = True, num_images: int = 4,
+                 log_on_epoch_end: bool = True, num_images: int | None = None,
                  image_keys: tuple[str, str, str] = ("features", "targets", "logits")) -> None:
         super().__init__()
         try:
@@ -89,10 +92,13 @@ class TensorboardLogger(LoggerCallback):
     def on_batch_end(self, state: RunnerState) -> None:
         if not state.is_main_process:
             return
-        if self.num_images:
-            from segzoo.training.callbacks.predictions import capture
+        if self.num_images != 0:
+            from segzoo.training.callbacks.predictions import DEFAULT_NUM_IMAGES, capture
 
-            capture(state, self.num_images, *self.image_keys)
+            # loggers run last on *_end: a PredictionSaverCallback has captured its num_images already,
+            # and the default (None) shows exactly those samples
+            if self.num_images is not None or state.samples is None:
+                capture(state, self.num_images or DEFAULT_NUM_IMAGES, *self.image_keys)
         if not self.log_on_batch_end:
             return
         step = self.steps.get(state.loader_name, 0)
@@ -107,7 +113,7 @@ class TensorboardLogger(LoggerCallback):
         writer = self._writer(state)
         for k, v in self._wanted(state.loader_metrics).items():
             writer.add_scalar(f"{k}/epoch", v, state.global_epoch)
-        if self.num_images and state.loader_name == state.valid_loader:
+        if self.num_images != 0 and state.loader_name == state.valid_loader:
             from segzoo.training.callbacks.predictions import prediction_grid
 
             grid = prediction_grid(state, self.num_images)
@@ -161,3 +167,113 @@ class ProgressBarLogger(LoggerCallback):
 
 
 VerboseLogger = ProgressBarLogger  # Catalyst 19.x name of the tqdm progress bar (train/infer verbose=True)
+
+
+class CSVLogger(LoggerCallback):
+    """Epoch metrics to ``logdir/metrics.csv``: one row per loader and epoch (rank 0).
+
+    Columns: ``stage``, ``epoch`` (within the stage), ``global_epoch``, ``loader``, then each metric
+    in the order first seen (a metric a loader lacks, e.g. ``lr`` for ``valid``, is an empty cell).
+    Rows are appended and flushed to disk at each epoch end, so the file is complete up to the
+    last finished epoch even if the run is killed. A metric that appears later in the run widens
+    the header (the file is rewritten atomically).
+
+    The file follows the log-directory policy (:mod:`segzoo.training.logdir`): a fresh run creates
+    it (a logdir holding an earlier run is refused before training starts, and ``segzoo train
+    --force`` / ``overwrite_logdir=True`` removes the old ``metrics.csv`` with the rest of that
+    run); a run resumed in its logdir appends to it (resumed from an earlier checkpoint than the
+    last, the repeated epochs get rows again: the later row is the resumed run's). The file is
+    never replaced behind the policy's back: one still present at a fresh start is refused
+    unless ``overwrite``.
+
+    Read it with ``pandas.read_csv(path)`` or ``csv.DictReader``.
+
+    Args:
+        filename: file name inside the log directory.
+        overwrite: let a fresh run replace an existing file (only reachable when the logdir
+            policy let the run start with the file present, e.g. a custom runner).
+    """
+
+    FIXED_COLUMNS = ("stage", "epoch", "global_epoch", "loader")
+
+    def __init__(self, filename: str = "metrics.csv", overwrite: bool = False) -> None:
+        super().__init__()
+        from segzoo.errors import check_file_name
+
+        self.filename = check_file_name(filename, "CSVLogger filename")
+        self.overwrite = overwrite
+        self.columns: list[str] | None = None  # None: the file is not created yet in this run
+
+    def _path(self, state: RunnerState) -> Path:
+        return Path(state.logdir) / self.filename
+
+    def on_stage_start(self, state: RunnerState) -> None:
+        if not state.is_main_process or state.logdir is None or self.columns is not None:
+            return
+        path = self._path(state)
+        if state.global_epoch > 0 and path.is_file():  # resumed: continue the file of the run
+            import csv
+
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+            if not header or tuple(header[:len(self.FIXED_COLUMNS)]) != self.FIXED_COLUMNS:
+                raise ValueError(f"cannot append to {path}: its header {header!r} is not a segzoo metrics file "
+                                 f"(expected {','.join(self.FIXED_COLUMNS)},...); move it away")
+            self.columns = header
+        elif os.path.lexists(path) and not self.overwrite:
+            raise FileExistsError(f"{path} exists from an earlier run; resume that run (runner.resume={state.logdir}), "
+                                  f"choose another logdir, or replace the run (segzoo train --force)")
+
+    def on_epoch_end(self, state: RunnerState) -> None:
+        if not state.is_main_process or state.logdir is None:
+            return
+        rows = [{"stage": state.stage, "epoch": state.epoch, "global_epoch": state.global_epoch, "loader": loader,
+                 **metrics} for loader, metrics in state.epoch_metrics.items()]
+        if not rows:
+            return
+        names = list(dict.fromkeys(k for row in rows for k in row))
+        if self.columns is None:
+            self.columns = names
+            self._rewrite(state, [], overwrite=self.overwrite)
+        elif not set(names) <= set(self.columns):
+            self.columns = [*self.columns, *(n for n in names if n not in self.columns)]
+            self._rewrite(state, self._read(state), overwrite=True)
+        self._append(state, rows)
+
+    def _text(self, rows: list[dict[str, Any]], header: bool) -> str:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+
+    def _read(self, state: RunnerState) -> list[dict[str, Any]]:
+        import csv
+
+        with open(self._path(state), newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _rewrite(self, state: RunnerState, rows: list[dict[str, Any]], overwrite: bool) -> None:
+        from segzoo.fileio import write_bytes_atomic
+
+        write_bytes_atomic(self._path(state), self._text(rows, header=True).encode(), overwrite=overwrite,
+                           force_hint="CSVLogger(overwrite=True)")
+
+    def _append(self, state: RunnerState, rows: list[dict[str, Any]]) -> None:
+        """Append ``rows`` in one write and fsync; on failure the file is cut back to its old size."""
+        path = self._path(state)
+        data = self._text(rows, header=False).encode()
+        with open(path, "ab") as f:
+            size = f.tell()
+            try:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    f.truncate(size)
+                raise write_error(path, exc) from None

@@ -23,21 +23,34 @@ def _to_mask(t: torch.Tensor, logits: bool) -> np.ndarray:
     return t.argmax(0).long().numpy()
 
 
+#: rows of the TensorBoard grid when no PredictionSaverCallback sets them
+DEFAULT_NUM_IMAGES = 4
+
+
 def capture(state: RunnerState, n: int, input_key: str = "features", target_key: str = "targets",
             output_key: str = "logits") -> None:
-    """Keep CPU copies of the first ``n`` samples of the valid loader's first batch on ``state.samples``."""
+    """Keep CPU copies of the first ``n`` samples of the valid loader's first batch on ``state.samples``.
+
+    Several callbacks may ask in the same batch: the largest request wins, so one never cuts
+    another's picture short (the runner clears ``state.samples`` at each epoch start).
+    """
     if state.batch_index != 0 or state.loader_name != state.valid_loader:
         return
+    n = max(n, 0 if state.samples is None else state.samples[0].shape[0])
     x, y, o = (state.input.get(input_key), state.input.get(target_key), state.output.get(output_key))
     if all(isinstance(t, torch.Tensor) for t in (x, y, o)):
         state.samples = (x[:n].detach().float().cpu(), y[:n].detach().cpu(), o[:n].detach().float().cpu())
 
 
-def prediction_grid(state: RunnerState, n: int) -> np.ndarray | None:
-    """uint8 (n*H, 3*W, 3) picture: one row per sample, columns image | target | prediction."""
+def prediction_grid(state: RunnerState, n: int | None = None) -> np.ndarray | None:
+    """uint8 (n*H, 3*W, 3) picture: one row per sample, columns image | target | prediction.
+
+    ``n=None`` draws every captured sample; fewer rows when the batch had fewer samples.
+    """
     if state.samples is None:
         return None
     x, y, o = state.samples
+    n = x.shape[0] if n is None else n
     norm = state.checkpoint_data.get("normalization") or {}
     mean, std = norm.get("mean", IMAGENET_MEAN), norm.get("std", IMAGENET_STD)
     rows = []
@@ -56,7 +69,8 @@ class PredictionSaverCallback(Callback):
     Images are denormalized with the run's ``normalization`` (ImageNet statistics when unset).
 
     Args:
-        num_images: samples (rows) per picture.
+        num_images: samples (rows) per picture; also the rows of a :class:`TensorboardLogger`'s
+            grid in the same run unless that logger sets its own ``num_images``.
         input_key: batch key of the images (B, C, H, W).
         target_key: batch key of the targets ((B, K, H, W) or (B, H, W) indices).
         output_key: model output key (B, K, H, W) logits.

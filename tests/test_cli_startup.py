@@ -1,0 +1,206 @@
+"""`segzoo --help`, usage errors and `segzoo models` answer without importing torch.
+
+Each check runs in a fresh interpreter (this test process has torch loaded already) and asserts
+on ``sys.modules``, not on a timing. The torch-free copies in ``segzoo.cli_args`` (model names,
+export formats, benchmark choices) are compared with their torch-importing sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# runs `main(argv)` for each argv, swallowing SystemExit from --help/usage errors, then reports
+# the exit codes, whether torch (or the model zoo) got imported, and what was printed
+_PROBE = r"""
+import contextlib, io, json, sys
+from segzoo.cli import main
+codes, out, err = [], io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    for argv in json.loads(sys.argv[1]):
+        try:
+            codes.append(main(argv))
+        except SystemExit as exc:
+            codes.append(exc.code)
+heavy = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "segzoo.models", "numpy")))
+print(json.dumps({"codes": codes, "heavy": heavy, "out": out.getvalue(), "err": err.getvalue()}))
+"""
+
+
+def _probe(*argvs: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(argvs)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_help_and_models_do_not_import_torch():
+    from segzoo.cli import COMMANDS
+
+    commands = list(COMMANDS)
+    assert {"models", "train", "trace", "export", "predict", "benchmark", "serve"} <= set(commands)
+    res = _probe(["--help"], *[[c, "--help"] for c in commands], ["models"], ["models", "resnet18_*"],
+                 ["models", "--parts"])
+    assert res["heavy"] == [], res["heavy"]
+    assert res["codes"] == [0] * (1 + len(commands)) + [0, 0, 0]
+    for c in commands:  # each command's own help was printed
+        assert f"usage: segzoo {c} " in res["out"]
+    assert "torch.export" in res["out"]  # `segzoo export --help` names the .pt2 format
+    assert "--max-pixels" in res["out"] and "--max-wait-ms" in res["out"]  # predict's and serve's options
+    assert "resnet18_unet\n" in res["out"] and "resnet152_pspnet" in res["out"]
+    assert "resnet50_upernet\n" in res["out"] and "decoder: deeplabv3plus\n" in res["out"]
+
+
+def test_usage_errors_do_not_import_torch():
+    res = _probe(["nosuchcommand"], ["train"], ["export", "logs/x", "--format", "zip", "--out", "m"],
+                 ["predict", "logs/x"], ["models", "vgg*"], ["models", "--parts", "vgg*"],
+                 ["serve", "logs/x", "--max-batch", "0"], ["predict", "logs/x", "--input", "i", "--output", "o",
+                                                           "--backend", "tensorrt"])
+    assert res["heavy"] == [], res["heavy"]
+    assert res["codes"] == [2] * 8
+    lines = res["err"].strip().splitlines()
+    assert len(lines) == 8 and all(line.startswith("segzoo") and ": error: " in line for line in lines), lines
+
+
+def test_import_segzoo_is_lazy_but_complete():
+    """`import segzoo` alone imports no torch; the public names load on first use and are listed."""
+    code = ("import sys, segzoo; assert 'torch' not in sys.modules; "
+            "names = set(dir(segzoo)); assert set(segzoo.__all__) <= names, set(segzoo.__all__) - names; "
+            "from segzoo import ResnetUnet, load_model; from segzoo import *; "
+            "assert UPerNet is segzoo.models.UPerNet and ResnetDeepLabV3Plus is segzoo.models.ResnetDeepLabV3Plus; "
+            "assert ResnetUnet is segzoo.models.ResnetUnet and 'torch' in sys.modules; "
+            "assert segzoo.encoders.EncoderSpec and segzoo.training.SupervisedRunner; print('ok')")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_missing_attribute_is_attribute_error():
+    import segzoo
+
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        segzoo.no_such_thing  # noqa: B018
+    assert not hasattr(segzoo, "_private")
+
+
+def test_legacy_names_raise_import_error_without_importing_torch():
+    """A Catalyst 19.x name is an ImportError naming the replacement, answered before any lazy import."""
+    code = ("import sys, segzoo\n"
+            "try:\n    from segzoo import MobileUnet\nexcept ImportError as e:\n    msg = str(e)\n"
+            "assert 'Unet(' in msg and 'torch' not in sys.modules, msg\n"
+            "try:\n    segzoo.ResNetUnet\nexcept ImportError as e:\n    assert 'ResnetUnet(' in str(e)\n"
+            "print('ok')")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_public_import_paths_of_design_md():
+    """Every import path DESIGN.md promises still works with the lazy package."""
+    from segzoo import (  # noqa: F401
+        DeepLabV3Plus,
+        FPNUnet,
+        Linknet,
+        PSPnet,
+        ResnetDeepLabV3Plus,
+        ResnetFPNUnet,
+        ResnetLinknet,
+        ResnetPSPnet,
+        ResnetUnet,
+        ResnetUPerNet,
+        Unet,
+        UnetMetaSpec,
+        UPerNet,
+        create_model,
+        list_models,
+    )
+    from segzoo.blocks import get_block  # noqa: F401
+    from segzoo.bridges import BridgeSpec, UnetBridge  # noqa: F401
+    from segzoo.decoders import DecoderSpec, FPNDecoder, PSPDecoder, UNetDecoder  # noqa: F401
+    from segzoo.encoders import EncoderSpec, ResnetEncoder, TimmEncoder, UnetEncoder  # noqa: F401
+    from segzoo.heads import FPNHead, HeadSpec, UnetHead  # noqa: F401
+    from segzoo.losses import BCEDiceLoss, DiceLoss, FocalLoss, IoULoss, LovaszLoss  # noqa: F401
+    from segzoo.metrics import dice, iou  # noqa: F401
+    from segzoo.training import CALLBACKS, Callback, CallbackOrder, SupervisedRunner  # noqa: F401
+    from segzoo.training.callbacks import (  # noqa: F401
+        CheckpointCallback,
+        ConsoleLogger,
+        CriterionCallback,
+        DiceCallback,
+        EarlyStoppingCallback,
+        IouCallback,
+        MetricCallback,
+        OptimizerCallback,
+        SchedulerCallback,
+        TensorboardLogger,
+    )
+
+
+def test_static_model_names_equal_the_registry():
+    """`segzoo models` answers from a table; it must list exactly the registered names."""
+    from segzoo import list_models
+    from segzoo.cli_args import MODEL_NAMES, list_model_names
+
+    assert list(MODEL_NAMES) == list_models()
+    for pattern in ("*", "resnet34_*", "*unet", "unet", "vgg*"):
+        assert list_model_names(pattern) == list_models(pattern)
+
+
+def test_static_part_names_equal_the_registries(capsys):
+    """`segzoo models --parts` answers from a table too; it prints what the part registries hold."""
+    from segzoo.bridges import BRIDGES
+    from segzoo.cli_args import PART_NAMES, list_part_lines
+    from segzoo.decoders import DECODERS
+    from segzoo.encoders import ENCODERS
+    from segzoo.heads import HEADS
+
+    registries = (ENCODERS, BRIDGES, DECODERS, HEADS)
+    assert PART_NAMES == {reg.kind: tuple(reg.names()) for reg in registries}
+    for pattern in ("*", "*net*", "u*", "vgg*"):
+        assert list_part_lines(pattern) == [f"{reg.kind}: {n}" for reg in registries for n in reg.names(pattern)]
+
+
+def test_torch_free_choices_equal_their_sources():
+    import segzoo.benchmark as bench
+    import segzoo.data.folder as folder
+    import segzoo.export as export
+    import segzoo.inference as inference
+    import segzoo.predict as predict
+    import segzoo.serve as serve
+    from segzoo import cli_args
+    from segzoo.benchmark.measure import DTYPES
+    from segzoo.encoders.resnet import RESNET_CHANNELS
+    from segzoo.models import ARCHITECTURES
+
+    assert cli_args.ARCHITECTURES == tuple(ARCHITECTURES)
+    assert tuple(f"resnet{d}" for d in cli_args.RESNET_DEPTHS) == tuple(RESNET_CHANNELS)
+    assert cli_args.INFERENCE_BACKENDS == inference.BACKENDS == serve.BACKENDS
+    assert cli_args.IMAGE_SUFFIXES == folder.IMAGE_SUFFIXES
+    assert cli_args.PREDICT_MAX_PIXELS == folder.MAX_PIXELS
+    assert cli_args.PREDICT_MIN_TILE == predict.MIN_TILE
+    assert cli_args.PREDICT_MAX_BATCH_SIZE == predict.MAX_BATCH_SIZE
+    assert serve.add_arguments is cli_args.add_serve_arguments
+    assert cli_args.EXPORT_FORMATS == export.FORMATS
+    assert cli_args.TRACE_MODES == export.TRACE_MODES
+    assert cli_args.DEFAULT_INPUT_SIZE == export.DEFAULT_INPUT_SIZE
+    assert cli_args.BENCHMARK_ARCHS == bench.ARCHS
+    assert cli_args.BENCHMARK_DTYPES == tuple(DTYPES)
+    assert bench.add_arguments is cli_args.add_benchmark_arguments  # python -m benchmarks.models uses it
+
+
+def test_every_command_has_torch_free_arguments():
+    from segzoo.cli import COMMANDS
+    from segzoo.cli_args import ARGUMENTS
+
+    assert set(COMMANDS) <= set(ARGUMENTS)
+    for name, add in ARGUMENTS.items():  # each builds a parser without error
+        add(argparse.ArgumentParser(prog=f"segzoo {name}"), name)
