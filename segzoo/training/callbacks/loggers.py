@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from segzoo.fileio import write_error
-from segzoo.training.callback import LoggerCallback
+from segzoo.training.callback import LoggerCallback, register_callback
+from segzoo.training.callbacks.predictions import SampleGrid
 from segzoo.training.state import RunnerState
 
 
@@ -16,6 +17,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
+@register_callback("ConsoleLogger")
 class ConsoleLogger(LoggerCallback):
     """One line per loader per epoch on stdout and in ``logdir/log.txt`` (rank 0)."""
 
@@ -37,6 +39,7 @@ class ConsoleLogger(LoggerCallback):
                 raise write_error(path, exc) from None
 
 
+@register_callback("TensorboardLogger")
 class TensorboardLogger(LoggerCallback):
     """Scalars to TensorBoard, one writer per loader at ``logdir/{loader}_log``.
 
@@ -64,6 +67,7 @@ class TensorboardLogger(LoggerCallback):
         self.num_images, self.image_keys = num_images, tuple(image_keys)
         self.writers: dict[str, Any] = {}
         self.steps: dict[str, int] = {}
+        self.samples = SampleGrid(num_images, *self.image_keys)
 
     def _writer(self, state: RunnerState):
         from torch.utils.tensorboard import SummaryWriter
@@ -81,6 +85,9 @@ class TensorboardLogger(LoggerCallback):
         """The SummaryWriter of each loader by loader name (Catalyst 19.x's ``TensorboardLogger.loggers``)."""
         return self.writers
 
+    def on_epoch_start(self, state: RunnerState) -> None:
+        self.samples.reset()
+
     def on_loader_start(self, state: RunnerState) -> None:
         """Open the loader's writer first, so callbacks can write to ``loggers[state.loader_name]``."""
         if state.is_main_process and state.logdir is not None:
@@ -90,9 +97,7 @@ class TensorboardLogger(LoggerCallback):
         if not state.is_main_process:
             return
         if self.num_images:
-            from segzoo.training.callbacks.predictions import capture
-
-            capture(state, self.num_images, *self.image_keys)
+            self.samples.capture(state)
         if not self.log_on_batch_end:
             return
         step = self.steps.get(state.loader_name, 0)
@@ -108,9 +113,7 @@ class TensorboardLogger(LoggerCallback):
         for k, v in self._wanted(state.loader_metrics).items():
             writer.add_scalar(f"{k}/epoch", v, state.global_epoch)
         if self.num_images and state.loader_name == state.valid_loader:
-            from segzoo.training.callbacks.predictions import prediction_grid
-
-            grid = prediction_grid(state, self.num_images)
+            grid = self.samples.grid(state)
             if grid is not None:
                 writer.add_image("predictions", grid, state.global_epoch, dataformats="HWC")
         writer.flush()
@@ -128,6 +131,7 @@ class TensorboardLogger(LoggerCallback):
         self.writers = {}
 
 
+@register_callback("ProgressBarLogger")
 class ProgressBarLogger(LoggerCallback):
     """A tqdm bar per loader with the live batch metrics (rank 0)."""
 
@@ -160,4 +164,4 @@ class ProgressBarLogger(LoggerCallback):
 
 
 
-VerboseLogger = ProgressBarLogger  # Catalyst 19.x name of the tqdm progress bar (train/infer verbose=True)
+VerboseLogger = register_callback("VerboseLogger", ProgressBarLogger)  # Catalyst 19.x name of the tqdm bar
