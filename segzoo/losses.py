@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segzoo._legacy import legacy_getattr
-from segzoo.errors import unknown_name_error
 from segzoo.metrics import prepare_targets
+from segzoo.registry import Registry
 
 MODES = ("binary", "multilabel", "multiclass")
 
@@ -403,31 +403,22 @@ class FocalLossBinary(FocalLoss):
         super().__init__("binary", gamma=gamma, alpha=alpha, ignore_index=ignore)
 
 
-LOSSES: dict[str, type[nn.Module]] = {
-    "DiceLoss": DiceLoss,
-    "IoULoss": IoULoss,
-    "BCEDiceLoss": BCEDiceLoss,
-    "BCEIoULoss": BCEIoULoss,
-    "FocalLoss": FocalLoss,
-    "LovaszLoss": LovaszLoss,
-    "LovaszLossBinary": LovaszLossBinary,
-    "LovaszLossMultiClass": LovaszLossMultiClass,
-    "LovaszLossMultiLabel": LovaszLossMultiLabel,
-    "FocalLossBinary": FocalLossBinary,
-    "CrossEntropyLoss": nn.CrossEntropyLoss,
-    "BCEWithLogitsLoss": nn.BCEWithLogitsLoss,
-}
+LOSSES = Registry("loss")  # a read-only Mapping: LOSSES[name], name in LOSSES, dict(LOSSES)
+register_loss = LOSSES.register
+create_loss = LOSSES.create
+list_losses = LOSSES.names
+for _loss in (DiceLoss, IoULoss, BCEDiceLoss, BCEIoULoss, FocalLoss, LovaszLoss, LovaszLossBinary, LovaszLossMultiClass,
+              LovaszLossMultiLabel, FocalLossBinary, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss):
+    register_loss(_loss.__name__, _loss)
 
 
 def get_loss(name: str, **params: Any) -> nn.Module:
-    """Build the loss registered as ``name`` in :data:`LOSSES` with ``params``.
+    """Build the loss registered as ``name`` in :data:`LOSSES` with ``params`` (the same as :func:`create_loss`).
 
     Raises:
         KeyError: unknown name (close matches and valid names listed).
     """
-    if name not in LOSSES:
-        raise unknown_name_error("loss", str(name), LOSSES)
-    return LOSSES[name](**params)
+    return create_loss(name, **params)
 
 
 class TverskyLoss(_OverlapLoss):
@@ -483,4 +474,4 @@ class TverskyLoss(_OverlapLoss):
         return loss.mean()
 
 
-LOSSES["TverskyLoss"] = TverskyLoss
+register_loss("TverskyLoss", TverskyLoss)

@@ -11,7 +11,10 @@ from segzoo.losses import (
     FocalLoss,
     IoULoss,
     LovaszLoss,
+    create_loss,
     get_loss,
+    list_losses,
+    register_loss,
 )
 
 BIG = 30.0
@@ -98,6 +101,12 @@ def test_registry_and_errors():
     assert "CrossEntropyLoss" in LOSSES
     with pytest.raises(KeyError, match="DiceLoss"):
         get_loss("DiceLos")
+    assert isinstance(create_loss("DiceLoss", mode="binary"), DiceLoss) and "LovaszLoss" in list_losses("Lovasz*")
+    assert dict(LOSSES)["BCEDiceLoss"] is LOSSES["BCEDiceLoss"] is BCEDiceLoss
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("DiceLoss", DiceLoss)
+    with pytest.raises(TypeError):
+        LOSSES["MyLoss"] = DiceLoss  # read-only: register_loss is the one way in
     with pytest.raises(ValueError, match="mode"):
         DiceLoss(mode="binaryy")
     with pytest.raises(ValueError, match="do not fit"):

@@ -1,36 +1,20 @@
 """The callback trainer: runner, state, callbacks and the CALLBACKS registry."""
 
 from segzoo._legacy import legacy_getattr
-from segzoo.training.callback import Callback, CallbackOrder, LoggerCallback
-from segzoo.training.callbacks import (
-    CheckpointCallback,
-    ConsoleLogger,
-    CriterionAggregatorCallback,
-    CriterionCallback,
-    CSVLogger,
-    DiceCallback,
-    EarlyStoppingCallback,
-    InferCallback,
-    IouCallback,
-    MetricCallback,
-    NonFiniteLossError,
-    OptimizerCallback,
-    PredictionSaverCallback,
-    ProgressBarLogger,
-    SchedulerCallback,
-    TensorboardLogger,
-    TimerCallback,
+from segzoo.training.callback import (
+    CALLBACKS,
+    Callback,
+    CallbackOrder,
+    LoggerCallback,
+    create_callback,
+    list_callbacks,
+    register_callback,
 )
-from segzoo.training.runner import Runner, Stage, seed_everything
+from segzoo.training.callbacks import NonFiniteLossError  # importing the package registers the built-ins
+from segzoo.training.loop import seed_everything
+from segzoo.training.runner import Runner, Stage
 from segzoo.training.state import RunnerState
 from segzoo.training.supervised import SupervisedRunner
-
-# every built-in callback by name, for YAML configs
-CALLBACKS = {cls.__name__: cls for cls in (
-    CriterionCallback, CriterionAggregatorCallback, OptimizerCallback, SchedulerCallback, CheckpointCallback,
-    EarlyStoppingCallback, DiceCallback, IouCallback, MetricCallback, ConsoleLogger, TensorboardLogger,
-    ProgressBarLogger, PredictionSaverCallback, InferCallback, TimerCallback, CSVLogger)}
-CALLBACKS["VerboseLogger"] = ProgressBarLogger  # Catalyst 19.x name
 
 
 def __getattr__(name: str):
@@ -39,4 +23,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["SupervisedRunner", "Runner", "Stage", "RunnerState", "Callback", "CallbackOrder", "LoggerCallback",
-           "CALLBACKS", "NonFiniteLossError", "seed_everything"]
+           "CALLBACKS", "register_callback", "create_callback", "list_callbacks", "NonFiniteLossError",
+           "seed_everything"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from segzoo.errors import short_repr
@@ -21,6 +21,7 @@ from segzoo.training.callbacks.optimizer import OptimizerCallback
 from segzoo.training.callbacks.predictions import PredictionSaverCallback
 from segzoo.training.callbacks.scheduler import SchedulerCallback
 from segzoo.training.callbacks.timer import TimerCallback
+from segzoo.training.state import RunnerState
 
 # check=True, as Catalyst 19.x: batches 0..3 of each loader, and at most 3 epochs per stage
 CHECK_BATCHES = 4
@@ -142,6 +143,34 @@ def name_run_callbacks(run: list[Callback], items: list[tuple[Any, Callback]]
                 key = f"{base}:{n}"
         target[key] = cb
     return callbacks, loggers
+
+
+def with_default_callbacks(callbacks: list[Callback], state: RunnerState, criterion_callback: Callable[[], Callback],
+                           verbose: bool) -> list[Callback]:
+    """``callbacks`` plus the defaults missing among them, sorted by ``order`` (Catalyst 19.x's SupervisedExperiment).
+
+    Added when no callback of the kind is given: ``criterion_callback()`` (with a criterion),
+    OptimizerCallback (with an optimizer), SchedulerCallback (with a scheduler),
+    CheckpointCallback, ConsoleLogger, and a ProgressBarLogger when ``verbose``.
+    """
+    cbs = list(callbacks)
+
+    def has(kind: type) -> bool:
+        return any(isinstance(c, kind) for c in cbs)
+
+    if state.criterion is not None and not has(CriterionCallback):
+        cbs.append(criterion_callback())
+    if state.optimizer is not None and not has(OptimizerCallback):
+        cbs.append(OptimizerCallback())
+    if state.scheduler is not None and not has(SchedulerCallback):
+        cbs.append(SchedulerCallback())
+    if not has(CheckpointCallback):
+        cbs.append(CheckpointCallback())
+    if not has(ConsoleLogger):
+        cbs.append(ConsoleLogger())
+    if verbose and not has(ProgressBarLogger):
+        cbs.append(ProgressBarLogger())
+    return sort_callbacks(cbs)
 
 
 def resume_of_callbacks(callbacks: list[Callback], resume: Any) -> Any:

@@ -14,8 +14,8 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
 from segzoo.encoders.weights import load_into
 from segzoo.errors import short_repr
-from segzoo.training.callback import Callback
-from segzoo.training.callbacks.checkpoint import callback_key, set_rng_state
+from segzoo.training.callback import Callback, state_keys
+from segzoo.training.callbacks.checkpoint import set_rng_state
 from segzoo.training.state import RunnerState
 
 
@@ -150,6 +150,20 @@ def check_optimizer_unchanged(ck: dict[str, Any], current: Any, path: str | os.P
                            "or start a new run in a new logdir")
 
 
+def legacy_state_keys(callbacks: list[Callback]) -> list[str]:
+    """Keys of checkpoints written before ``Callback.state_key``: class name and occurrence (``EarlyStoppingCallback:1``).
+
+    Used only to read such checkpoints; they restore correctly when the callbacks come in the same order.
+    """
+    counts: dict[str, int] = {}
+    keys = []
+    for cb in callbacks:
+        name = type(cb).__name__
+        counts[name] = counts.get(name, 0) + 1
+        keys.append(f"{name}:{counts[name]}")
+    return keys
+
+
 def restore_after_resume(ck: dict[str, Any], state: RunnerState, callbacks: list[Callback]) -> None:
     """Restore optimizer, scheduler, criterion, scaler, callback and RNG state for the first resumed stage.
 
@@ -166,15 +180,16 @@ def restore_after_resume(ck: dict[str, Any], state: RunnerState, callbacks: list
                      ("criterion_state_dict", state.criterion), ("scaler_state_dict", state.scaler)):
         if same_stage or key in ("criterion_state_dict", "scaler_state_dict"):
             _load_into_obj(obj, ck.get(key))
-    counts: dict[str, int] = {}
     saved_cbs = ck.get("callbacks_state", {})
-    for cb in callbacks:
-        name = type(cb).__name__
-        counts[name] = counts.get(name, 0) + 1
-        key = callback_key(counts[name], cb)
-        if key in saved_cbs:
-            cb.load_state_dict(saved_cbs[key])
+    for key, old_key, cb in zip(state_keys(callbacks), legacy_state_keys(callbacks), callbacks):
+        saved = saved_cbs.get(key, saved_cbs.get(old_key))
+        if saved is not None:
+            cb.load_state_dict(saved)
     state.global_epoch = int(ck.get("global_epoch", 0))
     state.best_valid_metric = ck.get("best_valid_metric")
+    state.best_name = ck.get("best_name")
+    if state.best_name is None and state.best_valid_metric is not None:  # written before best_name was stored
+        top = next((v["top"] for v in saved_cbs.values() if isinstance(v, dict) and "top" in v), [])
+        state.best_name = next((str(n) for v, n in top if v == state.best_valid_metric), None)
     if ck.get("rng_state") is not None:
         set_rng_state(ck["rng_state"])

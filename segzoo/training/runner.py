@@ -1,4 +1,8 @@
-"""The runner: stages -> epochs -> loaders -> batches; everything else happens in callbacks."""
+"""The runner: stages -> epochs -> loaders -> batches; everything else happens in callbacks.
+
+:meth:`Runner.train` is set up (:meth:`Runner._train_state`), then one :meth:`Runner._run_stage`
+per stage, whose epochs and loaders run in :mod:`segzoo.training.loop`.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,22 @@ import abc
 import contextlib
 import dataclasses
 import os
-import random
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from segzoo.errors import check_file_name
 from segzoo.training import distributed as dist_utils
-from segzoo.training.callback import Callback, LoggerCallback, sort_callbacks
+from segzoo.training.callback import Callback, sort_callbacks
 from segzoo.training.callbacks.checkpoint import CheckpointCallback
 from segzoo.training.callbacks.criterion import CriterionCallback
-from segzoo.training.callbacks.loggers import ConsoleLogger, ProgressBarLogger
-from segzoo.training.callbacks.optimizer import OptimizerCallback
-from segzoo.training.callbacks.scheduler import SchedulerCallback
+from segzoo.training.callbacks.loggers import ProgressBarLogger
 from segzoo.training.callbacks.timer import TimerCallback
 from segzoo.training.compat import (
     CHECK_BATCHES,
@@ -36,12 +36,20 @@ from segzoo.training.compat import (
     fp16_to_amp,
     name_run_callbacks,
     resume_of_callbacks,
+    with_default_callbacks,
 )
 from segzoo.training.logdir import check_logdir_path, claim_logdir
+from segzoo.training.loop import (
+    amp_dtype,
+    fire,
+    prepare_model,
+    resolve_device,
+    run_epoch,
+    run_infer_epoch,
+    seed_everything,
+)
 from segzoo.training.resume import load_resume, optimizer_hparams, restore_after_resume
 from segzoo.training.state import RunnerState
-
-AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -70,54 +78,22 @@ class Stage:
     callbacks: list[Callback] = field(default_factory=list)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def check_stages(stages: list[Stage] | None, num_epochs: int, check: bool) -> list[Stage]:
+    """The run's stages: ``stages``, or one stage ``"train"`` of ``num_epochs``; at most 3 epochs each with ``check``.
 
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
-    return device
-
-
-def amp_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype of the ``amp`` option: ``True`` is fp16 on CUDA and bf16 elsewhere."""
-    if amp is False or amp is None:
-        return None
-    key = amp if isinstance(amp, str) else ("fp16" if device.type == "cuda" else "bf16")
-    if key not in AMP_DTYPES:
-        raise ValueError(f"amp must be False, True, 'fp16' or 'bf16', got {amp!r}")
-    return AMP_DTYPES[key]
-
-
-def move_to(value: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """Move tensors (also inside dicts) to ``device`` without blocking; 4-D floats optionally channels_last.
-
-    Non-blocking copies overlap with compute only from pinned memory: use
-    ``DataLoader(..., pin_memory=True)`` when training on CUDA.
+    Raises:
+        ValueError: not a Stage, ``num_epochs < 1``, a name unfit for file names, repeated names.
     """
-    if isinstance(value, torch.Tensor):
-        value = value.to(device, non_blocking=True)
-        if channels_last and value.dim() == 4 and value.is_floating_point():
-            value = value.contiguous(memory_format=torch.channels_last)
-        return value
-    if isinstance(value, Mapping):
-        return {k: move_to(v, device, channels_last) for k, v in value.items()}
-    return value
-
-
-def _batch_size(batch: Mapping[str, Any]) -> int:
-    for v in batch.values():
-        if isinstance(v, torch.Tensor) and v.dim() > 0:
-            return int(v.shape[0])
-    return 1
+    stages = list(stages) if stages else [Stage("train", num_epochs)]
+    for s in stages:
+        if not isinstance(s, Stage) or not isinstance(s.num_epochs, int) or s.num_epochs < 1:
+            raise ValueError(f"each stage must be a Stage with num_epochs >= 1, got {s!r}")
+        check_file_name(s.name, "a stage name (it names checkpoint files)")
+    if len({s.name for s in stages}) != len(stages):
+        raise ValueError(f"stage names must be unique, got {[s.name for s in stages]}")
+    if check:
+        stages = [dataclasses.replace(s, num_epochs=min(s.num_epochs, CHECK_EPOCHS)) for s in stages]
+    return stages
 
 
 class Runner(abc.ABC):
@@ -160,112 +136,6 @@ class Runner(abc.ABC):
     def criterion_callback(self) -> Callback:
         """The CriterionCallback added when the user gives none."""
         return CriterionCallback()
-
-    # ---- the loop ----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _fire(callbacks: list[Callback], event: str, state: RunnerState) -> None:
-        loggers = [c for c in callbacks if isinstance(c, LoggerCallback)]
-        others = [c for c in callbacks if not isinstance(c, LoggerCallback)]
-        for cb in (loggers + others if event.endswith("_start") else others + loggers):
-            getattr(cb, event)(state)
-
-    def _run_loader(self, state: RunnerState, loader: Iterable, callbacks: list[Callback],
-                    channels_last: bool) -> None:
-        state.loader_len = len(loader) if hasattr(loader, "__len__") else 0
-        if state.max_batches is not None and hasattr(loader, "__len__"):
-            state.loader_len = min(state.loader_len, state.max_batches)
-        state.model.train(state.need_backward)
-        state.loader_metrics = {}
-        state.epoch_metrics[state.loader_name] = state.loader_metrics
-        totals: dict[str, float] = {}
-        count = 0
-        autocast = (torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
-                    if state.amp_dtype is not None else contextlib.nullcontext())
-        self._fire(callbacks, "on_loader_start", state)
-        with torch.set_grad_enabled(state.need_backward):
-            for state.batch_index, batch in enumerate(loader):
-                state.input = move_to(self.batch_to_dict(batch), state.device, channels_last)
-                state.batch_size = _batch_size(state.input)
-                state.loss, state.batch_metrics = {}, {}
-                self._fire(callbacks, "on_batch_start", state)
-                with autocast:
-                    state.output = self.forward(state, state.model)
-                self._fire(callbacks, "on_batch_end", state)
-                for k, v in state.batch_metrics.items():
-                    totals[k] = totals.get(k, 0.0) + v * state.batch_size
-                count += state.batch_size
-                if state.max_batches is not None and state.batch_index + 1 >= state.max_batches:
-                    break
-        if state.distributed:
-            keys = sorted(totals)
-            packed = dist_utils.all_reduce_sum(torch.tensor([totals[k] for k in keys] + [count],
-                                                            dtype=torch.float64), state)
-            totals, count = dict(zip(keys, packed[:-1].tolist())), packed[-1].item()
-        state.loader_metrics = {k: v / max(count, 1) for k, v in totals.items()}
-        # the same dict: what on_loader_end callbacks add (Catalyst's state.metrics.epoch_values) is kept
-        state.epoch_metrics[state.loader_name] = state.loader_metrics
-        self._fire(callbacks, "on_loader_end", state)
-
-    def _run_epoch(self, state: RunnerState, loaders: Mapping[str, Iterable], cbs: list[Callback],
-                   channels_last: bool) -> None:
-        state.global_epoch += 1
-        state.epoch_metrics = {}
-        state.samples = None
-        self._fire(cbs, "on_epoch_start", state)
-        for state.loader_name, loader in loaders.items():
-            sampler = getattr(loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(state.global_epoch)
-            state.need_backward = state.loader_name.startswith("train")
-            self._run_loader(state, loader, cbs, channels_last)
-        state.valid_metrics = state.epoch_metrics[state.valid_loader]
-        if state.main_metric not in state.valid_metrics:
-            raise KeyError(f"main_metric {state.main_metric!r} is not among the valid metrics "
-                           f"{sorted(state.valid_metrics)}; add its callback or choose another")
-        value = state.valid_metrics[state.main_metric]
-        state.is_best_valid = state.is_better(value, state.best_valid_metric)
-        if state.is_best_valid:
-            state.best_valid_metric = value
-        self._fire(cbs, "on_epoch_end", state)
-
-    def _stage_callbacks(self, given: list[Callback], stage: Stage, state: RunnerState,
-                         verbose: bool) -> list[Callback]:
-        cbs = list(given) + list(stage.callbacks)
-
-        def has(kind: type) -> bool:
-            return any(isinstance(c, kind) for c in cbs)
-
-        if state.criterion is not None and not has(CriterionCallback):
-            cbs.append(self.criterion_callback())
-        if state.optimizer is not None and not has(OptimizerCallback):
-            cbs.append(OptimizerCallback())
-        if state.scheduler is not None and not has(SchedulerCallback):
-            cbs.append(SchedulerCallback())
-        if not has(CheckpointCallback):
-            cbs.append(CheckpointCallback())
-        if not has(ConsoleLogger):
-            cbs.append(ConsoleLogger())
-        if verbose and not has(ProgressBarLogger):
-            cbs.append(ProgressBarLogger())
-        cbs = sort_callbacks(cbs)
-        for cb in cbs:
-            if isinstance(cb, CheckpointCallback):
-                cb.callbacks = cbs
-        return cbs
-
-    @staticmethod
-    def _prepare_model(model: nn.Module, state: RunnerState, channels_last: bool,
-                       compile: bool | dict) -> nn.Module:
-        model = model.to(state.device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if state.distributed:
-            ids = [state.device.index] if state.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if compile:
-            model = torch.compile(model, **(compile if isinstance(compile, dict) else {}))
-        return model
 
     def train(self, model: nn.Module | None, criterion: Any, optimizer: Any, loaders: Mapping[str, Iterable],
               logdir: str | os.PathLike, callbacks: list[Callback] | Mapping[str, Callback] | None = None,
@@ -348,25 +218,42 @@ class Runner(abc.ABC):
         check_logdir_path(logdir)
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
-        stages = list(stages) if stages else [Stage("train", num_epochs)]
-        for s in stages:
-            if not isinstance(s, Stage) or not isinstance(s.num_epochs, int) or s.num_epochs < 1:
-                raise ValueError(f"each stage must be a Stage with num_epochs >= 1, got {s!r}")
-            check_file_name(s.name, "a stage name (it names checkpoint files)")
-        if len({s.name for s in stages}) != len(stages):
-            raise ValueError(f"stage names must be unique, got {[s.name for s in stages]}")
+        stages = check_stages(stages, num_epochs, check)
         items = callback_items(callbacks)
         given = [cb for _, cb in items]
         resume = resume_of_callbacks(given, resume)
         if timeit and not any(isinstance(c, TimerCallback) for c in given):
             given.append(TimerCallback())
-        if check:
-            stages = [dataclasses.replace(s, num_epochs=min(s.num_epochs, CHECK_EPOCHS)) for s in stages]
         if seed is not None:
             seed_everything(seed)
 
+        state = self._train_state(model, logdir, main_metric=main_metric, minimize_metric=minimize_metric,
+                                  valid_loader=valid_loader, nonfinite=nonfinite, check=check, amp=amp,
+                                  channels_last=channels_last, compile=compile, normalization=normalization,
+                                  checkpoint_data=checkpoint_data)
+        if state.distributed:
+            loaders = {k: dist_utils.shard_loader(v) if isinstance(v, DataLoader) else v for k, v in loaders.items()}
+        start_stage, start_epoch, resumed = self._start_point(resume, state, stages)
+        held = (claim_logdir(logdir, resume=resume, overwrite=overwrite_logdir) if state.is_main_process
+                else contextlib.nullcontext())
+        with held:
+            for index in range(start_stage, len(stages)):
+                stage = stages[index]
+                stage = dataclasses.replace(stage, optimizer=_default(stage.optimizer, optimizer),
+                                            scheduler=_default(stage.scheduler, scheduler),
+                                            criterion=_default(stage.criterion, criterion))
+                first = index == start_stage
+                self._run_stage(state, stage, index, loaders, items, given, verbose,
+                                start_epoch if first else 1, resumed if first else None)
+        return state
+
+    def _train_state(self, model: nn.Module, logdir: str | os.PathLike, *, main_metric: str, minimize_metric: bool,
+                     valid_loader: str, nonfinite: str, check: bool, amp: bool | str, channels_last: bool,
+                     compile: bool | dict, normalization: Mapping[str, list[float]] | None,
+                     checkpoint_data: Mapping[str, Any] | None) -> RunnerState:
+        """The run's state: device and processes, AMP, the prepared model, what checkpoints store."""
         state = RunnerState(logdir=Path(logdir), main_metric=main_metric, minimize_metric=minimize_metric,
-                            nonfinite=nonfinite, valid_loader=valid_loader,
+                            nonfinite=nonfinite, valid_loader=valid_loader, channels_last=bool(channels_last),
                             max_batches=CHECK_BATCHES if check else None)
         state.distributed, rank, state.world_size, state.device = dist_utils.setup(resolve_device(self.device))
         state.is_main_process = rank == 0
@@ -375,53 +262,58 @@ class Runner(abc.ABC):
         state.amp_dtype = amp_dtype(amp, state.device)
         if state.amp_dtype == torch.float16 and state.device.type == "cuda":
             state.scaler = torch.amp.GradScaler("cuda")
-        if state.distributed:
-            loaders = {k: dist_utils.shard_loader(v) if isinstance(v, DataLoader) else v for k, v in loaders.items()}
         self.state = state
-        state.model = self._prepare_model(model, state, channels_last, compile)
-        state.criterion = criterion
-
-        start_stage, start_epoch, resumed = 0, 1, None
-        if resume is not None:
-            resumed = load_resume(resume, state, [s.name for s in stages])
-            start_stage, start_epoch = resumed["stage_index"], int(resumed["epoch"]) + 1
-            if start_epoch > stages[start_stage].num_epochs:
-                start_stage, start_epoch = start_stage + 1, 1
-            if start_stage == len(stages):
-                raise ValueError(f"checkpoint {resume} is at the end of the last stage ({resumed['stage']!r}, "
-                                 f"epoch {resumed['epoch']}): nothing left to train; raise num_epochs or add a stage")
-
-        held = (claim_logdir(logdir, resume=resume, overwrite=overwrite_logdir) if state.is_main_process
-                else contextlib.nullcontext())
-        with held:
-            for state.stage_index in range(start_stage, len(stages)):
-                stage = stages[state.stage_index]
-                state.stage, state.num_epochs = stage.name, stage.num_epochs
-                state.optimizer = stage.optimizer if stage.optimizer is not None else optimizer
-                state.checkpoint_data["optimizer_hparams"] = optimizer_hparams(state.optimizer)
-                state.scheduler = stage.scheduler if stage.scheduler is not None else scheduler
-                state.criterion = stage.criterion if stage.criterion is not None else criterion
-                cbs = self._stage_callbacks(given, stage, state, verbose)
-                self.callbacks, self.loggers = name_run_callbacks(cbs, items)
-                state.loggers = self.loggers
-                first = state.stage_index == start_stage
-                if first and resumed is not None:
-                    restore_after_resume(resumed, state, cbs)
-                state.epoch = start_epoch - 1 if first else 0
-                state.stop_training = False
-                try:
-                    self._fire(cbs, "on_stage_start", state)
-                    for epoch in range(state.epoch + 1, stage.num_epochs + 1):
-                        state.epoch = epoch
-                        self._run_epoch(state, loaders, cbs, channels_last)
-                        if state.stop_training:
-                            break
-                    self._fire(cbs, "on_stage_end", state)
-                except BaseException as exc:
-                    state.exception = exc
-                    self._fire(cbs, "on_exception", state)
-                    raise
+        state.model = prepare_model(model, state, compile)
         return state
+
+    @staticmethod
+    def _start_point(resume: str | os.PathLike | None, state: RunnerState,
+                     stages: list[Stage]) -> tuple[int, int, dict[str, Any] | None]:
+        """``(stage index, epoch, checkpoint)`` to start from: ``(0, 1, None)`` for a fresh run.
+
+        Raises:
+            ValueError: the checkpoint ends the last stage (nothing left to train).
+        """
+        if resume is None:
+            return 0, 1, None
+        resumed = load_resume(resume, state, [s.name for s in stages])
+        start_stage, start_epoch = resumed["stage_index"], int(resumed["epoch"]) + 1
+        if start_epoch > stages[start_stage].num_epochs:
+            start_stage, start_epoch = start_stage + 1, 1
+        if start_stage == len(stages):
+            raise ValueError(f"checkpoint {resume} is at the end of the last stage ({resumed['stage']!r}, "
+                             f"epoch {resumed['epoch']}): nothing left to train; raise num_epochs or add a stage")
+        return start_stage, start_epoch, resumed
+
+    def _run_stage(self, state: RunnerState, stage: Stage, index: int, loaders: Mapping[str, Iterable],
+                   items: list[tuple[Any, Callback]], given: list[Callback], verbose: bool, start_epoch: int,
+                   resumed: dict[str, Any] | None) -> None:
+        """Epochs ``start_epoch..stage.num_epochs`` of ``stage`` (its optimizer, scheduler and criterion set);
+        ``resumed`` (the checkpoint, for the first stage of a resumed run) restores its state first."""
+        state.stage, state.stage_index, state.num_epochs = stage.name, index, stage.num_epochs
+        state.optimizer = stage.optimizer
+        state.checkpoint_data["optimizer_hparams"] = optimizer_hparams(state.optimizer)
+        state.scheduler, state.criterion = stage.scheduler, stage.criterion
+        state.callbacks = with_default_callbacks([*given, *stage.callbacks], state, self.criterion_callback, verbose)
+        self.callbacks, self.loggers = name_run_callbacks(state.callbacks, items)
+        state.loggers = self.loggers
+        if resumed is not None:
+            restore_after_resume(resumed, state, state.callbacks)
+        state.epoch = start_epoch - 1
+        state.stop_training = False
+        cbs = state.callbacks
+        try:
+            fire(cbs, "on_stage_start", state)
+            for epoch in range(start_epoch, stage.num_epochs + 1):
+                state.epoch = epoch
+                run_epoch(self, state, loaders, cbs)
+                if state.stop_training:
+                    break
+            fire(cbs, "on_stage_end", state)
+        except BaseException as exc:
+            state.exception = exc
+            fire(cbs, "on_exception", state)
+            raise
 
     def infer(self, model: nn.Module | None, loaders: Mapping[str, Iterable],
               callbacks: list[Callback] | Mapping[Any, Callback] | None = None, verbose: bool = False,
@@ -468,13 +360,11 @@ class Runner(abc.ABC):
         resume = resume_of_callbacks(given, resume)
         amp = fp16_to_amp(fp16, amp)
         self.model = model
-        state = RunnerState(stage="infer", num_epochs=1, epoch=1, global_epoch=1,
+        state = RunnerState(stage="infer", num_epochs=1, epoch=1, global_epoch=1, channels_last=bool(channels_last),
                             max_batches=CHECK_BATCHES if check else None)
         state.device = resolve_device(self.device)
         state.amp_dtype = amp_dtype(amp, state.device)
-        state.model = model.to(state.device)
-        if channels_last:
-            state.model = state.model.to(memory_format=torch.channels_last)
+        state.model = prepare_model(model, state)
         added = ([ProgressBarLogger()] if verbose else []) + ([TimerCallback()] if timeit else [])
         everything = sort_callbacks(given + added)
         self.callbacks, self.loggers = name_run_callbacks(everything, items)
@@ -486,17 +376,15 @@ class Runner(abc.ABC):
         elif resume is not None:
             load_resume(resume, state, None)
         # a CheckpointCallback's only job in infer is the loading above: it writes nothing
-        cbs = [c for c in everything if not isinstance(c, CheckpointCallback)]
+        state.callbacks = [c for c in everything if not isinstance(c, CheckpointCallback)]
         try:
-            self._fire(cbs, "on_stage_start", state)
-            self._fire(cbs, "on_epoch_start", state)
-            for state.loader_name, loader in loaders.items():
-                state.need_backward = False
-                self._run_loader(state, loader, cbs, channels_last)
-            self._fire(cbs, "on_epoch_end", state)
-            self._fire(cbs, "on_stage_end", state)
+            run_infer_epoch(self, state, loaders, state.callbacks)
         except BaseException as exc:
             state.exception = exc
-            self._fire(cbs, "on_exception", state)
+            fire(state.callbacks, "on_exception", state)
             raise
         return state
+
+
+def _default(value: Any, default: Any) -> Any:
+    return value if value is not None else default

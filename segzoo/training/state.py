@@ -1,9 +1,9 @@
-"""RunnerState: what the runner shares with callbacks."""
+"""RunnerState: what the runner shares with callbacks, grouped by how long each value lives."""
 
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -13,94 +13,199 @@ import torch.nn as nn
 
 
 @dataclass
-class RunnerState:
-    """The mediator between the runner and its callbacks (Catalyst's ``RunnerState``).
+class RunInfo:
+    """Set once when :meth:`~segzoo.training.Runner.train` / ``infer`` starts; fixed for the run.
+
+    Attributes:
+        logdir: the run's log directory (``None`` in ``infer``).
+        model: the model being run (possibly wrapped in DistributedDataParallel or torch.compile).
+        device: where batches and the model live.
+        amp_dtype: autocast dtype or ``None``.
+        channels_last: the model and 4-D float inputs are in channels_last memory format.
+        scaler: the fp16 GradScaler or ``None``.
+        is_main_process: rank 0 (writes logs and checkpoints).
+        distributed: running under torch.distributed with more than one process.
+        world_size: number of processes.
+        nonfinite: policy for non-finite losses: ``"raise"`` or ``"skip"``.
+        max_batches: stop each loader after this many batches (``check=True``), or ``None``.
+        checkpoint_data: extra plain data stored in every checkpoint (``normalization``...).
+        skipped_batches: batches skipped under ``nonfinite="skip"`` (counted over the run).
+        exception: the exception being handled in ``on_exception``.
+    """
+
+    logdir: Path | None = None
+    model: nn.Module | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    scaler: Any = None
+    is_main_process: bool = True
+    distributed: bool = False
+    world_size: int = 1
+    nonfinite: str = "raise"
+    max_batches: int | None = None
+    checkpoint_data: dict[str, Any] = field(default_factory=dict)
+    skipped_batches: int = 0
+    exception: BaseException | None = None
+
+
+@dataclass
+class BestTracker:
+    """The one owner of "best": which metric selects the best epoch, and the best so far.
+
+    The runner calls :meth:`update` once per epoch with the valid value of ``main_metric``;
+    ``best.pth``, the ``*best*`` console mark, ``_metrics.json``'s ``"best"`` entry and
+    ``state.metrics.is_best`` all read the result from here.
+
+    Attributes:
+        valid_loader: name of the validation loader.
+        main_metric: the valid metric that selects the best checkpoint.
+        minimize_metric: whether a lower ``main_metric`` is better.
+        best_valid_metric: best value of ``main_metric`` so far (``None`` before the first epoch).
+        best_name: ``"{stage}.{epoch}"`` of the best epoch so far (``None`` before the first epoch).
+        is_best_valid: the current epoch set a new best.
+    """
+
+    valid_loader: str = "valid"
+    main_metric: str = "loss"
+    minimize_metric: bool = True
+    best_valid_metric: float | None = None
+    best_name: str | None = None
+    is_best_valid: bool = False
+
+    def is_better(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` of the main metric beats ``best`` in the run's direction (ties do not)."""
+        if best is None:
+            return True
+        return value < best if self.minimize_metric else value > best
+
+    def update(self, value: float, name: str) -> bool:
+        """Record the epoch ``name`` (``"{stage}.{epoch}"``) whose main metric is ``value``.
+
+        Returns:
+            Whether it is a new best (also in :attr:`is_best_valid`).
+        """
+        self.is_best_valid = self.is_better(value, self.best_valid_metric)
+        if self.is_best_valid:
+            self.best_valid_metric, self.best_name = value, name
+        return self.is_best_valid
+
+
+@dataclass
+class StageInfo:
+    """The current stage: set at each stage start.
 
     Attributes:
         stage: name of the current stage.
         stage_index: index of the current stage in the run.
-        epoch: epoch within the stage, 1-based.
         num_epochs: epochs of the current stage.
+        criterion, optimizer, scheduler: what the stage trains with.
+        callbacks: the stage's callbacks in run order (their ``state_dict()`` go into full checkpoints).
+        loggers: the stage's logger callbacks by name (Catalyst 19.x ``state.loggers``).
+        stop_training: set by a callback (early stopping) to end the stage after this epoch.
+    """
+
+    stage: str = ""
+    stage_index: int = 0
+    num_epochs: int = 0
+    criterion: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    callbacks: list[Any] = field(default_factory=list)
+    loggers: dict[Any, Any] = field(default_factory=dict)
+    stop_training: bool = False
+
+
+@dataclass
+class EpochInfo:
+    """The current epoch.
+
+    Attributes:
+        epoch: epoch within the stage, 1-based.
         global_epoch: epochs run since the start of training, over all stages.
+        epoch_metrics: ``{loader_name: {metric: value}}`` of the current epoch.
+        valid_metrics: the epoch metrics of the validation loader (of the last finished epoch).
+    """
+
+    epoch: int = 0
+    global_epoch: int = 0
+    epoch_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    valid_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LoaderInfo:
+    """The current loader.
+
+    Attributes:
         loader_name: name of the current loader (``"train"``, ``"valid"``, ...).
         loader_len: number of batches of the current loader.
+        need_backward: the loader's name starts with ``"train"``: gradients and optimizer steps.
+        loader_metrics: metrics of the current loader, filled at loader end (exact values).
+    """
+
+    loader_name: str = ""
+    loader_len: int = 0
+    need_backward: bool = False
+    loader_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BatchInfo:
+    """The current batch.
+
+    Attributes:
         batch_index: index of the current batch in the loader, 0-based.
         batch_size: number of samples in the current batch.
-        need_backward: the loader's name starts with ``"train"``: gradients and optimizer steps.
         input: the current batch as a dict (features (B, C, H, W), targets, ...), on the device.
         output: the model's outputs as a dict (``{"logits": (B, K, H, W)}``).
         loss: named loss tensors of the batch; the one optimized is under ``"loss"``.
         batch_metrics: plain float metrics of the current batch.
-        loader_metrics: metrics of the current loader, filled at loader end (exact values).
-        epoch_metrics: ``{loader_name: {metric: value}}`` of the current epoch.
-        valid_loader: name of the validation loader.
-        valid_metrics: the epoch metrics of the validation loader.
-        main_metric: the valid metric that selects the best checkpoint.
-        minimize_metric: whether a lower ``main_metric`` is better.
-        best_valid_metric: best value of ``main_metric`` so far (``None`` before the first epoch).
-        is_best_valid: this epoch set a new best.
-        logdir: the run's log directory.
-        model, criterion, optimizer, scheduler: what is trained (the model possibly wrapped in
-            DistributedDataParallel or torch.compile).
-        device: where batches and the model live.
-        scaler: the fp16 GradScaler or ``None``.
-        amp_dtype: autocast dtype or ``None``.
-        stop_training: set by a callback (early stopping) to end the stage after this epoch.
-        is_main_process: rank 0 (writes logs and checkpoints).
-        distributed: running under torch.distributed with more than one process.
-        world_size: number of processes.
-        exception: the exception being handled in ``on_exception``.
-        nonfinite: policy for non-finite losses: ``"raise"`` or ``"skip"``.
-        checkpoint_data: extra plain data stored in every checkpoint (``normalization``...).
-        skipped_batches: batches skipped under ``nonfinite="skip"``.
-        samples: CPU copies of the first valid samples (features, targets, logits) for pictures.
-        max_batches: stop each loader after this many batches (``check=True``), or ``None``.
-        loggers: the run's logger callbacks by name (Catalyst 19.x ``state.loggers``).
-        metrics: Catalyst 19.x view of the metrics (:class:`MetricsView`): ``add_batch_value``,
-            ``batch_values``, ``epoch_values``, ``valid_values``.
     """
 
-    logdir: Path | None = None
-    stage: str = ""
-    stage_index: int = 0
-    epoch: int = 0
-    num_epochs: int = 0
-    global_epoch: int = 0
-    loader_name: str = ""
-    loader_len: int = 0
     batch_index: int = 0
     batch_size: int = 0
-    need_backward: bool = False
     input: dict[str, Any] = field(default_factory=dict)
     output: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, torch.Tensor] = field(default_factory=dict)
     batch_metrics: dict[str, float] = field(default_factory=dict)
-    loader_metrics: dict[str, float] = field(default_factory=dict)
-    epoch_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    valid_loader: str = "valid"
-    valid_metrics: dict[str, float] = field(default_factory=dict)
-    main_metric: str = "loss"
-    minimize_metric: bool = True
-    best_valid_metric: float | None = None
-    is_best_valid: bool = False
-    model: nn.Module | None = None
-    criterion: Any = None
-    optimizer: Any = None
-    scheduler: Any = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    scaler: Any = None
-    amp_dtype: torch.dtype | None = None
-    stop_training: bool = False
-    is_main_process: bool = True
-    distributed: bool = False
-    world_size: int = 1
-    exception: BaseException | None = None
-    nonfinite: str = "raise"
-    checkpoint_data: dict[str, Any] = field(default_factory=dict)
-    skipped_batches: int = 0
-    samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    max_batches: int | None = None
-    loggers: dict[Any, Any] = field(default_factory=dict)
+
+
+# attribute of RunnerState holding each group, in the order they are shown
+GROUPS: dict[str, type] = {"run_info": RunInfo, "best": BestTracker, "stage_info": StageInfo,
+                           "epoch_info": EpochInfo, "loader_info": LoaderInfo, "batch_info": BatchInfo}
+# flat name -> group attribute, e.g. "epoch" -> "epoch_info"
+FIELD_GROUP: dict[str, str] = {f.name: group for group, cls in GROUPS.items() for f in fields(cls)}
+
+
+class RunnerState:
+    """The mediator between the runner and its callbacks (Catalyst's ``RunnerState``).
+
+    Values are grouped by lifetime: :class:`RunInfo` (``state.run_info``), :class:`BestTracker`
+    (``state.best``), :class:`StageInfo` (``state.stage_info``), :class:`EpochInfo`
+    (``state.epoch_info``), :class:`LoaderInfo` (``state.loader_info``) and :class:`BatchInfo`
+    (``state.batch_info``); see each for its fields. Every field is also an attribute of the
+    state itself (``state.epoch`` is ``state.epoch_info.epoch``, ``state.loss`` is
+    ``state.batch_info.loss``), read and written as before. ``state.metrics`` is the Catalyst
+    19.x view of the metrics (:class:`MetricsView`).
+
+    Args:
+        **values: initial field values by their flat name, e.g. ``RunnerState(model=m, stage="predict")``.
+
+    Raises:
+        TypeError: a name that is not a field of any group.
+    """
+
+    def __init__(self, **values: Any) -> None:
+        for group, cls in GROUPS.items():
+            setattr(self, group, cls())
+        for name, value in values.items():
+            if name not in FIELD_GROUP:
+                raise TypeError(f"RunnerState has no field {name!r}")
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"RunnerState({', '.join(f'{g}={getattr(self, g)!r}' for g in GROUPS)})"
 
     @property
     def metrics(self) -> MetricsView:
@@ -109,9 +214,22 @@ class RunnerState:
 
     def is_better(self, value: float, best: float | None) -> bool:
         """Whether ``value`` of the main metric beats ``best`` in the run's direction."""
-        if best is None:
-            return True
-        return value < best if self.minimize_metric else value > best
+        return self.best.is_better(value, best)
+
+
+def _flat(group: str, name: str, doc: str) -> property:
+    def get(self: RunnerState) -> Any:
+        return getattr(getattr(self, group), name)
+
+    def set_(self: RunnerState, value: Any) -> None:
+        setattr(getattr(self, group), name, value)
+
+    return property(get, set_, doc=doc)
+
+
+for _name, _group in FIELD_GROUP.items():
+    setattr(RunnerState, _name, _flat(_group, _name, f"``state.{_group}.{_name}`` (see :class:`"
+                                                     f"{GROUPS[_group].__name__}`)."))
 
 
 class MetricsView:

@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from segzoo.training.callback import Callback, CallbackOrder
 from segzoo.training.callbacks.criterion import CriterionCallback
-from segzoo.training.runner import Runner, move_to, resolve_device
+from segzoo.training.loop import move_to, resolve_device
+from segzoo.training.runner import Runner
 from segzoo.training.state import RunnerState
 
 

@@ -4,6 +4,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from segzoo.training import Callback, CallbackOrder
+
 
 class TinyNet(nn.Module):
     """(B, 3, H, W) -> (B, 1, H, W), no BatchNorm so DDP and single-process runs agree."""
@@ -51,3 +53,21 @@ def scripted_metric(values, name="m"):
             state.loader_metrics[name] = float(values[state.global_epoch - 1])
 
     return Scripted()
+
+
+class Counter(Callback):
+    """A stateful callback: adds ``step`` at each epoch end; its state is the count (saved by the
+    CheckpointCallback, which runs after it: order External < External + 10)."""
+
+    def __init__(self, name, step=1):
+        super().__init__(CallbackOrder.External)
+        self.name, self.step, self.count = name, step, 0
+
+    def on_epoch_end(self, state):
+        self.count += self.step
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state_dict):
+        self.count = state_dict["count"]

@@ -1,7 +1,8 @@
 """Callback ordering, the CallbackOrder values and the CALLBACKS registry."""
 
 import pytest
-from _helpers import train
+import torch
+from _helpers import Counter, train
 
 from segzoo.training import CALLBACKS, Callback, CallbackOrder, LoggerCallback
 from segzoo.training.callbacks import CheckpointCallback, ConsoleLogger, CriterionCallback, OptimizerCallback
@@ -89,3 +90,42 @@ def test_order_values_and_registry():
     assert all(issubclass(c, Callback) for c in CALLBACKS.values())
     assert isinstance(ConsoleLogger(), LoggerCallback)
     assert CheckpointCallback().state_dict() == {"top": [], "history": []}
+
+
+def test_callbacks_registry_register_create_list(monkeypatch):
+    from segzoo.registry import Registry
+    from segzoo.training import create_callback, list_callbacks, register_callback
+    from segzoo.training.callbacks import ProgressBarLogger
+
+    assert isinstance(CALLBACKS, Registry) and CALLBACKS["VerboseLogger"] is ProgressBarLogger
+    assert "DiceCallback" in list_callbacks() and dict(CALLBACKS)["DiceCallback"].__name__ == "DiceCallback"
+    with pytest.raises(KeyError, match="DiceCallback"):
+        CALLBACKS["DiceCallbak"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_callback("DiceCallback", Callback)
+    with pytest.raises(TypeError):
+        CALLBACKS["X"] = Callback  # read-only: registration is the one way in
+    monkeypatch.setattr(CALLBACKS, "_factories", dict(CALLBACKS._factories))  # forgotten after the test
+    monkeypatch.setattr(CALLBACKS, "_defaults", dict(CALLBACKS._defaults))
+
+    @register_callback("MyCallback", order=7)
+    class MyCallback(Callback):
+        pass
+
+    assert create_callback("MyCallback").order == 7 and "MyCallback" in list_callbacks("My*")
+
+
+def test_state_key_from_constructor_arguments():
+    from segzoo.training.callback import state_keys
+    from segzoo.training.callbacks import EarlyStoppingCallback, MetricCallback
+
+    assert Counter("a").state_key == Counter(name="a", step=1).state_key == "Counter{'name': 'a', 'step': 1}"
+    assert Counter("a").state_key != Counter("b").state_key != Counter("a", 2).state_key
+    # a function is named, never shown by address: the key is the same in another process
+    assert MetricCallback("m", torch.mean).state_key == MetricCallback("m", torch.mean).state_key
+    assert "0x" not in MetricCallback("m", lambda o, t: 0.0).state_key
+    # what may change on resume is left out of the built-ins' keys
+    assert EarlyStoppingCallback(3, metric="m").state_key == EarlyStoppingCallback(5, metric="m", min_delta=0.1).state_key
+    assert CheckpointCallback().state_key == CheckpointCallback(resume="x.pth", save_n_best=3).state_key
+    # identically configured callbacks are numbered in run order
+    assert state_keys([Counter("a"), Counter("b"), Counter("a")])[2] == "Counter{'name': 'a', 'step': 1}#2"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from _helpers import TinyNet, make_loaders, scripted_metric, train
+from _helpers import Counter, TinyNet, make_loaders, scripted_metric, train
 
 import segzoo
 from segzoo.checkpoint import load_checkpoint
@@ -156,3 +156,34 @@ def test_file_names_cannot_leave_the_logdir(tiny, loaders, tmp_path, name):
     with pytest.raises(ValueError, match="stage name.*plain file name"):
         train(tiny, loaders, run, stages=[Stage(name, 1)])
     assert not (tmp_path / "outside").exists() and not list(tmp_path.rglob("*.pth"))
+
+
+def test_resume_restores_each_callback_state_whatever_their_order(tiny, loaders, tmp_path):
+    a, b = Counter("a", step=1), Counter("b", step=10)
+    train(tiny, loaders, tmp_path, num_epochs=2, callbacks=[a, b])
+    full = load_checkpoint(tmp_path / "checkpoints" / "last_full.pth")
+    assert full["callbacks_state"]["Counter{'name': 'a', 'step': 1}"] == {"count": 2}
+    a, b = Counter("a", step=1), Counter("b", step=10)
+    train(TinyNet(), loaders, tmp_path, num_epochs=3, callbacks=[b, a], resume=tmp_path)  # the other order
+    assert (a.count, b.count) == (3, 30)
+
+
+def test_resume_reads_checkpoints_with_the_old_callback_keys(loaders, tmp_path):
+    values = [5.0, 4.0, 4.5, 4.6]
+    train(TinyNet(), loaders, tmp_path, num_epochs=2, main_metric="m",
+          callbacks=[scripted_metric(values), Counter("a"), Counter("b", step=10)])
+    path = tmp_path / "checkpoints" / "last_full.pth"
+    ck = load_checkpoint(path)  # as written before Callback.state_key: class name and occurrence, no best_name
+    old = {"Counter{'name': 'a', 'step': 1}": "Counter:1", "Counter{'name': 'b', 'step': 10}": "Counter:2",
+           "CheckpointCallback{}": "CheckpointCallback:1"}
+    assert set(ck["callbacks_state"]) == set(old)
+    ck["callbacks_state"] = {old[k]: v for k, v in ck["callbacks_state"].items()}
+    del ck["best_name"]
+    torch.save(ck, path)
+    a, b = Counter("a"), Counter("b", step=10)
+    state = train(TinyNet(), loaders, tmp_path, num_epochs=4, main_metric="m", resume=path,
+                  callbacks=[scripted_metric(values), a, b])
+    assert (a.count, b.count) == (4, 40)
+    assert state.best_name == "train.2" and state.best_valid_metric == 4.0
+    metrics = json.loads((tmp_path / "checkpoints" / "_metrics.json").read_text())
+    assert metrics["best"]["name"] == "train.2" and len(metrics["epochs"]) == 4

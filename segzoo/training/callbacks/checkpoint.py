@@ -15,7 +15,7 @@ from segzoo.checkpoint import checkpoint_bytes, clean_state_dict
 from segzoo.errors import check_file_name
 from segzoo.fileio import make_folder, write_bytes_atomic, write_json_atomic
 from segzoo.models.registry import get_model_spec
-from segzoo.training.callback import Callback, CallbackOrder
+from segzoo.training.callback import Callback, CallbackOrder, register_callback, state_keys
 from segzoo.training.state import RunnerState
 
 
@@ -33,6 +33,7 @@ def model_checkpoint(state: RunnerState) -> dict[str, Any]:
         "main_metric": state.main_metric,
         "minimize_metric": state.minimize_metric,
         "best_valid_metric": state.best_valid_metric,
+        "best_name": state.best_name,
         **state.checkpoint_data,
     }
 
@@ -67,21 +68,17 @@ def set_rng_state(rng: dict[str, Any]) -> None:
     random.setstate((p[0], tuple(p[1]), p[2]))
 
 
-def callback_key(index: int, callback: Callback) -> str:
-    """Key of a callback's state in a checkpoint: class name and occurrence number."""
-    return f"{type(callback).__name__}:{index}"
+def full_checkpoint(state: RunnerState) -> dict[str, Any]:
+    """The light checkpoint plus optimizer, scheduler, criterion, scaler, callback and RNG state.
 
-
-def full_checkpoint(state: RunnerState, callbacks: list[Callback]) -> dict[str, Any]:
-    """The light checkpoint plus optimizer, scheduler, criterion, scaler, callback and RNG state."""
-    counts: dict[str, int] = {}
+    The state of each callback of ``state.callbacks`` is filed under its ``state_key``
+    (:func:`~segzoo.training.callback.state_keys`).
+    """
     cb_states = {}
-    for cb in callbacks:
-        name = type(cb).__name__
-        counts[name] = counts.get(name, 0) + 1
+    for key, cb in zip(state_keys(state.callbacks), state.callbacks):
         sd = cb.state_dict()
         if sd:
-            cb_states[callback_key(counts[name], cb)] = sd
+            cb_states[key] = sd
     return {
         **model_checkpoint(state),
         "optimizer_state_dict": _state_dict_of(state.optimizer),
@@ -93,14 +90,17 @@ def full_checkpoint(state: RunnerState, callbacks: list[Callback]) -> dict[str, 
     }
 
 
+@register_callback("CheckpointCallback")
 class CheckpointCallback(Callback):
     """Write checkpoints to ``logdir/checkpoints`` after every epoch (rank 0 only).
 
     Files: ``last.pth`` / ``last_full.pth`` every epoch; ``best.pth`` / ``best_full.pth`` when the
     main valid metric improves; ``{stage}.{epoch}.pth`` / ``_full`` for the ``save_n_best`` best
     epochs (others are removed); ``_metrics.json`` with best, last and every epoch's metrics.
-    ``_full`` files also hold optimizer, scheduler, criterion, scaler, callback and RNG state;
-    every file loads with ``torch.load(weights_only=True)``.
+    ``_full`` files also hold optimizer, scheduler, criterion, scaler, RNG state and the
+    ``state_dict()`` of every callback of the stage (``state.callbacks``); every file loads
+    with ``torch.load(weights_only=True)``. Which epoch is best is the state's
+    (``state.best``): this callback keeps only the top-N list and the metrics history.
 
     Every file is its own file (no hard links between best/last/top-N), written atomically through
     :mod:`segzoo.fileio`: new checkpoints are published first, and only then are the top-N files
@@ -129,8 +129,12 @@ class CheckpointCallback(Callback):
         self.metric_filename = check_file_name(metric_filename, "metric_filename")
         self.top: list[tuple[float, str]] = []
         self.history: list[dict[str, Any]] = []
-        self.callbacks: list[Callback] = []  # set by the runner: whose states go into full checkpoints
         self._saved: tuple[str, int] | None = None  # (stage, global epoch) of the last complete last_full
+
+    @property
+    def state_key(self) -> str:
+        """``CheckpointCallback{}``: a run has one, and ``resume`` differs between the run and its resumption."""
+        return self._generate_state_key()
 
     def state_dict(self) -> dict[str, Any]:
         return {"top": [[v, n] for v, n in self.top], "history": self.history}
@@ -163,7 +167,7 @@ class CheckpointCallback(Callback):
                 dropped = sorted(self.top, key=lambda t: t[0], reverse=state.minimize_metric)[0]
                 self.top.remove(dropped)
         # serialized once (the full one with the updated top-N), written to each file on its own
-        full = checkpoint_bytes(full_checkpoint(state, self.callbacks))
+        full = checkpoint_bytes(full_checkpoint(state))
         light = checkpoint_bytes(model_checkpoint(state))
         self._write(folder, "last", full, light)
         self._saved = (state.stage, state.global_epoch)
@@ -174,8 +178,7 @@ class CheckpointCallback(Callback):
         if dropped is not None and dropped[1] != name:  # only once the new files are published
             for suffix in (".pth", "_full.pth"):
                 (folder / f"{dropped[1]}{suffix}").unlink(missing_ok=True)
-        best_name = (min if state.minimize_metric else max)(self.top, key=lambda t: t[0])[1]
-        best = next((h for h in self.history if h["name"] == best_name), None)
+        best = next((h for h in self.history if h["name"] == state.best_name), None)
         write_json_atomic({"main_metric": state.main_metric, "minimize_metric": state.minimize_metric,
                            "best": best, "last": self.history[-1], "epochs": self.history},
                           folder / self.metric_filename, overwrite=True)
@@ -196,7 +199,7 @@ class CheckpointCallback(Callback):
             return
         try:
             folder = self._folder(state)
-            full = full_checkpoint(state, self.callbacks)
+            full = full_checkpoint(state)
             light = model_checkpoint(state)
             for ck in (full, light):
                 ck["interrupted"] = True

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from segzoo.errors import unknown_name_error
-from segzoo.training.callback import Callback, CallbackOrder, outputs_and_targets
+from segzoo.training.callback import Callback, CallbackOrder, outputs_and_targets, register_callback
 from segzoo.training.state import RunnerState
 
 
+@register_callback("CriterionCallback")
 class CriterionCallback(Callback):
     """Compute ``criterion(output[output_key], input[input_key]) * multiplier`` into ``state.loss[prefix]``.
 
@@ -40,6 +41,7 @@ class CriterionCallback(Callback):
         state.batch_metrics[self.prefix] = float(loss.detach())
 
 
+@register_callback("CriterionAggregatorCallback")
 class CriterionAggregatorCallback(Callback):
     """Combine several losses into ``state.loss[prefix]``.
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from segzoo.training.callback import Callback, CallbackOrder
+from segzoo.training.callback import Callback, CallbackOrder, register_callback
 from segzoo.training.state import RunnerState
 
 
+@register_callback("EarlyStoppingCallback")
 class EarlyStoppingCallback(Callback):
     """Stop the stage when the valid ``metric`` has not improved for ``patience`` epochs.
 
@@ -51,6 +52,11 @@ class EarlyStoppingCallback(Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 state.stop_training = True
+
+    @property
+    def state_key(self) -> str:
+        """Class name, ``metric`` and ``minimize``: a resumed run may change ``patience`` or ``min_delta``."""
+        return self._generate_state_key(metric=self.metric, minimize=self.minimize)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "wait": self.wait}

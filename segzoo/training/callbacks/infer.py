@@ -10,10 +10,11 @@ import torch
 
 from segzoo.errors import short_repr
 from segzoo.fileio import atomic_write
-from segzoo.training.callback import Callback, CallbackOrder
+from segzoo.training.callback import Callback, CallbackOrder, register_callback
 from segzoo.training.state import RunnerState
 
 
+@register_callback("InferCallback")
 class InferCallback(Callback):
     """Keep the outputs of every batch, concatenated in loader order, as numpy arrays.
 

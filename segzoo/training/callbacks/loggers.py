@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from segzoo.fileio import write_error
-from segzoo.training.callback import LoggerCallback
+from segzoo.training.callback import LoggerCallback, register_callback
+from segzoo.training.callbacks.predictions import DEFAULT_NUM_IMAGES, PredictionSaverCallback, SampleGrid
 from segzoo.training.state import RunnerState
 
 
@@ -18,6 +19,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
+@register_callback("ConsoleLogger")
 class ConsoleLogger(LoggerCallback):
     """One line per loader per epoch on stdout and in ``logdir/log.txt`` (rank 0)."""
 
@@ -39,6 +41,7 @@ class ConsoleLogger(LoggerCallback):
                 raise write_error(path, exc) from None
 
 
+@register_callback("TensorboardLogger")
 class TensorboardLogger(LoggerCallback):
     """Scalars to TensorBoard, one writer per loader at ``logdir/{loader}_log``.
 
@@ -67,6 +70,7 @@ class TensorboardLogger(LoggerCallback):
         self.num_images, self.image_keys = num_images, tuple(image_keys)
         self.writers: dict[str, Any] = {}
         self.steps: dict[str, int] = {}
+        self.samples = SampleGrid(DEFAULT_NUM_IMAGES if num_images is None else num_images, *self.image_keys)
 
     def _writer(self, state: RunnerState):
         from torch.utils.tensorboard import SummaryWriter
@@ -84,6 +88,15 @@ class TensorboardLogger(LoggerCallback):
         """The SummaryWriter of each loader by loader name (Catalyst 19.x's ``TensorboardLogger.loggers``)."""
         return self.writers
 
+    def on_stage_start(self, state: RunnerState) -> None:
+        """With ``num_images=None`` show as many rows as the run's PredictionSaverCallback (one owner)."""
+        if self.num_images is None:
+            savers = [cb for cb in state.callbacks or [] if isinstance(cb, PredictionSaverCallback)]
+            self.samples.n = savers[0].num_images if savers else DEFAULT_NUM_IMAGES
+
+    def on_epoch_start(self, state: RunnerState) -> None:
+        self.samples.reset()
+
     def on_loader_start(self, state: RunnerState) -> None:
         """Open the loader's writer first, so callbacks can write to ``loggers[state.loader_name]``."""
         if state.is_main_process and state.logdir is not None:
@@ -93,12 +106,7 @@ class TensorboardLogger(LoggerCallback):
         if not state.is_main_process:
             return
         if self.num_images != 0:
-            from segzoo.training.callbacks.predictions import DEFAULT_NUM_IMAGES, capture
-
-            # loggers run last on *_end: a PredictionSaverCallback has captured its num_images already,
-            # and the default (None) shows exactly those samples
-            if self.num_images is not None or state.samples is None:
-                capture(state, self.num_images or DEFAULT_NUM_IMAGES, *self.image_keys)
+            self.samples.capture(state)
         if not self.log_on_batch_end:
             return
         step = self.steps.get(state.loader_name, 0)
@@ -114,9 +122,7 @@ class TensorboardLogger(LoggerCallback):
         for k, v in self._wanted(state.loader_metrics).items():
             writer.add_scalar(f"{k}/epoch", v, state.global_epoch)
         if self.num_images != 0 and state.loader_name == state.valid_loader:
-            from segzoo.training.callbacks.predictions import prediction_grid
-
-            grid = prediction_grid(state, self.num_images)
+            grid = self.samples.grid(state)
             if grid is not None:
                 writer.add_image("predictions", grid, state.global_epoch, dataformats="HWC")
         writer.flush()
@@ -134,6 +140,7 @@ class TensorboardLogger(LoggerCallback):
         self.writers = {}
 
 
+@register_callback("ProgressBarLogger")
 class ProgressBarLogger(LoggerCallback):
     """A tqdm bar per loader with the live batch metrics (rank 0)."""
 
@@ -166,9 +173,10 @@ class ProgressBarLogger(LoggerCallback):
 
 
 
-VerboseLogger = ProgressBarLogger  # Catalyst 19.x name of the tqdm progress bar (train/infer verbose=True)
+VerboseLogger = register_callback("VerboseLogger", ProgressBarLogger)  # Catalyst 19.x name of the tqdm bar
 
 
+@register_callback("CSVLogger")
 class CSVLogger(LoggerCallback):
     """Epoch metrics to ``logdir/metrics.csv``: one row per loader and epoch (rank 0).
 

@@ -10,7 +10,7 @@ import torch
 
 from segzoo.errors import short_repr
 from segzoo.metrics import ACTIVATIONS, dice_from_sums, iou_from_sums, segmentation_sums
-from segzoo.training.callback import Callback, CallbackOrder, outputs_and_targets
+from segzoo.training.callback import Callback, CallbackOrder, outputs_and_targets, register_callback
 from segzoo.training.distributed import all_reduce_sum
 from segzoo.training.state import RunnerState
 
@@ -43,6 +43,7 @@ def _check_overlap_params(eps: Any, threshold: Any, activation: Any, ignore_inde
         raise ValueError(f"class_names must be a list of non-empty strings, got {short_repr(class_names)}")
 
 
+@register_callback("MetricCallback")
 class MetricCallback(Callback):
     """``metric_fn(outputs, targets, **metric_params)`` per batch, under ``prefix``.
 
@@ -109,6 +110,7 @@ class _OverlapCallback(Callback):
                 state.loader_metrics[f"{self.prefix}/{name}"] = value
 
 
+@register_callback("DiceCallback")
 class DiceCallback(_OverlapCallback):
     """Exact epoch Dice: per-class sums accumulated over the loader (and over processes).
 
@@ -124,6 +126,7 @@ class DiceCallback(_OverlapCallback):
     """
 
 
+@register_callback("IouCallback")
 class IouCallback(_OverlapCallback):
     """Exact epoch IoU (Jaccard); arguments as :class:`DiceCallback` with ``prefix="iou"``."""
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from segzoo.training.callback import Callback, CallbackOrder
+from segzoo.training.callback import Callback, CallbackOrder, register_callback
 from segzoo.training.distributed import all_reduce_sum
 from segzoo.training.state import RunnerState
 
@@ -16,6 +16,7 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
+@register_callback("OptimizerCallback")
 class OptimizerCallback(Callback):
     """Backward every train batch and step the optimizer every ``accumulation_steps`` batches.
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from torch.optim import lr_scheduler
 
-from segzoo.training.callback import Callback, CallbackOrder
+from segzoo.training.callback import Callback, CallbackOrder, register_callback
 from segzoo.training.state import RunnerState
 
 _BATCH_SCHEDULERS = (lr_scheduler.OneCycleLR, lr_scheduler.CyclicLR)
 
 
+@register_callback("SchedulerCallback")
 class SchedulerCallback(Callback):
     """Step ``state.scheduler`` after each train batch (``mode="batch"``) or each epoch (``"epoch"``).
 

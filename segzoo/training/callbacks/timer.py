@@ -6,10 +6,11 @@ import time
 
 import torch
 
-from segzoo.training.callback import CallbackOrder, LoggerCallback
+from segzoo.training.callback import CallbackOrder, LoggerCallback, register_callback
 from segzoo.training.state import RunnerState
 
 
+@register_callback("TimerCallback")
 class TimerCallback(LoggerCallback):
     """Record ``_timers/data_time`` and ``_timers/batch_time`` (seconds) of every batch.
 

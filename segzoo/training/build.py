@@ -1,0 +1,195 @@
+"""Building what a validated config names: loss, callbacks, model, optimizers and schedulers per stage, loaders.
+
+Names are resolved once, here, against :func:`registries`; unknown names raise
+:class:`~segzoo.errors.NotFoundError` listing close matches, bad parameters a one-line
+:class:`~segzoo.errors.ConfigError` naming the config key.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from segzoo.errors import ConfigError, unknown_name_error
+from segzoo.training import preflight
+from segzoo.training.loop import seed_everything
+from segzoo.training.preflight import check_param_types
+from segzoo.training.runner import Stage
+
+FOLDER_KEYS = ("train_images", "train_masks", "valid_images", "valid_masks")
+DEFAULT_LOSS = {"name": "BCEDiceLoss"}
+DEFAULT_OPTIMIZER = {"name": "Adam", "params": {"lr": 1e-3}}
+
+
+def build_named(section: dict[str, Any], registry: dict[str, Any], kind: str, *args: Any) -> Any:
+    """``registry[section["name"]](*args, **section["params"])``, its parameters checked first.
+
+    Raises:
+        NotFoundError: an unknown name (close matches listed).
+        ConfigError: a parameter of the wrong type, or the constructor refused the parameters.
+    """
+    name = section.get("name")
+    if name not in registry:
+        raise unknown_name_error(kind, str(name), registry)
+    params = section.get("params") or {}
+    check_param_types(registry[name], params, f"{kind} {name} params")
+    try:
+        return registry[name](*args, **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{kind} {name}: {preflight.first_line(exc)}") from exc
+
+
+def _classes(module: Any, base: type) -> dict[str, type]:
+    return {n: c for n, c in vars(module).items()
+            if inspect.isclass(c) and issubclass(c, base) and c is not base and not n.startswith("_")}
+
+
+def registries() -> dict[str, dict[str, Any]]:
+    """Everything a config can name: ``model``, ``loss``, ``optimizer``, ``scheduler``, ``callback``."""
+    from segzoo.losses import LOSSES
+    from segzoo.models.registry import list_models
+    from segzoo.training import CALLBACKS
+
+    schedulers = _classes(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
+    schedulers["ReduceLROnPlateau"] = torch.optim.lr_scheduler.ReduceLROnPlateau
+    return {"model": dict.fromkeys(list_models()),
+            "loss": {**_classes(torch.nn.modules.loss, torch.nn.modules.loss._Loss), **LOSSES},
+            "optimizer": _classes(torch.optim, torch.optim.Optimizer),
+            "scheduler": schedulers, "callback": dict(CALLBACKS)}
+
+
+def check_names(cfg: dict[str, Any]) -> None:
+    """Check every name the config uses against its registry (cheap, before anything is built).
+
+    Raises:
+        KeyError: (``NotFoundError``) an unknown name, with close matches and the valid names.
+    """
+    regs = registries()
+    named = [("model", cfg["model"]), ("loss", cfg.get("loss")), ("optimizer", cfg.get("optimizer")),
+             ("scheduler", cfg.get("scheduler"))]
+    named += [("callback", c) for c in cfg.get("callbacks") or []]
+    for stage in cfg.get("stages") or []:
+        named += [("optimizer", stage.get("optimizer")), ("scheduler", stage.get("scheduler"))]
+    for kind, section in named:
+        if section and "name" in section and section["name"] not in regs[kind]:
+            raise unknown_name_error(kind, str(section["name"]), regs[kind])
+    for where, section in [("loss", cfg.get("loss")), ("optimizer", cfg.get("optimizer")),
+                           ("scheduler", cfg.get("scheduler"))] + [(f"callbacks.{i}", c) for i, c in
+                                                                     enumerate(cfg.get("callbacks") or [])]:
+        if section is not None and "name" not in section:
+            raise ConfigError(f"{where} needs a name")
+
+
+def build_loaders(data: dict[str, Any], seed: int) -> tuple[dict[str, DataLoader], dict[str, list[float]]]:
+    """DataLoaders ``train`` / ``valid`` of the ``data`` section and the normalization they use.
+
+    Returns:
+        ``({"train": DataLoader, "valid": DataLoader}, {"mean": [...], "std": [...]})``; batches are
+        dicts with ``features`` (B, 3, H, W) float and ``targets`` (B, 1, H, W) float or (B, H, W) int64.
+    """
+    from segzoo.data import ProceduralSegmentation, SegmentationFolder, get_transforms
+
+    params = dict(data.get("params", {}))
+    kind = data.get("kind", "procedural")
+    try:
+        if kind == "procedural":
+            train = ProceduralSegmentation(data.get("train_size", 256), seed=seed, **params)
+            valid = ProceduralSegmentation(data.get("valid_size", 64), seed=seed + 1, **params)
+        else:
+            size = data.get("image_size", 256)
+            train = SegmentationFolder(data["train_images"], data["train_masks"],
+                                       transforms=get_transforms("train", size), **params)
+            valid = SegmentationFolder(data["valid_images"], data["valid_masks"],
+                                       transforms=get_transforms("valid", size), **params)
+    except TypeError as exc:
+        raise ConfigError(f"data.params: {exc}") from exc
+    bs, workers = data.get("batch_size", 8), data.get("num_workers", 0)
+    pin = torch.cuda.is_available()
+    loaders = {"train": DataLoader(train, batch_size=bs, shuffle=True, num_workers=workers, pin_memory=pin,
+                                   drop_last=len(train) > bs),
+               "valid": DataLoader(valid, batch_size=bs, num_workers=workers, pin_memory=pin)}
+    return loaders, {"mean": [float(v) for v in train.mean], "std": [float(v) for v in train.std]}
+
+
+def num_classes(cfg: dict[str, Any]) -> int:
+    """``data.params.num_classes`` (1, binary masks, when unset or not an int)."""
+    value = (cfg["data"].get("params") or {}).get("num_classes", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
+def check_callback_params(cfg: dict[str, Any], regs: dict[str, dict[str, Any]]) -> None:
+    """Check the parameter types of every callback, and Dice/IoU activations against the number of classes.
+
+    Raises:
+        ConfigError: naming ``callbacks.i`` and the parameter.
+    """
+    for i, c in enumerate(cfg.get("callbacks") or []):
+        if c.get("name") in regs["callback"]:
+            check_param_types(regs["callback"][c["name"]], c.get("params") or {}, f"callbacks.{i} ({c['name']}) params")
+        act = (c.get("params") or {}).get("activation")
+        if c.get("name") in ("DiceCallback", "IouCallback") and act == "Softmax2d" and num_classes(cfg) == 1:
+            raise ConfigError(f"callbacks.{i} ({c['name']}) activation Softmax2d needs num_classes >= 2 (a softmax over "
+                              f"one channel is always 1); use activation: Sigmoid for binary masks")
+
+
+def build_model(model_cfg: dict[str, Any], seed: int) -> nn.Module:
+    """The ``model`` section's model, after its parameter count was estimated within the bound.
+
+    The model is created right after ``seed_everything(seed)``: its initialisation is part of
+    the reproducible run.
+
+    Raises:
+        ConfigError: too many parameters (:data:`~segzoo.training.preflight.MAX_PARAMETERS`), or
+            ``model.params`` the model refuses.
+    """
+    from segzoo.models.registry import create_model
+
+    params = model_cfg.get("params") or {}
+    count = preflight.estimate_parameters(lambda: create_model(model_cfg["name"], **{**params, "pretrained": False}
+                                                               if "pretrained" in params else params))
+    if count is not None and count > preflight.MAX_PARAMETERS:
+        raise ConfigError(f"model {model_cfg['name']} with these model.params has about {count:.3g} parameters "
+                          f"(limit {preflight.MAX_PARAMETERS:.0e}); lower the widths, depth or complexity")
+    seed_everything(seed)
+    try:
+        return create_model(model_cfg["name"], **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.params: {preflight.first_line(exc)}") from exc
+
+
+def build_stages(cfg: dict[str, Any], model: nn.Module, train_batches: int,
+                 regs: dict[str, dict[str, Any]]) -> tuple[list[Stage], list[str]]:
+    """One :class:`~segzoo.training.Stage` per ``stages`` item (or one ``"train"`` stage of ``num_epochs``).
+
+    Each stage gets a fresh optimizer (the top-level ``optimizer`` with the stage's ``name`` /
+    ``params`` on top) and its scheduler (the stage's, else the top-level one), whose step
+    count is checked against the stage's epochs (times ``train_batches`` for per-batch schedulers).
+
+    Returns:
+        ``(stages, scheduler names)``.
+
+    Raises:
+        NotFoundError / ConfigError: as :func:`build_named`; a schedule that does not fit the stage.
+    """
+    opt_cfg = cfg.get("optimizer") or DEFAULT_OPTIMIZER
+    stages, sched_names = [], []
+    for i, s in enumerate(cfg.get("stages") or [{"name": "train", "num_epochs": cfg.get("num_epochs", 1)}]):
+        o_cfg = copy.deepcopy(opt_cfg)
+        if s.get("optimizer"):
+            o_cfg["name"] = s["optimizer"].get("name", o_cfg.get("name"))
+            o_cfg["params"] = {**o_cfg.get("params", {}), **s["optimizer"].get("params", {})}
+        opt = build_named(o_cfg, regs["optimizer"], "optimizer", model.parameters())
+        sched_cfg = s.get("scheduler", cfg.get("scheduler"))
+        sched = build_named(sched_cfg, regs["scheduler"], "scheduler", opt) if sched_cfg else None
+        if sched is not None:
+            sched_names.append(sched_cfg["name"])
+            steps = s["num_epochs"] * (train_batches if sched_cfg["name"] in ("OneCycleLR", "CyclicLR") else 1)
+            preflight.check_scheduler_steps(type(opt), o_cfg.get("params") or {}, type(sched),
+                                            sched_cfg.get("params") or {}, steps, "scheduler")
+        stages.append(Stage(s.get("name", f"stage{i + 1}"), s["num_epochs"], optimizer=opt, scheduler=sched))
+    return stages, sched_names

@@ -1,0 +1,144 @@
+"""``train_from_config``: a validated config checked, built and trained, in an order that fails early.
+
+Also :func:`check_resume_config`, which refuses to resume a run with settings it was not trained with.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segzoo.errors import ConfigError, short_repr
+from segzoo.fileio import write_bytes_atomic
+from segzoo.training import preflight
+from segzoo.training.build import (
+    DEFAULT_LOSS,
+    FOLDER_KEYS,
+    build_loaders,
+    build_model,
+    build_named,
+    build_stages,
+    check_callback_params,
+    check_names,
+    num_classes,
+    registries,
+)
+from segzoo.training.logdir import CONFIG_HEADER, check_logdir_free, claim_logdir, resumes_in, run_dir_of
+from segzoo.training.resume import find_resume_file
+from segzoo.training.supervised import SupervisedRunner
+from segzoo.training.yaml_io import read_yaml_file
+
+# config keys that may differ from the run's saved config.yml when resuming it: more epochs, and
+# settings that do not change what is trained (where it runs, how it is shown, data loading speed)
+RESUME_MAY_CHANGE = ("logdir", "num_epochs", "stages.N.num_epochs", "stages appended at the end", "runner.resume",
+                     "runner.verbose", "runner.device", "runner.compile", "runner.channels_last", "runner.nonfinite",
+                     "data.num_workers")
+
+
+def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(node, list) and node:
+        for i, v in enumerate(node):
+            _flatten(v, f"{prefix}.{i}", out)
+    else:
+        out[prefix] = node
+    return out
+
+
+def _may_change(key: str, saved_stages: int) -> bool:
+    if key in RESUME_MAY_CHANGE:
+        return True
+    parts = key.split(".")
+    if parts[0] == "stages" and len(parts) > 1 and parts[1].isdigit():
+        return int(parts[1]) >= saved_stages or parts[2:] == ["num_epochs"]
+    return False
+
+
+def check_resume_config(saved: dict[str, Any], cfg: dict[str, Any], saved_path: Path) -> None:
+    """Refuse a resumed config that differs from the run's saved ``config.yml`` beyond :data:`RESUME_MAY_CHANGE`.
+
+    A changed learning rate, model, loss or data would be silently overridden by the saved state
+    or mix two different runs in one.
+
+    Raises:
+        ConfigError: naming the first changed key and both values.
+    """
+    old, new = _flatten(saved, "", {}), _flatten(cfg, "", {})
+    saved_stages = len(saved.get("stages") or [])
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<absent>") != new.get(key, "<absent>") and not _may_change(key, saved_stages):
+            raise ConfigError(f"resuming {saved_path.parent} with {key}={short_repr(new.get(key, '<absent>'))}, but the "
+                              f"run was trained with {key}={short_repr(old.get(key, '<absent>'))} ({saved_path}); only "
+                              f"{', '.join(RESUME_MAY_CHANGE)} may change on resume. Start a new run (new logdir) "
+                              f"for other settings")
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def _check_outputs(cfg: dict[str, Any], logdir: Path, resume: str | None, force: bool, inputs: list[Any]) -> None:
+    """The resumed config matches the run's, the logdir is outside the data and free (or resumed / forced)."""
+    if resume is not None:
+        find_resume_file(resume)
+        saved_path = run_dir_of(resume) / "config.yml"
+        if saved_path.is_file():
+            check_resume_config(read_yaml_file(saved_path) or {}, cfg, saved_path)
+    for key in FOLDER_KEYS:  # the run's outputs never go into its inputs
+        if key in cfg["data"] and resumes_in(logdir, cfg["data"][key]):
+            raise ConfigError(f"logdir {logdir} is inside data.{key} {cfg['data'][key]}; choose a logdir outside the data")
+    if _is_main_rank():
+        check_logdir_free(logdir, resume=resume, overwrite=force, inputs=inputs, caller="cli")
+
+
+def train_from_config(cfg: dict[str, Any], force: bool = False, config_path: str | os.PathLike | None = None):
+    """Build everything a validated config names and train.
+
+    Order: names, types and combinations checked, the log directory checked against the policy of
+    :mod:`segzoo.training.logdir`, a resumed config compared with the run's saved one, the model's
+    size estimated, model / loss / callbacks / optimizers built, schedulers stepped on a throwaway
+    optimizer, data loaded, one valid sample run through model and loss; then the log directory
+    is claimed, ``config.yml`` written (fresh runs only) and training starts - so config mistakes
+    fail before any directory is created or any epoch is spent.
+
+    Args:
+        cfg: a config that passed :func:`~segzoo.training.config.validate`.
+        force: replace a previous run in ``logdir`` (``segzoo train --force``).
+        config_path: the config file (an input: ``force`` never removes it).
+
+    Returns:
+        The final ``RunnerState`` of :meth:`segzoo.training.SupervisedRunner.train`.
+    """
+    check_names(cfg)
+    regs = registries()
+    loss_cfg = cfg.get("loss") or DEFAULT_LOSS
+    preflight.check_loss_fits(loss_cfg["name"], loss_cfg.get("params") or {}, num_classes(cfg))
+    check_callback_params(cfg, regs)
+    logdir = Path(cfg["logdir"])
+    runner_cfg = dict(cfg.get("runner", {}))
+    resume = runner_cfg.get("resume")
+    inputs = [p for p in (config_path, *(cfg["data"].get(k) for k in FOLDER_KEYS)) if p]
+    _check_outputs(cfg, logdir, resume, force, inputs)
+
+    seed = cfg.get("seed", 42)
+    model = build_model(cfg["model"], seed)
+    criterion = build_named(loss_cfg, regs["loss"], "loss")
+    callbacks = [build_named(c, regs["callback"], "callback") for c in cfg.get("callbacks") or []]
+    loaders, normalization = build_loaders(cfg["data"], seed)
+    stages, sched_names = build_stages(cfg, model, len(loaders["train"]), regs)
+    preflight.check_metrics(callbacks, runner_cfg.get("main_metric", "loss"), sched_names)
+    preflight.check_one_batch(model, criterion, loaders["valid"].dataset[0], loss_cfg["name"])
+    runner = SupervisedRunner(device=runner_cfg.pop("device", "auto"))
+    if not _is_main_rank():
+        return runner.train(model, criterion, None, loaders, logdir, callbacks=callbacks, stages=stages, seed=seed,
+                            normalization=normalization, **runner_cfg)
+    with claim_logdir(logdir, resume=resume, overwrite=force, inputs=inputs, caller="cli"):
+        if not resumes_in(resume, logdir):
+            write_bytes_atomic(logdir / "config.yml", (CONFIG_HEADER + yaml.safe_dump(cfg, sort_keys=False)).encode())
+        return runner.train(model, criterion, None, loaders, logdir, callbacks=callbacks, stages=stages, seed=seed,
+                            normalization=normalization, **runner_cfg)

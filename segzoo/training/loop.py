@@ -1,0 +1,170 @@
+"""The inner loops of :class:`~segzoo.training.Runner`: epochs -> loaders -> batches, and their device helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from segzoo.training import distributed as dist_utils
+from segzoo.training.callback import Callback, LoggerCallback
+from segzoo.training.state import RunnerState
+
+if TYPE_CHECKING:
+    from segzoo.training.runner import Runner
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available")
+    return device
+
+
+def amp_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of the ``amp`` option: ``True`` is fp16 on CUDA and bf16 elsewhere."""
+    if amp is False or amp is None:
+        return None
+    key = amp if isinstance(amp, str) else ("fp16" if device.type == "cuda" else "bf16")
+    if key not in AMP_DTYPES:
+        raise ValueError(f"amp must be False, True, 'fp16' or 'bf16', got {amp!r}")
+    return AMP_DTYPES[key]
+
+
+def move_to(value: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move tensors (also inside dicts) to ``device`` without blocking; 4-D floats optionally channels_last.
+
+    Non-blocking copies overlap with compute only from pinned memory: use
+    ``DataLoader(..., pin_memory=True)`` when training on CUDA.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.to(device, non_blocking=True)
+        if channels_last and value.dim() == 4 and value.is_floating_point():
+            value = value.contiguous(memory_format=torch.channels_last)
+        return value
+    if isinstance(value, Mapping):
+        return {k: move_to(v, device, channels_last) for k, v in value.items()}
+    return value
+
+
+def prepare_model(model: nn.Module, state: RunnerState, compile: bool | dict = False) -> nn.Module:
+    """``model`` on ``state.device`` (channels_last when ``state.channels_last``), in DDP when distributed,
+    compiled when ``compile`` (a dict gives ``torch.compile``'s options)."""
+    model = model.to(state.device)
+    if state.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if state.distributed:
+        ids = [state.device.index] if state.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile:
+        model = torch.compile(model, **(compile if isinstance(compile, dict) else {}))
+    return model
+
+
+def fire(callbacks: list[Callback], event: str, state: RunnerState) -> None:
+    """Call ``event`` on every callback: loggers first on ``*_start``, last on ``*_end`` / ``on_exception``."""
+    loggers = [c for c in callbacks if isinstance(c, LoggerCallback)]
+    others = [c for c in callbacks if not isinstance(c, LoggerCallback)]
+    for cb in (loggers + others if event.endswith("_start") else others + loggers):
+        getattr(cb, event)(state)
+
+
+def _batch_size(batch: Mapping[str, Any]) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    return 1
+
+
+def run_loader(runner: Runner, state: RunnerState, loader: Iterable, callbacks: list[Callback]) -> None:
+    """One pass over ``loader`` (``state.loader_name`` and ``need_backward`` set): batches, then loader metrics.
+
+    Batch metrics are averaged weighted by batch size (and summed over processes) into
+    ``state.loader_metrics``, which is also ``state.epoch_metrics[loader_name]``.
+    """
+    state.loader_len = len(loader) if hasattr(loader, "__len__") else 0
+    if state.max_batches is not None and hasattr(loader, "__len__"):
+        state.loader_len = min(state.loader_len, state.max_batches)
+    state.model.train(state.need_backward)
+    state.loader_metrics = {}
+    state.epoch_metrics[state.loader_name] = state.loader_metrics
+    totals: dict[str, float] = {}
+    count = 0
+    autocast = (torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
+                if state.amp_dtype is not None else contextlib.nullcontext())
+    fire(callbacks, "on_loader_start", state)
+    with torch.set_grad_enabled(state.need_backward):
+        for state.batch_index, batch in enumerate(loader):
+            state.input = move_to(runner.batch_to_dict(batch), state.device, state.channels_last)
+            state.batch_size = _batch_size(state.input)
+            state.loss, state.batch_metrics = {}, {}
+            fire(callbacks, "on_batch_start", state)
+            with autocast:
+                state.output = runner.forward(state, state.model)
+            fire(callbacks, "on_batch_end", state)
+            for k, v in state.batch_metrics.items():
+                totals[k] = totals.get(k, 0.0) + v * state.batch_size
+            count += state.batch_size
+            if state.max_batches is not None and state.batch_index + 1 >= state.max_batches:
+                break
+    if state.distributed:
+        keys = sorted(totals)
+        packed = dist_utils.all_reduce_sum(torch.tensor([totals[k] for k in keys] + [count],
+                                                        dtype=torch.float64), state)
+        totals, count = dict(zip(keys, packed[:-1].tolist())), packed[-1].item()
+    state.loader_metrics = {k: v / max(count, 1) for k, v in totals.items()}
+    # the same dict: what on_loader_end callbacks add (Catalyst's state.metrics.epoch_values) is kept
+    state.epoch_metrics[state.loader_name] = state.loader_metrics
+    fire(callbacks, "on_loader_end", state)
+
+
+def run_epoch(runner: Runner, state: RunnerState, loaders: Mapping[str, Iterable], callbacks: list[Callback]) -> None:
+    """One training epoch (``state.epoch`` set): every loader in order, then the best-epoch bookkeeping.
+
+    Raises:
+        KeyError: ``main_metric`` is not among the valid loader's metrics.
+    """
+    state.global_epoch += 1
+    state.epoch_metrics = {}
+    fire(callbacks, "on_epoch_start", state)
+    for state.loader_name, loader in loaders.items():
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(state.global_epoch)
+        state.need_backward = state.loader_name.startswith("train")
+        run_loader(runner, state, loader, callbacks)
+    state.valid_metrics = state.epoch_metrics[state.valid_loader]
+    if state.main_metric not in state.valid_metrics:
+        raise KeyError(f"main_metric {state.main_metric!r} is not among the valid metrics "
+                       f"{sorted(state.valid_metrics)}; add its callback or choose another")
+    state.best.update(state.valid_metrics[state.main_metric], f"{state.stage}.{state.epoch}")
+    fire(callbacks, "on_epoch_end", state)
+
+
+def run_infer_epoch(runner: Runner, state: RunnerState, loaders: Mapping[str, Iterable],
+                    callbacks: list[Callback]) -> None:
+    """The one stage and epoch of :meth:`~segzoo.training.Runner.infer`: every loader without gradients."""
+    fire(callbacks, "on_stage_start", state)
+    fire(callbacks, "on_epoch_start", state)
+    for state.loader_name, loader in loaders.items():
+        state.need_backward = False
+        run_loader(runner, state, loader, callbacks)
+    fire(callbacks, "on_epoch_end", state)
+    fire(callbacks, "on_stage_end", state)
