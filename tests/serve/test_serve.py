@@ -195,13 +195,32 @@ def test_client_disconnecting_mid_request(served):
     assert "Traceback" not in server.log() and "500" not in server.log()
 
 
+def _read_reply(sock: socket.socket) -> str:
+    """The whole HTTP reply: headers and a body of Content-Length bytes (they may come in several packets)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data.decode()
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
+
+
 def test_a_stalled_body_is_408_and_frees_its_place(served):
     server, _ = served
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                      b"Content-Length: 5000\r\n\r\n" + b"\x89PNG")
         sock.settimeout(10)
-        reply = sock.recv(4096).decode()
+        reply = _read_reply(sock)
     assert reply.startswith("HTTP/1.1 408") and "did not arrive within 2 s" in reply
     assert httpx.get(server.url + "/health").json()["in_progress"] == 0
     assert _post(server.url, png_bytes(random_image(16, 16, 1))).status_code == 200
