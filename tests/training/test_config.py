@@ -212,7 +212,7 @@ def test_example_configs_are_valid(name):
 def test_multiclass_config_runs_tiny(tmp_path):
     args = ["train", "--config", str(CONFIGS / "multiclass.yml"), f"logdir={tmp_path / 'run'}", *SHRINK,
             "data.params.image_size=32", "data.train_size=8", "data.valid_size=4", "num_epochs=1",
-            "callbacks.3.params.num_images=2"]
+            "callbacks.4.params.num_images=2"]
     assert main(args) == 0
     assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
     assert list((tmp_path / "run" / "predictions").glob("*.png"))
