@@ -21,9 +21,10 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
 from segzoo.encoders.weights import check_weights, load_into
 from segzoo.errors import CheckpointError, ConfigError
-from segzoo.models.registry import model_from_spec, set_model_spec
+from segzoo.models.registry import ModelFactory, model_from_spec, set_model_spec
 
-ModelFactory = str | Callable[..., nn.Module]
+#: a model factory (:data:`segzoo.models.registry.ModelFactory`) or its import path ``"package.module:factory"``
+ModelFactoryLike = ModelFactory | str
 
 _MISMATCH_HINT = " (wrong --model factory or model arguments?)"
 
@@ -87,8 +88,8 @@ def import_factory(path: str) -> Callable[..., nn.Module]:
     return obj
 
 
-def build_model(spec: Mapping[str, Any] | None, model_factory: ModelFactory | None = None) -> nn.Module:
-    """Build an untrained model from a checkpoint's spec or from a factory.
+def rebuild_model(spec: Mapping[str, Any] | None, model_factory: ModelFactoryLike | None = None) -> nn.Module:
+    """Rebuild the untrained model of a checkpoint from its spec or from a factory.
 
     Args:
         spec: ``{"name", "kwargs"}`` from a checkpoint, or ``None``.
@@ -133,7 +134,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
 
 
 def load_model_info(checkpoint_or_logdir: str | os.PathLike, checkpoint: str = "best",
-                    model_factory: ModelFactory | None = None,
+                    model_factory: ModelFactoryLike | None = None,
                     map_location: str | torch.device = "cpu") -> LoadedModel:
     """Like :func:`load_model`, also returning the checkpoint path and metadata."""
     path = resolve_checkpoint(checkpoint_or_logdir, checkpoint)
@@ -146,14 +147,14 @@ def load_model_info(checkpoint_or_logdir: str | os.PathLike, checkpoint: str = "
     # the comparison with the weights before anything is allocated
     try:
         with torch.device("meta"):
-            skeleton = build_model(spec, model_factory)
+            skeleton = rebuild_model(spec, model_factory)
     except (NotImplementedError, RuntimeError):
         skeleton = None  # a factory that cannot run on the meta device: checked after the real build
     if skeleton is not None:
         check_weights(skeleton.state_dict(), state_dict, f"the model {type(skeleton).__name__}", path,
                       hint=_MISMATCH_HINT)
         del skeleton
-    model = build_model(spec, model_factory)
+    model = rebuild_model(spec, model_factory)
     load_weights(model, state_dict, path)
     model = model.to(map_location).eval()
     info = {k: v for k, v in ckpt.items() if k != "model_state_dict"}
@@ -161,7 +162,7 @@ def load_model_info(checkpoint_or_logdir: str | os.PathLike, checkpoint: str = "
 
 
 def load_model(checkpoint_or_logdir: str | os.PathLike, checkpoint: str = "best",
-               model_factory: ModelFactory | None = None,
+               model_factory: ModelFactoryLike | None = None,
                map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a trained model from a checkpoint file or a trainer log directory.
 

@@ -1,4 +1,4 @@
-"""The shared contract of bridges and decoders: a feature list in, a feature list out."""
+"""The part contract: what every part declares about its outputs, and the feature-list parts (bridges, decoders)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,26 @@ def check_features(in_channels: list[int], in_strides: list[int], who: str, mini
         raise ValueError(f"{who}: features must go shallow to deep (non-decreasing strides), got {list(in_strides)}")
 
 
-class FeaturePart(ABC, nn.Module):
+class DeclaresFeatures(ABC, nn.Module):
+    """A module whose output is a list of feature maps that it declares: the base of every part.
+
+    Encoders (:class:`segzoo.encoders.EncoderSpec`), bridges and decoders (:class:`FeaturePart`)
+    declare the channels and strides of what they return, shallow to deep, so parts compose
+    without guessing shapes (a test checks each declaration against real tensors).
+    """
+
+    @property
+    @abstractmethod
+    def out_channels(self) -> list[int]:
+        """Channels of each output feature map, shallow to deep."""
+
+    @property
+    @abstractmethod
+    def out_strides(self) -> list[int]:
+        """Stride (input image size / feature size) of each output feature map, shallow to deep."""
+
+
+class FeaturePart(DeclaresFeatures):
     """A module mapping a list of feature maps to another, declaring what it outputs.
 
     Args:
@@ -43,16 +62,6 @@ class FeaturePart(ABC, nn.Module):
         check_features(list(in_channels), list(in_strides), type(self).__name__, self.min_features)
         self.in_channels = [int(c) for c in in_channels]
         self.in_strides = [int(s) for s in in_strides]
-
-    @property
-    @abstractmethod
-    def out_channels(self) -> list[int]:
-        """Channels of each output feature map, shallow to deep."""
-
-    @property
-    @abstractmethod
-    def out_strides(self) -> list[int]:
-        """Strides of each output feature map, shallow to deep."""
 
     @abstractmethod
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Predict masks for images with a trained model: ``segzoo predict``.
+"""Predict masks for images with a trained model (the library side of ``segzoo predict``, :mod:`segzoo.cli.predict`).
 
 One mask PNG is written per input image, at the image's size, named ``{stem}.png``:
 class indices (uint8, or 16-bit beyond 256 classes) for multi-class models, 0/255 for
@@ -35,7 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from segzoo.data.folder import IMAGE_SUFFIXES, MAX_PIXELS, DataError, read_image, show_path
-from segzoo.export import resolve_device
+from segzoo.device import resolve_device
 from segzoo.fileio import atomic_path, check_not_input, os_error_reason
 from segzoo.inference import BACKENDS, Predictor, from_loaded, load_predictor, source_kind
 from segzoo.inference.processing import (  # noqa: F401  (public names of segzoo.predict)
@@ -46,14 +46,15 @@ from segzoo.inference.processing import (  # noqa: F401  (public names of segzoo
     tiled_logits,
     to_input,
 )
-from segzoo.loading import ModelFactory, load_model_info
+from segzoo.loading import ModelFactoryLike, load_model_info
 
 MIN_TILE = 32  # smaller windows cost more than they save and see almost no context
 MAX_BATCH_SIZE = 1024
 _KINDS = "/".join(s.lstrip(".").upper() for s in IMAGE_SUFFIXES if s not in (".jpeg", ".tiff"))
 
 
-def _join_names(names: Sequence[str], limit: int = 5) -> str:
+def join_names(names: Sequence[str], limit: int = 5) -> str:
+    """``a, b, c, d, e (+N more)``: at most ``limit`` names, then how many were left out."""
     shown = ", ".join(names[:limit])
     return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
@@ -106,7 +107,7 @@ def scan_input(source: str | os.PathLike) -> tuple[list[Path], list[str]]:
         else:
             other.append(show_path(entry.name) + ("/" if is_dir else ""))
     if not images:
-        held = f"it holds only {_join_names(other)}" if other else "it is empty"
+        held = f"it holds only {join_names(other)}" if other else "it is empty"
         raise FileNotFoundError(f"input folder {show_path(source)} has no {_KINDS} images ({held})")
     return images, other
 
@@ -355,7 +356,7 @@ def predict_images(model: nn.Module | Predictor, images: Sequence[str | os.PathL
 
 
 def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathLike | Sequence[str | os.PathLike],
-                       output: str | os.PathLike, checkpoint: str = "best", model_factory: ModelFactory | None = None,
+                       output: str | os.PathLike, checkpoint: str = "best", model_factory: ModelFactoryLike | None = None,
                        device: str = "cpu", backend: str | None = None,
                        normalization: Mapping[str, Sequence[float]] | None = None, threads: int | None = None,
                        calibration: str | os.PathLike | None = None, calibration_count: int | None = None,
@@ -388,30 +389,3 @@ def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathL
     else:
         predictor = load_predictor(logdir_or_file, backend, device=str(dev), **common)
     return predict_images(predictor, images, output, **options)
-
-
-def normalization_from_args(mean: Sequence[float] | None, std: Sequence[float] | None) -> dict | None:
-    """``{"mean", "std"}`` from ``--mean``/``--std`` (both or neither), or ``None``."""
-    if (mean is None) != (std is None):
-        raise ValueError("give --mean and --std together (one value per input channel each)")
-    return None if mean is None else {"mean": list(mean), "std": list(std)}
-
-
-# arguments of `segzoo predict`: segzoo.cli_args.add_predict_arguments
-
-def run(args) -> int:
-    """Run ``segzoo predict``; prints how many masks were written and where, and what was not read."""
-    images, other = scan_input(args.input)
-    paths = predict_checkpoint(args.logdir, images, args.output, checkpoint=args.checkpoint,
-                               model_factory=args.model, device=args.device, backend=args.backend,
-                               normalization=normalization_from_args(args.mean, args.std), threads=args.threads,
-                               calibration=args.calibration, calibration_count=args.calibration_count,
-                               threshold=args.threshold,
-                               with_overlay=args.overlay, batch_size=args.batch_size, tile=args.tile,
-                               tile_overlap=args.tile_overlap, force=args.force, progress=not args.no_progress,
-                               max_pixels=args.max_pixels)
-    print(f"wrote {len(paths)} mask(s) to {args.output}")
-    if other:
-        print(f"not read: {len(other)} entr{'y' if len(other) == 1 else 'ies'} of {args.input} not named "
-              f"*{'/*'.join(IMAGE_SUFFIXES)}: {_join_names(other)}")
-    return 0

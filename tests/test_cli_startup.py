@@ -1,7 +1,7 @@
 """`segzoo --help`, usage errors and `segzoo models` answer without importing torch.
 
 Each check runs in a fresh interpreter (this test process has torch loaded already) and asserts
-on ``sys.modules``, not on a timing. The torch-free copies in ``segzoo.cli_args`` (model names,
+on ``sys.modules``, not on a timing. The torch-free copies in ``segzoo.cli.args`` (model names,
 export formats, benchmark choices) are compared with their torch-importing sources.
 """
 
@@ -148,7 +148,8 @@ def test_public_import_paths_of_design_md():
 def test_static_model_names_equal_the_registry():
     """`segzoo models` answers from a table; it must list exactly the registered names."""
     from segzoo import list_models
-    from segzoo.cli_args import MODEL_NAMES, list_model_names
+    from segzoo.cli.args import MODEL_NAMES
+    from segzoo.cli.models import list_model_names
 
     assert list(MODEL_NAMES) == list_models()
     for pattern in ("*", "resnet34_*", "*unet", "unet", "vgg*"):
@@ -158,7 +159,8 @@ def test_static_model_names_equal_the_registry():
 def test_static_part_names_equal_the_registries(capsys):
     """`segzoo models --parts` answers from a table too; it prints what the part registries hold."""
     from segzoo.bridges import BRIDGES
-    from segzoo.cli_args import PART_NAMES, list_part_lines
+    from segzoo.cli.args import PART_NAMES
+    from segzoo.cli.models import list_part_lines
     from segzoo.decoders import DECODERS
     from segzoo.encoders import ENCODERS
     from segzoo.heads import HEADS
@@ -176,8 +178,8 @@ def test_torch_free_choices_equal_their_sources():
     import segzoo.inference as inference
     import segzoo.predict as predict
     import segzoo.serve as serve
-    from segzoo import cli_args
     from segzoo.benchmark.measure import DTYPES
+    from segzoo.cli import args as cli_args
     from segzoo.encoders.resnet import RESNET_CHANNELS
     from segzoo.models import ARCHITECTURES
 
@@ -188,7 +190,6 @@ def test_torch_free_choices_equal_their_sources():
     assert cli_args.PREDICT_MAX_PIXELS == folder.MAX_PIXELS
     assert cli_args.PREDICT_MIN_TILE == predict.MIN_TILE
     assert cli_args.PREDICT_MAX_BATCH_SIZE == predict.MAX_BATCH_SIZE
-    assert serve.add_arguments is cli_args.add_serve_arguments
     assert cli_args.EXPORT_FORMATS == export.FORMATS
     assert cli_args.TRACE_MODES == export.TRACE_MODES
     assert cli_args.DEFAULT_INPUT_SIZE == export.DEFAULT_INPUT_SIZE
@@ -199,8 +200,45 @@ def test_torch_free_choices_equal_their_sources():
 
 def test_every_command_has_torch_free_arguments():
     from segzoo.cli import COMMANDS
-    from segzoo.cli_args import ARGUMENTS
+    from segzoo.cli.args import ARGUMENTS
 
     assert set(COMMANDS) <= set(ARGUMENTS)
     for name, add in ARGUMENTS.items():  # each builds a parser without error
         add(argparse.ArgumentParser(prog=f"segzoo {name}"), name)
+
+
+def test_command_modules_import_the_library_only_when_they_run():
+    """Every ``segzoo.cli.<command>`` module (and ``python -m segzoo.cli``) imports without torch; each has run()."""
+    from segzoo.cli import COMMANDS
+
+    modules = sorted({module for module, _ in COMMANDS.values()})
+    assert modules == sorted(f"segzoo.cli.{c}" for c in ("models", "train", "export", "predict", "benchmark",
+                                                          "serve"))
+    code = ("import importlib, json, sys\n"
+            f"mods = [importlib.import_module(m) for m in {modules!r}]\n"
+            "assert all(callable(m.run) for m in mods)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'numpy', "
+            "'segzoo.models', 'segzoo.export', 'segzoo.training', 'segzoo.predict', 'segzoo.inference')))))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+    proc = subprocess.run([sys.executable, "-m", "segzoo.cli", "--help"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and "usage: segzoo" in proc.stdout, proc.stderr
+
+
+def test_library_aliases_of_the_commands():
+    """``segzoo.export.run`` and ``segzoo.benchmark.run`` (used by benchmarks/) are the CLI's own functions."""
+    import configparser
+
+    import segzoo.benchmark as bench
+    import segzoo.cli.benchmark
+    import segzoo.cli.export
+    import segzoo.export as export
+
+    assert export.run is segzoo.cli.export.run
+    assert bench.run is segzoo.cli.benchmark.run
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert cfg["options.entry_points"]["console_scripts"].split() == ["segzoo", "=", "segzoo.cli:main"]

@@ -140,3 +140,26 @@ def test_pyramid_avg_pool_matches_torch_values_and_gradients(hw, layout):
     sum((g * k).sum() for g, k in zip(got, weights)).backward()
     sum((w * k).sum() for w, k in zip(want, weights)).backward()
     torch.testing.assert_close(x.grad, ref.grad)
+
+
+def test_a_part_without_its_declaration_cannot_be_built():
+    """``out_channels`` / ``out_strides`` are abstract for encoders and feature parts alike (segzoo.parts)."""
+    from segzoo.encoders import EncoderSpec
+    from segzoo.parts import FeaturePart
+
+    class NoStrides(EncoderSpec):
+        out_channels = [8]
+
+        def forward(self, x):
+            return [x]
+
+    class NoChannels(FeaturePart):
+        out_strides = [1]
+
+        def forward(self, features):
+            return features
+
+    with pytest.raises(TypeError, match="out_strides"):
+        NoStrides()
+    with pytest.raises(TypeError, match="out_channels"):
+        NoChannels([8], [1])

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_normalization, to_item
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, to_item
 from segzoo.errors import SegzooError
 from segzoo.fileio import os_error_reason
 
@@ -325,7 +325,7 @@ class SegmentationFolder(Dataset):
                  max_pixels: int = MAX_PIXELS) -> None:
         _check_positive_int(num_classes, "num_classes")
         self.max_pixels = _check_positive_int(max_pixels, "max_pixels")
-        self.mean, self.std = check_normalization(mean, std)
+        self.mean, self.std = check_mean_std(mean, std)
         images = _list(Path(images_dir), tuple(s.lower() for s in image_suffixes), "images")
         masks = _list(Path(masks_dir), MASK_SUFFIXES, "masks")
         lonely_images = sorted(set(images) - set(masks))

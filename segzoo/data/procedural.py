@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_normalization, to_item
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, to_item
 
 
 def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -88,7 +88,7 @@ class ProceduralSegmentation(Dataset):
         self.height, self.width = _size(image_size)
         self.num_classes = num_classes
         self.seed = int(seed)
-        self.mean, self.std = check_normalization(mean, std)
+        self.mean, self.std = check_mean_std(mean, std)
         self.transforms = transforms
 
     def __len__(self) -> int:

@@ -15,17 +15,20 @@ PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0,
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], dtype=np.uint8)
 
 
-def check_normalization(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Validate RGB ``mean`` / ``std`` (3 numbers each, std > 0) and return them as float tuples.
+def check_mean_std(mean: Sequence[float], std: Sequence[float],
+                   channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Validate a per-channel ``mean`` / ``std`` (``channels`` numbers each, std > 0) and return float tuples.
+
+    The one normalization check of segzoo: datasets call it with RGB values, and
+    :func:`segzoo.inference.processing.check_normalization` with a stored ``{"mean", "std"}`` mapping.
 
     Raises:
-        ValueError: wrong length or a non-positive std.
+        ValueError: a wrong number of values, a non-number, or a std that is not positive.
     """
     mean_t, std_t = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    if len(mean_t) != 3 or len(std_t) != 3:
-        raise ValueError(f"mean and std need 3 values (RGB), got mean={list(mean_t)} std={list(std_t)}")
-    if min(std_t) <= 0:
-        raise ValueError(f"std values must be > 0, got {list(std_t)}")
+    if len(mean_t) != channels or len(std_t) != channels or min(std_t, default=0) <= 0:
+        raise ValueError(f"normalization must give {channels} mean and {channels} positive std values, "
+                         f"got mean={list(mean_t)} std={list(std_t)}")
     return mean_t, std_t
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 
 import torch
 import torch.nn as nn
 
+from segzoo.parts import DeclaresFeatures
 from segzoo.registry import Registry
 
 ENCODERS = Registry("encoder")
@@ -15,7 +16,7 @@ create_encoder = ENCODERS.create
 list_encoders = ENCODERS.names
 
 
-class EncoderSpec(ABC, nn.Module):
+class EncoderSpec(DeclaresFeatures):
     """Base class of encoders: an image in, a list of feature maps out, shallow to deep.
 
     A custom encoder subclasses this and implements :attr:`out_channels`,
@@ -39,21 +40,12 @@ class EncoderSpec(ABC, nn.Module):
 
         model = Unet(encoder=TinyEncoder(), num_classes=3)
 
-    Shapes: (B, in_channels, H, W) -> [(B, out_channels[i], H / out_strides[i], W / out_strides[i])].
+    Shapes: (B, in_channels, H, W) -> [(B, out_channels[i], H / out_strides[i], W / out_strides[i])];
+    ``out_channels`` / ``out_strides`` are declared as for every part (:class:`segzoo.parts.DeclaresFeatures`).
     ``in_channels`` (optional, ``None`` = unchecked) lets models reject wrong inputs early.
     """
 
     in_channels: int | None = None
-
-    @property
-    @abstractmethod
-    def out_channels(self) -> list[int]:
-        """Channels of each output feature map, shallow to deep."""
-
-    @property
-    @abstractmethod
-    def out_strides(self) -> list[int]:
-        """Stride (input size / feature size) of each output feature map, shallow to deep."""
 
     @abstractmethod
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segzoo.data.folder import show_path
+from segzoo.device import resolve_device
 from segzoo.errors import SegzooError
 from segzoo.inference import backends as B
 from segzoo.inference import metadata as M
@@ -42,7 +43,7 @@ from segzoo.inference.processing import (
     tiled_logits,
     to_input,
 )
-from segzoo.loading import LoadedModel, ModelFactory, load_model_info
+from segzoo.loading import LoadedModel, ModelFactoryLike, load_model_info
 
 __all__ = ["BACKENDS", "OUTPUTS", "TOLERANCES", "Predictor", "load_predictor", "source_kind", "BackendMismatchError"]
 
@@ -278,7 +279,7 @@ def _quantized(fp32: Predictor, model_bytes: bytes, calibration: Any, count: int
 
 
 def load_predictor(source: str | os.PathLike, backend: str | None = None, checkpoint: str = "best",
-                   model_factory: ModelFactory | None = None, device: str = "cpu",
+                   model_factory: ModelFactoryLike | None = None, device: str = "cpu",
                    normalization: Mapping[str, Sequence[float]] | None = None, threads: int | None = None,
                    calibration: str | os.PathLike | None = None, calibration_count: int | None = None,
                    fold: bool = True, log: Callable[[str], None] = _stderr) -> Predictor:
@@ -304,8 +305,6 @@ def load_predictor(source: str | os.PathLike, backend: str | None = None, checkp
         FileNotFoundError, CheckpointError: as :func:`segzoo.loading.load_model_info`.
         BackendMismatchError: a backend made from a checkpoint does not match the eager model.
     """
-    from segzoo.export import resolve_device
-
     kind = source_kind(source)
     backend = backend or {"checkpoint": "eager", "torchscript": "torchscript", "program": "eager",
                           "onnx": "onnxruntime"}[kind]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from segzoo.data.visual import palette, to_unit_range
+from segzoo.data.visual import check_mean_std, palette, to_unit_range
 from segzoo.loading import IMAGENET_NORMALIZATION
 
 OVERLAY_ALPHA = 0.5
@@ -35,15 +35,13 @@ def check_normalization(normalization: Mapping[str, Sequence[float]] | None, cha
     """The normalization to use: given (validated) or ImageNet's (3 channels) / 0.5, 0.5 (1 channel).
 
     Raises:
-        ValueError: not ``channels`` mean and std values, or a std that is not positive.
+        ValueError: not ``channels`` mean and std values, or a std that is not positive
+            (:func:`segzoo.data.visual.check_mean_std`).
     """
     if normalization is None:
         return dict(IMAGENET_NORMALIZATION) if channels == 3 else {"mean": [0.5], "std": [0.5]}
-    mean, std = list(normalization.get("mean", [])), list(normalization.get("std", []))
-    if len(mean) != channels or len(std) != channels or min(std, default=0) <= 0:
-        raise ValueError(f"normalization must give {channels} mean and {channels} positive std values, "
-                         f"got mean={mean} std={std}")
-    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    mean, std = check_mean_std(normalization.get("mean", []), normalization.get("std", []), channels)
+    return {"mean": list(mean), "std": list(std)}
 
 
 def _windows(size: int, tile: int, step: int) -> list[int]:

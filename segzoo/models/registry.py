@@ -18,6 +18,7 @@ import torch.nn as nn
 from segzoo.errors import ConfigError
 from segzoo.registry import Registry
 
+#: a callable building a model from keyword arguments (what the registry holds)
 ModelFactory = Callable[..., nn.Module]
 
 MODELS = Registry("model")

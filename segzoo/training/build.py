@@ -137,7 +137,7 @@ def check_callback_params(cfg: dict[str, Any], regs: dict[str, dict[str, Any]]) 
                               f"one channel is always 1); use activation: Sigmoid for binary masks")
 
 
-def build_model(model_cfg: dict[str, Any], seed: int) -> nn.Module:
+def model_from_config(model_cfg: dict[str, Any], seed: int) -> nn.Module:
     """The ``model`` section's model, after its parameter count was estimated within the bound.
 
     The model is created right after ``seed_everything(seed)``: its initialisation is part of

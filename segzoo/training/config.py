@@ -41,7 +41,7 @@ previous run and ``runner.resume`` continues one (see :mod:`segzoo.training.logd
 
 This module reads, overrides and validates a config; :mod:`segzoo.training.yaml_io` parses YAML,
 :mod:`segzoo.training.build` builds what a config names and :mod:`segzoo.training.launch` runs
-:func:`train_from_config` (all importable from here as before).
+:func:`train_from_config` (all importable from here as before); ``segzoo train`` is :mod:`segzoo.cli.train`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from segzoo.training.yaml_io import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES, pars
 
 __all__ = ["load_config", "validate", "train_from_config", "build_loaders", "check_names", "registries",
            "check_resume_config", "read_yaml_file", "SCHEMA", "RESUME_MAY_CHANGE", "MAX_NODES", "MAX_DEPTH",
-           "MAX_CONFIG_BYTES", "run"]
+           "MAX_CONFIG_BYTES"]
 
 SCHEMA: dict[str, Any] = {
     "seed": int, "logdir": str, "num_epochs": int,
@@ -265,14 +265,3 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
         _set(cfg, key.strip(), value)
     validate(cfg)
     return cfg
-
-
-# ---- `segzoo train` (its arguments: segzoo.cli_args.add_train_arguments) ------------------
-
-def run(args) -> int:
-    """Train from the config; prints per-epoch Dice/IoU; returns 0 on success."""
-    cfg = load_config(args.config, args.overrides)
-    state = train_from_config(cfg, force=args.force, config_path=args.config)
-    best = state.best_valid_metric
-    print(f"done: best valid {state.main_metric}={best:.4f}; checkpoints in {Path(cfg['logdir']) / 'checkpoints'}")
-    return 0

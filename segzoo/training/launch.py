@@ -18,11 +18,11 @@ from segzoo.training.build import (
     DEFAULT_LOSS,
     FOLDER_KEYS,
     build_loaders,
-    build_model,
     build_named,
     build_stages,
     check_callback_params,
     check_names,
+    model_from_config,
     num_classes,
     registries,
 )
@@ -126,7 +126,7 @@ def train_from_config(cfg: dict[str, Any], force: bool = False, config_path: str
     _check_outputs(cfg, logdir, resume, force, inputs)
 
     seed = cfg.get("seed", 42)
-    model = build_model(cfg["model"], seed)
+    model = model_from_config(cfg["model"], seed)
     criterion = build_named(loss_cfg, regs["loss"], "loss")
     callbacks = [build_named(c, regs["callback"], "callback") for c in cfg.get("callbacks") or []]
     loaders, normalization = build_loaders(cfg["data"], seed)

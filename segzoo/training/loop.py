@@ -28,16 +28,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
-    return device
-
-
 def amp_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype of the ``amp`` option: ``True`` is fp16 on CUDA and bf16 elsewhere."""
     if amp is False or amp is None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from segzoo.device import resolve_device
 from segzoo.errors import check_file_name
 from segzoo.training import distributed as dist_utils
 from segzoo.training.callback import Callback, sort_callbacks
@@ -43,7 +44,6 @@ from segzoo.training.loop import (
     amp_dtype,
     fire,
     prepare_model,
-    resolve_device,
     run_epoch,
     run_infer_epoch,
     seed_everything,

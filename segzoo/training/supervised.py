@@ -12,9 +12,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from segzoo.device import resolve_device
 from segzoo.training.callback import Callback, CallbackOrder
 from segzoo.training.callbacks.criterion import CriterionCallback
-from segzoo.training.loop import move_to, resolve_device
+from segzoo.training.loop import move_to
 from segzoo.training.runner import Runner
 from segzoo.training.state import RunnerState
 

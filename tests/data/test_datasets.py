@@ -120,7 +120,7 @@ def test_folder_masks_without_images_and_bad_args(pairs):
     (pairs / "msk" / "orphan.png").unlink()
     with pytest.raises(ValueError, match="num_classes"):
         SegmentationFolder(pairs / "img", pairs / "msk", num_classes=0)
-    with pytest.raises(ValueError, match="3 values"):
+    with pytest.raises(ValueError, match="3 mean and 3 positive std values"):  # one check for datasets and inference
         SegmentationFolder(pairs / "img", pairs / "msk", mean=(0.5,))
     with pytest.raises(FileNotFoundError, match="masks folder"):
         SegmentationFolder(pairs / "img", pairs / "nomasks")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from _h4_helpers import TINY, assert_user_error, tiny_model
 
-import segzoo.export as export_module
+import segzoo.export.common as export_common
 import segzoo.fileio as fileio
 from segzoo.errors import CheckpointError
 from segzoo.loading import load_model
@@ -107,7 +107,7 @@ def test_a_file_written_meanwhile_by_another_process_is_kept(logdir, cli, tmp_pa
                 out.write_bytes(b"the other process")
         return fileio.atomic_write(path, write, **kwargs)
 
-    monkeypatch.setattr(export_module, "write_bytes_atomic", slow_write)
+    monkeypatch.setattr(export_common, "write_bytes_atomic", slow_write)
     argv = ["export", logdir, "--format", "torchscript", "--out", out, "--input-size", 32, 32]
     assert_user_error(cli(*argv, *(["--force"] if force else [])), str(out), "another process meanwhile")
     assert out.read_bytes() == b"the other process"

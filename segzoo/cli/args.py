@@ -1,10 +1,10 @@
-"""Command-line arguments of every ``segzoo`` subcommand, and ``segzoo models``, without torch.
+"""Command-line arguments of every ``segzoo`` subcommand, without torch.
 
 ``segzoo --help``, ``segzoo CMD --help``, usage errors and ``segzoo models`` are answered from
-this module alone: it imports only the standard library and :mod:`segzoo.errors`, so they take
-well under a second instead of the seconds torch needs to import. The commands' ``run(args)``
-functions live in their own modules (``segzoo.training.config``, ``segzoo.export``, ...) and
-import torch when a command really runs.
+this module alone: it imports only the standard library, so they take well under a second
+instead of the seconds torch needs to import. Each command's ``run(args)`` is in its own module
+(:mod:`segzoo.cli.train`, :mod:`segzoo.cli.export`, ...) and imports the library, and torch,
+only when the command really runs.
 
 Choices and limits repeated here from torch-importing modules (export formats, inference
 backends, predict limits, benchmark archs and dtypes), the built-in model names and the part
@@ -14,7 +14,6 @@ names are checked against their sources by ``tests/test_cli_startup.py``.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import itertools
 from collections.abc import Callable
 
@@ -44,40 +43,6 @@ def add_models_arguments(parser: argparse.ArgumentParser, command: str = "models
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
     parser.add_argument("--parts", action="store_true",
                         help="list the part registries (encoders, bridges, decoders, heads) instead of the models")
-
-
-def list_model_names(pattern: str = "*") -> list[str]:
-    """The built-in model names matching a shell-style ``pattern``, sorted (no torch import)."""
-    return [n for n in MODEL_NAMES if fnmatch.fnmatch(n, pattern)]
-
-
-def list_part_lines(pattern: str = "*") -> list[str]:
-    """``kind: name`` of each built-in part whose name matches ``pattern`` (no torch import)."""
-    return [f"{kind}: {name}" for kind, names in PART_NAMES.items() for name in names
-            if fnmatch.fnmatch(name, pattern)]
-
-
-def run_models(args: argparse.Namespace) -> int:
-    """Print the built-in model names matching ``args.pattern``, one a line; with ``args.parts``,
-    ``kind: name`` of each matching encoder, bridge, decoder and head.
-
-    Raises:
-        NotFoundError: nothing matches (the message lists close matches).
-    """
-    from segzoo.errors import unknown_name_error
-
-    if getattr(args, "parts", False):
-        lines = list_part_lines(args.pattern)
-        if not lines:
-            raise unknown_name_error("part pattern", args.pattern,
-                                     sorted({n for names in PART_NAMES.values() for n in names}))
-        print("\n".join(lines))
-        return 0
-    names = list_model_names(args.pattern)
-    if not names:
-        raise unknown_name_error("model pattern", args.pattern, MODEL_NAMES)
-    print("\n".join(names))
-    return 0
 
 
 # ---- `segzoo train` --------------------------------------------------------------------------
@@ -269,8 +234,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, command: str = "ben
     parser.add_argument("--name", default="benchmark", help="output file stem")
 
 
-#: command name -> its add_arguments(parser, command); cli.py falls back to the command
-#: module's own ``add_arguments`` for a command missing here
+#: command name -> its add_arguments(parser, command) (every command of segzoo.cli.COMMANDS)
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser, str], None]] = {
     "models": add_models_arguments,
     "train": add_train_arguments,

@@ -1,12 +1,12 @@
 """The ``segzoo`` command: ``segzoo models | train | trace | export | predict | benchmark | serve``.
 
-Each subcommand's arguments are declared in :mod:`segzoo.cli_args`, which does not import
-torch, so ``--help``, usage errors and ``segzoo models`` answer at once. The module that runs
-a command provides ``run(args) -> int`` (``args.command`` names the subcommand, so one module
-may serve several) and is imported only when the command runs; a command missing from
-``cli_args.ARGUMENTS`` has its module's own ``add_arguments(parser, command)``. Errors a user can
-cause are printed as one line on stderr with a non-zero exit code; ``--debug``
-shows the full traceback instead.
+Each subcommand's arguments are declared in :mod:`segzoo.cli.args`, which does not import
+torch, so ``--help``, usage errors and ``segzoo models`` answer at once. Each command's
+``run(args) -> int`` is in its own module, ``segzoo.cli.<command>`` (``args.command`` names the
+subcommand, so one module may serve several: :mod:`segzoo.cli.export` runs ``trace`` and
+``export``); it is imported only when the command runs and imports the library then. Errors a
+user can cause are printed as one line on stderr with a non-zero exit code; ``--debug`` shows
+the full traceback instead.
 """
 
 from __future__ import annotations
@@ -16,15 +16,19 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# command name -> (module whose run(args) implements it, or "module:function"; one-line help)
+from segzoo.cli.args import ARGUMENTS
+
+__all__ = ["COMMANDS", "USER_ERRORS", "OneLineErrorParser", "build_parser", "main"]
+
+# command name -> (module whose run(args) implements it; one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("segzoo.cli_args:run_models", "list the registered models (--parts: encoders, decoders, ...)"),
-    "train": ("segzoo.training.config", "train a model from a YAML config"),
-    "trace": ("segzoo.export", "trace a checkpoint to TorchScript"),
-    "export": ("segzoo.export", "export a checkpoint to ONNX, TorchScript or torch.export (.pt2)"),
-    "predict": ("segzoo.predict", "predict masks for images with a trained model"),
-    "benchmark": ("segzoo.benchmark", "measure speed and memory of models"),
-    "serve": ("segzoo.serve", "serve a model over HTTP (FastAPI + uvicorn)"),
+    "models": ("segzoo.cli.models", "list the registered models (--parts: encoders, decoders, ...)"),
+    "train": ("segzoo.cli.train", "train a model from a YAML config"),
+    "trace": ("segzoo.cli.export", "trace a checkpoint to TorchScript"),
+    "export": ("segzoo.cli.export", "export a checkpoint to ONNX, TorchScript or torch.export (.pt2)"),
+    "predict": ("segzoo.cli.predict", "predict masks for images with a trained model"),
+    "benchmark": ("segzoo.cli.benchmark", "measure speed and memory of models"),
+    "serve": ("segzoo.cli.serve", "serve a model over HTTP (FastAPI + uvicorn)"),
 }
 
 # errors a user can cause; anything else is a bug and keeps its traceback
@@ -33,22 +37,9 @@ USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError, FloatingP
 MAX_MESSAGE = 1000  # characters of an error line: a message quoting a huge value stays readable
 
 
-def _load(command: str):
-    module_name, _ = COMMANDS[command]
-    return importlib.import_module(module_name.partition(":")[0])
-
-
 def _runner(command: str):
-    """The ``run(args)`` function of ``command`` (imports its module: torch, for most commands)."""
-    module_name, _ = COMMANDS[command]
-    return getattr(_load(command), module_name.partition(":")[2] or "run")
-
-
-def _add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    from segzoo.cli_args import ARGUMENTS
-
-    add = ARGUMENTS.get(command) or _load(command).add_arguments
-    add(parser, command)
+    """The ``run(args)`` function of ``command`` (imports its module; it imports torch when it runs)."""
+    return importlib.import_module(COMMANDS[command][0]).run
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -69,7 +60,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            _add_arguments(p, name)
+            ARGUMENTS[name](p, name)
     return parser
 
 
@@ -91,7 +82,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = line if len(line) <= MAX_MESSAGE else line[:MAX_MESSAGE - 3] + "..."
         print(f"segzoo {args.command}: error: {line}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,83 @@
+"""``segzoo serve SOURCE``: load a model and serve it over HTTP until SIGTERM / Ctrl-C.
+
+Arguments: :func:`segzoo.cli.args.add_serve_arguments`; the app: :mod:`segzoo.serve`. Neither
+torch nor FastAPI is imported until :func:`run` is called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse an address that cannot be listened on (port in use, unknown host) with one line.
+
+    Raises:
+        OSError: the reason, naming ``host:port``.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            reason = "the port is in use" if exc.errno == 98 else (exc.strerror or str(exc))
+            raise OSError(f"cannot listen on {host}:{port}: {reason} (choose another --port)") from None
+
+
+def _require_serve_packages() -> None:
+    import importlib.util
+
+    missing = [name for name, module in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"),
+                                         ("python-multipart", "python_multipart"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ModuleNotFoundError(f"segzoo serve needs {', '.join(missing)}: pip install 'segzoo[serve]'")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, then serve it until SIGTERM / Ctrl-C; returns 0 after a graceful stop."""
+    _require_serve_packages()
+    import uvicorn
+
+    from segzoo.cli.predict import normalization_from_args
+    from segzoo.inference import load_predictor
+    from segzoo.predict import check_model_tile, check_options
+    from segzoo.serve.app import ServeSettings, create_app
+
+    overlap = check_options(tile=args.tile, tile_overlap=args.tile_overlap, max_pixels=args.max_pixels)
+    check_address(args.host, args.port)  # before the (slow) model loading
+    predictor = load_predictor(args.source, args.backend, checkpoint=args.checkpoint, model_factory=args.model,
+                               device=args.device, normalization=normalization_from_args(args.mean, args.std),
+                               threads=args.threads, calibration=args.calibration,
+                               calibration_count=args.calibration_count)
+    check_model_tile(predictor, args.tile)
+    settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+                             workers=args.workers, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+                             tile=args.tile, tile_overlap=overlap if args.tile else None,
+                             read_timeout=args.read_timeout)
+    app = create_app(predictor, settings)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=args.shutdown_timeout, access_log=args.log_level == "debug")
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it stopped on once it is done; this handler makes that a no-op,
+    # so a SIGTERM after a graceful shutdown ends the process with status 0
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits when it cannot bind (e.g. the port was taken meanwhile)
+        raise OSError(f"cannot listen on {args.host}:{args.port} (see the log above)") from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not server.started:
+        print("segzoo serve: error: the server did not start (see the log above)", file=sys.stderr)
+        return 2
+    return 0
