@@ -268,3 +268,31 @@ def test_environment_records_allocator_and_openmp_settings(monkeypatch):
     env = bench.environment()["env_vars"]
     assert env["MALLOC_MMAP_MAX_"] == "0" and env["OMP_NUM_THREADS"] == "2"
     assert "SEGZOO_UNRELATED" not in env
+
+
+def test_environment_records_the_isa_and_the_layout_segzoo_picked(monkeypatch, tmp_path):
+    from segzoo import hardware
+
+    monkeypatch.setenv("SEGZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(hardware, "cpu_capability", lambda: "AVX2")
+    hardware._cpu_choice.cache_clear()
+    try:
+        env = bench.environment()
+    finally:
+        hardware._cpu_choice.cache_clear()
+    assert env["cpu_capability"] == "AVX2" and env["cpu"] == hardware.cpu_model()
+    assert env["segzoo_layout"] == {"forward_channels_last": True, "train_channels_last": False,
+                                    "source": "rule AVX2"}
+    assert env["env_vars"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert isinstance(env["cpu_isa_flags"], list)
+
+
+def test_cli_records_the_load_at_start_and_end(tmp_path):
+    code = cli_main(["benchmark", "--models", "unet", "--no-smp", "--resolutions", "32", "--batch-sizes", "2",
+                     "--warmup", "0", "--iterations", "1", "--repeats", "1", "--no-memory", "--forward-only",
+                     "--out", str(tmp_path), "--name", "load"])
+    assert code == 0
+    env = json.loads((tmp_path / "load.json").read_text())["environment"]
+    assert len(env["load_average_start"]) == 3 and len(env["load_average"]) == 3
+    assert "at the start" in (tmp_path / "load.md").read_text() and "ISA " in (tmp_path / "load.md").read_text()

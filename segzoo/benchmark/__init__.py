@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -168,6 +169,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
         torch.set_num_threads(args.threads)
     devices = available_devices(args.devices)
     specs = specs_from_args(args)
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     layouts = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
     results = run_suite(specs, devices, args.dtypes, layouts, args.batch_sizes, args.resolutions,
                         warmup=args.warmup, iterations=args.iterations, repeats=args.repeats,
@@ -175,7 +177,9 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                         memory_repeats=args.memory_repeats, train=not args.forward_only)
     if command is None:
         command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
-    paths = write_results(results, environment(), args.out, args.name, command)
+    env = environment()
+    env["load_average_start"] = load_start  # the load when timing began ("load_average": when it ended)
+    paths = write_results(results, env, args.out, args.name, command)
     print(markdown_table(results))
     pairs = ratios(results)
     if pairs:

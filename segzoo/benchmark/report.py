@@ -49,6 +49,15 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _load(env: dict[str, Any]) -> str:
+    def fmt(load: Any) -> str:
+        return "/".join(f"{v:.2f}" for v in load) if load else "n/a"
+
+    if env.get("load_average_start"):
+        return f"{fmt(env['load_average_start'])} at the start, {fmt(env.get('load_average'))} at the end"
+    return fmt(env.get("load_average"))
+
+
 def write_results(results: Sequence[dict[str, Any]], env: dict[str, Any], out_dir: str | Path,
                   name: str = "benchmark", command: str | None = None) -> dict[str, Path]:
     """Write ``<name>.json`` (environment, command, results, ratios), ``<name>.md`` (tables) and,
@@ -65,7 +74,8 @@ def write_results(results: Sequence[dict[str, Any]], env: dict[str, Any], out_di
     paths["json"].write_text(json.dumps(payload, indent=1) + "\n")
     text = [f"# {name}", "", f"Command: `{command}`" if command else "", "",
             f"Environment: torch {env.get('torch')}, CUDA {env.get('cuda')}, {env.get('cpu')} "
-            f"({env.get('cpu_count')} CPUs, {env.get('torch_threads')} threads), GPU {env.get('gpu')}, "
+            f"(ISA {env.get('cpu_capability')}, {env.get('cpu_count')} CPUs, {env.get('torch_threads')} threads), "
+            f"load average {_load(env)}, GPU {env.get('gpu')}, "
             f"smp {env.get('smp')}", "", markdown_table(results), ""]
     if pairs:
         text += [ratio_table(pairs), ""]
