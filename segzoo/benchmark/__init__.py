@@ -46,7 +46,7 @@ from segzoo.benchmark.specs import (
     spec_label,
 )
 
-__all__ = ["BenchConfig", "environment", "count_params", "count_gflops", "time_block", "throughput",
+__all__ = ["BenchConfig", "environment", "count_params", "count_gflops", "time_block", "throughput", "with_layouts",
            "train_step_memory", "run_benchmark", "run_suite", "available_devices", "ratios", "markdown_table",
            "ratio_table", "write_results", "plot_throughput", "ARCHS", "SMP_ARCHS", "segzoo_spec", "smp_spec",
            "body_spec", "build_model", "default_suite", "smp_available", "spec_label", "add_arguments", "run"]
@@ -129,8 +129,27 @@ def add_arguments(parser: argparse.ArgumentParser, command: str = "benchmark") -
     parser.add_argument("--memory-repeats", type=int, default=3,
                         help="memory measurements per model, each in a fresh process (median)")
     parser.add_argument("--forward-only", action="store_true", help="time the forward pass only")
+    parser.add_argument("--segzoo-layouts", nargs="+", default=["auto"], choices=("auto", "true", "false"),
+                        help="segzoo's channels_last argument(s): auto (the default users get: the layout measured "
+                             "fastest on this machine), true, false; several are timed side by side")
     parser.add_argument("--out", default="benchmarks/results", help="output folder (json, md, png)")
     parser.add_argument("--name", default="benchmark", help="output file stem")
+
+
+def with_layouts(specs: Sequence[dict[str, Any]], layouts: Sequence[str]) -> list[dict[str, Any]]:
+    """Each segzoo spec once per ``channels_last`` value in ``layouts`` (``"auto"`` / ``"true"`` / ``"false"``;
+    ``"auto"`` is the constructor default and adds no argument); other specs unchanged."""
+    out = []
+    for spec in specs:
+        if spec.get("library") != "segzoo":
+            out.append(spec)
+            continue
+        for layout in layouts:
+            if layout == "auto":
+                out.append(spec)
+            else:
+                out.append({**spec, "kwargs": {**spec.get("kwargs", {}), "channels_last": layout == "true"}})
+    return out
 
 
 def specs_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -168,7 +187,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     devices = available_devices(args.devices)
-    specs = specs_from_args(args)
+    specs = with_layouts(specs_from_args(args), list(dict.fromkeys(getattr(args, "segzoo_layouts", ["auto"]))))
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     layouts = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
     results = run_suite(specs, devices, args.dtypes, layouts, args.batch_sizes, args.resolutions,
