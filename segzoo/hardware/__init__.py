@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -257,7 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         if load > 0.5 * (os.cpu_count() or 1):
             print(f"warning: load average {load:.1f} on {os.cpu_count()} CPUs: other work skews the timings")
-        result = calibrate(size=args.size, repeats=args.repeats)
+        if args.size < 32 or args.repeats < 1:
+            parser.error(f"--size must be >= 32 and --repeats >= 1, got {args.size} and {args.repeats}")
+        try:
+            result = calibrate(size=args.size, repeats=args.repeats)
+        except OSError as exc:  # the cache folder cannot be written (WriteError names the path)
+            print(f"python -m segzoo.hardware: error: {exc}", file=sys.stderr)
+            return 2
         print(json.dumps(result["times_ms"], indent=1))
         print(f"cached in {cache_path()}")
     choice = preferred_layout("cpu")

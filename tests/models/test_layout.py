@@ -170,3 +170,20 @@ def test_cuda_gets_channels_last_and_the_cache_lives_outside_the_package(monkeyp
     assert hardware.cache_path() == tmp_path / "xdg" / "segzoo" / "layout.json"
     key = hardware.machine_key()
     assert torch.__version__ in key and hardware.cpu_capability() in key and hardware.cpu_model() in key
+
+
+def test_command_line_shows_and_calibrates_into_the_user_cache(own_cache, capsys):
+    assert hardware.main([]) == 0
+    assert hardware.machine_key() in capsys.readouterr().out and not own_cache.exists()
+    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 0
+    assert '"source": "calibration"' in capsys.readouterr().out
+    assert hardware.machine_key() in json.loads(own_cache.read_text())
+
+
+def test_calibration_into_an_unwritable_cache_is_one_error_line(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SEGZOO_CACHE_DIR", str(blocker / "sub"))  # a folder below a file
+    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m segzoo.hardware: error:") and len(err.strip().splitlines()) == 1
