@@ -187,3 +187,25 @@ def test_calibration_into_an_unwritable_cache_is_one_error_line(tmp_path, monkey
     assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("python -m segzoo.hardware: error:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["resnet18_unet", "unet"])
+@pytest.mark.parametrize("layout", [True, False])
+def test_split_concat_of_the_finest_block_equals_the_concat(name, layout):
+    """conv(cat(up, skip)) computed as two convolutions: same outputs and gradients (float64)."""
+    split = tiny_model(name, channels_last=layout).double().train()
+    concat = tiny_model(name, channels_last=layout).double().train()
+    concat.load_state_dict(split.state_dict())
+    assert split.decoder.blocks[-1].split_concat and not any(b.split_concat for b in split.decoder.blocks[:-1])
+    concat.decoder.blocks[-1].split_concat = False
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    outs = []
+    for model in (split, concat):
+        out = model(x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1])
+    for (n, a), (_, b) in zip(split.named_parameters(), concat.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=n)
+    with torch.no_grad():
+        torch.testing.assert_close(split.eval()(x), concat.eval()(x))
