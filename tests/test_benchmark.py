@@ -209,11 +209,14 @@ def test_target_report_checks_speedups_gflops_scaling_and_memory():
     results = [res(ours, 256, 100, 300, 95, 90), res(peer, 256, 140, 330, 80, 100), res(body, 256, 50, 150, 100, 50),
                res(ours, 512, 500, 1200, 95, 300)]
     report = models.target_report(results)
-    assert "| resnet34/unet forward speed-up vs smp | cpu fp32 B=4 256px CL=off | 1.40 | >= 1.3 | yes |" in report
+    assert "| resnet34/unet forward speed-up vs smp | cpu fp32 B=4 256px CL=off | 1.40 | >= 1.5 | NO |" in report
     assert "| resnet34/unet train-step speed-up vs smp | cpu fp32 B=4 256px CL=off | 1.10 | >= 1.3 | NO |" in report
     assert "GFLOP/s vs encoder body | cpu fp32 B=4 256px CL=off | 0.95 | >= 0.9 | yes |" in report
     assert "forward time 512^2 / 256^2 | cpu fp32 B=4 256px CL=off | 5.00 | <= 4.2 | NO |" in report
     assert "peak memory segzoo/smp | cpu fp32 B=4 256px CL=off | 0.90 | <= 1.0 | yes |" in report
+    # issue 15's targets: per pass and architecture, and 1.2 for both when both libraries run channels_last
+    assert (models.speedup_target("fpn_unet", False, False), models.speedup_target("pspnet", True, False),
+            models.speedup_target("pspnet", True, True)) == (1.8, 1.1, 1.2)
 
 
 def test_quality_training_is_seeded_and_scored():
@@ -268,3 +271,45 @@ def test_environment_records_allocator_and_openmp_settings(monkeypatch):
     env = bench.environment()["env_vars"]
     assert env["MALLOC_MMAP_MAX_"] == "0" and env["OMP_NUM_THREADS"] == "2"
     assert "SEGZOO_UNRELATED" not in env
+
+
+def test_environment_records_the_isa_and_the_layout_segzoo_picked(monkeypatch, tmp_path):
+    from segzoo import hardware
+
+    monkeypatch.setenv("SEGZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(hardware, "cpu_capability", lambda: "AVX2")
+    hardware._cpu_choice.cache_clear()
+    try:
+        env = bench.environment()
+    finally:
+        hardware._cpu_choice.cache_clear()
+    assert env["cpu_capability"] == "AVX2" and env["cpu"] == hardware.cpu_model()
+    assert env["segzoo_layout"] == {"forward_channels_last": True, "train_channels_last": False,
+                                    "source": "rule AVX2"}
+    assert env["env_vars"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert isinstance(env["cpu_isa_flags"], list)
+
+
+def test_cli_records_the_load_at_start_and_end(tmp_path):
+    code = cli_main(["benchmark", "--models", "unet", "--no-smp", "--resolutions", "32", "--batch-sizes", "2",
+                     "--warmup", "0", "--iterations", "1", "--repeats", "1", "--no-memory", "--forward-only",
+                     "--out", str(tmp_path), "--name", "load"])
+    assert code == 0
+    env = json.loads((tmp_path / "load.json").read_text())["environment"]
+    assert len(env["load_average_start"]) == 3 and len(env["load_average"]) == 3
+    assert "at the start" in (tmp_path / "load.md").read_text() and "ISA " in (tmp_path / "load.md").read_text()
+
+
+def test_segzoo_layouts_are_timed_side_by_side_and_labelled():
+    specs = bench.with_layouts([bench.segzoo_spec("unet"), bench.smp_spec("unet")], ["auto", "false", "true"])
+    assert [s["library"] for s in specs] == ["segzoo", "segzoo", "segzoo", "smp"]
+    assert "channels_last" not in specs[0]["kwargs"] and specs[1]["kwargs"]["channels_last"] is False
+    assert bench.spec_label(specs[1]) == "segzoo resnet34_unet [channels_last=False]"
+    results = [{"spec": s, "config": {"device": "cpu", "dtype": "fp32", "channels_last": False, "batch_size": 4,
+                                      "resolution": 256, "memory": False}, "forward_ms": t, "train_ms": 2 * t}
+               for s, t in zip(specs, (100.0, 120.0, 90.0, 150.0))]
+    rows = bench.ratios(results)
+    assert [(r["variant"], round(r["forward_speedup"], 2)) for r in rows] == [
+        ("", 1.5), ("channels_last=False", 1.25), ("channels_last=True", 1.67)]
+    assert "resnet34/unet [channels_last=False]" in bench.ratio_table(rows)

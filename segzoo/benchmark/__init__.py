@@ -42,7 +42,7 @@ from segzoo.benchmark.specs import (
 from segzoo.cli.args import add_benchmark_arguments as add_arguments
 from segzoo.cli.benchmark import run  # the command, kept here for benchmarks/ scripts
 
-__all__ = ["BenchConfig", "environment", "count_params", "count_gflops", "time_block", "throughput",
+__all__ = ["BenchConfig", "environment", "count_params", "count_gflops", "time_block", "throughput", "with_layouts",
            "train_step_memory", "run_benchmark", "run_suite", "available_devices", "ratios", "markdown_table",
            "ratio_table", "write_results", "plot_throughput", "ARCHS", "SMP_ARCHS", "segzoo_spec", "smp_spec",
            "body_spec", "build_model", "default_suite", "smp_available", "spec_label", "add_arguments", "run"]
@@ -97,3 +97,19 @@ def run_suite(specs: Sequence[dict[str, Any]], devices: Sequence[str] = ("cpu",)
             for r in results[-len(specs):]:
                 log(f"  {r['label']:<34} fwd {r['forward_ms']:8.1f} ms  train {r.get('train_ms', float('nan')):8.1f} ms")
     return results
+
+
+def with_layouts(specs: Sequence[dict[str, Any]], layouts: Sequence[str]) -> list[dict[str, Any]]:
+    """Each segzoo spec once per ``channels_last`` value in ``layouts`` (``"auto"`` / ``"true"`` / ``"false"``;
+    ``"auto"`` is the constructor default and adds no argument); other specs unchanged."""
+    out = []
+    for spec in specs:
+        if spec.get("library") != "segzoo":
+            out.append(spec)
+            continue
+        for layout in layouts:
+            if layout == "auto":
+                out.append(spec)
+            else:
+                out.append({**spec, "kwargs": {**spec.get("kwargs", {}), "channels_last": layout == "true"}})
+    return out

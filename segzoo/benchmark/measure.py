@@ -98,21 +98,27 @@ class BenchConfig:
 
 
 TIMING_ENV_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "OMP_", "KMP_", "MKL_", "DNNL_", "ONEDNN_",
-                       "THP_MEM_ALLOC_ENABLE")
+                       "THP_MEM_ALLOC_ENABLE", "ATEN_CPU_CAPABILITY", "SEGZOO_CACHE_DIR")
 
 
 def environment() -> dict[str, Any]:
-    """Versions, device and thread count, recorded with every result."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    """Versions, device, CPU model and ISA, thread count and settings, recorded with every result.
+
+    ``cpu_capability`` is the ISA torch's CPU kernels dispatch to (``"AVX512"``, ``"AVX2"``...; the
+    ``ATEN_CPU_CAPABILITY`` / ``ONEDNN_MAX_CPU_ISA`` variables in ``env_vars`` can lower it), and
+    ``segzoo_layout`` the layout segzoo's ``channels_last="auto"`` picked here.
+    """
+    from segzoo import hardware
+
+    cpu = hardware.cpu_model()
+    layout = hardware.preferred_layout("cpu")
     env: dict[str, Any] = {
         "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu, "cpu_capability": hardware.cpu_capability(), "cpu_isa_flags": _isa_flags(),
+        "segzoo_layout": {"forward_channels_last": layout.forward, "train_channels_last": layout.train,
+                          "source": layout.source},
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         # settings that change CPU timings (allocator, OpenMP); see BENCHMARKS.md
@@ -126,6 +132,16 @@ def environment() -> dict[str, Any]:
     from segzoo import __version__
     env["segzoo"] = __version__
     return env
+
+
+def _isa_flags() -> list[str]:
+    """The CPU's vector ISA flags (avx2, avx512f, amx_tile...) from ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
 
 
 def count_params(model: nn.Module) -> int:

@@ -10,6 +10,12 @@ from typing import Any
 __all__ = ["ratios", "markdown_table", "ratio_table", "write_results", "plot_throughput"]
 
 
+def variant(spec: dict[str, Any]) -> str:
+    """How a segzoo spec differs from the model users get by default (``""``, or e.g. ``"channels_last=False"``)."""
+    layout = (spec.get("kwargs") or {}).get("channels_last")
+    return f"channels_last={layout}" if layout is not None else ""
+
+
 def ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """smp time / segzoo time for every segzoo result with a matching smp result in the same setting."""
     out = []
@@ -22,7 +28,7 @@ def ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      and {k: v for k, v in p["config"].items() if k != "memory"} == key), None)
         if peer is None:
             continue
-        row = {"pair": spec["pair"], "resolution": key["resolution"], "batch_size": key["batch_size"],
+        row = {"pair": spec["pair"], "variant": variant(spec), "resolution": key["resolution"], "batch_size": key["batch_size"],
                "channels_last": key["channels_last"], "dtype": key["dtype"], "device": key["device"],
                "forward_speedup": peer["forward_ms"] / res["forward_ms"],
                "train_speedup": peer["train_ms"] / res["train_ms"] if "train_ms" in res else None}
@@ -49,6 +55,15 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _load(env: dict[str, Any]) -> str:
+    def fmt(load: Any) -> str:
+        return "/".join(f"{v:.2f}" for v in load) if load else "n/a"
+
+    if env.get("load_average_start"):
+        return f"{fmt(env['load_average_start'])} at the start, {fmt(env.get('load_average'))} at the end"
+    return fmt(env.get("load_average"))
+
+
 def write_results(results: Sequence[dict[str, Any]], env: dict[str, Any], out_dir: str | Path,
                   name: str = "benchmark", command: str | None = None) -> dict[str, Path]:
     """Write ``<name>.json`` (environment, command, results, ratios), ``<name>.md`` (tables) and,
@@ -65,7 +80,8 @@ def write_results(results: Sequence[dict[str, Any]], env: dict[str, Any], out_di
     paths["json"].write_text(json.dumps(payload, indent=1) + "\n")
     text = [f"# {name}", "", f"Command: `{command}`" if command else "", "",
             f"Environment: torch {env.get('torch')}, CUDA {env.get('cuda')}, {env.get('cpu')} "
-            f"({env.get('cpu_count')} CPUs, {env.get('torch_threads')} threads), GPU {env.get('gpu')}, "
+            f"(ISA {env.get('cpu_capability')}, {env.get('cpu_count')} CPUs, {env.get('torch_threads')} threads), "
+            f"load average {_load(env)}, GPU {env.get('gpu')}, "
             f"smp {env.get('smp')}", "", markdown_table(results), ""]
     if pairs:
         text += [ratio_table(pairs), ""]
@@ -83,7 +99,8 @@ def ratio_table(pairs: Sequence[dict[str, Any]]) -> str:
     for p in pairs:
         mem = f"{p['memory_ratio']:.2f}" if "memory_ratio" in p else "-"
         train = f"{p['train_speedup']:.2f}x" if p["train_speedup"] is not None else "-"
-        lines.append(f"| {p['pair']} | {p['device']} | {p['dtype']} | {'on' if p['channels_last'] else 'off'} "
+        pair = f"{p['pair']} [{p['variant']}]" if p.get("variant") else p["pair"]
+        lines.append(f"| {pair} | {p['device']} | {p['dtype']} | {'on' if p['channels_last'] else 'off'} "
                      f"| {p['batch_size']} x {p['resolution']} | {p['forward_speedup']:.2f}x "
                      f"| {train} | {mem} |")
     return "\n".join(lines)

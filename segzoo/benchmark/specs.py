@@ -53,9 +53,11 @@ def spec_label(spec: dict[str, Any]) -> str:
         return f"smp {spec['name']}({spec['encoder']})"
     if lib == "torchvision":
         return f"{spec['name']} body"
+    layout = spec.get("kwargs", {}).get("channels_last")
+    suffix = f" [channels_last={layout}]" if layout is not None else ""
     if "timm_encoder" in spec:
-        return f"segzoo {spec['name']}(timm {spec['timm_encoder']})"
-    return f"segzoo {spec['name']}"
+        return f"segzoo {spec['name']}(timm {spec['timm_encoder']}){suffix}"
+    return f"segzoo {spec['name']}{suffix}"
 
 
 def smp_available() -> bool:

@@ -230,6 +230,9 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, command: str = "ben
     parser.add_argument("--memory-repeats", type=int, default=3,
                         help="memory measurements per model, each in a fresh process (median)")
     parser.add_argument("--forward-only", action="store_true", help="time the forward pass only")
+    parser.add_argument("--segzoo-layouts", nargs="+", default=["auto"], choices=("auto", "true", "false"),
+                        help="segzoo's channels_last argument(s): auto (the default users get: the layout measured "
+                             "fastest on this machine), true, false; several are timed side by side")
     parser.add_argument("--out", default="benchmarks/results", help="output folder (json, md, png)")
     parser.add_argument("--name", default="benchmark", help="output file stem")
 

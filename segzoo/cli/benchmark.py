@@ -7,6 +7,7 @@ benchmarks.models``); the work: :mod:`segzoo.benchmark`.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
         ratio_table,
         ratios,
         run_suite,
+        with_layouts,
         write_results,
     )
 
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     devices = available_devices(args.devices)
-    specs = specs_from_args(args)
+    specs = with_layouts(specs_from_args(args), list(dict.fromkeys(getattr(args, "segzoo_layouts", ["auto"]))))
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     layouts = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
     results = run_suite(specs, devices, args.dtypes, layouts, args.batch_sizes, args.resolutions,
                         warmup=args.warmup, iterations=args.iterations, repeats=args.repeats,
@@ -70,7 +73,9 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
                         memory_repeats=args.memory_repeats, train=not args.forward_only)
     if command is None:
         command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
-    paths = write_results(results, environment(), args.out, args.name, command)
+    env = environment()
+    env["load_average_start"] = load_start  # the load when timing began ("load_average": when it ended)
+    paths = write_results(results, env, args.out, args.name, command)
     print(markdown_table(results))
     pairs = ratios(results)
     if pairs:

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segzoo.encoders.base import EncoderSpec
+from segzoo.hardware import LayoutChoice, preferred_layout, resolve_layout
 from segzoo.heads.base import HeadSpec
 from segzoo.parts import FeaturePart
 
@@ -48,15 +49,20 @@ class UnetMetaSpec(nn.Module):
         size_mode: ``"pad"`` (default): inputs of any H, W are zero-padded to a multiple of the
             deepest stride and the logits cropped back to (H, W); ``"strict"``: H and W must be
             multiples of :attr:`size_multiple`, otherwise a ValueError names the nearest valid sizes.
-        channels_last: run the network in channels_last memory format (faster convolutions on
-            CPU and on GPUs with tensor cores), its 4-D weights stored in that layout too; inputs and
-            outputs stay in the caller's NCHW layout.
+        channels_last: ``"auto"`` (default): the layout measured fastest on this machine, per pass
+            (:func:`segzoo.hardware.preferred_layout`: channels_last on AVX-512 CPUs and CUDA; on
+            AVX2-only CPUs channels_last for eval forwards and NCHW for training, whose
+            convolution weight gradients are slow in channels_last there). ``True`` / ``False``:
+            always / never channels_last. The 4-D weights are kept in the layout of the current
+            mode (``"auto"`` moves them at ``train()`` / ``eval()`` when the choice differs, unless
+            the caller has converted the model's layout itself). Inputs and outputs stay in the
+            caller's NCHW layout; results match within float tolerance whatever the layout.
 
     Shapes: (B, C_in, H, W) float -> logits (B, num_classes, H, W).
     """
 
     def __init__(self, encoder: EncoderSpec, decoder: FeaturePart, bridge: FeaturePart | None = None,
-                 head: HeadSpec | None = None, size_mode: str = "pad", channels_last: bool = True) -> None:
+                 head: HeadSpec | None = None, size_mode: str = "pad", channels_last: bool | str = "auto") -> None:
         super().__init__()
         if not isinstance(encoder, EncoderSpec):
             raise TypeError(f"encoder must be an EncoderSpec instance, got {type(encoder).__name__}")
@@ -72,14 +78,71 @@ class UnetMetaSpec(nn.Module):
         if head is not None:
             _check_link(decoder, head)
         self.size_mode = size_mode
-        self.channels_last = bool(channels_last)
+        self._layout = resolve_layout(channels_last)  # validates the argument
+        self._layout_auto = channels_last == "auto"
         strides = _declared(bridge or encoder)[1]
         self.size_multiple = max(strides)
         self._has_bn = any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in self.modules())
-        if self.channels_last:
-            # weights in the activations' layout: convolution backward then writes weight gradients
-            # without a layout copy per layer (measured ~4% of a resnet34 Unet train step on CPU)
-            self.to(memory_format=torch.channels_last)
+        # weights in the activations' layout: convolution backward then writes weight gradients
+        # without a layout copy per layer (measured ~4% of a resnet34 Unet train step on CPU)
+        self._weight_format: torch.memory_format | None = None
+        self._set_weight_format(self._layout.for_mode(self.training))
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the network runs in channels_last in the current mode (see ``channels_last=``).
+
+        Assigning a bool fixes the layout of both modes (the weights are not moved).
+        """
+        return self._layout.for_mode(self.training)
+
+    @channels_last.setter
+    def channels_last(self, value: bool) -> None:
+        self._layout = resolve_layout(bool(value))
+        self._layout_auto = False
+        self._weight_format = None
+
+    @property
+    def layout_choice(self) -> LayoutChoice:
+        """The layout per pass and where it came from (a rule per ISA, a calibration, the argument)."""
+        return self._layout
+
+    def _choice(self, device: torch.device) -> LayoutChoice:
+        # "auto" is resolved for the CPU at construction; a model moved to a GPU asks again
+        if self._layout_auto and device.type != "cpu":
+            return preferred_layout(device)
+        return self._layout
+
+    def _probe_weight(self) -> torch.Tensor | None:
+        # a weight whose NCHW and channels_last layouts differ (not 1x1, more than one input channel)
+        return next((p for p in self.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1),
+                    None)
+
+    @torch.no_grad()
+    def _set_weight_format(self, channels_last: bool) -> None:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        for p in self.parameters():
+            if p.dim() == 4 and not p.is_contiguous(memory_format=fmt):
+                p.data = p.data.contiguous(memory_format=fmt)
+        self._weight_format = fmt
+
+    def train(self, mode: bool = True) -> UnetMetaSpec:
+        """Set training mode; with ``channels_last="auto"`` the weights follow the mode's layout.
+
+        They are moved only when the two modes' layouts differ (AVX2 CPUs), and only while they are
+        in the layout the model put them in: after ``model.to(memory_format=...)`` by the caller,
+        the caller's layout stays.
+        """
+        super().train(mode)
+        probe = self._probe_weight() if getattr(self, "_layout_auto", False) and self._weight_format is not None else None
+        if probe is not None:
+            if not probe.is_contiguous(memory_format=self._weight_format):
+                self._weight_format = None  # the caller changed the layout: theirs stays
+            else:
+                wanted = self._choice(probe.device).for_mode(mode)
+                if wanted != (self._weight_format == torch.channels_last):
+                    self._set_weight_format(wanted)
+        return self
 
     @property
     def in_channels(self) -> int | None:
@@ -137,7 +200,7 @@ class UnetMetaSpec(nn.Module):
             # eager skips the copy when the size already fits
             if torch.jit.is_tracing() or torch.compiler.is_compiling() or pad_h or pad_w:
                 x = F.pad(x, (0, pad_w, 0, pad_h))
-        if self.channels_last:
+        if self._choice(x.device).for_mode(self.training):
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.encoder(x)
         if self.bridge is not None:

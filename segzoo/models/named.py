@@ -51,7 +51,8 @@ class GenericModel(UnetMetaSpec):
         head_params: arguments of the architecture's head (``upsample``, ``dropout``...).
         state_dict: path or dict of this whole model's weights, loaded after construction.
         size_mode: ``"pad"`` (any size) or ``"strict"`` (see :class:`UnetMetaSpec`).
-        channels_last: run internally in channels_last (see :class:`UnetMetaSpec`).
+        channels_last: ``"auto"`` (the layout measured fastest here, per pass), ``True`` or ``False``
+            (see :class:`UnetMetaSpec`).
 
     Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
     """
@@ -61,7 +62,7 @@ class GenericModel(UnetMetaSpec):
     def __init__(self, num_classes: int = 1, in_channels: int = 3, num_channels: int = 32, num_blocks: int = 4,
                  encoder: EncoderSpec | None = None, encoder_params: Params = None, bridge_params: Params = None,
                  decoder_params: Params = None, head_params: Params = None, *,
-                 state_dict: StateDictSource | None = None, size_mode: str = "pad", channels_last: bool = True) -> None:
+                 state_dict: StateDictSource | None = None, size_mode: str = "pad", channels_last: bool | str = "auto") -> None:
         given = dict(num_classes=num_classes, in_channels=in_channels, num_channels=num_channels,
                      num_blocks=num_blocks, encoder=encoder, encoder_params=encoder_params,
                      bridge_params=bridge_params, decoder_params=decoder_params, head_params=head_params,
@@ -96,7 +97,7 @@ class ResnetModel(UnetMetaSpec):
         head_params: arguments of the architecture's head.
         state_dict: path or dict of this whole model's weights, loaded after construction.
         size_mode: ``"pad"`` (any size) or ``"strict"``.
-        channels_last: run internally in channels_last.
+        channels_last: ``"auto"``, ``True`` or ``False`` (see :class:`UnetMetaSpec`).
 
     Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
     """
@@ -106,7 +107,7 @@ class ResnetModel(UnetMetaSpec):
     def __init__(self, num_classes: int = 1, arch: str = "resnet18", pretrained: bool = True,
                  encoder_params: Params = None, bridge_params: Params = None, decoder_params: Params = None,
                  head_params: Params = None, state_dict: StateDictSource | None = None, *, size_mode: str = "pad",
-                 channels_last: bool = True) -> None:
+                 channels_last: bool | str = "auto") -> None:
         given = dict(num_classes=num_classes, pretrained=pretrained, encoder_params=encoder_params,
                      bridge_params=bridge_params, decoder_params=decoder_params, head_params=head_params,
                      state_dict=state_dict, size_mode=size_mode, channels_last=channels_last)

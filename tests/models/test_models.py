@@ -199,7 +199,7 @@ def test_spec_rebuilds_identical_model():
 
 def test_direct_construction_records_spec_and_rebuild_skips_downloads(hub_cache):
     # the spec is the registry name and the arguments that differ from the defaults, however the model was built
-    model = ResnetUnet(arch="resnet34", pretrained=False, num_classes=2, channels_last=True)
+    model = ResnetUnet(arch="resnet34", pretrained=False, num_classes=2, channels_last="auto")
     assert model.segzoo_spec == {"name": "resnet34_unet", "kwargs": {"num_classes": 2, "pretrained": False}}
     assert create_model("resnet34_unet", pretrained=False, num_classes=2).segzoo_spec == model.segzoo_spec
     # the hub cache is empty and SEGZOO_OFFLINE is set: a spec asking for pretrained weights (or for an

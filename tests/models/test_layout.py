@@ -1,0 +1,211 @@
+"""channels_last="auto": the per-ISA / calibrated layout choice, weights following the mode, equal results."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _models import tiny_model
+
+from segzoo import hardware, model_from_spec
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Every test reads (and writes) its own empty calibration cache, never the user's."""
+    monkeypatch.setenv("SEGZOO_CACHE_DIR", str(tmp_path / "cache"))
+    hardware._cpu_choice.cache_clear()
+    yield tmp_path / "cache" / hardware.CACHE_FILE
+    hardware._cpu_choice.cache_clear()
+
+
+def isa(monkeypatch, name):
+    monkeypatch.setattr(hardware, "cpu_capability", lambda: name)
+    hardware._cpu_choice.cache_clear()
+
+
+def is_cl(t):
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def probe(model):
+    return model._probe_weight()
+
+
+@pytest.mark.parametrize("name, forward, train", [("AVX512", True, True), ("AVX2", True, False),
+                                                   ("SVE256", True, True)])
+def test_auto_follows_the_rule_of_the_isa(monkeypatch, name, forward, train):
+    isa(monkeypatch, name)
+    model = tiny_model("unet")
+    assert (model.layout_choice.forward, model.layout_choice.train) == (forward, train)
+    model.train()
+    assert model.channels_last is train and is_cl(probe(model)) is train
+    model.eval()
+    assert model.channels_last is forward and is_cl(probe(model)) is forward
+    model.train()
+    assert is_cl(probe(model)) is train
+
+
+def test_avx2_rule_gives_the_same_outputs_and_gradients_as_nchw(monkeypatch):
+    isa(monkeypatch, "AVX2")
+    auto = tiny_model("resnet18_unet").double()
+    plain = tiny_model("resnet18_unet", channels_last=False).double()
+    plain.load_state_dict(auto.state_dict())
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    y = (torch.rand(2, 2, 64, 64) > 0.5).double()
+    with torch.no_grad():
+        torch.testing.assert_close(auto.eval()(x), plain.eval()(x))
+    assert auto.channels_last and is_cl(probe(auto))
+    losses = []
+    for model in (auto.train(), plain.train()):
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        loss.backward()
+        losses.append(loss)
+    assert not is_cl(probe(auto))
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, a), (_, b) in zip(auto.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_mode_switches_keep_parameters_and_optimizer_working(monkeypatch):
+    isa(monkeypatch, "AVX2")
+    model = tiny_model("unet")
+    params = list(model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.rand(2, 3, 32, 32)
+    for _ in range(2):
+        model.train()
+        opt.zero_grad()
+        model(x).mean().backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            assert torch.isfinite(model(x)).all()
+    assert [id(p) for p in model.parameters()] == [id(p) for p in params]
+
+
+def test_a_layout_the_caller_chose_is_kept(monkeypatch):
+    isa(monkeypatch, "AVX2")
+    model = tiny_model("unet").train()
+    model.to(memory_format=torch.channels_last)  # as a user (or the runner's channels_last) does
+    model.train()
+    assert is_cl(probe(model))
+    model.eval()
+    model.train()
+    assert is_cl(probe(model))
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_explicit_flags_fix_both_modes(monkeypatch, value):
+    isa(monkeypatch, "AVX2")
+    model = tiny_model("unet", channels_last=value)
+    for mode in (True, False, True):
+        model.train(mode)
+        assert model.channels_last is value and is_cl(probe(model)) is value
+    assert model.layout_choice.source == "argument"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, "AUTO"])
+def test_bad_channels_last_values_are_refused(value):
+    with pytest.raises(ValueError, match="channels_last must be True, False or 'auto'"):
+        tiny_model("unet", channels_last=value)
+
+
+def test_spec_records_only_a_non_default_layout():
+    assert "channels_last" not in tiny_model("unet").segzoo_spec["kwargs"]
+    model = tiny_model("unet", channels_last=False)
+    assert model.segzoo_spec["kwargs"]["channels_last"] is False
+    rebuilt = model_from_spec(model.segzoo_spec)
+    assert rebuilt.layout_choice.source == "argument" and not rebuilt.channels_last
+
+
+def test_assigning_channels_last_fixes_the_layout(monkeypatch):
+    isa(monkeypatch, "AVX2")
+    model = tiny_model("unet").eval()
+    model.channels_last = False  # what the ONNX export does on its copy
+    for mode in (True, False):
+        model.train(mode)
+        assert model.channels_last is False
+
+
+def test_a_cached_calibration_overrides_the_rule(monkeypatch, own_cache):
+    isa(monkeypatch, "AVX512")
+    own_cache.parent.mkdir(parents=True)
+    own_cache.write_text(json.dumps({hardware.machine_key(): {"forward": False, "train": False}}))
+    hardware._cpu_choice.cache_clear()
+    choice = tiny_model("unet").layout_choice
+    assert (choice.forward, choice.train, choice.source) == (False, False, "calibration")
+    # another machine's entry, or a broken file, leaves the rules in charge
+    own_cache.write_text(json.dumps({"another cpu | AVX2 | torch 0 | 2 threads": {"forward": False, "train": False}}))
+    hardware._cpu_choice.cache_clear()
+    assert tiny_model("unet").layout_choice.source == "rule AVX512"
+    own_cache.write_text("{not json")
+    hardware._cpu_choice.cache_clear()
+    assert tiny_model("unet").layout_choice.source == "rule AVX512"
+
+
+def test_building_models_never_calibrates_or_writes_the_cache(monkeypatch, own_cache):
+    monkeypatch.setattr(hardware, "calibrate", lambda *a, **k: pytest.fail("calibrated implicitly"))
+    tiny_model("unet").train().eval()
+    assert not own_cache.parent.exists()
+
+
+def test_calibrate_measures_both_layouts_and_caches_the_result(own_cache):
+    def build(cl):
+        return tiny_model("unet", channels_last=cl)
+
+    result = hardware.calibrate(build, batch_size=2, size=32, repeats=1)
+    assert set(result["times_ms"]) == {"forward cl", "forward nchw", "train cl", "train nchw"}
+    assert all(t > 0 for t in result["times_ms"].values())
+    cached = hardware.cached_layout()
+    assert (cached.forward, cached.train) == (result["forward"], result["train"])
+    assert json.loads(own_cache.read_text())[hardware.machine_key()]["size"] == 32
+    assert hardware.preferred_layout().source == "calibration"
+
+
+def test_cuda_gets_channels_last_and_the_cache_lives_outside_the_package(monkeypatch, tmp_path):
+    assert hardware.preferred_layout("cuda").forward and hardware.preferred_layout("cuda").train
+    monkeypatch.delenv("SEGZOO_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hardware.cache_path() == tmp_path / "xdg" / "segzoo" / "layout.json"
+    key = hardware.machine_key()
+    assert torch.__version__ in key and hardware.cpu_capability() in key and hardware.cpu_model() in key
+
+
+def test_command_line_shows_and_calibrates_into_the_user_cache(own_cache, capsys):
+    assert hardware.main([]) == 0
+    assert hardware.machine_key() in capsys.readouterr().out and not own_cache.exists()
+    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 0
+    assert '"source": "calibration"' in capsys.readouterr().out
+    assert hardware.machine_key() in json.loads(own_cache.read_text())
+
+
+def test_calibration_into_an_unwritable_cache_is_one_error_line(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SEGZOO_CACHE_DIR", str(blocker / "sub"))  # a folder below a file
+    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m segzoo.hardware: error:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["resnet18_unet", "unet"])
+@pytest.mark.parametrize("layout", [True, False])
+def test_split_concat_of_the_finest_block_equals_the_concat(name, layout):
+    """conv(cat(up, skip)) computed as two convolutions: same outputs and gradients (float64)."""
+    split = tiny_model(name, channels_last=layout).double().train()
+    concat = tiny_model(name, channels_last=layout).double().train()
+    concat.load_state_dict(split.state_dict())
+    assert split.decoder.blocks[-1].split_concat and not any(b.split_concat for b in split.decoder.blocks[:-1])
+    concat.decoder.blocks[-1].split_concat = False
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    outs = []
+    for model in (split, concat):
+        out = model(x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1])
+    for (n, a), (_, b) in zip(split.named_parameters(), concat.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=n)
+    with torch.no_grad():
+        torch.testing.assert_close(split.eval()(x), concat.eval()(x))
