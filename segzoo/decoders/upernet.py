@@ -7,9 +7,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from segzoo.blocks import ConvBnAct, make_upsample
+from segzoo.blocks import ConvBnAct, make_norm, make_upsample
 from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
 from segzoo.decoders.psp import PyramidPooling, pyramid_avg_pool
+
+
+FUSE_MODES = ("levels", "concat")
 
 
 @register_decoder("upernet")
@@ -20,7 +23,16 @@ class UPerNetDecoder(DecoderSpec):
        projected by 1x1 conv + ReLU and resized back, concatenated with it, 3x3 conv -> ``channels``.
     2. FPN: per shallower level a 1x1 lateral conv; top-down, each level adds the upsampled deeper one,
        then a 3x3 conv.
-    3. Fusion: every level upsampled (bilinear) to the finest used stride, concatenated, 3x3 conv.
+    3. Fusion at the finest used stride, one of two ways (``fuse``):
+
+       - ``"concat"`` (the paper's): every level upsampled (bilinear), concatenated, one k x k conv;
+       - ``"levels"`` (default): the same k x k conv split by input level (a conv over a concatenation
+         is the sum of per-part convs) and each part applied at its own level's resolution before the
+         upsampling, then summed -> BatchNorm -> ReLU. For k = 1 the two are the same function (a 1x1
+         conv commutes with bilinear resizing); for k = 3 the coarse parts see a wider context. It
+         costs a third of the concat fusion's FLOPs (the coarse parts run on 4x, 16x, 64x fewer
+         pixels) and avoids the (B, 4C, H/4, W/4) concatenation; quality at equal budget is in
+         BENCHMARKS.md.
 
     Args:
         in_channels: feature channels, shallow to deep.
@@ -29,13 +41,19 @@ class UPerNetDecoder(DecoderSpec):
         pool_sizes: PPM pooling sizes.
         min_stride: features finer than this stride are not used (4: the stride-4..32 levels of a ResNet).
         fuse_kernel: kernel size of the fusion conv (3 as in UPerNet; 1 is much cheaper).
+        fuse: ``"levels"`` (per-level convs, summed) or ``"concat"`` (the paper's concatenation).
 
     Shapes: features -> [(B, channels, H / s, W / s)], s the finest used stride.
     """
 
     def __init__(self, in_channels: list[int], in_strides: list[int], channels: int = 256,
-                 pool_sizes: Sequence[int] = (1, 2, 3, 6), min_stride: int = 4, fuse_kernel: int = 3) -> None:
+                 pool_sizes: Sequence[int] = (1, 2, 3, 6), min_stride: int = 4, fuse_kernel: int = 3,
+                 fuse: str = "levels") -> None:
         super().__init__(in_channels, in_strides)
+        if fuse not in FUSE_MODES:
+            raise ValueError(f"UPerNetDecoder: fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
+        if not isinstance(fuse_kernel, int) or fuse_kernel < 1 or fuse_kernel % 2 == 0:
+            raise ValueError(f"UPerNetDecoder: fuse_kernel must be an odd int >= 1, got {fuse_kernel!r}")
         last = len(self.in_channels) - 1
         self.first = next((i for i, s in enumerate(self.in_strides) if s >= min_stride), last)
         deep = self.in_channels[-1]
@@ -51,7 +69,16 @@ class UPerNetDecoder(DecoderSpec):
         self.to_finest = nn.ModuleList(
             make_upsample("bilinear", channels, stride_ratio(self.in_strides[i], self.in_strides[self.first], "UPerNet"))
             for i in range(self.first, last + 1))
-        self.fuse = ConvBnAct(channels * (last + 1 - self.first), channels, fuse_kernel)
+        n_levels = last + 1 - self.first
+        self.fuse_mode = fuse
+        if fuse == "concat":
+            self.fuse = ConvBnAct(channels * n_levels, channels, fuse_kernel)
+        else:
+            self.fuse_parts = nn.ModuleList(
+                nn.Conv2d(channels, channels, fuse_kernel, padding=fuse_kernel // 2, bias=False)
+                for _ in range(n_levels))
+            self.fuse_norm = make_norm("bn", channels)
+            self.fuse_act = nn.ReLU(inplace=True)
         self._out = channels
 
     @property
@@ -72,4 +99,10 @@ class UPerNetDecoder(DecoderSpec):
             p = self.laterals[k](features[self.first + k]) + self.top_down[k](p)
             pyramid.append(self.convs[k](p))
         pyramid = pyramid[::-1]  # finest first
-        return [self.fuse(torch.cat([up(level) for up, level in zip(self.to_finest, pyramid)], dim=1))]
+        if self.fuse_mode == "concat":
+            return [self.fuse(torch.cat([up(level) for up, level in zip(self.to_finest, pyramid)], dim=1))]
+        fused = self.fuse_parts[0](pyramid[0])
+        for k, (up, part) in enumerate(zip(self.to_finest, self.fuse_parts)):
+            if k > 0:
+                fused = fused + up(part(pyramid[k]))
+        return [self.fuse_act(self.fuse_norm(fused))]

@@ -63,7 +63,7 @@ ARCHITECTURES: dict[str, Architecture] = {
                            title="PSPNet: pyramid pooling on one feature"),
     "deeplabv3plus": Architecture("deeplabv3plus", resnet_encoder={"output_stride": 16},
                                   title="DeepLabV3+: ASPP at stride 16 (dilated), stride-4 skip"),
-    "upernet": Architecture("upernet", title="UPerNet: PPM + FPN, levels fused by concatenation"),
+    "upernet": Architecture("upernet", title="UPerNet: PPM + FPN, levels fused at the finest stride"),
 }
 
 
