@@ -48,6 +48,7 @@ DECODER_VARIANTS = {
     "psp_sizes": lambda c, s: PSPDecoder(c, s, pool_sizes=(1, 3)),
     "deeplab_full": lambda c, s: DeepLabV3PlusDecoder(c, s, separable=False, fuse_convs=2, low_level_stride=8),
     "upernet_1x1": lambda c, s: UPerNetDecoder(c, s, channels=32, fuse_kernel=1, min_stride=2),
+    "upernet_concat": lambda c, s: UPerNetDecoder(c, s, channels=32, fuse="concat"),
 }
 DECODERS = {**{name: (lambda c, s, n=name: create_decoder(n, c, s)) for name in list_decoders()}, **DECODER_VARIANTS}
 
@@ -163,3 +164,28 @@ def test_a_part_without_its_declaration_cannot_be_built():
         NoStrides()
     with pytest.raises(TypeError, match="out_channels"):
         NoChannels([8], [1])
+
+
+def test_upernet_level_fusion_equals_concat_fusion_for_1x1():
+    """A 1x1 conv commutes with bilinear resizing, so per-level fusion with fuse_kernel=1 is the paper's concat."""
+    torch.manual_seed(0)
+    chans, strides = [16, 24, 32, 40], [4, 8, 16, 32]
+    concat = UPerNetDecoder(chans, strides, channels=8, fuse="concat", fuse_kernel=1).eval()
+    levels = UPerNetDecoder(chans, strides, channels=8, fuse="levels", fuse_kernel=1).eval()
+    state = concat.state_dict()
+    weight = state.pop("fuse.0.weight")
+    for k in range(4):
+        state[f"fuse_parts.{k}.weight"] = weight[:, 8 * k:8 * (k + 1)]
+    for key in [k for k in state if k.startswith("fuse.1.")]:
+        state[key.replace("fuse.1.", "fuse_norm.")] = state.pop(key)
+    levels.load_state_dict(state)
+    feats = [torch.randn(2, c, 64 // s, 64 // s) for c, s in zip(chans, strides)]
+    with torch.no_grad():
+        torch.testing.assert_close(levels(feats)[0], concat(feats)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(fuse="sum"), "fuse must be one of levels, concat"),
+                                           (dict(fuse_kernel=2), "fuse_kernel must be an odd int")])
+def test_upernet_rejects_bad_fusion(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        UPerNetDecoder([16, 32], [4, 8], **kwargs)

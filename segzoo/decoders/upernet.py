@@ -1,4 +1,4 @@
-"""UPerNet decoder: a pyramid pooling module on the deepest feature, an FPN over all levels, fused by concatenation."""
+"""UPerNet decoder: a pyramid pooling module on the deepest feature, an FPN over all levels, fused at the finest stride."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import torch.nn as nn
 from segzoo.blocks import ConvBnAct, make_norm, make_upsample
 from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
 from segzoo.decoders.psp import PyramidPooling, pyramid_avg_pool
-
 
 FUSE_MODES = ("levels", "concat")
 
