@@ -70,7 +70,12 @@ def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]
                              f"choose another output path")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make the renames and removals in ``folder`` durable (``fsync`` of the folder; errors ignored).
+
+    What :func:`atomic_path` does after each file unless ``sync_dir=False``: a writer publishing
+    several files into one folder passes that and calls this once after the last one.
+    """
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -144,7 +149,8 @@ def make_folder(folder: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint: str = "--force") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint: str = "--force",
+                sync_dir: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; publish it at ``path`` only if the block succeeds.
 
     Args:
@@ -154,6 +160,8 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint:
             With it, the file that existed at the start is replaced, but a file another
             process created, replaced or changed at ``path`` meanwhile is not.
         force_hint: what the user passes to allow overwriting, named in the error.
+        sync_dir: ``fsync`` the folder after publishing (the file's name then survives a power
+            loss too); ``False`` leaves that to the caller's :func:`fsync_dir` after a series of files.
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False, or another process wrote it meanwhile.
@@ -181,7 +189,8 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint:
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         _publish(tmp, path, replaces)
-        _fsync_dir(path.parent)
+        if sync_dir:
+            fsync_dir(path.parent)
     except FileExistsError:
         raise
     except OSError as exc:
@@ -221,7 +230,7 @@ class _WatchedFile:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, overwrite: bool = False,
-                 force_hint: str = "--force") -> Path:
+                 force_hint: str = "--force", sync_dir: bool = True) -> Path:
     """Write ``path`` atomically with ``write(binary_file)`` (for example ``lambda f: torch.save(obj, f)``).
 
     A failure of the underlying file (disk full...) is reported as a :class:`WriteError` even when
@@ -231,7 +240,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, 
         FileExistsError, IsADirectoryError, WriteError: see :func:`atomic_path`.
     """
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite, force_hint=force_hint) as tmp:
+    with atomic_path(path, overwrite=overwrite, force_hint=force_hint, sync_dir=sync_dir) as tmp:
         with open(tmp, "wb") as raw:
             f = _WatchedFile(raw)
             try:

@@ -128,3 +128,27 @@ def test_parent_that_is_a_file(tmp_path):
     with pytest.raises(WriteError, match="a parent is not a folder"):
         write_bytes_atomic(tmp_path / "f" / "out", b"1")  # mkdir would say "File exists"
     assert (tmp_path / "f").read_text() == "x"
+
+
+def test_sync_dir_false_leaves_the_folder_sync_to_the_caller(tmp_path, monkeypatch):
+    import stat
+
+    from segzoo import fileio
+
+    synced = []
+    real = os.fsync
+
+    def record(fd):
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    write_bytes_atomic(tmp_path / "a.bin", b"a")
+    assert synced == ["file", "dir"]
+    synced.clear()
+    write_bytes_atomic(tmp_path / "b.bin", b"b", sync_dir=False)
+    write_json_atomic({"c": 1}, tmp_path / "c.json", sync_dir=False)
+    assert synced == ["file", "file"]  # data always; the names wait for the caller's folder sync
+    fileio.fsync_dir(tmp_path)
+    assert synced == ["file", "file", "dir"]
+    assert (tmp_path / "b.bin").read_bytes() == b"b"

@@ -68,12 +68,64 @@ def prepare_model(model: nn.Module, state: RunnerState, compile: bool | dict = F
     return model
 
 
-def fire(callbacks: list[Callback], event: str, state: RunnerState) -> None:
-    """Call ``event`` on every callback: loggers first on ``*_start``, last on ``*_end`` / ``on_exception``."""
+def _dynamic(callback: Callback) -> bool:
+    """Whether ``callback`` computes its attributes (``__getattribute__`` / ``__getattr__``): looked up at each call."""
+    kind = type(callback)
+    return kind.__getattribute__ is not object.__getattribute__ or hasattr(kind, "__getattr__")
+
+
+def _overrides(callback: Callback, event: str) -> bool:
+    """Whether ``callback`` does something on ``event`` (its hook is not :class:`Callback`'s empty one)."""
+    hook = getattr(callback, event)
+    return getattr(hook, "__func__", hook) is not getattr(Callback, event)
+
+
+def _lookup(callback: Callback, event: str) -> Any:
+    return lambda state: getattr(callback, event)(state)
+
+
+def event_calls(callbacks: list[Callback], event: str) -> list[Any]:
+    """The hooks ``event`` calls, in order: loggers first on ``*_start``, last on ``*_end`` / ``on_exception``.
+
+    Callbacks that leave the event to :class:`Callback`'s empty hook are left out, and the others'
+    hooks are bound once, except for callbacks that compute their attributes: those are asked
+    for the hook at every call, as before.
+    """
     loggers = [c for c in callbacks if isinstance(c, LoggerCallback)]
     others = [c for c in callbacks if not isinstance(c, LoggerCallback)]
-    for cb in (loggers + others if event.endswith("_start") else others + loggers):
-        getattr(cb, event)(state)
+    ordered = loggers + others if event.endswith("_start") else others + loggers
+    return [_lookup(cb, event) if _dynamic(cb) else getattr(cb, event)
+            for cb in ordered if _dynamic(cb) or _overrides(cb, event)]
+
+
+class Hooks:
+    """The run's callbacks with the calls of each event worked out once, not on every batch.
+
+    The list is read again when its length changes (a callback added or removed meanwhile).
+
+    Args:
+        callbacks: the callbacks in run order (kept by reference).
+    """
+
+    def __init__(self, callbacks: list[Callback]) -> None:
+        self.callbacks = callbacks
+        self._size = -1
+        self._calls: dict[str, list[Any]] = {}
+
+    def __call__(self, event: str, state: RunnerState) -> None:
+        """Call ``event`` on the callbacks that implement it."""
+        if len(self.callbacks) != self._size:
+            self._size, self._calls = len(self.callbacks), {}
+        calls = self._calls.get(event)
+        if calls is None:
+            calls = self._calls[event] = event_calls(self.callbacks, event)
+        for call in calls:
+            call(state)
+
+
+def as_hooks(callbacks: list[Callback] | Hooks) -> Hooks:
+    """``callbacks`` as :class:`Hooks` (a Hooks is returned as is)."""
+    return callbacks if isinstance(callbacks, Hooks) else Hooks(callbacks)
 
 
 def _batch_size(batch: Mapping[str, Any]) -> int:
@@ -83,12 +135,13 @@ def _batch_size(batch: Mapping[str, Any]) -> int:
     return 1
 
 
-def run_loader(runner: Runner, state: RunnerState, loader: Iterable, callbacks: list[Callback]) -> None:
+def run_loader(runner: Runner, state: RunnerState, loader: Iterable, callbacks: list[Callback] | Hooks) -> None:
     """One pass over ``loader`` (``state.loader_name`` and ``need_backward`` set): batches, then loader metrics.
 
     Batch metrics are averaged weighted by batch size (and summed over processes) into
     ``state.loader_metrics``, which is also ``state.epoch_metrics[loader_name]``.
     """
+    hooks = as_hooks(callbacks)
     state.loader_len = len(loader) if hasattr(loader, "__len__") else 0
     if state.max_batches is not None and hasattr(loader, "__len__"):
         state.loader_len = min(state.loader_len, state.max_batches)
@@ -99,16 +152,16 @@ def run_loader(runner: Runner, state: RunnerState, loader: Iterable, callbacks: 
     count = 0
     autocast = (torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
                 if state.amp_dtype is not None else contextlib.nullcontext())
-    fire(callbacks, "on_loader_start", state)
+    hooks("on_loader_start", state)
     with torch.set_grad_enabled(state.need_backward):
         for state.batch_index, batch in enumerate(loader):
             state.input = move_to(runner.batch_to_dict(batch), state.device, state.channels_last)
             state.batch_size = _batch_size(state.input)
             state.loss, state.batch_metrics = {}, {}
-            fire(callbacks, "on_batch_start", state)
+            hooks("on_batch_start", state)
             with autocast:
                 state.output = runner.forward(state, state.model)
-            fire(callbacks, "on_batch_end", state)
+            hooks("on_batch_end", state)
             for k, v in state.batch_metrics.items():
                 totals[k] = totals.get(k, 0.0) + v * state.batch_size
             count += state.batch_size
@@ -122,39 +175,42 @@ def run_loader(runner: Runner, state: RunnerState, loader: Iterable, callbacks: 
     state.loader_metrics = {k: v / max(count, 1) for k, v in totals.items()}
     # the same dict: what on_loader_end callbacks add (Catalyst's state.metrics.epoch_values) is kept
     state.epoch_metrics[state.loader_name] = state.loader_metrics
-    fire(callbacks, "on_loader_end", state)
+    hooks("on_loader_end", state)
 
 
-def run_epoch(runner: Runner, state: RunnerState, loaders: Mapping[str, Iterable], callbacks: list[Callback]) -> None:
+def run_epoch(runner: Runner, state: RunnerState, loaders: Mapping[str, Iterable],
+              callbacks: list[Callback] | Hooks) -> None:
     """One training epoch (``state.epoch`` set): every loader in order, then the best-epoch bookkeeping.
 
     Raises:
         KeyError: ``main_metric`` is not among the valid loader's metrics.
     """
+    hooks = as_hooks(callbacks)
     state.global_epoch += 1
     state.epoch_metrics = {}
-    fire(callbacks, "on_epoch_start", state)
+    hooks("on_epoch_start", state)
     for state.loader_name, loader in loaders.items():
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(state.global_epoch)
         state.need_backward = state.loader_name.startswith("train")
-        run_loader(runner, state, loader, callbacks)
+        run_loader(runner, state, loader, hooks)
     state.valid_metrics = state.epoch_metrics[state.valid_loader]
     if state.main_metric not in state.valid_metrics:
         raise KeyError(f"main_metric {state.main_metric!r} is not among the valid metrics "
                        f"{sorted(state.valid_metrics)}; add its callback or choose another")
     state.best.update(state.valid_metrics[state.main_metric], f"{state.stage}.{state.epoch}")
-    fire(callbacks, "on_epoch_end", state)
+    hooks("on_epoch_end", state)
 
 
 def run_infer_epoch(runner: Runner, state: RunnerState, loaders: Mapping[str, Iterable],
-                    callbacks: list[Callback]) -> None:
+                    callbacks: list[Callback] | Hooks) -> None:
     """The one stage and epoch of :meth:`~segzoo.training.Runner.infer`: every loader without gradients."""
-    fire(callbacks, "on_stage_start", state)
-    fire(callbacks, "on_epoch_start", state)
+    hooks = as_hooks(callbacks)
+    hooks("on_stage_start", state)
+    hooks("on_epoch_start", state)
     for state.loader_name, loader in loaders.items():
         state.need_backward = False
-        run_loader(runner, state, loader, callbacks)
-    fire(callbacks, "on_epoch_end", state)
-    fire(callbacks, "on_stage_end", state)
+        run_loader(runner, state, loader, hooks)
+    hooks("on_epoch_end", state)
+    hooks("on_stage_end", state)

@@ -41,8 +41,8 @@ from segzoo.training.compat import (
 )
 from segzoo.training.logdir import check_logdir_path, claim_logdir
 from segzoo.training.loop import (
+    Hooks,
     amp_dtype,
-    fire,
     prepare_model,
     run_epoch,
     run_infer_epoch,
@@ -301,18 +301,18 @@ class Runner(abc.ABC):
             restore_after_resume(resumed, state, state.callbacks)
         state.epoch = start_epoch - 1
         state.stop_training = False
-        cbs = state.callbacks
+        hooks = Hooks(state.callbacks)  # each event's calls worked out once per stage
         try:
-            fire(cbs, "on_stage_start", state)
+            hooks("on_stage_start", state)
             for epoch in range(start_epoch, stage.num_epochs + 1):
                 state.epoch = epoch
-                run_epoch(self, state, loaders, cbs)
+                run_epoch(self, state, loaders, hooks)
                 if state.stop_training:
                     break
-            fire(cbs, "on_stage_end", state)
+            hooks("on_stage_end", state)
         except BaseException as exc:
             state.exception = exc
-            fire(cbs, "on_exception", state)
+            hooks("on_exception", state)
             raise
 
     def infer(self, model: nn.Module | None, loaders: Mapping[str, Iterable],
@@ -377,11 +377,12 @@ class Runner(abc.ABC):
             load_resume(resume, state, None)
         # a CheckpointCallback's only job in infer is the loading above: it writes nothing
         state.callbacks = [c for c in everything if not isinstance(c, CheckpointCallback)]
+        hooks = Hooks(state.callbacks)
         try:
-            run_infer_epoch(self, state, loaders, state.callbacks)
+            run_infer_epoch(self, state, loaders, hooks)
         except BaseException as exc:
             state.exception = exc
-            fire(state.callbacks, "on_exception", state)
+            hooks("on_exception", state)
             raise
         return state
 

@@ -129,3 +129,57 @@ def test_state_key_from_constructor_arguments():
     assert CheckpointCallback().state_key == CheckpointCallback(resume="x.pth", save_n_best=3).state_key
     # identically configured callbacks are numbered in run order
     assert state_keys([Counter("a"), Counter("b"), Counter("a")])[2] == "Counter{'name': 'a', 'step': 1}#2"
+
+
+def test_hooks_skip_empty_hooks_and_keep_every_other_call():
+    from segzoo.training.loop import Hooks, event_calls
+    from segzoo.training.state import RunnerState
+
+    log = []
+    rec, logger, plain = Recorder(log, "rec", CallbackOrder.Metric), RecLogger(log), Callback()
+    assign = Callback()
+    assign.on_loader_start = lambda state: log.append("assigned")  # a hook set on the instance counts
+    calls = event_calls([plain, rec, logger, assign], "on_epoch_start")
+    assert calls == [logger.on_epoch_start, rec.on_epoch_start]  # loggers first on *_start; no empty hooks
+    assert event_calls([plain, rec, logger], "on_batch_end") == [rec.on_batch_end, logger.on_batch_end]
+    assert event_calls([plain, rec], "on_stage_end") == []
+    assert event_calls([assign], "on_loader_start") == [assign.on_loader_start]
+
+    class Dynamic(Callback):  # computes its attributes: asked for the hook at every call, as fire() did
+        def __init__(self):
+            super().__init__()
+            self.asked = 0
+
+        def __getattribute__(self, name):
+            if name == "on_stage_end":
+                object.__setattr__(self, "asked", object.__getattribute__(self, "asked") + 1)
+            return object.__getattribute__(self, name)
+
+    dyn = Dynamic()
+    callbacks = [rec, dyn]
+    hooks = Hooks(callbacks)
+    state = RunnerState()
+    for _ in range(3):
+        hooks("on_stage_end", state)
+    assert dyn.asked == 3
+    hooks("on_epoch_start", state)
+    callbacks.append(logger)  # a callback added meanwhile gets the next events
+    hooks("on_epoch_start", state)
+    assert log == ["start:rec", "start:logger", "start:rec"]
+
+
+def test_criterion_multiplier_one_adds_no_op_and_keeps_the_values():
+    from segzoo.training.state import RunnerState
+
+    x, y = torch.tensor([[0.3, -1.2]]), torch.tensor([[1.0, 0.0]])
+    state = RunnerState(criterion=torch.nn.BCEWithLogitsLoss())
+    state.output, state.input = {"logits": x.requires_grad_()}, {"targets": y}
+    CriterionCallback().on_batch_end(state)
+    one = state.loss["loss"]
+    assert one.grad_fn.name() == "BinaryCrossEntropyWithLogitsBackward0"  # the criterion's own tensor
+    assert state.batch_metrics["loss"] == torch.nn.functional.binary_cross_entropy_with_logits(x, y).item()
+    CriterionCallback(multiplier=2.5).on_batch_end(state)
+    assert torch.equal(state.loss["loss"], one * 2.5)
+    state.criterion = lambda o, t: torch.tensor(3)  # an integer loss still becomes float, as before
+    CriterionCallback().on_batch_end(state)
+    assert state.loss["loss"].dtype == torch.float32 and state.batch_metrics["loss"] == 3.0

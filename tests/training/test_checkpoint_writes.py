@@ -151,3 +151,38 @@ def test_cli_train_on_a_full_disk_is_one_line_exit_2(tmp_path, make_tmpfs):
     epochs = _all_load(logdir / "checkpoints")
     assert epochs.get("last_full.pth") == 1
     assert torch.load(logdir / "checkpoints" / "last.pth", weights_only=True)["epoch"] == 1
+
+
+def test_epoch_files_are_fsynced_and_their_folder_once_before_an_old_one_is_removed(tiny, loaders, tmp_path,
+                                                                                     monkeypatch):
+    import stat
+
+    events = []
+    real_fsync, real_unlink = os.fsync, Path.unlink
+
+    def fsync(fd):
+        events.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    def unlink(self, missing_ok=False):
+        if self.suffix == ".pth":
+            events.append(f"rm {self.name}")
+        real_unlink(self, missing_ok=missing_ok)
+
+    class Mark(Callback):  # runs after the CheckpointCallback on epoch end
+        def __init__(self):
+            super().__init__(CallbackOrder.External + 20)
+
+        def on_epoch_end(self, state):
+            events.append(f"end {state.epoch}")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    train(tiny, loaders, tmp_path, num_epochs=2, main_metric="m",
+          callbacks=[scripted_metric([2.0, 1.0]), CheckpointCallback(save_n_best=1), Mark()])
+    monkeypatch.undo()
+    # epoch 2: last, train.2 and best pairs (6 files), one folder sync, then train.1 goes, then the JSON
+    epoch2 = events[events.index("end 1") + 1:events.index("end 2")]
+    assert epoch2 == ["file"] * 6 + ["dir", "rm train.1.pth", "rm train.1_full.pth", "file", "dir"]
+    assert sorted(_all_load(tmp_path / "checkpoints")) == ["best.pth", "best_full.pth", "last.pth",
+                                                           "last_full.pth", "train.2.pth", "train.2_full.pth"]

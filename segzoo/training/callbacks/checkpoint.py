@@ -13,7 +13,7 @@ import torch
 
 from segzoo.checkpoint import checkpoint_bytes, clean_state_dict
 from segzoo.errors import check_file_name
-from segzoo.fileio import make_folder, write_bytes_atomic, write_json_atomic
+from segzoo.fileio import fsync_dir, make_folder, write_bytes_atomic, write_json_atomic
 from segzoo.models.registry import get_model_spec
 from segzoo.training.callback import Callback, CallbackOrder, register_callback, state_keys
 from segzoo.training.state import RunnerState
@@ -147,8 +147,9 @@ class CheckpointCallback(Callback):
         return make_folder(Path(state.logdir) / "checkpoints")
 
     def _write(self, folder: Path, stem: str, full: bytes, light: bytes) -> None:
-        write_bytes_atomic(folder / f"{stem}_full.pth", full, overwrite=True)
-        write_bytes_atomic(folder / f"{stem}.pth", light, overwrite=True)
+        """Publish ``{stem}_full.pth`` and ``{stem}.pth``, each fsynced; the folder is synced by the caller."""
+        write_bytes_atomic(folder / f"{stem}_full.pth", full, overwrite=True, sync_dir=False)
+        write_bytes_atomic(folder / f"{stem}.pth", light, overwrite=True, sync_dir=False)
 
     def on_epoch_end(self, state: RunnerState) -> None:
         if not state.is_main_process:
@@ -175,6 +176,7 @@ class CheckpointCallback(Callback):
             self._write(folder, name, full, light)
         if state.is_best_valid:
             self._write(folder, "best", full, light)
+        fsync_dir(folder)  # once for every file above: they are durable before an old one goes
         if dropped is not None and dropped[1] != name:  # only once the new files are published
             for suffix in (".pth", "_full.pth"):
                 (folder / f"{dropped[1]}{suffix}").unlink(missing_ok=True)
@@ -206,6 +208,7 @@ class CheckpointCallback(Callback):
                 ck["epoch"] = max(state.epoch - 1, 0)  # the epoch in progress is not complete
                 ck["global_epoch"] = max(state.global_epoch - 1, 0)
             self._write(folder, "last", checkpoint_bytes(full), checkpoint_bytes(light))
+            fsync_dir(folder)
         except OSError as exc:
             print(f"segzoo: the interrupted state was not saved: {exc}", file=sys.stderr)
 

@@ -36,9 +36,11 @@ class CriterionCallback(Callback):
         if criterion is None:
             raise ValueError("CriterionCallback needs a criterion: pass criterion= to train()")
         outputs, targets = outputs_and_targets(self, state)
-        loss = criterion(outputs, targets) * self.multiplier
+        loss = criterion(outputs, targets)
+        if self.multiplier != 1 or not loss.is_floating_point():  # float x * 1.0 is x: no op added to the graph
+            loss = loss * self.multiplier
         state.loss[self.prefix] = loss
-        state.batch_metrics[self.prefix] = float(loss.detach())
+        state.batch_metrics[self.prefix] = float(loss.item())
 
 
 @register_callback("CriterionAggregatorCallback")

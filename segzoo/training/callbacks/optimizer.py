@@ -63,7 +63,7 @@ class OptimizerCallback(Callback):
         if self.loss_key not in state.loss:
             raise KeyError(f"no loss {self.loss_key!r} to optimize; computed: {sorted(state.loss)}")
         loss = state.loss[self.loss_key]
-        value = float(loss.detach())
+        value = float(loss.item())
         last = state.batch_index + 1 == state.loader_len
         if not self._all_finite(value, state):
             if state.nonfinite == "skip":
@@ -75,7 +75,8 @@ class OptimizerCallback(Callback):
             raise NonFiniteLossError(f"non-finite loss {value}{where} at stage {state.stage!r}, epoch {state.epoch}, "
                                      f"batch {state.batch_index} of loader {state.loader_name!r}; the last "
                                      f"checkpoint was kept (use nonfinite='skip' to skip such batches)")
-        loss = loss / self.accumulation_steps
+        if self.accumulation_steps > 1:
+            loss = loss / self.accumulation_steps
         if state.scaler is not None:
             state.scaler.scale(loss).backward()
         else:
