@@ -63,6 +63,7 @@ class ServeSettings:
     tile_overlap: int | None = None
     retry_after: int = 1
     read_timeout: float = 30.0
+    threads: int | None = None  # intra-op threads per worker, as loaded (None: torch's default)
 
 
 class ClientError(Exception):
