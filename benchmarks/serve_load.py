@@ -240,7 +240,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], load: d
     lines = ["_Taken under load (other jobs on the machine); re-run on an idle machine._\n" if args.under_load else "",
              f"{args.clients} clients x {args.requests} requests, {args.size}x{args.size} PNG, "
              f"{args.source or args.model} on {args.backend}, threads {args.threads or 'default'}, "
-             f"workers {args.workers}; load average (1/5/15 min) before "
+             f"workers {args.workers}{', --release-memory' if args.release_memory else ''}; load average (1/5/15 min) before "
              f"{' / '.join(f'{v:.2f}' for v in load['before'])}, after {' / '.join(f'{v:.2f}' for v in load['after'])}\n",
              "| setting | OK / sent | other outcomes | p50 ms | p99 ms | req/s | batches (mean size) | model busy | "
              "server CPU ms/req | RSS MiB start / 10% / 50% / 100% / peak / end | exit |",
@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=5)
     p.add_argument("--threads", type=int, default=None, help="segzoo serve --threads (default: torch's)")
     p.add_argument("--workers", type=int, default=1, help="segzoo serve --workers")
+    p.add_argument("--release-memory", action="store_true", help="segzoo serve --release-memory (both settings)")
     p.add_argument("--settings", nargs="+", choices=("on", "off"), default=["on", "off"],
                    help="batching settings to run, in order (default: on off)")
     p.add_argument("--under-load", action="store_true", help="label the figures as taken on a busy machine")
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--backend", args.backend, "--workers", str(args.workers)]
     if args.threads:
         common += ["--threads", str(args.threads)]
+    if args.release_memory:
+        common += ["--release-memory"]
     serve_args = {"on": common + ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)],
                   "off": common + ["--max-batch", "1"]}
     load = {"before": list(os.getloadavg())}

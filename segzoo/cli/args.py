@@ -194,6 +194,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, command: str = "serve")
                         help="seconds a client has to send its whole body, else 408 (default 30)")
     parser.add_argument("--shutdown-timeout", type=_at_least(float, "shutdown timeout", 0), default=30.0,
                         help="seconds to finish requests in flight after SIGTERM (default 30)")
+    parser.add_argument("--release-memory", action="store_true",
+                        help="let glibc hand freed memory back to the kernel after each batch (its default: lower "
+                             "idle memory, but every request faults its activations in again); by default the "
+                             "server keeps it")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 

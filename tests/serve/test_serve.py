@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import struct
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ from PIL import Image
 
 from segzoo.checkpoint import save_checkpoint
 from segzoo.cli import main
+from segzoo.serve.memory import GLIBC_VARIABLES
 
 pytestmark = pytest.mark.slow  # each module starts `segzoo serve` subprocesses
 
@@ -51,6 +54,9 @@ def test_health_model_and_docs(served):
     info = httpx.get(server.url + "/v1/model").json()
     assert info["architecture"] == "unet" and info["num_classes"] == 3 and info["in_channels"] == 3
     assert info["normalization"]["mean"] == [0.4, 0.5, 0.6] and info["backend"] == "eager"
+    glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
+    user_set = any(k in os.environ for k in GLIBC_VARIABLES)
+    assert info["serving"]["keep_memory"] is (glibc and not user_set)  # segzoo.serve.memory, on by default
     assert httpx.get(server.url + "/docs").status_code == 200
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/v1/predict" in spec["paths"]
