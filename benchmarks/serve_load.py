@@ -7,7 +7,8 @@ runs ``clients`` threads that each send ``requests`` PNG images (``size`` x ``si
 one after the other and check each answer is a PNG mask of that size. Reported per setting:
 answers by status (and transport errors by type, wrong answers as ``bad-mask``), p50 / p90 / p99
 latency, throughput (good answers / wall time), the batches the server ran (mean size), the share
-of the wall time its model thread was busy, its CPU time per request, and its resident memory
+of the wall time its model threads were busy, its CPU time per request (and the clients' CPU time,
+which shares the machine), and its resident memory
 (RSS, from /proc): after warm-up, when 10 %, 50 % and 100 % of the requests are answered, at peak
 (sampled every 0.1 s) and after the run; then SIGTERM and the exit status. Results go to
 ``OUT/NAME.json`` (with an RSS trace) and ``OUT/NAME.md``.
@@ -161,6 +162,7 @@ def run_setting(source: Path, serve_args: list[str], images: list[bytes], size: 
         before = httpx.get(url + "/health", timeout=10).json()
         rss["start"] = rss["peak"] = _rss_mib(proc.pid)
         cpu_start = _cpu_seconds(proc.pid)
+        client_start = time.process_time()
         finished = threading.Event()
         t0 = time.perf_counter()
 
@@ -208,6 +210,7 @@ def run_setting(source: Path, serve_args: list[str], images: list[bytes], size: 
         finished.set()
         sampler.join()
         cpu = _cpu_seconds(proc.pid) - cpu_start
+        client_cpu = time.process_time() - client_start
         after = httpx.get(url + "/health", timeout=10).json()
         rss["end"] = _rss_mib(proc.pid)
     finally:
@@ -227,6 +230,7 @@ def run_setting(source: Path, serve_args: list[str], images: list[bytes], size: 
             "model_busy_s": busy, "model_busy_share": busy / wall if wall else None,
             "model_ms_per_image": 1000 * busy / run if run else None,
             "server_cpu_s": cpu, "server_cpu_ms_per_request": 1000 * cpu / good if good else None,
+            "client_cpu_s": client_cpu,
             "rss_mib": rss, "rss_growth_10_to_100pct_mib": rss.get("at_100pct", math.nan) - rss.get("at_10pct", math.nan),
             "rss_trace": trace, "exit_code": code}
 
