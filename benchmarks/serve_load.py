@@ -10,7 +10,7 @@ latency, throughput (good answers / wall time), the batches the server ran (mean
 of the wall time its model threads were busy, its CPU time per request (and the clients' CPU time,
 which shares the machine), and its resident memory
 (RSS, from /proc): after warm-up, when 10 %, 50 % and 100 % of the requests are answered, at peak
-(sampled every 0.1 s) and after the run; then SIGTERM and the exit status. Results go to
+(sampled every 0.1 s), its range after 10 % (sampled every second) and after the run; then SIGTERM and the exit status. Results go to
 ``OUT/NAME.json`` (with an RSS trace) and ``OUT/NAME.md``.
 
     python -m benchmarks.serve_load --requests 1000                        # the issue's run (resnet34 Unet, 256²)
@@ -220,6 +220,7 @@ def run_setting(source: Path, serve_args: list[str], images: list[bytes], size: 
     run = after["images_run"] - before["images_run"]
     busy = after.get("model_busy_s", math.nan) - before.get("model_busy_s", math.nan)
     good = len(latencies)
+    settled = [v for _, n, v in trace if n >= marks[0.1]]  # sampled after 10 % of the requests
 
     def pct(q: float) -> float | None:
         return float(np.percentile(lat, q)) if lat.size else None
@@ -232,6 +233,7 @@ def run_setting(source: Path, serve_args: list[str], images: list[bytes], size: 
             "server_cpu_s": cpu, "server_cpu_ms_per_request": 1000 * cpu / good if good else None,
             "client_cpu_s": client_cpu,
             "rss_mib": rss, "rss_growth_10_to_100pct_mib": rss.get("at_100pct", math.nan) - rss.get("at_10pct", math.nan),
+            "rss_range_after_10pct_mib": [min(settled), max(settled)] if settled else None,
             "rss_trace": trace, "exit_code": code}
 
 
@@ -257,6 +259,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]], load: d
                      f"{_f(r['p99_ms'])} | {_f(r['throughput_rps'], '.2f')} | {r['batches_run']} "
                      f"({_f(r['mean_batch'], '.1f')}) | {_f(100 * (r['model_busy_share'] or math.nan))}% | "
                      f"{_f(r['server_cpu_ms_per_request'])} | {rss} | {r['exit_code']} |")
+    ranges = [f"{label} {r['rss_range_after_10pct_mib'][0]:.0f}–{r['rss_range_after_10pct_mib'][1]:.0f}"
+              for label, r in results.items() if r.get("rss_range_after_10pct_mib")]
+    if ranges:
+        lines.append(f"\nRSS sampled every second after 10 % of the requests (MiB): {'; '.join(ranges)}.")
     if {"batching on", "batching off"} <= results.keys() and results["batching off"]["throughput_rps"]:
         ratio = results["batching on"]["throughput_rps"] / results["batching off"]["throughput_rps"]
         lines.append(f"\nBatching on / off throughput: {ratio:.2f}x (target >= 1.2x).")
