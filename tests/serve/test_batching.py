@@ -109,3 +109,14 @@ def test_stop_answers_items_still_being_batched():
 def test_submit_before_start_is_an_error():
     with pytest.raises(RuntimeError, match="not started"):
         asyncio.run(Batcher(lambda items: items).submit(1))
+
+
+def test_workers_share_the_cores_unless_threads_are_given(monkeypatch):
+    """N model threads with torch's default of one thread per core each would oversubscribe the cores."""
+    import torch
+
+    from segzoo.cli.serve import threads_per_worker
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert threads_per_worker(1) is None  # torch's default stays
+    assert [threads_per_worker(n) for n in (2, 3, 4, 8)] == [2, 1, 1, 1]
