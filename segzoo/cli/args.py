@@ -179,7 +179,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser, command: str = "serve")
     parser.add_argument("--max-wait-ms", type=_at_least(float, "max wait", 0), default=5.0,
                         help="how long a request waits for others to share its batch (default 5 ms)")
     parser.add_argument("--workers", type=_at_least(int, "workers"), default=1,
-                        help="batches run at the same time, each in its own thread (default 1)")
+                        help="batches run at the same time, each in its own thread (default 1); without "
+                             "--threads each gets cores / workers intra-op threads")
     parser.add_argument("--queue-size", type=_at_least(int, "queue size"), default=64,
                         help="requests in progress at most; more get 503 + Retry-After (default 64)")
     parser.add_argument("--max-bytes", type=_at_least(int, "max bytes"), default=32 * 1024 * 1024,
@@ -193,6 +194,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, command: str = "serve")
                         help="seconds a client has to send its whole body, else 408 (default 30)")
     parser.add_argument("--shutdown-timeout", type=_at_least(float, "shutdown timeout", 0), default=30.0,
                         help="seconds to finish requests in flight after SIGTERM (default 30)")
+    parser.add_argument("--release-memory", action="store_true",
+                        help="let glibc hand freed memory back to the kernel after each batch (its default: lower "
+                             "idle memory, but every request faults its activations in again); by default the "
+                             "server keeps it")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 

@@ -33,6 +33,20 @@ def check_address(host: str, port: int) -> None:
             raise OSError(f"cannot listen on {host}:{port}: {reason} (choose another --port)") from None
 
 
+def threads_per_worker(workers: int) -> int | None:
+    """Intra-op threads of each of ``workers`` model threads when ``--threads`` is not given.
+
+    ``None`` (torch's default, one per core) for one worker; otherwise the cores shared out,
+    at least one each: every thread that runs the model gets its own pool of torch threads, so
+    ``workers`` pools of one per core each would put several spinning threads on every core.
+    """
+    if workers <= 1:
+        return None
+    import torch
+
+    return max(1, torch.get_num_threads() // workers)
+
+
 def _require_serve_packages() -> None:
     import importlib.util
 
@@ -52,18 +66,21 @@ def run(args: argparse.Namespace) -> int:
     from segzoo.inference import load_predictor
     from segzoo.predict import check_model_tile, check_options
     from segzoo.serve.app import ServeSettings, create_app
+    from segzoo.serve.memory import keep_freed_memory
 
     overlap = check_options(tile=args.tile, tile_overlap=args.tile_overlap, max_pixels=args.max_pixels)
     check_address(args.host, args.port)  # before the (slow) model loading
+    keep_memory = not args.release_memory and keep_freed_memory()
+    threads = args.threads if args.threads is not None else threads_per_worker(args.workers)
     predictor = load_predictor(args.source, args.backend, checkpoint=args.checkpoint, model_factory=args.model,
                                device=args.device, normalization=normalization_from_args(args.mean, args.std),
-                               threads=args.threads, calibration=args.calibration,
+                               threads=threads, calibration=args.calibration,
                                calibration_count=args.calibration_count)
     check_model_tile(predictor, args.tile)
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                              workers=args.workers, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
                              tile=args.tile, tile_overlap=overlap if args.tile else None,
-                             read_timeout=args.read_timeout)
+                             read_timeout=args.read_timeout, threads=threads, keep_memory=keep_memory)
     app = create_app(predictor, settings)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout, access_log=args.log_level == "debug")

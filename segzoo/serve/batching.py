@@ -3,25 +3,27 @@
 A request is first *admitted* (at most ``queue_size`` requests are admitted at once, counting
 those being read, queued and run; one more is refused with :class:`QueueFullError`, which the
 app answers with 503 + ``Retry-After``), then its decoded image is *submitted*. One asyncio task
-collects submitted images: it takes the first, waits at most ``max_wait_ms`` for more, up to
-``max_batch``, and hands the batch to a thread pool of ``workers`` threads, so the event loop
-never runs the model. In the thread, images of the same H x W are stacked into one forward pass
-(different sizes run as separate passes, never padded together), and each request's future
-gets the logits of its own image, by position.
+forms the batches, and forms each one only when one of the ``workers`` threads is free to run it:
+it then takes the first queued item, waits at most ``max_wait_ms`` for more, up to ``max_batch``
+(items already queued are taken without waiting), and hands the batch to that thread, so the
+event loop never runs the model. Forming a batch before a worker is free would fill it with the
+few requests that arrived in the first ``max_wait_ms`` and leave the rest for later, half-empty
+batches. In the thread, images of the same H x W are stacked into one forward pass (different
+sizes run as separate passes, never padded together, see :func:`run_grouped`), and each
+request's future gets its own result, by position.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
-import torch
-
-RunBatch = Callable[[Sequence[np.ndarray]], list[torch.Tensor]]
+RunBatch = Callable[[Sequence[Any]], Sequence[Any]]
 
 
 class QueueFullError(RuntimeError):
@@ -30,41 +32,45 @@ class QueueFullError(RuntimeError):
 
 @dataclass
 class _Job:
-    image: np.ndarray
+    item: Any
     future: asyncio.Future
 
 
-def group_by_size(images: Sequence[np.ndarray]) -> list[list[int]]:
-    """Indices of ``images`` grouped by shape, groups in order of first appearance."""
-    groups: dict[tuple, list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(tuple(img.shape), []).append(i)
+def group_by_size(keys: Sequence[Hashable]) -> list[list[int]]:
+    """Indices of equal ``keys`` (e.g. image shapes) grouped, groups in order of first appearance."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
     return list(groups.values())
 
 
-def run_grouped(forward: Callable[[list[np.ndarray]], torch.Tensor],
-                images: Sequence[np.ndarray]) -> list[torch.Tensor]:
-    """Run ``forward`` (list of same-size (H, W, 3) images -> logits (B, K, H, W)) once per size group.
+def run_grouped(forward: Callable[[list[Any]], Sequence[Any]], items: Sequence[Any],
+                key: Callable[[Any], Hashable]) -> list[Any]:
+    """Run ``forward`` once per group of ``items`` with equal ``key(item)`` (e.g. the image's H x W).
 
-    Returns the logits (K, H, W) of each image, in input order.
+    ``forward`` maps a list of items of one group to one result per item, in order; returns
+    the result of each item, in input order.
     """
-    out: list[torch.Tensor | None] = [None] * len(images)
-    for indices in group_by_size(images):
-        logits = forward([images[i] for i in indices])
-        for j, i in enumerate(indices):
-            out[i] = logits[j]
-    return out  # type: ignore[return-value]
+    out: list[Any] = [None] * len(items)
+    for indices in group_by_size([key(item) for item in items]):
+        results = forward([items[i] for i in indices])
+        for i, result in zip(indices, results):
+            out[i] = result
+    return out
 
 
 class Batcher:
-    """Collects single-image requests into batches and runs them in worker threads.
+    """Collects single-item requests into batches and runs them in worker threads.
 
     Args:
-        run_batch: images (each (H, W, 3)) -> their logits (K, H, W), in order; runs in a worker thread.
-        max_batch: most images per batch (1 turns batching off).
-        max_wait_ms: how long the first image of a batch waits for others.
+        run_batch: items -> one result per item, in order; runs in a worker thread.
+        max_batch: most items per batch (1 turns batching off).
+        max_wait_ms: how long a free worker waits for a batch to fill once its first item is there.
         queue_size: most requests admitted at once (reading, queued or running).
         workers: batches that run at the same time (threads).
+
+    Attributes ``batches``, ``images`` and ``busy_seconds`` (summed time the workers spent in
+    ``run_batch``) count what has run; ``/health`` reports them.
     """
 
     def __init__(self, run_batch: RunBatch, max_batch: int = 8, max_wait_ms: float = 5.0, queue_size: int = 64,
@@ -77,6 +83,8 @@ class Batcher:
         self.admitted = 0
         self.batches = 0
         self.images = 0
+        self.busy_seconds = 0.0
+        self._pending = 0  # submitted, result not yet set
         self._queue: asyncio.Queue[_Job] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -91,8 +99,8 @@ class Batcher:
         self._task = asyncio.create_task(self._collect())
 
     async def stop(self) -> None:
-        """Finish the queued and running batches, then stop the task and the threads."""
-        while self._queue is not None and (not self._queue.empty() or self._running):
+        """Finish every submitted item (queued, being batched or running), then stop the task and the threads."""
+        while self._pending or self._running:
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -117,49 +125,66 @@ class Batcher:
         finally:
             self.admitted -= 1
 
-    async def submit(self, image: np.ndarray) -> torch.Tensor:
-        """Queue one (H, W, 3) image; returns its logits (K, H, W) once its batch has run."""
+    async def submit(self, item: Any) -> Any:
+        """Queue one item (for the app: a decoded image and its options); returns its result once its batch has run."""
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(image, future))
+        self._pending += 1
+        self._queue.put_nowait(_Job(item, future))
         return await future
 
-    async def _collect(self) -> None:
+    async def _next_batch(self) -> list[_Job]:
+        assert self._queue is not None
         loop = asyncio.get_running_loop()
-        assert self._queue is not None and self._slots is not None
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), left))
+            except asyncio.TimeoutError:  # noqa: UP041  (not the builtin before Python 3.11)
+                break
+        return batch
+
+    async def _collect(self) -> None:
+        assert self._slots is not None
         while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_batch:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                    continue
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
-                except asyncio.TimeoutError:  # noqa: UP041  (not the builtin before Python 3.11)
-                    break
-            await self._slots.acquire()
+            await self._slots.acquire()  # a worker is free: only now form its batch
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _timed(self, items: list[Any]) -> tuple[Sequence[Any], float]:
+        start = time.perf_counter()
+        results = self.run_batch(items)
+        return results, time.perf_counter() - start
 
     async def _run(self, batch: list[_Job]) -> None:
         assert self._slots is not None
         try:
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, self.run_batch, [job.image for job in batch])
+            results, seconds = await loop.run_in_executor(self._executor, self._timed, [job.item for job in batch])
             self.batches += 1
             self.images += len(batch)
-            for job, logits in zip(batch, results):
+            self.busy_seconds += seconds
+            for job, result in zip(batch, results):
                 if not job.future.done():
-                    job.future.set_result(logits)
+                    job.future.set_result(result)
         except Exception as exc:  # the model failed: every request of the batch gets the error
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(exc)
         finally:
+            self._pending -= len(batch)
             self._slots.release()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import struct
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,7 @@ from PIL import Image
 
 from segzoo.checkpoint import save_checkpoint
 from segzoo.cli import main
+from segzoo.serve.memory import GLIBC_VARIABLES
 
 pytestmark = pytest.mark.slow  # each module starts `segzoo serve` subprocesses
 
@@ -50,6 +53,10 @@ def test_health_model_and_docs(served):
     info = httpx.get(server.url + "/v1/model").json()
     assert info["architecture"] == "unet" and info["num_classes"] == 3 and info["in_channels"] == 3
     assert info["normalization"]["mean"] == [0.4, 0.5, 0.6] and info["backend"] == "eager"
+    glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
+    user_set = any(k in os.environ for k in GLIBC_VARIABLES)
+    assert info["serving"]["keep_memory"] is (glibc and not user_set)  # segzoo.serve.memory, on by default
+    assert info["serving"]["threads"] == 1  # as given (tests/_serving.py)
     assert httpx.get(server.url + "/docs").status_code == 200
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/v1/predict" in spec["paths"]
@@ -260,7 +267,7 @@ def test_full_queue_is_503_with_retry_after(tmp_path):
 
 
 def test_sigterm_answers_requests_in_flight_then_exits_0(tmp_path):
-    server = _slow_server(tmp_path, "--max-batch", "1")
+    server = _slow_server(tmp_path, "--max-batch", "1", "--workers", "2")
     data = png_bytes(random_image(16, 16, 1))
     replies = []
     threads = [threading.Thread(target=lambda: replies.append(_post(server.url, data))) for _ in range(3)]
