@@ -69,10 +69,18 @@ def prepare_model(model: nn.Module, state: RunnerState, compile: bool | dict = F
 
 
 def fire(callbacks: list[Callback], event: str, state: RunnerState) -> None:
-    """Call ``event`` on every callback: loggers first on ``*_start``, last on ``*_end`` / ``on_exception``."""
+    """Call ``event`` on every callback: loggers first on ``*_start``, last on ``*_end`` / ``on_exception``,
+    except that callbacks with :attr:`~segzoo.training.Callback.saves_run_state` (the CheckpointCallback)
+    come after all others, loggers included, on ``*_end`` / ``on_exception``: they save the others'
+    state as the event left it."""
     loggers = [c for c in callbacks if isinstance(c, LoggerCallback)]
     others = [c for c in callbacks if not isinstance(c, LoggerCallback)]
-    for cb in (loggers + others if event.endswith("_start") else others + loggers):
+    if event.endswith("_start"):
+        ordered = loggers + others
+    else:
+        ordered = others + loggers
+        ordered = [c for c in ordered if not c.saves_run_state] + [c for c in ordered if c.saves_run_state]
+    for cb in ordered:
         getattr(cb, event)(state)
 
 
