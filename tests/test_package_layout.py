@@ -55,3 +55,14 @@ def test_files_are_published_only_by_fileio():
     found = [f"{p.relative_to(PACKAGE)}:{i}" for p in MODULES if p.name != "fileio.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if writer.search(line)]
     assert not found, found
+
+
+def test_traced_file_names_come_from_one_helper():
+    """TorchScript file names are built by segzoo.export.traced_filename alone (segzoo trace and runner.trace)."""
+    from segzoo.export import traced_filename
+
+    assert traced_filename(None, "forward", "train", True) == "traced-forward-in_train-with_grad.pth"
+    assert traced_filename("best") == "traced-best-forward.pth"
+    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in MODULES if p.name != "torchscript.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"[\"']traced-", line)]
+    assert not found, found
