@@ -59,9 +59,12 @@ class Stage:
     Unset fields (``None``) fall back to the arguments of :meth:`Runner.train`; the stage's
     callbacks are added to the run's. Epochs count from 1 within each stage, and checkpoints
     are named ``{stage}.{epoch}.pth``. Stateful callbacks (early stopping) start afresh in
-    each stage; the best-checkpoint metric, the top-N checkpoints and ``_metrics.json`` span the
-    whole run. A run resumed at any point goes on exactly as the uninterrupted run would (a stage
-    that early stopping ended is not resumed: the next one starts).
+    each stage; the best-checkpoint metric is tracked over the whole run. The stage's own
+    callbacks and the defaults the runner adds (among them the default CheckpointCallback: its
+    top-N and ``_metrics.json`` are the stage's) are new in each stage; the callbacks given to
+    :meth:`Runner.train` are the same objects in every stage. A run resumed at any point goes on
+    exactly as the uninterrupted run would (a stage that early stopping ended is not resumed: the
+    next one starts).
 
     Args:
         name: stage name (unique within the run).
@@ -226,8 +229,6 @@ class Runner(abc.ABC):
         resume = resume_of_callbacks(given, resume)
         if timeit and not any(isinstance(c, TimerCallback) for c in given):
             given.append(TimerCallback())
-        if not any(isinstance(c, CheckpointCallback) for c in given):
-            given.append(CheckpointCallback())  # one for the run: its top-N and _metrics.json span the stages
         if seed is not None:
             seed_everything(seed)
 

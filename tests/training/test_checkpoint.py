@@ -243,29 +243,33 @@ class _CrashAt(Callback):
         self._crash("on_epoch_start", state)
 
 
-@pytest.mark.parametrize("event,stage,epoch", [
-    ("on_stage_end", "a", 3),      # after early stopping ended stage a (epoch 3 of 4)
-    ("on_epoch_start", "b", 2),    # inside stage b: early stopping keeps stage b's state
+@pytest.mark.parametrize("event,stage,epoch,own_saver", [
+    ("on_stage_end", "a", 3, True),     # after early stopping ended stage a (epoch 3 of 4)
+    ("on_stage_end", "a", 3, False),    # the default CheckpointCallback is the stage's: stage b's starts new
+    ("on_epoch_start", "b", 2, False),  # inside stage b: early stopping keeps stage b's state
 ])
-def test_resume_across_stages_behaves_like_the_uninterrupted_run(loaders, tmp_path, event, stage, epoch):
+def test_resume_across_stages_behaves_like_the_uninterrupted_run(loaders, tmp_path, event, stage, epoch, own_saver):
     values = [5.0, 4.0, 4.5, 9.0, 3.0, 3.5, 3.4, 3.3]  # by global epoch
 
     def run(logdir, extra=(), resume=None):
         stopper = EarlyStoppingCallback(1, metric="m")
+        saver = [CheckpointCallback()] if own_saver else []  # given: one object for every stage
         torch.manual_seed(0)
         state = train(TinyNet(), loaders, logdir, main_metric="m", stages=[Stage("a", 4), Stage("b", 4)],
-                      callbacks=[scripted_metric(values), stopper, *extra], resume=resume, seed=0)
+                      callbacks=[scripted_metric(values), stopper, *saver, *extra], resume=resume, seed=0)
         names = [e["name"] for e in json.loads((logdir / "checkpoints" / "_metrics.json").read_text())["epochs"]]
         return state, stopper, names
 
     state, stopper, names = run(tmp_path / "once")
-    assert names == ["a.1", "a.2", "a.3", "b.1", "b.2", "b.3"]  # both stages stopped early
+    # both stages stopped early; the metrics history is the run's (own saver) or the last stage's
+    assert names == ["a.1", "a.2", "a.3", "b.1", "b.2", "b.3"][0 if own_saver else 3:]
     with pytest.raises(RuntimeError, match="crash"):
         run(tmp_path / "twice", extra=[_CrashAt(event, stage, epoch)])
     state2, stopper2, names2 = run(tmp_path / "twice", resume=tmp_path / "twice")
     assert names2 == names
     assert (stopper2.best, stopper2.wait) == (stopper.best, stopper.wait) == (3.0, 1)
     assert (state2.stage, state2.epoch, state2.global_epoch) == (state.stage, state.epoch, state.global_epoch)
+    assert state2.best_name == state.best_name == "b.2"
 
 
 def test_ctrl_c_checkpoint_names_the_interrupted_epoch_and_resume_redoes_it(tiny, loaders, tmp_path, capsys):
