@@ -20,7 +20,6 @@ import errno
 import io
 import os
 import pickle
-import stat
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from segzoo.errors import CheckpointError, short_repr
-from segzoo.fileio import os_error_reason, write_bytes_atomic
+from segzoo.fileio import os_error_reason, stat_input_file, write_bytes_atomic
 
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -132,18 +131,7 @@ _MAX_EXPANSION, _EXPANSION_SLACK = 2, 1 << 20
 
 def _check_checkpoint_file(path: Path) -> int:
     """Refuse what is not a readable regular checkpoint file before torch reads it; returns its size."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise CheckpointError(f"checkpoint {path} is a symbolic link to a missing file") from None
-        raise FileNotFoundError(f"checkpoint not found: {path}") from None
-    except OSError as exc:  # ELOOP (a symlink loop), ENAMETOOLONG, EACCES...
-        raise CheckpointError(f"cannot read checkpoint {path}: {os_error_reason(exc)}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise CheckpointError(f"checkpoint {path} is a folder, expected a .pth file")
-    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
-        raise CheckpointError(f"checkpoint {path} is not a regular file (a pipe or a device?)")
+    st = stat_input_file(path, "checkpoint", CheckpointError, expected="expected a .pth file")
     if st.st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it is not a torch file")
     try:

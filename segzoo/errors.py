@@ -88,3 +88,21 @@ def short_repr(value: object, limit: int = 80) -> str:
         return text if len(value) else repr(value)
     text = repr(value) if not isinstance(value, str) or len(value) <= limit else repr(value[:limit])
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: the optional extras of setup.cfg (``pip install "segzoo[train]"``)
+EXTRAS = ("train", "export", "bench", "serve", "all", "dev")
+
+
+def install_hint(extra: str) -> str:
+    """How to install the optional ``extra``, for error messages: from an index and from a checkout.
+
+    Returns:
+        ``pip install "segzoo[serve]" (or pip install -e ".[serve]" from a checkout)``.
+
+    Raises:
+        ValueError: ``extra`` is not one of :data:`EXTRAS`.
+    """
+    if extra not in EXTRAS:
+        raise ValueError(f"unknown extra {short_repr(extra)}; segzoo's extras are {', '.join(EXTRAS)}")
+    return f'pip install "segzoo[{extra}]" (or pip install -e ".[{extra}]" from a checkout)'

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -48,6 +49,42 @@ def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
     err = WriteError(exc.errno, f"cannot write {path}: {os_error_reason(exc)}")
     err.filename = str(path)
     return err
+
+
+def stat_input_file(path: str | os.PathLike, what: str, error: type[Exception], shown: str | None = None,
+                    expected: str = "") -> os.stat_result:
+    """``os.stat`` of a file about to be read, refusing anything but a regular file before it is opened.
+
+    A folder, a FIFO or a device (which would block or never end), a broken symbolic link, a
+    symbolic-link loop or an unreadable path is refused with one line
+    ``cannot read {what} {shown}: {reason}``, e.g. ``cannot read checkpoint run/best.pth: it is a folder``.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (``"image"``, ``"checkpoint"``...).
+        error: the exception class of the refusals (``DataError``, ``CheckpointError``...).
+        shown: ``path`` as the message shows it (default: as given).
+        expected: added to the folder refusal, e.g. ``"expected a .pth file"``.
+
+    Raises:
+        FileNotFoundError: nothing at ``path`` (``no such {what}: {shown}``).
+        error: ``path`` exists but is not a readable regular file.
+    """
+    shown = os.fspath(path) if shown is None else shown
+    prefix = f"cannot read {what} {shown}"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise error(f"{prefix}: broken symbolic link to a missing file") from None
+        raise FileNotFoundError(f"no such {what}: {shown}") from None
+    except OSError as exc:  # ELOOP (a symlink loop), ENAMETOOLONG, EACCES...
+        raise error(f"{prefix}: {os_error_reason(exc)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{prefix}: it is a folder" + (f", {expected}" if expected else ""))
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{prefix}: not a regular file (a pipe or a device?)")
+    return st
 
 
 def _same_file(a: Path, b: Path) -> bool:

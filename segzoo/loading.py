@@ -28,9 +28,6 @@ ModelFactoryLike = ModelFactory | str
 
 _MISMATCH_HINT = " (wrong --model factory or model arguments?)"
 
-IMAGENET_NORMALIZATION: dict[str, list[float]] = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-
-
 @dataclass
 class LoadedModel:
     """A model rebuilt from a checkpoint, with where it came from.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -112,6 +113,23 @@ def test_results_json_markdown_and_plot(tmp_path):
     assert "| segzoo unet | cpu | fp32 | off | 2 x 64 |" in paths["md"].read_text()
     if "png" in paths:
         assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_results_replace_their_files_atomically_and_never_write_through_them(tmp_path):
+    results = bench.run_benchmark([TINY], tiny_cfg(repeats=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    keep = tmp_path / "keep.json"
+    keep.write_text("someone else's file")
+    os.link(keep, out / "t.json")  # the old result shares its inode with another file
+    (out / "t.md").write_text("old table")
+    paths = bench.write_results(results, bench.environment(), out, "t")
+    assert keep.read_text() == "someone else's file"  # replaced, not written through
+    assert json.loads(paths["json"].read_text())["results"][0]["label"] == results[0]["label"]
+    assert "| segzoo unet |" in paths["md"].read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["t.json", "t.md"]  # no temporary file left
+    paths = bench.write_results(results, bench.environment(), out, "t")  # a re-run replaces its own files
+    assert paths["json"].stat().st_nlink == 1
 
 
 def test_train_step_memory_in_process_is_positive():

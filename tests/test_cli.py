@@ -15,6 +15,21 @@ def test_models_lists_registry(capsys):
     assert {"decoder: upernet", "encoder: resnet", "head: unet"} <= set(capsys.readouterr().out.splitlines())
 
 
+def test_models_parts_filters_by_kind_too(capsys):
+    from segzoo.cli.args import PART_NAMES
+
+    for pattern in ("decoder", "decoders", "dec*"):
+        assert main(["models", "--parts", pattern]) == 0
+        assert capsys.readouterr().out.splitlines() == [f"decoder: {n}" for n in PART_NAMES["decoder"]]
+    assert main(["models", "--parts", "head"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["head: fpn", "head: unet"]
+    assert main(["models", "--parts", "unet"]) == 0  # a name still matches in every kind
+    assert capsys.readouterr().out.splitlines() == ["encoder: unet", "bridge: unet", "decoder: unet", "head: unet"]
+    assert main(["models", "--parts", "decodr"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'decodr'" in err and "decoder" in err
+
+
 def test_models_unknown_pattern_is_one_line_error(capsys):
     assert main(["models", "vgg*"]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 
 from segzoo.errors import (
@@ -7,6 +10,7 @@ from segzoo.errors import (
     SegzooError,
     WeightsUnavailableError,
     close_matches,
+    install_hint,
     unknown_name_error,
 )
 
@@ -49,3 +53,28 @@ def test_unknown_name_error_without_close_match_and_with_generator():
     assert "did you mean" not in msg
     assert msg.startswith("unknown loss 'qqq'")
     assert msg.endswith("Valid loss names: DiceLoss, FocalLoss")
+
+
+def test_install_hints_name_both_the_index_and_the_checkout_form():
+    assert install_hint("serve") == 'pip install "segzoo[serve]" (or pip install -e ".[serve]" from a checkout)'
+    with pytest.raises(ValueError, match="unknown extra 'servr'; segzoo's extras are train, export"):
+        install_hint("servr")
+
+
+def test_every_message_suggesting_an_install_uses_install_hint():
+    """No hand-written ``pip install`` outside segzoo/errors.py (the README installs from a checkout)."""
+    package = Path(__file__).resolve().parents[1] / "segzoo"
+    found = [f"{p.relative_to(package)}:{i}" for p in sorted(package.rglob("*.py")) if p.name != "errors.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"pip install", line)]
+    assert not found, found
+
+
+def test_missing_serve_packages_say_how_to_install_them(monkeypatch):
+    import importlib.util
+
+    from segzoo.cli import serve
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError) as info:
+        serve._require_serve_packages()
+    assert str(info.value) == ("segzoo serve needs fastapi, uvicorn, python-multipart: " + install_hint("serve"))

@@ -80,9 +80,10 @@ def test_ctrl_c_saves_resumable_checkpoint(tmp_path):
     cfg = _config(tmp_path)
     folder = tmp_path / "run" / "checkpoints"
     proc = _start(cfg)
-    # log.txt is written last in an epoch: the Ctrl-C then lands in the next one (after last.pth alone it
-    # often landed in the same epoch's remaining writes, where by design nothing more is saved)
-    _wait_for(tmp_path / "run" / "log.txt", proc)
+    # _metrics.json is written last in an epoch (the CheckpointCallback runs after the loggers): the Ctrl-C
+    # then lands in the next one (after last.pth alone it often landed in the same epoch's remaining
+    # writes, where by design nothing more is saved)
+    _wait_for(folder / "_metrics.json", proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

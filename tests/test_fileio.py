@@ -152,3 +152,32 @@ def test_sync_dir_false_leaves_the_folder_sync_to_the_caller(tmp_path, monkeypat
     fileio.fsync_dir(tmp_path)
     assert synced == ["file", "file", "dir"]
     assert (tmp_path / "b.bin").read_bytes() == b"b"
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("folder", "it is a folder"), ("fifo", "not a regular file"),
+    ("dangling", "broken symbolic link to a missing file"), ("loop", "too many levels of symbolic links"),
+])
+def test_checkpoints_and_images_refuse_non_files_alike(tmp_path, kind, reason):
+    """One stat check (segzoo.fileio.stat_input_file) for every input file: same reasons, each naming the file."""
+    from segzoo.checkpoint import load_checkpoint
+    from segzoo.data.folder import DataError, read_image
+    from segzoo.errors import CheckpointError
+
+    path = tmp_path / "in"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "missing")
+    else:
+        path.symlink_to(tmp_path / "in")
+    with pytest.raises(CheckpointError) as ck:
+        load_checkpoint(path)
+    with pytest.raises(DataError) as img:
+        read_image(path)
+    assert str(ck.value).startswith(f"cannot read checkpoint {path}: {reason}"), str(ck.value)
+    assert str(img.value).startswith(f"cannot read image {path}: {reason}"), str(img.value)
+    with pytest.raises(FileNotFoundError, match=f"^no such checkpoint: {tmp_path / 'none'}$"):
+        load_checkpoint(tmp_path / "none")

@@ -55,3 +55,27 @@ def test_files_are_published_only_by_fileio():
     found = [f"{p.relative_to(PACKAGE)}:{i}" for p in MODULES if p.name != "fileio.py"
              for i, line in enumerate(p.read_text().splitlines(), 1) if writer.search(line)]
     assert not found, found
+
+
+def test_traced_file_names_come_from_one_helper():
+    """TorchScript file names are built by segzoo.export.traced_filename alone (segzoo trace and runner.trace)."""
+    from segzoo.export import traced_filename
+
+    assert traced_filename(None, "forward", "train", True) == "traced-forward-in_train-with_grad.pth"
+    assert traced_filename("best") == "traced-best-forward.pth"
+    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in MODULES if p.name != "torchscript.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"[\"']traced-", line)]
+    assert not found, found
+
+
+def test_imagenet_mean_and_std_are_defined_once():
+    from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD
+    from segzoo.inference.processing import check_normalization
+
+    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in MODULES
+             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"0\.485|0\.229", line)]
+    assert found == ["data/visual.py:10", "data/visual.py:11"], found
+    default = check_normalization(None, 3)
+    assert default == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    default["mean"][0] = 99.0  # a caller changing its copy changes nothing else
+    assert check_normalization(None, 3)["mean"][0] == IMAGENET_MEAN[0]

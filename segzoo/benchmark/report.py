@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from segzoo.fileio import atomic_write, make_folder, write_bytes_atomic
+
 __all__ = ["ratios", "markdown_table", "ratio_table", "write_results", "plot_throughput"]
 
 
@@ -69,15 +71,17 @@ def write_results(results: Sequence[dict[str, Any]], env: dict[str, Any], out_di
     """Write ``<name>.json`` (environment, command, results, ratios), ``<name>.md`` (tables) and,
     when matplotlib is installed and several resolutions were run, ``<name>.png``.
 
+    Each file is written atomically through :mod:`segzoo.fileio` and replaces the previous result
+    of the same name (a benchmark re-run updates its own files; readers never see half a file).
+
     Returns:
         The written paths by kind (``"json"``, ``"md"``, optionally ``"png"``).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir)
     pairs = ratios(results)
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
     payload = {"environment": env, "command": command, "results": list(results), "ratios": pairs}
-    paths["json"].write_text(json.dumps(payload, indent=1) + "\n")
+    write_bytes_atomic(paths["json"], (json.dumps(payload, indent=1) + "\n").encode(), overwrite=True)
     text = [f"# {name}", "", f"Command: `{command}`" if command else "", "",
             f"Environment: torch {env.get('torch')}, CUDA {env.get('cuda')}, {env.get('cpu')} "
             f"(ISA {env.get('cpu_capability')}, {env.get('cpu_count')} CPUs, {env.get('torch_threads')} threads), "
@@ -85,7 +89,7 @@ def write_results(results: Sequence[dict[str, Any]], env: dict[str, Any], out_di
             f"smp {env.get('smp')}", "", markdown_table(results), ""]
     if pairs:
         text += [ratio_table(pairs), ""]
-    paths["md"].write_text("\n".join(text))
+    write_bytes_atomic(paths["md"], "\n".join(text).encode(), overwrite=True)
     png = plot_throughput(results, out / f"{name}.png")
     if png is not None:
         paths["png"] = png
@@ -110,7 +114,7 @@ def plot_throughput(results: Sequence[dict[str, Any]], path: str | Path) -> Path
     """Forward img/s against resolution, one line per model (segzoo solid, smp dashed).
 
     Returns the PNG path, or ``None`` when matplotlib is missing or fewer than two
-    resolutions were measured.
+    resolutions were measured. The file is written atomically and replaces an earlier plot.
     """
     try:
         import matplotlib
@@ -139,6 +143,8 @@ def plot_throughput(results: Sequence[dict[str, Any]], path: str | Path) -> Path
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), overwrite=True)
+    finally:
+        plt.close(fig)
     return Path(path)

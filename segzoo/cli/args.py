@@ -40,7 +40,9 @@ PART_NAMES: dict[str, tuple[str, ...]] = {
 
 def add_models_arguments(parser: argparse.ArgumentParser, command: str = "models") -> None:
     """Arguments of ``segzoo models``."""
-    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    parser.add_argument("pattern", nargs="?", default="*",
+                        help="shell-style filter, e.g. 'resnet*'; with --parts it matches a part's name or "
+                             "its kind, e.g. 'decoder' (or 'decoders')")
     parser.add_argument("--parts", action="store_true",
                         help="list the part registries (encoders, bridges, decoders, heads) instead of the models")
 

@@ -18,14 +18,15 @@ def list_model_names(pattern: str = "*") -> list[str]:
 
 
 def list_part_lines(pattern: str = "*") -> list[str]:
-    """``kind: name`` of each built-in part whose name matches ``pattern`` (no torch import)."""
+    """``kind: name`` of each built-in part whose name or kind matches the shell-style ``pattern``
+    (no torch import): ``"u*"`` matches names, ``"decoder"`` / ``"decoders"`` every decoder."""
     return [f"{kind}: {name}" for kind, names in PART_NAMES.items() for name in names
-            if fnmatch.fnmatch(name, pattern)]
+            if any(fnmatch.fnmatch(text, pattern) for text in (name, kind, f"{kind}s"))]
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the built-in model names matching ``args.pattern``, one a line; with ``args.parts``,
-    ``kind: name`` of each matching encoder, bridge, decoder and head.
+    ``kind: name`` of each encoder, bridge, decoder and head whose name or kind matches.
 
     Raises:
         NotFoundError: nothing matches (the message lists close matches).
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         lines = list_part_lines(args.pattern)
         if not lines:
             raise unknown_name_error("part pattern", args.pattern,
-                                     sorted({n for names in PART_NAMES.values() for n in names}))
+                                     [*PART_NAMES, *sorted({n for names in PART_NAMES.values() for n in names})])
         print("\n".join(lines))
         return 0
     names = list_model_names(args.pattern)

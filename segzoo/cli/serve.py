@@ -10,6 +10,8 @@ import argparse
 import signal
 import sys
 
+from segzoo.errors import install_hint
+
 
 def check_address(host: str, port: int) -> None:
     """Refuse an address that cannot be listened on (port in use, unknown host) with one line.
@@ -54,7 +56,7 @@ def _require_serve_packages() -> None:
                                          ("python-multipart", "python_multipart"))
                if importlib.util.find_spec(module) is None]
     if missing:
-        raise ModuleNotFoundError(f"segzoo serve needs {', '.join(missing)}: pip install 'segzoo[serve]'")
+        raise ModuleNotFoundError(f"segzoo serve needs {', '.join(missing)}: {install_hint('serve')}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +37,7 @@ from torch.utils.data import Dataset
 
 from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, to_item
 from segzoo.errors import SegzooError
-from segzoo.fileio import os_error_reason
+from segzoo.fileio import os_error_reason, stat_input_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 MASK_SUFFIXES = (".png",)
@@ -83,22 +82,6 @@ class DataError(SegzooError, ValueError):
         super().__init__(text)
 
 
-def _stat_file(path: Path, what: str) -> None:
-    """Refuse anything that is not a regular file (folders, FIFOs, broken links) before opening it."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if os.path.lexists(path):
-            raise DataError(f"cannot read {what} {show_path(path)}: broken symbolic link") from None
-        raise FileNotFoundError(f"no such {what}: {show_path(path)}") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {what} {show_path(path)}: {os_error_reason(exc)}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise DataError(f"cannot read {what} {show_path(path)}: it is a folder")
-    if not stat.S_ISREG(st.st_mode):
-        raise DataError(f"cannot read {what} {show_path(path)}: not a regular file")
-
-
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return os_error_reason(exc)
@@ -124,7 +107,7 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int = M
         DataError: see above.
     """
     path = Path(path)
-    _stat_file(path, what)
+    stat_input_file(path, what, DataError, shown=show_path(path))  # not a folder, FIFO, broken link...
     with _open_checked(path, path, what, max_pixels) as img:
         yield img
 

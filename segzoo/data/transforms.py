@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from segzoo.errors import install_hint
+
 
 def _albumentations():
     try:
         import albumentations as A
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("augmentation presets need albumentations: pip install 'segzoo[train]'") from exc
+        raise ImportError(f"augmentation presets need albumentations: {install_hint('train')}") from exc
     return A
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from segzoo.errors import SegzooError
+from segzoo.errors import SegzooError, install_hint
 from segzoo.fileio import atomic_path, check_not_input, write_bytes_atomic, write_error
 from segzoo.inference.metadata import model_metadata
 from segzoo.loading import LoadedModel
@@ -99,7 +99,7 @@ def require(module: str, purpose: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(f"{purpose} needs the {module!r} package: pip install 'segzoo[export]'") from exc
+        raise MissingDependencyError(f"{purpose} needs the {module!r} package: {install_hint('export')}") from exc
 
 
 def checkpoint_metadata(loaded: LoadedModel) -> dict[str, Any]:

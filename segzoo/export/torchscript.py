@@ -36,10 +36,14 @@ from segzoo.inference.metadata import torchscript_extra_files
 from segzoo.loading import ModelFactoryLike, load_model_info
 
 
-def traced_filename(checkpoint: str, method: str = "forward", mode: str = "eval",
+def traced_filename(checkpoint: str | None, method: str = "forward", mode: str = "eval",
                     requires_grad: bool = False) -> str:
-    """Catalyst's name: ``traced-{checkpoint}-{method}[-in_train][-with_grad].pth``."""
-    name = f"traced-{checkpoint}-{method}"
+    """Catalyst's name: ``traced-{checkpoint}-{method}[-in_train][-with_grad].pth``.
+
+    ``checkpoint=None`` (a model traced without a checkpoint, ``SupervisedRunner.trace``) leaves
+    that part out: ``traced-{method}[-in_train][-with_grad].pth``.
+    """
+    name = "traced-" + (f"{checkpoint}-" if checkpoint is not None else "") + method
     if mode == "train":
         name += "-in_train"
     if requires_grad:

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from segzoo.errors import install_hint
+
 BACKENDS = ("eager", "torchscript", "onnxruntime", "onnxruntime-int8")
 ONNX_OPSET = 17
 _AXES = {0: "batch", 2: "height", 3: "width"}
@@ -222,8 +224,8 @@ def require_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError:
-        raise ModuleNotFoundError("the onnxruntime backends need the onnxruntime package: "
-                                  "pip install 'segzoo[export]'") from None
+        raise ModuleNotFoundError(f"the onnxruntime backends need the onnxruntime package: "
+                                  f"{install_hint('export')}") from None
     return onnxruntime
 
 

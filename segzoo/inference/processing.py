@@ -11,8 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from segzoo.data.visual import check_mean_std, palette, to_unit_range
-from segzoo.loading import IMAGENET_NORMALIZATION
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, palette, to_unit_range
 
 OVERLAY_ALPHA = 0.5
 _LUMA = (0.299, 0.587, 0.114)
@@ -39,7 +38,8 @@ def check_normalization(normalization: Mapping[str, Sequence[float]] | None, cha
             (:func:`segzoo.data.visual.check_mean_std`).
     """
     if normalization is None:
-        return dict(IMAGENET_NORMALIZATION) if channels == 3 else {"mean": [0.5], "std": [0.5]}
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+        return {"mean": list(mean), "std": list(std)}  # new lists: a caller may change them
     mean, std = check_mean_std(normalization.get("mean", []), normalization.get("std", []), channels)
     return {"mean": list(mean), "std": list(std)}
 

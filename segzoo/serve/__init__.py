@@ -1,4 +1,4 @@
-"""``segzoo serve SOURCE``: an HTTP server for a model, on FastAPI + uvicorn (``pip install 'segzoo[serve]'``).
+"""``segzoo serve SOURCE``: an HTTP server for a model, on FastAPI + uvicorn (the ``serve`` extra).
 
     segzoo serve logs/run1 --port 8000 --backend onnxruntime --max-batch 8 --max-wait-ms 5
     curl -s --data-binary @image.png -H 'Content-Type: image/png' http://127.0.0.1:8000/v1/predict -o mask.png

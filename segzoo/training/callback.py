@@ -42,6 +42,11 @@ class Callback:
         order: a :class:`CallbackOrder` value or any int.
     """
 
+    #: ``True`` for a callback that saves the state of the others (the CheckpointCallback): on ``*_end``
+    #: events and ``on_exception`` it runs after every other callback, loggers included, whatever its
+    #: ``order``, so that it saves the state each of them has at the end of the epoch.
+    saves_run_state: bool = False
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Callback:
         # the constructor arguments, for the default state_key (subclasses need not pass them on)
         obj = super().__new__(cls)
@@ -113,7 +118,8 @@ class Callback:
 
 
 class LoggerCallback(Callback):
-    """A callback that runs before the others on ``*_start`` and after them on ``*_end`` / ``on_exception``."""
+    """A callback that runs before the others on ``*_start`` and after them on ``*_end`` / ``on_exception``
+    (but before the CheckpointCallback, which saves every callback's state last)."""
 
     def __init__(self, order: int = CallbackOrder.External) -> None:
         super().__init__(order)

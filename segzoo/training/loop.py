@@ -85,7 +85,10 @@ def _lookup(callback: Callback, event: str) -> Any:
 
 
 def event_calls(callbacks: list[Callback], event: str) -> list[Any]:
-    """The hooks ``event`` calls, in order: loggers first on ``*_start``, last on ``*_end`` / ``on_exception``.
+    """The hooks ``event`` calls, in order: loggers first on ``*_start``, last on ``*_end`` / ``on_exception``,
+    except that callbacks with :attr:`~segzoo.training.Callback.saves_run_state` (the CheckpointCallback)
+    come after all others, loggers included, on ``*_end`` / ``on_exception``: they save the others'
+    state as the event left it.
 
     Callbacks that leave the event to :class:`Callback`'s empty hook are left out, and the others'
     hooks are bound once, except for callbacks that compute their attributes: those are asked
@@ -93,7 +96,11 @@ def event_calls(callbacks: list[Callback], event: str) -> list[Any]:
     """
     loggers = [c for c in callbacks if isinstance(c, LoggerCallback)]
     others = [c for c in callbacks if not isinstance(c, LoggerCallback)]
-    ordered = loggers + others if event.endswith("_start") else others + loggers
+    if event.endswith("_start"):
+        ordered = loggers + others
+    else:
+        ordered = others + loggers
+        ordered = [c for c in ordered if not c.saves_run_state] + [c for c in ordered if c.saves_run_state]
     return [_lookup(cb, event) if _dynamic(cb) else getattr(cb, event)
             for cb in ordered if _dynamic(cb) or _overrides(cb, event)]
 

@@ -71,6 +71,17 @@ def load_resume(resume: str | os.PathLike, state: RunnerState, stage_names: list
     return ck
 
 
+def completed_epochs(ck: dict[str, Any]) -> tuple[int, int]:
+    """``(epoch within its stage, global epoch)`` of the last epoch ``ck`` holds complete.
+
+    A Ctrl-C checkpoint (``"epoch_complete": False``) records the epoch it interrupted, which is
+    not complete: resuming re-runs it. (Interrupted checkpoints written before ``epoch_complete``
+    already recorded the epoch before.)
+    """
+    back = 1 if ck.get("epoch_complete") is False else 0
+    return int(ck.get("epoch", 0)) - back, int(ck.get("global_epoch", 0)) - back
+
+
 def _load_into_obj(obj: Any, saved: Any) -> None:
     if saved is None or obj is None:
         return
@@ -164,11 +175,15 @@ def legacy_state_keys(callbacks: list[Callback]) -> list[str]:
     return keys
 
 
-def restore_after_resume(ck: dict[str, Any], state: RunnerState, callbacks: list[Callback]) -> None:
+def restore_after_resume(ck: dict[str, Any], state: RunnerState, callbacks: list[Callback],
+                         run_callbacks: list[Callback] | None = None) -> None:
     """Restore optimizer, scheduler, criterion, scaler, callback and RNG state for the first resumed stage.
 
-    When the checkpoint ends the previous stage, the new stage keeps its own fresh optimizer and
-    scheduler (each stage starts with a fresh one, as in an uninterrupted run).
+    When the checkpoint ends the previous stage, the new stage starts as in an uninterrupted run:
+    with its own fresh optimizer and scheduler, and only the callbacks of ``run_callbacks`` (those
+    of the whole run, which an uninterrupted run carries from stage to stage) get their saved
+    state; the stage's own callbacks start new. (Stage-scoped state inside run callbacks, such as
+    early stopping's, is reset by their ``on_stage_start``.) ``None``: every callback is restored.
 
     Raises:
         ValueError: the optimizer settings differ from the checkpoint's (:func:`check_optimizer_unchanged`).
@@ -181,11 +196,14 @@ def restore_after_resume(ck: dict[str, Any], state: RunnerState, callbacks: list
         if same_stage or key in ("criterion_state_dict", "scaler_state_dict"):
             _load_into_obj(obj, ck.get(key))
     saved_cbs = ck.get("callbacks_state", {})
+    carried = {id(cb) for cb in (callbacks if same_stage or run_callbacks is None else run_callbacks)}
     for key, old_key, cb in zip(state_keys(callbacks), legacy_state_keys(callbacks), callbacks):
+        if id(cb) not in carried:
+            continue
         saved = saved_cbs.get(key, saved_cbs.get(old_key))
         if saved is not None:
             cb.load_state_dict(saved)
-    state.global_epoch = int(ck.get("global_epoch", 0))
+    state.global_epoch = completed_epochs(ck)[1]
     state.best_valid_metric = ck.get("best_valid_metric")
     state.best_name = ck.get("best_name")
     if state.best_name is None and state.best_valid_metric is not None:  # written before best_name was stored

@@ -48,7 +48,7 @@ from segzoo.training.loop import (
     run_infer_epoch,
     seed_everything,
 )
-from segzoo.training.resume import load_resume, optimizer_hparams, restore_after_resume
+from segzoo.training.resume import completed_epochs, load_resume, optimizer_hparams, restore_after_resume
 from segzoo.training.state import RunnerState
 
 
@@ -59,7 +59,12 @@ class Stage:
     Unset fields (``None``) fall back to the arguments of :meth:`Runner.train`; the stage's
     callbacks are added to the run's. Epochs count from 1 within each stage, and checkpoints
     are named ``{stage}.{epoch}.pth``. Stateful callbacks (early stopping) start afresh in
-    each stage; the best-checkpoint metric is tracked over the whole run.
+    each stage; the best-checkpoint metric is tracked over the whole run. The stage's own
+    callbacks and the defaults the runner adds (among them the default CheckpointCallback: its
+    top-N and ``_metrics.json`` are the stage's) are new in each stage; the callbacks given to
+    :meth:`Runner.train` are the same objects in every stage. A run resumed at any point goes on
+    exactly as the uninterrupted run would (a stage that early stopping ended is not resumed: the
+    next one starts).
 
     Args:
         name: stage name (unique within the run).
@@ -271,18 +276,22 @@ class Runner(abc.ABC):
                      stages: list[Stage]) -> tuple[int, int, dict[str, Any] | None]:
         """``(stage index, epoch, checkpoint)`` to start from: ``(0, 1, None)`` for a fresh run.
 
+        The epoch after the checkpoint's last complete one, or the next stage's first when that ends
+        the stage (its last epoch, or a callback such as early stopping stopped the stage there).
+
         Raises:
             ValueError: the checkpoint ends the last stage (nothing left to train).
         """
         if resume is None:
             return 0, 1, None
         resumed = load_resume(resume, state, [s.name for s in stages])
-        start_stage, start_epoch = resumed["stage_index"], int(resumed["epoch"]) + 1
-        if start_epoch > stages[start_stage].num_epochs:
+        done, _ = completed_epochs(resumed)
+        start_stage, start_epoch = resumed["stage_index"], done + 1
+        if start_epoch > stages[start_stage].num_epochs or (resumed.get("stage_stopped") and done > 0):
             start_stage, start_epoch = start_stage + 1, 1
         if start_stage == len(stages):
             raise ValueError(f"checkpoint {resume} is at the end of the last stage ({resumed['stage']!r}, "
-                             f"epoch {resumed['epoch']}): nothing left to train; raise num_epochs or add a stage")
+                             f"epoch {done}): nothing left to train; raise num_epochs or add a stage")
         return start_stage, start_epoch, resumed
 
     def _run_stage(self, state: RunnerState, stage: Stage, index: int, loaders: Mapping[str, Iterable],
@@ -298,7 +307,7 @@ class Runner(abc.ABC):
         self.callbacks, self.loggers = name_run_callbacks(state.callbacks, items)
         state.loggers = self.loggers
         if resumed is not None:
-            restore_after_resume(resumed, state, state.callbacks)
+            restore_after_resume(resumed, state, state.callbacks, given)
         state.epoch = start_epoch - 1
         state.stop_training = False
         hooks = Hooks(state.callbacks)  # each event's calls worked out once per stage

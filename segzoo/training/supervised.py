@@ -143,8 +143,9 @@ class SupervisedRunner(Runner):
         Args:
             model: the model (default: the runner's); it becomes the runner's model.
             batch: a batch as in training (dict, pair or features (B, C, H, W)).
-            logdir: when set, also save to ``logdir/trace/traced-{method}[-in_train][-with_grad].pth``
-                (an existing file is refused).
+            logdir: when set, also save to ``logdir/trace/`` under
+                :func:`segzoo.export.traced_filename` ``(None, method_name, mode, requires_grad)``,
+                e.g. ``traced-forward.pth`` (an existing file is refused).
             loader: when ``batch`` is not given, its first batch is used.
             method_name: the model method to trace.
             mode: ``"eval"`` or ``"train"``.
@@ -160,7 +161,7 @@ class SupervisedRunner(Runner):
             ValueError: no batch and no loader, no model, ``fp16`` / ``predict_params`` given.
             ExportCheckError: the trace does not reproduce eager outputs.
         """
-        from segzoo.export import save_traced, trace_model
+        from segzoo.export import save_traced, trace_model, traced_filename
 
         if fp16:
             raise ValueError(f"runner.trace(fp16={fp16!r}) is not supported: tracing is float32; "
@@ -181,9 +182,7 @@ class SupervisedRunner(Runner):
         traced = trace_model(copy.deepcopy(self.model).to(dev), example, method=method_name, mode=mode,
                              requires_grad=requires_grad)
         if logdir is not None:
-            name = f"traced-{method_name}" + ("-in_train" if mode == "train" else "") + \
-                   ("-with_grad" if requires_grad else "") + ".pth"
-            save_traced(traced, Path(logdir) / "trace" / name)
+            save_traced(traced, Path(logdir) / "trace" / traced_filename(None, method_name, mode, requires_grad))
         return traced
 
 

@@ -11,8 +11,7 @@ from _h4_helpers import NORM, assert_user_error, tiny_model, write_checkpoint
 from PIL import Image
 
 import segzoo.predict
-from segzoo.data.visual import palette
-from segzoo.loading import IMAGENET_NORMALIZATION
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, palette
 from segzoo.predict import tiled_logits
 
 MARGIN = 1e-4  # pixels whose decision is closer than this to a tie are not compared
@@ -127,7 +126,7 @@ def test_multiclass_masks_equal_the_eager_prediction(tmp_path, cli):
         _assert_same(mask, expected, confident)
         seen |= set(np.unique(mask).tolist())
         # the test can tell the checkpoint's normalization from ImageNet's
-        other, _ = _classes(_logits(model, image, IMAGENET_NORMALIZATION))
+        other, _ = _classes(_logits(model, image, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}))
         assert (other != expected).any()
     assert len(seen) >= 2  # not a constant prediction
 
@@ -217,7 +216,7 @@ def test_checkpoint_without_normalization_uses_imagenet(tmp_path, cli, user_mode
     code, _, err = cli("predict", logdir, "--input", tmp_path / "in", "--output", tmp_path / "out",
                        "--model", "h4_user_models:pointwise", "--no-progress")
     assert code == 0, err
-    expected, confident = _classes(_logits(model, image, IMAGENET_NORMALIZATION))
+    expected, confident = _classes(_logits(model, image, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}))
     assert (expected != _classes(_logits(model, image, NORM))[0]).any()
     _assert_same(_read_mask(tmp_path / "out" / "n.png"), expected, confident)
 

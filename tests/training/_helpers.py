@@ -57,7 +57,7 @@ def scripted_metric(values, name="m"):
 
 class Counter(Callback):
     """A stateful callback: adds ``step`` at each epoch end; its state is the count (saved by the
-    CheckpointCallback, which runs after it: order External < External + 10)."""
+    CheckpointCallback, which runs after every callback's ``on_epoch_end``, whatever their ``order``)."""
 
     def __init__(self, name, step=1):
         super().__init__(CallbackOrder.External)

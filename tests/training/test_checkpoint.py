@@ -9,7 +9,7 @@ from _helpers import Counter, TinyNet, make_loaders, scripted_metric, train
 import segzoo
 from segzoo.checkpoint import load_checkpoint
 from segzoo.models.registry import model_from_spec
-from segzoo.training import Callback, CallbackOrder, RunnerState, Stage, SupervisedRunner
+from segzoo.training import Callback, CallbackOrder, LoggerCallback, RunnerState, Stage, SupervisedRunner
 from segzoo.training.callbacks import CheckpointCallback, EarlyStoppingCallback, NonFiniteLossError
 from segzoo.training.callbacks.checkpoint import model_checkpoint
 
@@ -142,7 +142,7 @@ def test_keyboard_interrupt_leaves_resumable_checkpoint(tiny, loaders, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         train(tiny, loaders, tmp_path, num_epochs=3, callbacks=[Interrupt()])
     ck = load_checkpoint(tmp_path / "checkpoints" / "last_full.pth")
-    assert ck["interrupted"] and ck["epoch"] == 1 and "optimizer_state_dict" in ck
+    assert ck["interrupted"] and ck["epoch"] == 2 and "optimizer_state_dict" in ck  # the epoch interrupted
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pth")["interrupted"]
     state = train(TinyNet(), loaders, tmp_path, num_epochs=3, resume=tmp_path)  # a log dir: its last_full
     assert state.epoch == 3 and state.global_epoch == 3
@@ -187,3 +187,105 @@ def test_resume_reads_checkpoints_with_the_old_callback_keys(loaders, tmp_path):
     assert state.best_name == "train.2" and state.best_valid_metric == 4.0
     metrics = json.loads((tmp_path / "checkpoints" / "_metrics.json").read_text())
     assert metrics["best"]["name"] == "train.2" and len(metrics["epochs"]) == 4
+
+
+class _CountingLogger(LoggerCallback):
+    """A stateful logger (loggers run after the other callbacks on on_epoch_end)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def on_epoch_end(self, state):
+        self.count += 1
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state_dict):
+        self.count = state_dict["count"]
+
+
+def test_full_checkpoint_holds_every_callbacks_end_of_epoch_state(loaders, tmp_path):
+    late = Counter("late")
+    late.order = CallbackOrder.Other  # the default order: after CheckpointCallback's own order
+    values = [5.0, 4.0, 4.5, 4.6, 1.0]
+    state = train(TinyNet(), loaders, tmp_path, num_epochs=5, main_metric="m", callbacks=[
+        scripted_metric(values), late, _CountingLogger(), EarlyStoppingCallback(2, metric="m")])
+    assert state.epoch == 4  # early stopping ended the run after epoch 4
+    folder = tmp_path / "checkpoints"
+    saved = load_checkpoint(folder / "last_full.pth")
+    assert saved["epoch"] == 4 and saved["stage_stopped"] is True
+    cbs = saved["callbacks_state"]
+    assert cbs["Counter{'name': 'late', 'step': 1}"] == {"count": 4}
+    assert cbs["_CountingLogger{}"] == {"count": 4}
+    assert cbs["EarlyStoppingCallback{'metric': 'm', 'minimize': True}"] == {"best": 4.0, "wait": 2}
+    # "best" was decided from the epochs' metrics, before early stopping stopped the run
+    assert load_checkpoint(folder / "best.pth")["epoch"] == 2
+    assert json.loads((folder / "_metrics.json").read_text())["best"]["name"] == "train.2"
+
+
+class _CrashAt(Callback):
+    """A RuntimeError (on which nothing is saved) at ``event`` of stage ``stage``, epoch ``epoch``."""
+
+    def __init__(self, event, stage, epoch):
+        super().__init__()
+        self.event, self.stage, self.epoch = event, stage, epoch
+
+    def _crash(self, event, state):
+        if (event, state.stage, state.epoch) == (self.event, self.stage, self.epoch):
+            raise RuntimeError("crash")
+
+    def on_stage_end(self, state):
+        self._crash("on_stage_end", state)
+
+    def on_epoch_start(self, state):
+        self._crash("on_epoch_start", state)
+
+
+@pytest.mark.parametrize("event,stage,epoch,own_saver", [
+    ("on_stage_end", "a", 3, True),     # after early stopping ended stage a (epoch 3 of 4)
+    ("on_stage_end", "a", 3, False),    # the default CheckpointCallback is the stage's: stage b's starts new
+    ("on_epoch_start", "b", 2, False),  # inside stage b: early stopping keeps stage b's state
+])
+def test_resume_across_stages_behaves_like_the_uninterrupted_run(loaders, tmp_path, event, stage, epoch, own_saver):
+    values = [5.0, 4.0, 4.5, 9.0, 3.0, 3.5, 3.4, 3.3]  # by global epoch
+
+    def run(logdir, extra=(), resume=None):
+        stopper = EarlyStoppingCallback(1, metric="m")
+        saver = [CheckpointCallback()] if own_saver else []  # given: one object for every stage
+        torch.manual_seed(0)
+        state = train(TinyNet(), loaders, logdir, main_metric="m", stages=[Stage("a", 4), Stage("b", 4)],
+                      callbacks=[scripted_metric(values), stopper, *saver, *extra], resume=resume, seed=0)
+        names = [e["name"] for e in json.loads((logdir / "checkpoints" / "_metrics.json").read_text())["epochs"]]
+        return state, stopper, names
+
+    state, stopper, names = run(tmp_path / "once")
+    # both stages stopped early; the metrics history is the run's (own saver) or the last stage's
+    assert names == ["a.1", "a.2", "a.3", "b.1", "b.2", "b.3"][0 if own_saver else 3:]
+    with pytest.raises(RuntimeError, match="crash"):
+        run(tmp_path / "twice", extra=[_CrashAt(event, stage, epoch)])
+    state2, stopper2, names2 = run(tmp_path / "twice", resume=tmp_path / "twice")
+    assert names2 == names
+    assert (stopper2.best, stopper2.wait) == (stopper.best, stopper.wait) == (3.0, 1)
+    assert (state2.stage, state2.epoch, state2.global_epoch) == (state.stage, state.epoch, state.global_epoch)
+    assert state2.best_name == state.best_name == "b.2"
+
+
+def test_ctrl_c_checkpoint_names_the_interrupted_epoch_and_resume_redoes_it(tiny, loaders, tmp_path, capsys):
+    class Interrupt(Callback):
+        def on_batch_end(self, state):
+            if state.epoch == 1 and state.batch_index == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, loaders, tmp_path, num_epochs=2, callbacks=[Interrupt()])
+    err = capsys.readouterr().err
+    assert "interrupted in stage 'train', epoch 1;" in err and "re-runs epoch 1" in err, err
+    for name in ("last_full.pth", "last.pth"):
+        ck = load_checkpoint(tmp_path / "checkpoints" / name)
+        assert ck["interrupted"] and (ck["epoch"], ck["global_epoch"]) == (1, 1)
+    state = train(TinyNet(), loaders, tmp_path, num_epochs=2, resume=tmp_path)
+    assert (state.epoch, state.global_epoch) == (2, 2)
+    epochs = json.loads((tmp_path / "checkpoints" / "_metrics.json").read_text())["epochs"]
+    assert [e["name"] for e in epochs] == ["train.1", "train.2"]  # epoch 1 was run (again), then epoch 2

@@ -93,7 +93,9 @@ def test_disk_full_stops_the_run_and_keeps_earlier_checkpoints(tiny, loaders, ma
 
 
 class _InterruptAfterCheckpoints(Callback):
-    """Ctrl-C in the end of epoch 2, after CheckpointCallback wrote it."""
+    """Ctrl-C in the end of epoch 2, after CheckpointCallback wrote it (another saver of higher order)."""
+
+    saves_run_state = True
 
     def __init__(self):
         super().__init__(CallbackOrder.External + 20)

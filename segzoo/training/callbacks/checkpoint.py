@@ -34,6 +34,8 @@ def model_checkpoint(state: RunnerState) -> dict[str, Any]:
         "minimize_metric": state.minimize_metric,
         "best_valid_metric": state.best_valid_metric,
         "best_name": state.best_name,
+        # a callback (early stopping) ended the stage at this epoch: resuming goes on with the next stage
+        "stage_stopped": bool(state.stop_training),
         **state.checkpoint_data,
     }
 
@@ -102,6 +104,11 @@ class CheckpointCallback(Callback):
     with ``torch.load(weights_only=True)``. Which epoch is best is the state's
     (``state.best``): this callback keeps only the top-N list and the metrics history.
 
+    It writes them after every other callback's ``on_epoch_end`` (loggers included, whatever the
+    ``order``: :attr:`~segzoo.training.Callback.saves_run_state`), so full checkpoints hold each
+    callback's state at the end of the epoch; which epoch is best was settled before any callback
+    ran, from the epoch's valid metrics.
+
     Every file is its own file (no hard links between best/last/top-N), written atomically through
     :mod:`segzoo.fileio`: new checkpoints are published first, and only then are the top-N files
     that fell out of the top removed. When a write fails (disk full...) the run stops with one
@@ -109,8 +116,9 @@ class CheckpointCallback(Callback):
     stays as it was, loadable.
 
     On Ctrl-C during an epoch, ``last.pth`` / ``last_full.pth`` get the current weights with
-    ``"interrupted": True`` (resume re-runs the unfinished epoch); after the epoch's checkpoints
-    were written nothing more is saved; on other errors (a NaN loss, a full disk) nothing is written.
+    ``"interrupted": True`` and the ``epoch`` / ``global_epoch`` of the unfinished epoch (resume
+    re-runs it), and one line on stderr says so; after the epoch's checkpoints were written
+    nothing more is saved; on other errors (a NaN loss, a full disk) nothing is written.
 
     Args:
         save_n_best: how many per-epoch checkpoints to keep (>= 1).
@@ -118,6 +126,8 @@ class CheckpointCallback(Callback):
         resume_dir: folder ``resume`` is relative to.
         metric_filename: name of the metrics JSON file.
     """
+
+    saves_run_state = True
 
     def __init__(self, save_n_best: int = 1, resume: str | None = None, resume_dir: str | None = None,
                  metric_filename: str = "_metrics.json") -> None:
@@ -130,6 +140,7 @@ class CheckpointCallback(Callback):
         self.top: list[tuple[float, str]] = []
         self.history: list[dict[str, Any]] = []
         self._saved: tuple[str, int] | None = None  # (stage, global epoch) of the last complete last_full
+        self._running: tuple[str, int] | None = None  # (stage, global epoch) of the epoch that last started
 
     @property
     def state_key(self) -> str:
@@ -150,6 +161,9 @@ class CheckpointCallback(Callback):
         """Publish ``{stem}_full.pth`` and ``{stem}.pth``, each fsynced; the folder is synced by the caller."""
         write_bytes_atomic(folder / f"{stem}_full.pth", full, overwrite=True, sync_dir=False)
         write_bytes_atomic(folder / f"{stem}.pth", light, overwrite=True, sync_dir=False)
+
+    def on_epoch_start(self, state: RunnerState) -> None:
+        self._running = (state.stage, state.global_epoch)
 
     def on_epoch_end(self, state: RunnerState) -> None:
         if not state.is_main_process:
@@ -190,27 +204,30 @@ class CheckpointCallback(Callback):
         epoch); on any other error write nothing, so the last good checkpoints stay as they were.
 
         Nothing is written either when the epoch's ``last_full`` was already written (Ctrl-C came
-        after it): it is the complete epoch. A failed write here (disk full) is reported as one
+        after it), or when no epoch was running (Ctrl-C at a stage's start or end): ``last_full``
+        is then the last complete epoch. A failed write here (disk full) is reported as one
         line on stderr and the interruption goes on; the previous ``last`` files stay as they were.
         """
         if not isinstance(state.exception, KeyboardInterrupt):
             return
         if not state.is_main_process or state.model is None or state.logdir is None:
             return
-        if self._saved == (state.stage, state.global_epoch):
+        epoch_key = (state.stage, state.global_epoch)
+        if self._running != epoch_key or self._saved == epoch_key:
             return
         try:
             folder = self._folder(state)
             full = full_checkpoint(state)
             light = model_checkpoint(state)
-            for ck in (full, light):
-                ck["interrupted"] = True
-                ck["epoch"] = max(state.epoch - 1, 0)  # the epoch in progress is not complete
-                ck["global_epoch"] = max(state.global_epoch - 1, 0)
+            for ck in (full, light):  # epoch / global_epoch: the unfinished epoch, which resuming re-runs
+                ck.update(interrupted=True, epoch_complete=False, stage_stopped=False)
             self._write(folder, "last", checkpoint_bytes(full), checkpoint_bytes(light))
             fsync_dir(folder)
         except OSError as exc:
             print(f"segzoo: the interrupted state was not saved: {exc}", file=sys.stderr)
+            return
+        print(f"segzoo: interrupted in stage {state.stage!r}, epoch {state.epoch}; saved {folder / 'last_full.pth'} "
+              f"(resuming from it re-runs epoch {state.epoch})", file=sys.stderr)
 
     def load_for_infer(self, state: RunnerState) -> dict[str, Any]:
         """Load the ``resume`` checkpoint's weights into ``state.model`` for inference (called by ``infer``).

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from segzoo.errors import install_hint
 from segzoo.fileio import write_error
 from segzoo.training.callback import LoggerCallback, register_callback
 from segzoo.training.callbacks.predictions import DEFAULT_NUM_IMAGES, PredictionSaverCallback, SampleGrid
@@ -64,7 +65,7 @@ class TensorboardLogger(LoggerCallback):
         try:
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError("TensorboardLogger needs tensorboard: pip install 'segzoo[train]'") from exc
+            raise ImportError(f"TensorboardLogger needs tensorboard: {install_hint('train')}") from exc
         self.metric_names = metric_names
         self.log_on_batch_end, self.log_on_epoch_end = log_on_batch_end, log_on_epoch_end
         self.num_images, self.image_keys = num_images, tuple(image_keys)
