@@ -119,6 +119,24 @@ def rebuild_model(spec: Mapping[str, Any] | None, model_factory: ModelFactoryLik
     return model
 
 
+def concat_fusion_spec(spec: Mapping[str, Any] | None,
+                       state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, Any] | None:
+    """The spec of an UPerNet checkpoint written before ``fuse="levels"`` became the default.
+
+    Such a checkpoint holds the paper's concat fusion (``decoder.fuse.0.weight``) and a spec without
+    ``fuse``; rebuilt with today's default it would not load. Its spec gets ``fuse="concat"``, the
+    model it was trained as. Any other spec is returned as is.
+    """
+    if not spec or "decoder.fuse.0.weight" not in state_dict or "decoder.fuse_parts.0.weight" in state_dict:
+        return spec
+    kwargs = spec.get("kwargs")
+    decoder = (kwargs or {}).get("decoder_params") if isinstance(kwargs, Mapping) else None
+    if not str(spec.get("name", "")).endswith("upernet") or (isinstance(decoder, Mapping) and "fuse" in decoder) \
+            or not (decoder is None or isinstance(decoder, Mapping)):
+        return spec
+    return {**spec, "kwargs": {**(kwargs or {}), "decoder_params": {**(decoder or {}), "fuse": "concat"}}}
+
+
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
     """Load ``state_dict`` (``module.``/``_orig_mod.`` prefixes stripped) strictly into ``model``.
 
@@ -140,6 +158,7 @@ def load_model_info(checkpoint_or_logdir: str | os.PathLike, checkpoint: str = "
     if spec is not None and not isinstance(spec, Mapping):
         raise CheckpointError(f"checkpoint {path} has a malformed model_spec of type {type(spec).__name__}")
     state_dict = clean_state_dict(ckpt["model_state_dict"])
+    spec = concat_fusion_spec(spec, state_dict)
     # build on the meta device first (no memory): a spec asking for a huge model is refused by
     # the comparison with the weights before anything is allocated
     try:

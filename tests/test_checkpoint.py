@@ -131,3 +131,23 @@ def test_resume_path_refuses_int8_weights():
     with pytest.raises(CheckpointError, match="int8 in the checkpoint but float32"):
         load_into(model, weights, "the model")
     assert torch.equal(model.weight, before)
+
+
+def test_upernet_checkpoint_from_before_level_fusion_loads_as_concat(tmp_path):
+    """An UPerNet checkpoint written when the concat fusion was the default (its spec has no 'fuse') still loads."""
+    import segzoo
+    from segzoo.models import create_model, get_model_spec
+
+    kwargs = dict(num_channels=4, num_blocks=3)
+    old = create_model("upernet", **kwargs, decoder_params={"channels": 8, "fuse": "concat"}).eval()
+    spec = {"name": "upernet", "kwargs": {**get_model_spec(old)["kwargs"], "decoder_params": {"channels": 8}}}
+    path = save_checkpoint({"model_state_dict": old.state_dict(), "model_spec": spec}, tmp_path / "best.pth")
+    model = segzoo.load_model(path)
+    assert model.decoder.fuse_mode == "concat"
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), old(x))
+    # a checkpoint of the new default is untouched
+    new = create_model("upernet", **kwargs, decoder_params={"channels": 8}).eval()
+    path = save_checkpoint({"model_state_dict": new.state_dict(), "model_spec": get_model_spec(new)}, tmp_path / "n.pth")
+    assert segzoo.load_model(path).decoder.fuse_mode == "levels"

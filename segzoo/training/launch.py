@@ -37,6 +37,10 @@ RESUME_MAY_CHANGE = ("logdir", "num_epochs", "stages.N.num_epochs", "stages appe
                      "runner.verbose", "runner.device", "runner.compile", "runner.channels_last", "runner.nonfinite",
                      "data.num_workers")
 
+# settings added since a run may have been saved, with the value such a run used: naming it on resume
+# is not a change (UPerNet's fusion became per-level on 2026-11-30; earlier runs used the concat one)
+FORMER_DEFAULTS = {"model.params.decoder_params.fuse": "concat"}
+
 
 def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
     if isinstance(node, dict) and node:
@@ -71,6 +75,8 @@ def check_resume_config(saved: dict[str, Any], cfg: dict[str, Any], saved_path: 
     old, new = _flatten(saved, "", {}), _flatten(cfg, "", {})
     saved_stages = len(saved.get("stages") or [])
     for key in sorted(set(old) | set(new)):
+        if key not in old and key in FORMER_DEFAULTS and new.get(key) == FORMER_DEFAULTS[key]:
+            continue
         if old.get(key, "<absent>") != new.get(key, "<absent>") and not _may_change(key, saved_stages):
             raise ConfigError(f"resuming {saved_path.parent} with {key}={short_repr(new.get(key, '<absent>'))}, but the "
                               f"run was trained with {key}={short_repr(old.get(key, '<absent>'))} ({saved_path}); only "

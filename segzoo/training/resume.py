@@ -63,7 +63,11 @@ def load_resume(resume: str | os.PathLike, state: RunnerState, stage_names: list
         if ck.get("stage") not in stage_names:
             raise ValueError(f"checkpoint {path} is from stage {ck.get('stage')!r}, not one of {stage_names}")
         ck["stage_index"] = stage_names.index(ck["stage"])
-    load_into(unwrap_model(state.model), clean_state_dict(ck["model_state_dict"]), f"the model (resuming from {path})")
+    weights = clean_state_dict(ck["model_state_dict"])
+    hint = ""
+    if "decoder.fuse.0.weight" in weights and "decoder.fuse_parts.0.weight" in unwrap_model(state.model).state_dict():
+        hint = " (an UPerNet run from before the per-level fusion default: resume with model.params.decoder_params.fuse=concat)"
+    load_into(unwrap_model(state.model), weights, f"the model (resuming from {path})", hint=hint)
     ck["_path"] = str(path)
     if stage_names is not None and "optimizer_state_dict" not in ck:
         warnings.warn(f"{path} has no optimizer state (not a _full checkpoint): resuming with fresh "

@@ -160,3 +160,18 @@ def test_cli_logdir_dot_keeps_a_hand_written_config(tmp_path):
     _one_line_error(*_cli("--config", other, 'logdir=""', cwd=tmp_path), "logdir is empty")
     assert (tmp_path / "config.yml").read_bytes() == mine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yml", "other.yml"]
+
+
+def test_resume_may_name_a_former_default_the_saved_run_used(tmp_path):
+    """An UPerNet run saved before the per-level fusion default resumes with fuse=concat named, nothing else."""
+    from segzoo.errors import ConfigError
+    from segzoo.training.launch import check_resume_config
+
+    saved = {"model": {"name": "resnet18_upernet", "params": {"num_classes": 1}}}
+    def named(fuse):
+        return {"model": {"name": "resnet18_upernet", "params": {"num_classes": 1, "decoder_params": {"fuse": fuse}}}}
+    check_resume_config(saved, named("concat"), tmp_path / "config.yml")
+    with pytest.raises(ConfigError, match="model.params.decoder_params.fuse='levels'"):
+        check_resume_config(saved, named("levels"), tmp_path / "config.yml")
+    with pytest.raises(ConfigError, match="run was trained with model.params.decoder_params.fuse='levels'"):
+        check_resume_config(named("levels"), named("concat"), tmp_path / "config.yml")
