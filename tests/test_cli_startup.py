@@ -242,3 +242,15 @@ def test_library_aliases_of_the_commands():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     assert cfg["options.entry_points"]["console_scripts"].split() == ["segzoo", "=", "segzoo.cli:main"]
+
+
+@pytest.mark.parametrize("module", ["segzoo", "segzoo.cli"])
+def test_python_dash_m_runs_the_cli(module):
+    """``python -m segzoo`` and ``python -m segzoo.cli`` are the console script: same output, same exit codes."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    ok = subprocess.run([sys.executable, "-m", module, "models", "resnet18_u*"], capture_output=True, text=True,
+                        env=env, cwd=ROOT, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.split() == ["resnet18_unet", "resnet18_upernet"], ok.stderr
+    bad = subprocess.run([sys.executable, "-m", module, "nosuchcommand"], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "nosuchcommand" in bad.stderr
