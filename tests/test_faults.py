@@ -1,5 +1,6 @@
 """Faults: kill -9 at random moments leaves loadable checkpoints and a resumable run; Ctrl-C saves one."""
 
+import json
 import random
 import signal
 import subprocess
@@ -85,8 +86,11 @@ def test_ctrl_c_saves_resumable_checkpoint(tmp_path):
     # writes, where by design nothing more is saved)
     _wait_for(folder / "_metrics.json", proc)
     proc.send_signal(signal.SIGINT)
+    sent_at = time.time()
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    epochs = len(json.loads((folder / "_metrics.json").read_text())["epochs"])
+    assert proc.returncode == 130, (f"exit {proc.returncode} {time.time() - sent_at:.1f} s after SIGINT, "
+                                    f"{epochs} epochs done; stdout {out[-2000:]!r}; stderr {err[-2000:]!r}")
     assert "Traceback" not in err and "interrupted" in err, err
     ck = load_checkpoint(folder / "last_full.pth")
     assert ck["interrupted"] is True and "optimizer_state_dict" in ck
