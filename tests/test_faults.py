@@ -32,9 +32,16 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
+def _default_sigint() -> None:
+    # a test run started in the background (`cmd &` without job control, nohup) inherits SIGINT
+    # ignored, and Python then leaves it ignored, as a user's `nohup segzoo train &` wants: the child
+    # here gets the default disposition, as in a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(cfg: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "segzoo.cli", "train", "--config", str(cfg), *overrides],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120, after_ns: int = -1) -> None:
