@@ -289,3 +289,25 @@ def test_ctrl_c_checkpoint_names_the_interrupted_epoch_and_resume_redoes_it(tiny
     assert (state.epoch, state.global_epoch) == (2, 2)
     epochs = json.loads((tmp_path / "checkpoints" / "_metrics.json").read_text())["epochs"]
     assert [e["name"] for e in epochs] == ["train.1", "train.2"]  # epoch 1 was run (again), then epoch 2
+
+
+def test_ctrl_c_in_epoch_end_saves_callbacks_as_the_epoch_found_them(tiny, loaders, tmp_path):
+    """A Ctrl-C after some callbacks' on_epoch_end: re-running the epoch on resume does not count it twice."""
+    class InterruptAtEnd(Callback):  # after the Counter on epoch end, before the CheckpointCallback
+        def __init__(self):
+            super().__init__(CallbackOrder.External + 10)
+
+        def on_epoch_end(self, state):
+            if state.epoch == 2:
+                raise KeyboardInterrupt
+
+    counter = Counter("c")
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny, loaders, tmp_path, num_epochs=3, callbacks=[counter, InterruptAtEnd()])
+    assert counter.count == 2  # epoch 2's on_epoch_end had run for the counter
+    ck = load_checkpoint(tmp_path / "checkpoints" / "last_full.pth")
+    assert ck["interrupted"] and ck["epoch"] == 2
+    assert {"count": 1} in ck["callbacks_state"].values()  # as epoch 2 found it
+    resumed = Counter("c")
+    train(TinyNet(), loaders, tmp_path, num_epochs=3, resume=tmp_path, callbacks=[resumed])
+    assert resumed.count == 3  # epochs 1, 2 (re-run) and 3, each counted once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import sys
@@ -70,17 +71,23 @@ def set_rng_state(rng: dict[str, Any]) -> None:
     random.setstate((p[0], tuple(p[1]), p[2]))
 
 
-def full_checkpoint(state: RunnerState) -> dict[str, Any]:
-    """The light checkpoint plus optimizer, scheduler, criterion, scaler, callback and RNG state.
-
-    The state of each callback of ``state.callbacks`` is filed under its ``state_key``
-    (:func:`~segzoo.training.callback.state_keys`).
-    """
+def callbacks_state(state: RunnerState) -> dict[str, Any]:
+    """The ``state_dict()`` of each callback of ``state.callbacks`` that has one, under its ``state_key``
+    (:func:`~segzoo.training.callback.state_keys`)."""
     cb_states = {}
     for key, cb in zip(state_keys(state.callbacks), state.callbacks):
         sd = cb.state_dict()
         if sd:
             cb_states[key] = sd
+    return cb_states
+
+
+def full_checkpoint(state: RunnerState, cb_states: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The light checkpoint plus optimizer, scheduler, criterion, scaler, callback and RNG state.
+
+    ``cb_states``: the callbacks' state to file (default: :func:`callbacks_state` now).
+    """
+    cb_states = callbacks_state(state) if cb_states is None else cb_states
     return {
         **model_checkpoint(state),
         "optimizer_state_dict": _state_dict_of(state.optimizer),
@@ -141,6 +148,10 @@ class CheckpointCallback(Callback):
         self.history: list[dict[str, Any]] = []
         self._saved: tuple[str, int] | None = None  # (stage, global epoch) of the last complete last_full
         self._running: tuple[str, int] | None = None  # (stage, global epoch) of the epoch that last started
+        # every callback's state as the running epoch found it: what an interrupted checkpoint files, so
+        # that re-running the epoch does not count it twice (a Ctrl-C can land after some callbacks'
+        # on_epoch_end updated their state)
+        self._epoch_start_states: dict[str, Any] | None = None
 
     @property
     def state_key(self) -> str:
@@ -162,6 +173,9 @@ class CheckpointCallback(Callback):
         write_bytes_atomic(folder / f"{stem}_full.pth", full, overwrite=True, sync_dir=False)
         write_bytes_atomic(folder / f"{stem}.pth", light, overwrite=True, sync_dir=False)
 
+    def on_stage_start(self, state: RunnerState) -> None:
+        self._epoch_start_states = copy.deepcopy(callbacks_state(state))
+
     def on_epoch_start(self, state: RunnerState) -> None:
         self._running = (state.stage, state.global_epoch)
 
@@ -182,7 +196,9 @@ class CheckpointCallback(Callback):
                 dropped = sorted(self.top, key=lambda t: t[0], reverse=state.minimize_metric)[0]
                 self.top.remove(dropped)
         # serialized once (the full one with the updated top-N), written to each file on its own
-        full = checkpoint_bytes(full_checkpoint(state))
+        cb_states = callbacks_state(state)
+        full = checkpoint_bytes(full_checkpoint(state, cb_states))
+        self._epoch_start_states = copy.deepcopy(cb_states)  # the next epoch starts from these
         light = checkpoint_bytes(model_checkpoint(state))
         self._write(folder, "last", full, light)
         self._saved = (state.stage, state.global_epoch)
@@ -217,7 +233,7 @@ class CheckpointCallback(Callback):
             return
         try:
             folder = self._folder(state)
-            full = full_checkpoint(state)
+            full = full_checkpoint(state, self._epoch_start_states)
             light = model_checkpoint(state)
             for ck in (full, light):  # epoch / global_epoch: the unfinished epoch, which resuming re-runs
                 ck.update(interrupted=True, epoch_complete=False, stage_stopped=False)
