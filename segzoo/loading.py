@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
+from segzoo.decoders.upernet import upernet_fusion
 from segzoo.encoders.weights import check_weights, load_into
 from segzoo.errors import CheckpointError, ConfigError
 from segzoo.models.registry import ModelFactory, model_from_spec, set_model_spec
@@ -127,7 +128,7 @@ def concat_fusion_spec(spec: Mapping[str, Any] | None,
     ``fuse``; rebuilt with today's default it would not load. Its spec gets ``fuse="concat"``, the
     model it was trained as. Any other spec is returned as is.
     """
-    if not spec or "decoder.fuse.0.weight" not in state_dict or "decoder.fuse_parts.0.weight" in state_dict:
+    if not spec or upernet_fusion(state_dict) != "concat":
         return spec
     kwargs = spec.get("kwargs")
     decoder = (kwargs or {}).get("decoder_params") if isinstance(kwargs, Mapping) else None

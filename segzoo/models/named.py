@@ -163,8 +163,9 @@ class DeepLabV3Plus(GenericModel):
 
 
 class UPerNet(GenericModel):
-    """UPerNet: PPM on the deepest feature, FPN over the stride >= 4 levels, fused by concatenation at stride 4
-    (:class:`~segzoo.decoders.UPerNetDecoder`), logits upsampled bilinearly. Arguments as :class:`GenericModel`.
+    """UPerNet: PPM on the deepest feature, FPN over the stride >= 4 levels, fused at stride 4 (per level by
+    default, ``decoder_params={"fuse": "concat"}`` for the paper's concatenation;
+    :class:`~segzoo.decoders.UPerNetDecoder`), logits upsampled bilinearly. Arguments as :class:`GenericModel`.
     """
 
     architecture = "upernet"

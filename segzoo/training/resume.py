@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
+from segzoo.decoders.upernet import upernet_fusion
 from segzoo.encoders.weights import load_into
 from segzoo.errors import short_repr
 from segzoo.training.callback import Callback, state_keys
@@ -65,7 +66,7 @@ def load_resume(resume: str | os.PathLike, state: RunnerState, stage_names: list
         ck["stage_index"] = stage_names.index(ck["stage"])
     weights = clean_state_dict(ck["model_state_dict"])
     hint = ""
-    if "decoder.fuse.0.weight" in weights and "decoder.fuse_parts.0.weight" in unwrap_model(state.model).state_dict():
+    if upernet_fusion(weights) == "concat" and upernet_fusion(unwrap_model(state.model).state_dict()) == "levels":
         hint = " (an UPerNet run from before the per-level fusion default: resume with model.params.decoder_params.fuse=concat)"
     load_into(unwrap_model(state.model), weights, f"the model (resuming from {path})", hint=hint)
     ck["_path"] = str(path)

@@ -311,3 +311,19 @@ def test_ctrl_c_in_epoch_end_saves_callbacks_as_the_epoch_found_them(tiny, loade
     resumed = Counter("c")
     train(TinyNet(), loaders, tmp_path, num_epochs=3, resume=tmp_path, callbacks=[resumed])
     assert resumed.count == 3  # epochs 1, 2 (re-run) and 3, each counted once
+
+
+def test_resuming_an_old_concat_fusion_upernet_into_the_new_default_says_how(loaders, tmp_path):
+    from segzoo.errors import CheckpointError
+    from segzoo.models import create_model
+
+    def upernet(**decoder):
+        torch.manual_seed(0)
+        return create_model("upernet", num_channels=4, num_blocks=3, decoder_params={"channels": 8, **decoder})
+
+    train(upernet(fuse="concat"), loaders, tmp_path)
+    with pytest.raises(CheckpointError, match=r"per-level fusion default: resume with "
+                                              r"model\.params\.decoder_params\.fuse=concat\)"):
+        train(upernet(), loaders, tmp_path, num_epochs=2, resume=tmp_path)
+    state = train(upernet(fuse="concat"), loaders, tmp_path, num_epochs=2, resume=tmp_path)
+    assert state.global_epoch == 2
