@@ -128,12 +128,19 @@ def _masks(predictor: Predictor, settings: ServeSettings, items: list[_Item]) ->
     return [logits_to_masks(logits[j:j + 1], item.threshold)[0] for j, item in enumerate(items)]
 
 
+def _padding(predictor: Predictor) -> tuple[int, int]:
+    """(multiple, least): the model runs on H, W rounded up to ``multiple``, at least ``least`` (the model's own
+    size multiple, which segzoo models pad to inside, or the backend's)."""
+    multiple = max(int(predictor.size_multiple), int(predictor.backend.pad_multiple))
+    return multiple, max(1, int(predictor.backend.min_size))
+
+
 def _with_budget(predictor: Predictor, settings: ServeSettings) -> ServeSettings:
     """``settings`` with ``max_memory`` and ``bytes_per_pixel`` resolved (the latter measured by one probe pass)."""
     max_memory = settings.max_memory if settings.max_memory is not None else M.default_budget()
     bytes_per_pixel = settings.bytes_per_pixel
     if bytes_per_pixel is None:
-        multiple, least = predictor.backend.pad_multiple, predictor.backend.min_size
+        multiple, least = _padding(predictor)
         side = M.padded(M.PROBE_SIDE, multiple, least)
         x = torch.zeros(1, predictor.in_channels, side, side)
         measured = M.measure_bytes_per_pixel(lambda: predictor(x), side * side)
@@ -152,7 +159,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     description = public_view({**predictor.describe(), "source": PureWindowsPath(str(predictor.info.get("source") or "")).name
                            or None})
     budget = M.MemoryBudget(settings.max_memory)
-    multiple, least = predictor.backend.pad_multiple, predictor.backend.min_size
+    multiple, least = _padding(predictor)
     tiles_per_pass = max(1, settings.max_batch)
 
     def run_batch(items: list[_Item]) -> list[np.ndarray]:

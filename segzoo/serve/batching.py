@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -101,11 +102,14 @@ class Batcher:
         self._running: set[asyncio.Task] = set()
         self._jobs: set[_Job] = set()  # submitted, result not yet set
         self._abandoned = False
+        self._lock = threading.Lock()
+        self._in_threads = 0
 
     @property
     def running(self) -> int:
-        """Batches being run in a worker thread now (after :meth:`abandon`: those left running)."""
-        return len(self._running)
+        """Worker threads inside ``run_batch`` now (after :meth:`abandon`: the batches left running)."""
+        with self._lock:
+            return self._in_threads
 
     async def start(self) -> None:
         """Start the collecting task (inside the server's event loop)."""
@@ -210,8 +214,14 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     def _timed(self, items: list[Any]) -> tuple[Sequence[Any], float]:
+        with self._lock:
+            self._in_threads += 1
         start = time.perf_counter()
-        results = self.run_batch(items)
+        try:
+            results = self.run_batch(items)
+        finally:
+            with self._lock:
+                self._in_threads -= 1
         if len(results) != len(items):
             raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
         return results, time.perf_counter() - start
