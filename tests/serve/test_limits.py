@@ -19,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 import pytest
 from _serving import ROOT, Server, decode_png, png_bytes, random_image, write_logdir
 from PIL import Image
@@ -74,7 +73,7 @@ def _recv_all(sock: socket.socket, limit: float) -> bytes:
             if not chunk:
                 break
             data += chunk
-    except socket.timeout:
+    except TimeoutError:
         pass
     return data
 
