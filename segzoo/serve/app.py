@@ -143,7 +143,10 @@ def _with_budget(predictor: Predictor, settings: ServeSettings) -> ServeSettings
         multiple, least = _padding(predictor)
         side = M.padded(M.PROBE_SIDE, multiple, least)
         x = torch.zeros(1, predictor.in_channels, side, side)
-        measured = M.measure_bytes_per_pixel(lambda: predictor(x), side * side)
+        try:
+            measured = M.measure_bytes_per_pixel(lambda: predictor(x), side * side)
+        except Exception:  # noqa: BLE001  (e.g. a model exported for one input size: budget without a measurement)
+            measured = None
         bytes_per_pixel = M.model_bytes_per_pixel(measured, predictor.in_channels, predictor.num_classes)
     return dataclasses.replace(settings, max_memory=int(max_memory), bytes_per_pixel=int(bytes_per_pixel))
 
@@ -273,6 +276,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                     return await run_in_threadpool(_answer, image, mask, format, overlay, num_classes)
         except (QueueFullError, M.BudgetFullError) as exc:
             return error_response(503, str(exc), retry)
+        except M.OverBudgetError as exc:
+            return error_response(413, str(exc))
         except ClientError as exc:
             return error_response(exc.status, exc.message, exc.headers)
 

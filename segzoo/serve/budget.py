@@ -51,6 +51,10 @@ class BudgetFullError(RuntimeError):
     """The memory budget is taken by other requests right now; the client should retry later."""
 
 
+class OverBudgetError(ValueError):
+    """One request needs more than the whole memory budget: it can never be served (413)."""
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to new work (Linux ``MemAvailable``, else the physical memory); ``None`` if unknown."""
     try:
@@ -173,9 +177,13 @@ class Holding:
         """Reserve ``size`` more bytes.
 
         Raises:
+            OverBudgetError: this request's reservations alone would be over the budget.
             BudgetFullError: they do not fit beside the other requests' reservations now.
         """
         budget = self.budget
+        if self.amount + size > budget.limit:
+            raise OverBudgetError(f"{what} needs {(self.amount + size) / MIB:.1f} MiB, over the server's memory "
+                                  f"budget of {budget.limit / MIB:.0f} MiB (segzoo serve --max-memory)")
         if budget.used + size > budget.limit:
             raise BudgetFullError(f"the server's memory budget is in use ({budget.used / MIB:.0f} of "
                                   f"{budget.limit / MIB:.0f} MiB reserved; {what} needs {size / MIB:.1f} MiB "

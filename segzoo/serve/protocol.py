@@ -4,7 +4,8 @@ uvicorn closes connections idle between requests (``timeout_keep_alive``) but gi
 all the time it wants to send a request's headers: a connection that sent half a request line,
 or a byte every few seconds, stayed open for ever. Here each request's headers must arrive
 within ``header_timeout`` seconds of the connection being opened (or of the previous answer on
-it); otherwise the server answers 408 with segzoo's JSON error body and closes the connection.
+it); otherwise the server answers 408 with segzoo's JSON error body and closes the connection
+(a connection on which nothing was sent is closed without an answer).
 The body then has ``--read-timeout`` (see :mod:`segzoo.serve.app`). Requests that h11 cannot
 parse (bad request line, headers over :data:`MAX_HEADER_BYTES`) get a JSON 400 instead of
 uvicorn's plain text.
@@ -83,6 +84,9 @@ class GuardedH11Protocol(H11Protocol):
     def _headers_too_late(self) -> None:
         self._header_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if not self.conn.trailing_data[0]:  # nothing of a request received: an idle connection, closed quietly
+            self.transport.close()
             return
         self.transport.write(_raw_json_response(
             408, "Request Timeout", f"the request headers did not arrive within {self.header_timeout:g} s "

@@ -36,6 +36,8 @@ def test_the_budget_is_never_exceeded_and_is_given_back():
                 second.take(200)  # would make 1100
         assert budget.used == 600  # the failed request gave back its 300
     assert budget.used == 0
+    with budget.hold() as alone, pytest.raises(M.OverBudgetError, match="--max-memory"):
+        alone.take(1001)  # can never fit: 413, not 503 + retry
 
 
 def test_default_budget_and_measurement():
