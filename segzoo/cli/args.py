@@ -194,8 +194,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser, command: str = "serve")
     parser.add_argument("--tile-overlap", type=int, default=None, help="window overlap (default SIZE/4)")
     parser.add_argument("--read-timeout", type=_at_least(float, "read timeout", 0.001), default=30.0,
                         help="seconds a client has to send its whole body, else 408 (default 30)")
+    parser.add_argument("--header-timeout", type=_at_least(float, "header timeout", 0.001), default=10.0,
+                        help="seconds a client has to send a request's headers, else 408 and the connection "
+                             "is closed (default 10)")
+    parser.add_argument("--max-memory", type=_at_least(int, "max memory"), default=None, metavar="MIB",
+                        help="memory (MiB) all requests in progress may reserve: bodies, decoded images, the "
+                             "model's working memory; an image that needs more alone is 413, one that does not "
+                             "fit beside the others 503 (default: half the memory available at start-up)")
+    parser.add_argument("--bytes-per-pixel", type=_at_least(int, "bytes per pixel"), default=None,
+                        help="the model's working memory per (padded) pixel, for --max-memory (default: measured "
+                             "by one forward pass at start-up)")
     parser.add_argument("--shutdown-timeout", type=_at_least(float, "shutdown timeout", 0), default=30.0,
-                        help="seconds to finish requests in flight after SIGTERM (default 30)")
+                        help="seconds to finish requests in flight after SIGTERM; then they are answered 503 and "
+                             "a batch still running is abandoned (default 30)")
     parser.add_argument("--release-memory", action="store_true",
                         help="let glibc hand freed memory back to the kernel after each batch (its default: lower "
                              "idle memory, but every request faults its activations in again); by default the "

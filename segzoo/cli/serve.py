@@ -7,10 +7,15 @@ torch nor FastAPI is imported until :func:`run` is called.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
-from segzoo.errors import install_hint
+from segzoo.errors import SegzooError, install_hint
+
+
+class MissingExtraError(SegzooError, RuntimeError):
+    """A package of the ``serve`` extra is not installed (the message says how to install it)."""
 
 
 def check_address(host: str, port: int) -> None:
@@ -49,26 +54,47 @@ def threads_per_worker(workers: int) -> int | None:
     return max(1, torch.get_num_threads() // workers)
 
 
-def _require_serve_packages() -> None:
-    import importlib.util
+def require_serve_packages() -> None:
+    """Check that the ``serve`` extra's packages import.
 
-    missing = [name for name, module in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"),
-                                         ("python-multipart", "python_multipart"))
-               if importlib.util.find_spec(module) is None]
+    Raises:
+        MissingExtraError: one line naming the missing packages and the extra to install.
+    """
+    import importlib
+
+    missing = []
+    for name, module in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("python-multipart", "python_multipart")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(name)
     if missing:
-        raise ModuleNotFoundError(f"segzoo serve needs {', '.join(missing)}: {install_hint('serve')}")
+        raise MissingExtraError(f"segzoo serve needs {', '.join(missing)}, which is not installed: "
+                                f"{install_hint('serve')}")
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once (a model thread still running an abandoned batch is not waited for)."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, then serve it until SIGTERM / Ctrl-C; returns 0 after a graceful stop."""
-    _require_serve_packages()
+    require_serve_packages()
     import uvicorn
 
     from segzoo.cli.predict import normalization_from_args
     from segzoo.inference import load_predictor
     from segzoo.predict import check_model_tile, check_options
     from segzoo.serve.app import ServeSettings, create_app
+    from segzoo.serve.budget import MIB
     from segzoo.serve.memory import keep_freed_memory
+    from segzoo.serve.protocol import MAX_HEADER_BYTES, protocol_class
 
     overlap = check_options(tile=args.tile, tile_overlap=args.tile_overlap, max_pixels=args.max_pixels)
     check_address(args.host, args.port)  # before the (slow) model loading
@@ -82,11 +108,29 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                              workers=args.workers, max_bytes=args.max_bytes, max_pixels=args.max_pixels,
                              tile=args.tile, tile_overlap=overlap if args.tile else None,
-                             read_timeout=args.read_timeout, threads=threads, keep_memory=keep_memory)
+                             read_timeout=args.read_timeout, header_timeout=args.header_timeout,
+                             shutdown_timeout=args.shutdown_timeout, threads=threads, keep_memory=keep_memory,
+                             max_memory=None if args.max_memory is None else args.max_memory * MIB,
+                             bytes_per_pixel=args.bytes_per_pixel)
     app = create_app(predictor, settings)
+    settings = app.state.settings
+    print(f"segzoo serve: memory budget {settings.max_memory / MIB:.0f} MiB (--max-memory), model working memory "
+          f"{settings.bytes_per_pixel} bytes per pixel (--bytes-per-pixel)", file=sys.stderr)
+    batcher = app.state.batcher
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=args.shutdown_timeout, access_log=args.log_level == "debug")
-    server = uvicorn.Server(config)
+                            timeout_graceful_shutdown=args.shutdown_timeout, access_log=args.log_level == "debug",
+                            http=protocol_class(args.header_timeout), timeout_keep_alive=5,
+                            h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            # answer (503) the requests still waiting just before uvicorn stops waiting for them
+            import asyncio
+
+            asyncio.get_running_loop().call_later(max(0.0, args.shutdown_timeout - 0.3), batcher.abandon)
+            await super().shutdown(sockets)
+
+    server = Server(config)
     # uvicorn re-raises the signal it stopped on once it is done; this handler makes that a no-op,
     # so a SIGTERM after a graceful shutdown ends the process with status 0
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -99,4 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if not server.started:
         print("segzoo serve: error: the server did not start (see the log above)", file=sys.stderr)
         return 2
+    if batcher.running:
+        print(f"segzoo serve: stopped after --shutdown-timeout {args.shutdown_timeout:g} s without waiting for "
+              f"the batch still running", file=sys.stderr)
+        _exit_now(0)
     return 0

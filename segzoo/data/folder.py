@@ -114,8 +114,11 @@ def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int = M
 
 @contextmanager
 def _open_checked(source: Path | io.BytesIO, path: str | os.PathLike, what: str,
-                  max_pixels: int) -> Iterator[Image.Image]:
-    """:func:`open_image` on a path or in-memory bytes (``source``); ``path`` is what errors name."""
+                  max_pixels: int, formats: Sequence[str] | None = None) -> Iterator[Image.Image]:
+    """:func:`open_image` on a path or in-memory bytes (``source``); ``path`` is what errors name.
+
+    ``formats`` (Pillow format names) restricts the decoders Pillow tries (``None``: all it has).
+    """
     try:
         # Pillow's own limit would warn (or refuse) below max_pixels: the size is checked here instead.
         # The lock keeps concurrent calls from restoring each other's None as Pillow's limit.
@@ -124,7 +127,7 @@ def _open_checked(source: Path | io.BytesIO, path: str | os.PathLike, what: str,
             saved = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None
             try:
-                img = Image.open(source)
+                img = Image.open(source, formats=formats)
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
     except Exception as exc:  # Pillow raises many types for hostile files; all mean "cannot read"
@@ -221,10 +224,11 @@ def read_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int = MAX
 
 
 def read_image_bytes(data: bytes, mode: str = "RGB", max_pixels: int = MAX_PIXELS,
-                     name: str = "image data") -> np.ndarray:
+                     name: str = "image data", formats: Sequence[str] | None = None) -> np.ndarray:
     """:func:`read_image` for an encoded file held in memory (e.g. an HTTP request body); same rules and result.
 
-    ``name`` is what error messages call the data.
+    ``name`` is what error messages call the data; ``formats`` (Pillow format names, e.g.
+    ``("PNG", "JPEG")``) are the only decoders tried (``None``: every format Pillow reads).
 
     Raises:
         DataError: empty data, or any reason :func:`read_image` gives (not an image, too many
@@ -235,9 +239,25 @@ def read_image_bytes(data: bytes, mode: str = "RGB", max_pixels: int = MAX_PIXEL
     what = "mask" if mode == "mask" else "image"
     if not data:
         raise DataError(f"cannot read {what} {show_path(name)}: it is empty (0 bytes)")
-    with _open_checked(io.BytesIO(data), name, what, max_pixels) as img:
+    with _open_checked(io.BytesIO(data), name, what, max_pixels, formats) as img:
         _decode(img, name, what)
         return _mask_array(img, name) if what == "mask" else _image_array(img, name)
+
+
+def image_header(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "image data",
+                 formats: Sequence[str] | None = None) -> tuple[int, int, str]:
+    """Width, height and Pillow mode of an encoded image held in memory, from its header (nothing is decoded).
+
+    The checks of :func:`read_image_bytes` that need no pixels are made (recognized format,
+    ``max_pixels``, frames, mode), so a caller can refuse or budget an image before decoding it.
+
+    Raises:
+        DataError: as :func:`read_image_bytes`.
+    """
+    if not data:
+        raise DataError(f"cannot read image {show_path(name)}: it is empty (0 bytes)")
+    with _open_checked(io.BytesIO(data), name, "image", max_pixels, formats) as img:
+        return img.size[0], img.size[1], img.mode
 
 
 def _list(folder: Path, suffixes: Sequence[str], what: str) -> dict[str, Path]:

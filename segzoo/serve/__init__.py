@@ -5,8 +5,10 @@
 
 The model is loaded with :func:`segzoo.inference.load_predictor` (the same path as ``segzoo
 predict``, so both give identical masks); the app is :func:`segzoo.serve.app.create_app`, its
-batching :mod:`segzoo.serve.batching`, the command :mod:`segzoo.cli.serve`. SIGTERM (or Ctrl-C)
-stops accepting connections, answers the requests in flight, then exits 0.
+batching :mod:`segzoo.serve.batching`, its memory budget :mod:`segzoo.serve.budget`, the reading
+of requests :mod:`segzoo.serve.requests`, the HTTP connections :mod:`segzoo.serve.protocol`, the
+command :mod:`segzoo.cli.serve`. SIGTERM (or Ctrl-C) stops accepting connections, answers the
+requests in flight for up to ``--shutdown-timeout`` seconds (then 503), then exits 0.
 
 This module imports neither torch nor FastAPI.
 """

@@ -12,18 +12,24 @@ Endpoints:
   image with the classes blended in; ``?threshold=`` sets one-class models' probability threshold.
 - ``GET /docs``: OpenAPI documentation.
 
-Every error is JSON ``{"error": "..."}`` with a 4xx status naming the problem (400 unreadable or
-empty body, 408 a body that does not arrive within the read timeout, 413 too many bytes or pixels, 415 content type, 422 an image segzoo does not read or
-a bad query option, 503 + ``Retry-After`` when the queue is full).
+Every answer that is not 200, whatever its status (404, 405 and 500 included), has the body
+``{"error": "<one line naming the problem>"}`` (``application/json``): 400 unreadable or empty
+body, 408 headers or body that do not arrive in time, 413 too many bytes, pixels (also once
+padded for the model) or memory, 415 content type or an image format not accepted
+(:data:`ACCEPTED_FORMATS`, detected from the bytes), 422 an image mode segzoo does not read or a
+bad query option, 500 the model failed on this image (the other requests of its batch are
+answered), 503 + ``Retry-After`` when the queue or the memory budget is full or the server is
+stopping. Memory: :mod:`segzoo.serve.budget`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import io
 import json
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from pathlib import PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -33,14 +39,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from segzoo.data.folder import DataError, read_image_bytes
 from segzoo.inference import Predictor
 from segzoo.inference.processing import class_counts, logits_to_masks, overlay, run_lengths
-from segzoo.serve.batching import Batcher, QueueFullError, run_grouped
+from segzoo.serve import budget as M
+from segzoo.serve.batching import Batcher, QueueFullError, ShuttingDownError, run_grouped
+from segzoo.serve.requests import (  # noqa: F401  (ACCEPTED_FORMATS, ClientError: public names of this module)
+    ACCEPTED_FORMATS,
+    ClientError,
+    decode,
+    error_response,
+    model_failure,
+    multipart_file,
+    public_view,
+    read_body,
+    read_header,
+)
 
 _BODY = {"requestBody": {"required": True, "content": {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -63,82 +78,12 @@ class ServeSettings:
     tile_overlap: int | None = None
     retry_after: int = 1
     read_timeout: float = 30.0
+    header_timeout: float = 10.0
+    shutdown_timeout: float = 30.0
+    max_memory: int | None = None  # bytes all requests may reserve (None: segzoo.serve.budget.default_budget())
+    bytes_per_pixel: int | None = None  # model working memory per padded pixel (None: measured at start-up)
     threads: int | None = None  # intra-op threads per worker, as loaded (None: torch's default)
     keep_memory: bool = False  # glibc keeps freed memory in the process (segzoo.serve.memory)
-
-
-class ClientError(Exception):
-    """A request the server refuses: ``status`` and a one-line ``message``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _status_of(exc: DataError) -> int:
-    text = str(exc)
-    if "over the limit" in text:
-        return 413
-    if " has mode " in text or " frames" in text or "values in" in text or "cannot be converted" in text:
-        return 422
-    return 400
-
-
-async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
-    try:
-        return await asyncio.wait_for(_read_limited(request, limit), timeout)
-    except asyncio.TimeoutError:  # noqa: UP041  (not the builtin before Python 3.11)
-        raise ClientError(408, f"the request body did not arrive within {timeout:g} s "
-                               f"(segzoo serve --read-timeout)") from None
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise ClientError(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes "
-                               f"(segzoo serve --max-bytes)")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ClientError(413, f"request body is over the limit of {limit} bytes (segzoo serve --max-bytes)")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientError(400, "the client disconnected before sending the whole body") from None
-    return b"".join(chunks)
-
-
-async def _multipart_file(request: Request, body: bytes) -> bytes:
-    async def stream():
-        yield body
-
-    try:
-        form = await MultiPartParser(Headers(raw=request.headers.raw), stream(), max_files=1, max_fields=16,
-                                     max_part_size=64 * 1024).parse()
-    except MultiPartException as exc:
-        raise ClientError(400, f"malformed multipart body: {exc.message}") from None
-    try:
-        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        if not files:
-            raise ClientError(400, "the multipart form holds no file; send the image as a file field, e.g. "
-                                   "curl -F file=@image.png")
-        return await files[0].read()
-    finally:
-        await form.close()
-
-
-def _decode(data: bytes, max_pixels: int) -> np.ndarray:
-    try:
-        return read_image_bytes(data, max_pixels=max_pixels, name="(request body)")
-    except DataError as exc:
-        raise ClientError(_status_of(exc), str(exc)) from None
 
 
 #: zlib level of the PNG answers: 1 encodes a mask 2-4x faster than Pillow's default 6 for a body
@@ -183,14 +128,61 @@ def _masks(predictor: Predictor, settings: ServeSettings, items: list[_Item]) ->
     return [logits_to_masks(logits[j:j + 1], item.threshold)[0] for j, item in enumerate(items)]
 
 
+def _padding(predictor: Predictor) -> tuple[int, int]:
+    """(multiple, least): the model runs on H, W rounded up to ``multiple``, at least ``least`` (the model's own
+    size multiple, which segzoo models pad to inside, or the backend's)."""
+    multiple = max(int(predictor.size_multiple), int(predictor.backend.pad_multiple))
+    return multiple, max(1, int(predictor.backend.min_size))
+
+
+def _with_budget(predictor: Predictor, settings: ServeSettings) -> ServeSettings:
+    """``settings`` with ``max_memory`` and ``bytes_per_pixel`` resolved (the latter measured by one probe pass)."""
+    max_memory = settings.max_memory if settings.max_memory is not None else M.default_budget()
+    bytes_per_pixel = settings.bytes_per_pixel
+    if bytes_per_pixel is None:
+        multiple, least = _padding(predictor)
+        side = M.padded(M.PROBE_SIDE, multiple, least)
+        x = torch.zeros(1, predictor.in_channels, side, side)
+        try:
+            measured = M.measure_bytes_per_pixel(lambda: predictor(x), side * side)
+        except Exception:  # noqa: BLE001  (e.g. a model exported for one input size: budget without a measurement)
+            measured = None
+        bytes_per_pixel = M.model_bytes_per_pixel(measured, predictor.in_channels, predictor.num_classes)
+    return dataclasses.replace(settings, max_memory=int(max_memory), bytes_per_pixel=int(bytes_per_pixel))
+
+
 def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
-    """The FastAPI app serving ``predictor`` (see the module docstring)."""
-    settings = settings or ServeSettings()
+    """The FastAPI app serving ``predictor`` (see the module docstring).
+
+    Unset ``settings.max_memory`` / ``bytes_per_pixel`` are resolved first (one forward pass
+    measures the model's working memory); ``app.state.settings`` holds the values in force.
+    """
+    settings = _with_budget(predictor, settings or ServeSettings())
     num_classes = predictor.num_classes
-    description = predictor.describe()
+    description = public_view({**predictor.describe(), "source": PureWindowsPath(str(predictor.info.get("source") or "")).name
+                           or None})
+    budget = M.MemoryBudget(settings.max_memory)
+    multiple, least = _padding(predictor)
+    tiles_per_pass = max(1, settings.max_batch)
 
     def run_batch(items: list[_Item]) -> list[np.ndarray]:
         return run_grouped(lambda group: _masks(predictor, settings, group), items, lambda item: item.image.shape)
+
+    def reserve(holding: M.Holding, width: int, height: int, mode: str, rich: bool) -> None:
+        """Refuse (413) an image too large for the model or the budget, from its header; else reserve its memory."""
+        pixels = M.model_pixels(height, width, multiple, least, settings.tile, tiles_per_pass)
+        if settings.tile is None and pixels > settings.max_pixels:
+            raise ClientError(413, f"image {width}x{height} is padded to {M.padded(width, multiple, least)}x"
+                                   f"{M.padded(height, multiple, least)} for the model (size multiple {multiple}, at "
+                                   f"least {least}): {pixels / 1e6:.1f} Mpixels, over the limit of "
+                                   f"{settings.max_pixels} pixels (segzoo serve --max-pixels)")
+        need = M.request_bytes(height, width, mode, pixels, settings.bytes_per_pixel, num_classes,
+                               settings.tile is not None, rich)
+        if need + holding.amount > budget.limit:
+            raise ClientError(413, f"image {width}x{height} needs about {(need + holding.amount) / M.MIB:.0f} MiB to "
+                                   f"run, over the server's memory budget of {budget.limit / M.MIB:.0f} MiB "
+                                   f"(segzoo serve --max-memory); send a smaller image")
+        holding.take(need, f"the {width}x{height} image")
 
     batcher = Batcher(run_batch, settings.max_batch, settings.max_wait_ms, settings.queue_size, settings.workers)
     state = {"ready": False}
@@ -203,21 +195,31 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             yield
         finally:
             state["ready"] = False
-            await batcher.stop()
+            # uvicorn has already waited --shutdown-timeout for the requests; what is left is abandoned
+            await batcher.stop(timeout=0.5)
 
     app = FastAPI(title="segzoo serve", version=str(description["segzoo_version"]), lifespan=lifespan,
                   description=f"{description['architecture']} on {predictor.name}: image in, mask out.")
     app.state.batcher = batcher
     app.state.settings = settings
+    app.state.budget = budget
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.headers)
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def bad_query(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}" for e in exc.errors()]
-        return _error(422, "; ".join(parts)[:300])
+        return error_response(422, "; ".join(parts)[:300])
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:  # a bug: uvicorn logs its traceback
+        return error_response(500, "internal server error (the server log has the details)")
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -225,7 +227,8 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         ready = state["ready"]
         body = {"live": True, "ready": ready, "in_progress": batcher.admitted, "queue_size": settings.queue_size,
                 "batches_run": batcher.batches, "images_run": batcher.images,
-                "model_busy_s": round(batcher.busy_seconds, 3)}
+                "model_busy_s": round(batcher.busy_seconds, 3), "memory_reserved": budget.used,
+                "max_memory": budget.limit}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/v1/model")
@@ -241,28 +244,41 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                                                       description="probability threshold (one-class models)"),
                       overlay: bool = Query(False, description="return the image with the mask blended in")):
         """Predict the mask of one image (raw ``image/*`` body or a multipart file)."""
+        retry = {"Retry-After": str(settings.retry_after)}
         try:
-            with batcher.admit():
-                kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-                if not (kind.startswith("image/") or kind == "multipart/form-data"):
-                    raise ClientError(415, f"content type {kind or '(none)'!r} is not accepted; send the image "
-                                           f"bytes with Content-Type image/png, image/jpeg, ... or a "
-                                           f"multipart/form-data file")
-                if threshold is not None and num_classes != 1:
-                    raise ClientError(422, f"threshold applies to one-class models; this one has {num_classes} "
-                                           f"classes (argmax)")
-                if overlay and format == "json":
-                    raise ClientError(422, "overlay=true returns a PNG picture; it cannot be combined with format=json")
-                body = await _read_body(request, settings.max_bytes, settings.read_timeout)
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if not (kind.startswith("image/") or kind == "multipart/form-data"):
+                raise ClientError(415, f"content type {kind or '(none)'!r} is not accepted; send the image "
+                                       f"bytes with Content-Type image/png, image/jpeg, ... or a "
+                                       f"multipart/form-data file")
+            if threshold is not None and num_classes != 1:
+                raise ClientError(422, f"threshold applies to one-class models; this one has {num_classes} "
+                                       f"classes (argmax)")
+            if overlay and format == "json":
+                raise ClientError(422, "overlay=true returns a PNG picture; it cannot be combined with format=json")
+            with budget.hold() as holding:
+                # the body is read before a queue place is taken: a slow upload holds no place
+                body = await read_body(request, settings.max_bytes, settings.read_timeout, holding)
                 if kind == "multipart/form-data":
-                    body = await _multipart_file(request, body)
-                image = await run_in_threadpool(_decode, body, settings.max_pixels)
-                del body
-                mask = await batcher.submit(_Item(image, 0.5 if threshold is None else threshold))
-                return await run_in_threadpool(_answer, image, mask, format, overlay, num_classes)
-        except QueueFullError as exc:
-            return _error(503, str(exc), {"Retry-After": str(settings.retry_after)})
+                    body = await multipart_file(request, body)
+                    holding.take(len(body), "the multipart file")
+                width, height, mode = await run_in_threadpool(read_header, body, settings.max_pixels)
+                reserve(holding, width, height, mode, overlay or format == "json")
+                with batcher.admit():
+                    image = await run_in_threadpool(decode, body, settings.max_pixels)
+                    del body
+                    try:
+                        mask = await batcher.submit(_Item(image, 0.5 if threshold is None else threshold))
+                    except ShuttingDownError as exc:
+                        return error_response(503, str(exc), retry)
+                    except Exception as exc:  # this image made the model fail; the rest of its batch was answered
+                        return model_failure(exc, image.shape, settings.retry_after)
+                    return await run_in_threadpool(_answer, image, mask, format, overlay, num_classes)
+        except (QueueFullError, M.BudgetFullError) as exc:
+            return error_response(503, str(exc), retry)
+        except M.OverBudgetError as exc:
+            return error_response(413, str(exc))
         except ClientError as exc:
-            return _error(exc.status, exc.message, exc.headers)
+            return error_response(exc.status, exc.message, exc.headers)
 
     return app

@@ -10,13 +10,19 @@ event loop never runs the model. Forming a batch before a worker is free would f
 few requests that arrived in the first ``max_wait_ms`` and leave the rest for later, half-empty
 batches. In the thread, images of the same H x W are stacked into one forward pass (different
 sizes run as separate passes, never padded together, see :func:`run_grouped`), and each
-request's future gets its own result, by position.
+request's future gets its own result, by position. When a batch fails, each of its items is run
+again alone, so an item that fails (a corrupt input, an image the model cannot take) fails only
+its own request.
+
+:meth:`Batcher.abandon` (``segzoo serve --shutdown-timeout`` expired) fails every item not
+answered yet with :class:`ShuttingDownError` and stops waiting for the batches still running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +36,11 @@ class QueueFullError(RuntimeError):
     """More requests are admitted than the queue holds; the client should retry later."""
 
 
-@dataclass
+class ShuttingDownError(RuntimeError):
+    """The server stopped before this item's batch could be answered (see :meth:`Batcher.abandon`)."""
+
+
+@dataclass(eq=False)
 class _Job:
     item: Any
     future: asyncio.Future
@@ -90,6 +100,16 @@ class Batcher:
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
+        self._jobs: set[_Job] = set()  # submitted, result not yet set
+        self._abandoned = False
+        self._lock = threading.Lock()
+        self._in_threads = 0
+
+    @property
+    def running(self) -> int:
+        """Worker threads inside ``run_batch`` now (after :meth:`abandon`: the batches left running)."""
+        with self._lock:
+            return self._in_threads
 
     async def start(self) -> None:
         """Start the collecting task (inside the server's event loop)."""
@@ -98,16 +118,39 @@ class Batcher:
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="segzoo-infer")
         self._task = asyncio.create_task(self._collect())
 
-    async def stop(self) -> None:
-        """Finish every submitted item (queued, being batched or running), then stop the task and the threads."""
-        while self._pending or self._running:
+    async def stop(self, timeout: float | None = None) -> None:
+        """Finish every submitted item (queued, being batched or running), then stop the task and the threads.
+
+        After ``timeout`` seconds (``None``: no limit), :meth:`abandon` what is left: the
+        threads still running a batch are not waited for (see :attr:`running`).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while (self._pending or self._running) and not self._abandoned:
+            if deadline is not None and loop.time() >= deadline:
+                self.abandon()
+                break
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=not self._abandoned, cancel_futures=True)
+
+    def abandon(self) -> None:
+        """Fail every submitted item not answered yet with :class:`ShuttingDownError`; accept no more.
+
+        Batches already in a worker thread cannot be interrupted: they run on, and their results
+        are dropped (a process that must exit now ends without waiting for them).
+        """
+        self._abandoned = True
+        for job in list(self._jobs):
+            if not job.future.done():
+                job.future.set_exception(ShuttingDownError("the server is shutting down; this request was "
+                                                           "not answered in time (segzoo serve --shutdown-timeout)"))
+        if self._task is not None:
+            self._task.cancel()
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
@@ -129,9 +172,14 @@ class Batcher:
         """Queue one item (for the app: a decoded image and its options); returns its result once its batch has run."""
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
+        if self._abandoned:
+            raise ShuttingDownError("the server is shutting down")
         future = asyncio.get_running_loop().create_future()
+        job = _Job(item, future)
         self._pending += 1
-        self._queue.put_nowait(_Job(item, future))
+        self._jobs.add(job)
+        future.add_done_callback(lambda _: self._jobs.discard(job))
+        self._queue.put_nowait(job)
         return await future
 
     async def _next_batch(self) -> list[_Job]:
@@ -166,22 +214,47 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     def _timed(self, items: list[Any]) -> tuple[Sequence[Any], float]:
+        with self._lock:
+            self._in_threads += 1
         start = time.perf_counter()
-        results = self.run_batch(items)
+        try:
+            results = self.run_batch(items)
+        finally:
+            with self._lock:
+                self._in_threads -= 1
+        if len(results) != len(items):
+            raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
         return results, time.perf_counter() - start
+
+    async def _run_jobs(self, jobs: list[_Job]) -> None:
+        """Run ``jobs`` as one batch and answer each; raises what ``run_batch`` raised."""
+        loop = asyncio.get_running_loop()
+        results, seconds = await loop.run_in_executor(self._executor, self._timed, [job.item for job in jobs])
+        self.batches += 1
+        self.images += len(jobs)
+        self.busy_seconds += seconds
+        for job, result in zip(jobs, results):
+            if not job.future.done():
+                job.future.set_result(result)
 
     async def _run(self, batch: list[_Job]) -> None:
         assert self._slots is not None
         try:
-            loop = asyncio.get_running_loop()
-            results, seconds = await loop.run_in_executor(self._executor, self._timed, [job.item for job in batch])
-            self.batches += 1
-            self.images += len(batch)
-            self.busy_seconds += seconds
-            for job, result in zip(batch, results):
-                if not job.future.done():
-                    job.future.set_result(result)
-        except Exception as exc:  # the model failed: every request of the batch gets the error
+            try:
+                await self._run_jobs(batch)
+            except Exception:
+                if len(batch) == 1:
+                    raise
+                # one item may have failed the batch: run each alone, so only the failing ones get an error
+                for job in batch:
+                    if job.future.done() or self._abandoned:
+                        continue
+                    try:
+                        await self._run_jobs([job])
+                    except Exception as alone:  # this item fails on its own
+                        if not job.future.done():
+                            job.future.set_exception(alone)
+        except Exception as exc:  # a batch of one failed
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(exc)

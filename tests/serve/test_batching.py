@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from segzoo.serve.batching import Batcher, run_grouped
+from segzoo.serve.batching import Batcher, ShuttingDownError, run_grouped
 
 
 def test_run_grouped_runs_each_size_once_and_keeps_the_order():
@@ -73,25 +73,78 @@ def test_max_batch_and_workers_are_respected():
     assert max(sizes) == 3 and sum(sizes) == 10 and most[0] == 2
 
 
-def test_a_failing_batch_fails_its_requests_only():
+def test_a_failing_item_fails_only_its_own_request_and_its_batch_is_answered():
+    """Issue 19.3: one bad item failed every request batched with it, of any size."""
+    calls = []
+
     def run(items):
-        if "bad" in items:
+        calls.append(list(items))
+        return run_grouped(forward, items, len)
+
+    def forward(group):  # groups of equal length, as images of equal H x W
+        if "bad" in group:
             raise RuntimeError("model failed")
-        return [item.upper() for item in items]
+        return [item.upper() for item in group]
 
     async def scenario():
-        batcher = Batcher(run, max_batch=2, max_wait_ms=50, workers=1)
+        batcher = Batcher(run, max_batch=4, max_wait_ms=100, workers=1)
         await batcher.start()
         try:
-            first = await asyncio.gather(batcher.submit("bad"), batcher.submit("x"), return_exceptions=True)
+            first = await asyncio.gather(*(batcher.submit(i) for i in ("bad", "abc", "x", "y")),
+                                         return_exceptions=True)
             second = await batcher.submit("ok")
         finally:
             await batcher.stop()
         return first, second
 
     first, second = asyncio.run(scenario())
-    assert all(isinstance(r, RuntimeError) and "model failed" in str(r) for r in first)
+    assert isinstance(first[0], RuntimeError) and "model failed" in str(first[0])
+    assert first[1:] == ["ABC", "X", "Y"]  # same size as "bad" ("abc") and other sizes alike
     assert second == "OK"
+    assert calls[0] == ["bad", "abc", "x", "y"] and sorted(map(tuple, calls[1:5])) == [
+        ("abc",), ("bad",), ("x",), ("y",)]  # the batch, then each item alone
+
+
+def test_a_batch_that_fails_on_its_own_is_not_retried_item_by_item_when_single():
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        raise ValueError("broken")
+
+    async def scenario():
+        batcher = Batcher(run, max_batch=4, max_wait_ms=1, workers=1)
+        await batcher.start()
+        try:
+            return await asyncio.gather(batcher.submit(1), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    (result,) = asyncio.run(scenario())
+    assert isinstance(result, ValueError) and calls == [[1]]
+
+
+def test_stop_with_a_timeout_abandons_a_running_batch():
+    """Issue 19.5: the server waited for the running batch whatever --shutdown-timeout said."""
+    def run(items):
+        time.sleep(1.5)
+        return items
+
+    async def scenario():
+        batcher = Batcher(run, max_batch=1, max_wait_ms=1, workers=1)
+        await batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.1)  # the first runs, two are queued
+        start = time.monotonic()
+        await batcher.stop(timeout=0.2)
+        took = time.monotonic() - start
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return took, results, batcher.running
+
+    took, results, running = asyncio.run(scenario())
+    assert took < 1.0
+    assert all(isinstance(r, ShuttingDownError) for r in results), results
+    assert running == 1  # the thread could not be interrupted; the caller decides not to wait
 
 
 def test_stop_answers_items_still_being_batched():
