@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from segzoo.metrics import prepare_targets
+from segzoo.metrics import class_indices, prepare_targets
 
 MODES = ("binary", "multilabel", "multiclass")
 
@@ -22,8 +22,8 @@ def multiclass_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
     Logits must be (B, C, H, W) with C >= 2 and targets (B, H, W). Integer (or bool) targets are
     returned as they are; float targets (Catalyst 19.x scripts passed class maps as 0./1./2. floats)
-    are accepted when every value is a whole number and returned as int64. Index range and
-    ``ignore_index`` are checked by the caller.
+    are accepted when every value is a whole number and returned as int64
+    (:func:`segzoo.metrics.class_indices`). Index range and ``ignore_index`` are checked by the caller.
 
     Raises:
         ValueError: other shapes, or float targets holding a value that is not a whole number
@@ -34,16 +34,7 @@ def multiclass_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     if targets.dim() != 3:
         raise ValueError(f"mode='multiclass' takes (B, H, W) class indices, got targets "
                          f"{tuple(targets.shape)} of dtype {targets.dtype}")
-    if targets.is_floating_point():
-        # whole numbers in int32's range: NaN, Inf and huge values fail the test, nothing overflows in .long()
-        whole = (targets == targets.trunc()) & (targets.abs() < 2**31)
-        if not bool(whole.all()):
-            bad = targets[~whole][0].item()
-            raise ValueError(f"mode='multiclass' takes (B, H, W) class indices, but the float targets "
-                             f"{tuple(targets.shape)} of dtype {targets.dtype} hold {bad!r}, not a whole class number; "
-                             f"pass class indices (0, 1, ..., C - 1; floats such as 0., 1. are accepted)")
-        targets = targets.long()
-    return targets
+    return class_indices(targets) if targets.is_floating_point() else targets
 
 
 def check_catalyst_args(mode: str, activation: Any, threshold: Any, what: str) -> None:
