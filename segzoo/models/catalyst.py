@@ -123,7 +123,7 @@ class ResNetUnet(ResnetUnet):
         encoder_params, bridge_params, decoder_params, head_params, state_dict, size_mode, channels_last:
             as :class:`~segzoo.models.ResnetModel`.
 
-    Shapes: (B, 3, H, W) -> (B, num_classes, H, W).
+    Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
     """
 
     def __init__(self, num_classes: int = 1, num_channels: int | None = None, arch: str = "resnet18",
