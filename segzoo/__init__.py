@@ -3,9 +3,9 @@
 The public names (``from segzoo import ResnetUnet`` ...) are imported on first use (PEP 562), so
 ``import segzoo.cli`` and ``segzoo --help`` do not pay for importing torch; ``segzoo.ResnetUnet``,
 ``from segzoo import *`` and ``dir(segzoo)`` work as with eager imports. Subpackages are also
-reachable as attributes (``segzoo.encoders``), imported on first access. Catalyst 19.x model names
-segzoo does not carry (``MobileUnet``, ``ResNetUnet``, ...) raise an ImportError naming the
-replacement (see :mod:`segzoo.compat`).
+reachable as attributes (``segzoo.encoders``), imported on first access. Catalyst 19.x's model names
+are here too (``MobileUnet``, ``ResNetUnet``, ``ResNetLinknet``); its names segzoo does not carry
+(``UnetSpec``, ``ResnetUnetSpec``) raise an ImportError naming the replacement (see :mod:`segzoo.compat`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["Unet", "Linknet", "FPNUnet", "PSPnet", "DeepLabV3Plus", "UPerNet", "ResnetUnet",
                      "ResnetLinknet", "ResnetFPNUnet", "ResnetPSPnet", "ResnetDeepLabV3Plus", "ResnetUPerNet",
-                     "UnetMetaSpec", "create_model", "list_models", "get_model_spec", "model_from_spec"],
+                     "MobileUnet", "ResNetUnet", "ResNetLinknet", "UnetMetaSpec", "create_model", "list_models", "get_model_spec", "model_from_spec"],
                     "segzoo.models"),
     "load_model": "segzoo.loading",
 }
 
 __all__ = ["Unet", "Linknet", "FPNUnet", "PSPnet", "ResnetUnet", "ResnetLinknet", "ResnetFPNUnet", "ResnetPSPnet",
-           "DeepLabV3Plus", "ResnetDeepLabV3Plus", "UPerNet", "ResnetUPerNet",
+           "DeepLabV3Plus", "ResnetDeepLabV3Plus", "UPerNet", "ResnetUPerNet", "MobileUnet", "ResNetUnet", "ResNetLinknet",
            "UnetMetaSpec", "create_model", "list_models", "get_model_spec", "model_from_spec", "load_model", "__version__"]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
@@ -37,11 +37,14 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         DeepLabV3Plus,
         FPNUnet,
         Linknet,
+        MobileUnet,
         PSPnet,
         ResnetDeepLabV3Plus,
         ResnetFPNUnet,
+        ResNetLinknet,
         ResnetLinknet,
         ResnetPSPnet,
+        ResNetUnet,
         ResnetUnet,
         ResnetUPerNet,
         Unet,

@@ -7,12 +7,6 @@ from __future__ import annotations
 
 # Catalyst 19.x names segzoo does not carry -> what to write instead (one line each)
 LEGACY: dict[str, str] = {
-    "MobileUnet": "MobileUnet (Catalyst's legacy model) is not in segzoo: use Unet(num_classes=...), or "
-                  "Unet(encoder=TimmEncoder('mobilenetv2_100'), num_classes=...) for a MobileNetV2 encoder",
-    "ResNetUnet": "ResNetUnet (Catalyst's legacy model) is not in segzoo: use ResnetUnet(num_classes=..., "
-                  "arch='resnet34', pretrained=...)",
-    "ResNetLinknet": "ResNetLinknet (Catalyst's legacy model) is not in segzoo: use ResnetLinknet(num_classes=..., "
-                     "arch='resnet34', pretrained=...)",
     "UnetSpec": "UnetSpec (Catalyst's base class) is not in segzoo: customise Unet/Linknet/FPNUnet/PSPnet with "
                 "encoder=, encoder_params=, bridge_params=, decoder_params=, head_params=, or compose "
                 "UnetMetaSpec(encoder, decoder, bridge, head)",

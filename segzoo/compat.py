@@ -7,8 +7,8 @@ name, and also from its segzoo home (``segzoo``, ``segzoo.training``,
 ``segzoo.training.callbacks``, ``segzoo.losses``, ``segzoo.metrics``). Names segzoo does not
 carry raise an ImportError that names the replacement, e.g.::
 
-    >>> from segzoo.compat import MobileUnet
-    ImportError: MobileUnet (Catalyst's legacy model) is not in segzoo: use Unet(...), or ...
+    >>> from segzoo.compat import UnetSpec
+    ImportError: UnetSpec (Catalyst's base class) is not in segzoo: customise Unet/Linknet/FPNUnet/PSPnet with ...
 
 See the README section "Coming from Catalyst 19.x" for the full table.
 """
@@ -30,10 +30,13 @@ from segzoo.metrics import dice, iou, jaccard
 from segzoo.models import (
     FPNUnet,
     Linknet,
+    MobileUnet,
     PSPnet,
     ResnetFPNUnet,
+    ResNetLinknet,
     ResnetLinknet,
     ResnetPSPnet,
+    ResNetUnet,
     ResnetUnet,
     Unet,
     UnetMetaSpec,
@@ -63,7 +66,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Unet", "Linknet", "FPNUnet", "PSPnet", "ResnetUnet", "ResnetLinknet", "ResnetFPNUnet", "ResnetPSPnet",
-    "UnetMetaSpec", "SupervisedRunner", "Callback", "CallbackOrder", "LoggerCallback", "RunnerState",
+    "MobileUnet", "ResNetUnet", "ResNetLinknet", "UnetMetaSpec", "SupervisedRunner", "Callback", "CallbackOrder", "LoggerCallback", "RunnerState",
     "CheckpointCallback", "ConsoleLogger", "CriterionAggregatorCallback", "CriterionCallback", "DiceCallback",
     "EarlyStoppingCallback", "InferCallback", "IouCallback", "MetricCallback", "OptimizerCallback",
     "SchedulerCallback", "TensorboardLogger", "TimerCallback", "VerboseLogger", "DiceLoss", "IoULoss",

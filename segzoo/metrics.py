@@ -4,8 +4,9 @@ Target conventions (shared by metrics, losses and callbacks):
 
 - binary / multi-label: logits (B, C, H, W) and float {0, 1} targets of the same shape
   ((B, H, W) targets are accepted when C == 1);
-- multi-class: logits (B, C, H, W) and int64 class-index targets (B, H, W); pixels equal to
-  ``ignore_index`` are left out of every sum.
+- multi-class: logits (B, C, H, W) and class-index targets (B, H, W), int64 or float class maps
+  of whole numbers (0., 1., ..., as Catalyst 19.x scripts passed them; other float values are
+  refused, see :func:`class_indices`); pixels equal to ``ignore_index`` are left out of every sum.
 
 :func:`segmentation_sums` returns per-class intersection / prediction / target sums in
 float64; adding them over the batches of an epoch and calling :func:`dice_from_sums` gives
@@ -25,6 +26,25 @@ def _check_activation(activation: str | None) -> None:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
+def class_indices(targets: torch.Tensor) -> torch.Tensor:
+    """Class-index targets as int64: integer and bool tensors as they are, float class maps when every
+    value is a whole number (0., 1., 2., ...).
+
+    Raises:
+        ValueError: a float value that is not a whole number (0.5, NaN, Inf, beyond int32), in one line
+            naming the shape, dtype and value: a soft or probability map is not a class map.
+    """
+    if targets.is_floating_point():
+        # whole numbers in int32's range: NaN, Inf and huge values fail the test, nothing overflows in .long()
+        whole = (targets == targets.trunc()) & (targets.abs() < 2**31)
+        if not bool(whole.all()):
+            bad = targets[~whole][0].item()
+            raise ValueError(f"class-index targets: the float targets {tuple(targets.shape)} of dtype {targets.dtype} "
+                             f"hold {bad!r}, not a whole class number; pass class indices (0, 1, ..., C - 1; "
+                             f"floats such as 0., 1. are accepted)")
+    return targets.long()
+
+
 def prepare_targets(outputs: torch.Tensor, targets: torch.Tensor,
                     ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Bring ``targets`` to the shape of ``outputs`` (B, C, H, W) and build the valid-pixel mask.
@@ -41,8 +61,8 @@ def prepare_targets(outputs: torch.Tensor, targets: torch.Tensor,
     b, c, h, w = outputs.shape
     valid = None
     if targets.dim() == 3 and tuple(targets.shape) == (b, h, w):
-        if not targets.is_floating_point() and c > 1:  # class indices
-            t = targets.long()
+        if c > 1:  # class indices (float class maps of whole numbers too)
+            t = class_indices(targets)
             if ignore_index is not None:
                 valid = (t != ignore_index).unsqueeze(1)
                 t = torch.where(valid.squeeze(1), t, torch.zeros_like(t))

@@ -13,6 +13,8 @@ def tiny_model(name: str = "unet", num_classes: int = 2, **kwargs) -> torch.nn.M
     """A small registry model (random weights, nothing downloaded)."""
     if name.startswith("resnet"):
         kwargs.setdefault("pretrained", False)
+    elif name.startswith("mobilenetv2"):
+        kwargs.setdefault("width_mult", 0.5)
     else:
         kwargs = {**TINY, **kwargs}
     torch.manual_seed(0)

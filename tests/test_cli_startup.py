@@ -95,9 +95,9 @@ def test_missing_attribute_is_attribute_error():
 def test_legacy_names_raise_import_error_without_importing_torch():
     """A Catalyst 19.x name is an ImportError naming the replacement, answered before any lazy import."""
     code = ("import sys, segzoo\n"
-            "try:\n    from segzoo import MobileUnet\nexcept ImportError as e:\n    msg = str(e)\n"
-            "assert 'Unet(' in msg and 'torch' not in sys.modules, msg\n"
-            "try:\n    segzoo.ResNetUnet\nexcept ImportError as e:\n    assert 'ResnetUnet(' in str(e)\n"
+            "try:\n    from segzoo import UnetSpec\nexcept ImportError as e:\n    msg = str(e)\n"
+            "assert 'UnetMetaSpec(' in msg and 'torch' not in sys.modules, msg\n"
+            "try:\n    segzoo.ResnetUnetSpec\nexcept ImportError as e:\n    assert 'ResnetUnet/' in str(e)\n"
             "print('ok')")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

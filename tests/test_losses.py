@@ -11,6 +11,8 @@ from segzoo.losses import (
     FocalLoss,
     IoULoss,
     LovaszLoss,
+    LovaszLossMultiClass,
+    TverskyLoss,
     create_loss,
     get_loss,
     list_losses,
@@ -308,3 +310,50 @@ def test_catalyst_loss_arguments():
         from segzoo.losses import FocalLossMultiClass  # noqa: F401
     for name in ("LovaszLossBinary", "LovaszLossMultiClass", "LovaszLossMultiLabel", "FocalLossBinary"):
         assert type(get_loss(name)).__name__ == name
+
+
+_MULTICLASS = {
+    "LovaszLossMultiClass": lambda ignore: LovaszLossMultiClass(ignore=ignore),
+    "LovaszLoss": lambda ignore: LovaszLoss(mode="multiclass", ignore_index=ignore),
+    "LovaszLoss-per-image": lambda ignore: LovaszLoss(mode="multiclass", ignore_index=ignore, per_image=True),
+    "FocalLoss": lambda ignore: FocalLoss(mode="multiclass", ignore_index=ignore),
+    "DiceLoss": lambda ignore: DiceLoss(mode="multiclass", ignore_index=ignore),
+    "IoULoss": lambda ignore: IoULoss(mode="multiclass", ignore_index=ignore),
+    "TverskyLoss": lambda ignore: TverskyLoss(0.3, 0.7, mode="multiclass", ignore_index=ignore),
+}
+
+
+@pytest.mark.parametrize("name", list(_MULTICLASS))
+def test_multiclass_losses_take_float_class_maps(name):
+    """Catalyst 19.x scripts passed class maps as float (B, H, W) tensors of 0., 1., ...: the same loss as int64."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    idx = torch.randint(0, 3, (2, 8, 8))
+    loss = _MULTICLASS[name](None)
+    expected = loss(logits, idx)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        got = loss(logits, idx.to(dtype))
+        assert got.item() == pytest.approx(expected.item(), rel=1e-6), dtype
+    got.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    # an ignored label given as a float (255.) is ignored as the int one is
+    ignored = idx.clone()
+    ignored[:, :3] = 255
+    with_ignore = _MULTICLASS[name](255)
+    assert with_ignore(logits, ignored.float()).item() == pytest.approx(with_ignore(logits, ignored).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", list(_MULTICLASS))
+@pytest.mark.parametrize("bad", [0.5, 2.25, -0.5, float("nan"), float("inf"), 1e20])
+def test_multiclass_losses_refuse_float_targets_that_are_not_class_numbers(name, bad):
+    logits = torch.randn(2, 3, 8, 8)
+    targets = torch.randint(0, 3, (2, 8, 8)).float()
+    targets[1, 4, 5] = bad
+    with pytest.raises(ValueError) as info:
+        _MULTICLASS[name](None)(logits, targets)
+    msg = str(info.value)
+    assert "\n" not in msg and "whole class number" in msg and "(2, 8, 8)" in msg and "float32" in msg, msg
+    # a whole number outside the classes is refused by the same range check as an int64 one
+    targets[1, 4, 5] = 7.0
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        _MULTICLASS[name](None)(logits, targets)

@@ -106,8 +106,6 @@ def test_bf16_inputs_and_class_name_errors():
     torch.testing.assert_close(dice(o, t, activation="Softmax2d"), dice(o.float(), t, activation="Softmax2d"))
     with pytest.raises(ValueError, match="2 class names"):
         iou(o, t, classes=["a", "b"], per_class=True, activation="Softmax2d")
-    with pytest.raises(ValueError, match=r"\(2, 16, 16\)"):
-        dice(o, t.float())  # float (B, H, W) targets do not fit C == 3
 
 
 def test_catalyst_iou_classes_means_per_class():
@@ -120,3 +118,16 @@ def test_catalyst_iou_classes_means_per_class():
     assert float(per["a"]) == pytest.approx(1.0, abs=1e-3) and float(per["b"]) == pytest.approx(0.5, abs=1e-3)
     assert float(iou(logits, target, classes=["a", "b"], per_class=False, threshold=0.5)) == pytest.approx(0.75, abs=1e-3)
     assert jaccard is iou
+
+
+def test_float_class_maps_are_class_indices():
+    """As for the multiclass losses: float (B, H, W) targets of whole numbers are class indices, others are refused."""
+    o = torch.randn(2, 3, 16, 16)
+    t = torch.randint(0, 3, (2, 16, 16))
+    torch.testing.assert_close(dice(o, t.float(), activation="Softmax2d"), dice(o, t, activation="Softmax2d"))
+    with pytest.raises(ValueError, match=r"\(2, 16, 16\).*whole class number"):
+        dice(o, t.float() + 0.5)
+    ignored = t.clone()
+    ignored[:, :4] = 255
+    torch.testing.assert_close(iou(o, ignored.float(), activation="Softmax2d", ignore_index=255, per_class=True),
+                               iou(o, ignored, activation="Softmax2d", ignore_index=255, per_class=True))

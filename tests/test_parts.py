@@ -15,7 +15,7 @@ from segzoo.decoders import (
     list_decoders,
     pyramid_avg_pool,
 )
-from segzoo.encoders import ResnetEncoder, create_encoder, list_encoders
+from segzoo.encoders import MobileNetV2Encoder, ResnetEncoder, create_encoder, list_encoders
 from segzoo.heads import UnetHead, create_head, list_heads
 from segzoo.registry import Registry
 
@@ -36,6 +36,7 @@ ENCODER_VARIANTS = {
     "resnet50_l123": lambda: ResnetEncoder("resnet50", pretrained=False, layers_indices=[1, 2, 3]),
     "resnet18_os16": lambda: ResnetEncoder("resnet18", pretrained=False, output_stride=16),
     "resnet34_os8": lambda: ResnetEncoder("resnet34", pretrained=False, output_stride=8),
+    "mobilenetv2_w035": lambda: MobileNetV2Encoder(width_mult=0.35),
 }
 ENCODERS = {**{name: (lambda n=name: create_encoder(n, **ENCODER_ARGS.get(n, {}))) for name in list_encoders()},
             **ENCODER_VARIANTS}

@@ -25,13 +25,13 @@ RESNET_DEPTHS = (18, 34, 50, 101, 152)
 #: generic model (``unet``) and per ResNet depth.
 ARCHITECTURES = ("unet", "linknet", "fpn_unet", "pspnet", "deeplabv3plus", "upernet")
 #: Every built-in registry name, sorted like :func:`segzoo.list_models` (a test checks they are equal).
-MODEL_NAMES = tuple(sorted([*ARCHITECTURES,
+MODEL_NAMES = tuple(sorted([*ARCHITECTURES, "mobilenetv2_unet",
                             *(f"resnet{d}_{a}" for d, a in itertools.product(RESNET_DEPTHS, ARCHITECTURES))]))
 #: The built-in part registries (kind -> sorted names), in the order ``segzoo models --parts``
 #: prints them; equal to segzoo.encoders.ENCODERS, .bridges.BRIDGES, .decoders.DECODERS and
 #: .heads.HEADS (checked by a test).
 PART_NAMES: dict[str, tuple[str, ...]] = {
-    "encoder": ("resnet", "timm", "unet"),
+    "encoder": ("mobilenetv2", "resnet", "timm", "unet"),
     "bridge": ("unet",),
     "decoder": ("deeplabv3plus", "fpn", "psp", "unet", "upernet"),
     "head": ("fpn", "unet"),

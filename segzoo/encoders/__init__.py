@@ -1,9 +1,10 @@
-"""Encoders: ``EncoderSpec``, the encoder registry and the built-in ResNet, Unet and timm encoders."""
+"""Encoders: ``EncoderSpec``, the encoder registry and the built-in ResNet, MobileNetV2, Unet and timm encoders."""
 
 from segzoo.encoders.base import ENCODERS, EncoderSpec, create_encoder, list_encoders, register_encoder
+from segzoo.encoders.mobilenet import MobileNetV2Encoder
 from segzoo.encoders.resnet import RESNET_CHANNELS, ResnetEncoder
 from segzoo.encoders.timm_encoder import TimmEncoder
 from segzoo.encoders.unet import UnetEncoder
 
-__all__ = ["EncoderSpec", "ResnetEncoder", "TimmEncoder", "UnetEncoder", "RESNET_CHANNELS",
+__all__ = ["EncoderSpec", "ResnetEncoder", "MobileNetV2Encoder", "TimmEncoder", "UnetEncoder", "RESNET_CHANNELS",
            "ENCODERS", "register_encoder", "create_encoder", "list_encoders"]

@@ -1,7 +1,9 @@
 """Segmentation losses, safe under fp16/bf16 autocast (computed in float32).
 
 Targets follow :mod:`segzoo.metrics`: (B, C, H, W) float for ``mode="binary"`` /
-``"multilabel"``, (B, H, W) class indices for ``mode="multiclass"``. Every loss maps
+``"multilabel"``, (B, H, W) class indices for ``mode="multiclass"`` (int64, or float class maps
+of whole numbers as Catalyst 19.x scripts passed them; other float values are refused in one
+line). Every loss maps
 logits (B, C, H, W) and targets to a scalar.
 
 Overlap losses (Dice, IoU, Tversky, BCE + Dice/IoU) are in :mod:`~segzoo.losses.overlap`,

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segzoo.losses.base import check_multiclass
+from segzoo.losses.base import multiclass_targets
 from segzoo.metrics import prepare_targets
 
 
@@ -14,7 +14,8 @@ class FocalLoss(nn.Module):
     """Focal loss ``-alpha_t (1 - p_t)^gamma log(p_t)``, averaged over valid pixels.
 
     Args:
-        mode: ``"binary"`` (sigmoid, targets (B, C, H, W)) or ``"multiclass"`` (softmax, (B, H, W)).
+        mode: ``"binary"`` (sigmoid, targets (B, C, H, W)) or ``"multiclass"`` (softmax, (B, H, W) class
+            indices; float class maps of whole numbers are accepted).
         gamma: focusing parameter.
         alpha: weight of positives in binary mode (``None``: no weighting); unused in multiclass.
         ignore_index: target value whose pixels are left out.
@@ -30,7 +31,7 @@ class FocalLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Loss of logits (B, C, H, W); a scalar."""
         if self.mode == "multiclass":
-            check_multiclass(logits, targets)
+            targets = multiclass_targets(logits, targets)
         t, valid = prepare_targets(logits, targets, self.ignore_index)
         x = logits.float()
         if self.mode == "binary":

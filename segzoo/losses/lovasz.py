@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segzoo.losses.base import MODES, check_multiclass
+from segzoo.losses.base import MODES, multiclass_targets
 
 
 def _lovasz_grad(sorted_gt: torch.Tensor) -> torch.Tensor:
@@ -66,8 +66,8 @@ class LovaszLoss(nn.Module):
     Args:
         mode: ``"binary"`` (logits (B, 1, H, W), targets (B, 1, H, W) or (B, H, W)),
             ``"multilabel"`` (the binary loss of each channel, averaged; targets of the logits'
-            shape) or ``"multiclass"`` (softmax over C; (B, H, W) class indices, or one-hot float
-            (B, C, H, W) targets as Catalyst 19.x took them).
+            shape) or ``"multiclass"`` (softmax over C; (B, H, W) class indices, integer or float
+            holding whole numbers, or one-hot float (B, C, H, W) targets, as Catalyst 19.x took them).
         ignore_index: target value whose pixels are left out.
         per_image: compute per image and average (else over the whole batch).
     """
@@ -110,7 +110,7 @@ class LovaszLoss(nn.Module):
         if mode == "binary" and targets.dim() == 4 and targets.shape[1] == 1:
             targets = targets[:, 0]
         if mode == "multiclass":
-            check_multiclass(logits, targets)
+            targets = multiclass_targets(logits, targets)
         if targets.shape != (logits.shape[0], *logits.shape[2:]):
             raise ValueError(f"targets of shape {tuple(targets.shape)} do not fit logits {tuple(logits.shape)}")
         if mode == "multiclass":
@@ -138,7 +138,8 @@ class LovaszLossBinary(LovaszLoss):
 class LovaszLossMultiClass(LovaszLoss):
     """Catalyst 19.x name of ``LovaszLoss(mode="multiclass")``: Lovasz-softmax over C classes.
 
-    Targets are (B, H, W) class indices or one-hot float (B, C, H, W). Unlike Catalyst, the
+    Targets are (B, H, W) class indices (integer, or float class maps of whole numbers such as
+    0., 1., 2.) or one-hot float (B, C, H, W). Unlike Catalyst, the
     logits go through a softmax first (Catalyst fed raw logits in as probabilities).
 
     Args:

@@ -148,7 +148,7 @@ class TverskyLoss(_OverlapLoss):
         beta: weight of false negatives.
         gamma: exponent of each class's loss (1: plain Tversky).
         mode: ``"binary"``, ``"multilabel"`` (sigmoid per channel, targets (B, C, H, W)) or
-            ``"multiclass"`` (softmax, (B, H, W) class indices).
+            ``"multiclass"`` (softmax, (B, H, W) class indices; float class maps of whole numbers are accepted).
         smooth: added to numerator and denominator.
         eps: floor of the denominator.
         ignore_index: target value whose pixels are left out.

@@ -1,6 +1,8 @@
-"""Model assembly (UnetMetaSpec), the architecture table, the named models and the registry."""
+"""Model assembly (UnetMetaSpec), the architecture table, the named models, Catalyst 19.x's legacy models
+(MobileUnet, ResNetUnet, ResNetLinknet) and the registry."""
 
 from segzoo.models.archs import ARCHITECTURES, Architecture
+from segzoo.models.catalyst import MobileUnet, ResNetLinknet, ResNetUnet
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.named import (
     DeepLabV3Plus,
@@ -28,6 +30,7 @@ from segzoo.models.registry import (
 )
 
 __all__ = ["UnetMetaSpec", "Unet", "Linknet", "FPNUnet", "PSPnet", "DeepLabV3Plus", "UPerNet", "ResnetUnet",
-           "ResnetLinknet", "ResnetFPNUnet", "ResnetPSPnet", "ResnetDeepLabV3Plus", "ResnetUPerNet", "GenericModel",
+           "ResnetLinknet", "ResnetFPNUnet", "ResnetPSPnet", "ResnetDeepLabV3Plus", "ResnetUPerNet", "MobileUnet", "ResNetUnet",
+           "ResNetLinknet", "GenericModel",
            "ResnetModel", "Architecture", "ARCHITECTURES", "MODELS", "create_model", "list_models", "register_model",
            "get_model_spec", "model_from_spec"]

@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.export,
               pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")]
 
 ARCHS = list(ARCHITECTURES)  # every architecture of the table
+OTHER = ["mobilenetv2_unet"]  # registered outside the two families (Catalyst 19.x's MobileUnet, width 0.5)
 
 
 def _model(arch, seed=0):
@@ -84,7 +85,7 @@ def _no_temp_files(folder):
 
 # ---- ONNX --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + OTHER)
 def test_onnx_dynamic_batch_and_size_match_eager(tmp_path, cli, arch):
     """Exported at 1x32x32; run at other batches and odd, non-multiple H x W (PSP: uneven pooling bins)."""
     onnx = pytest.importorskip("onnx")
@@ -125,7 +126,7 @@ def test_onnx_opset_out_of_range(tmp_path, logdir, cli, opset):
 
 # ---- TorchScript -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["unet", pytest.param("pspnet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", ["unet", "mobilenetv2_unet", pytest.param("pspnet", marks=pytest.mark.slow)])
 def test_torchscript_matches_eager(tmp_path, cli, arch):
     logdir, model = _arch_log(tmp_path, arch)
     out = tmp_path / "model.pt"

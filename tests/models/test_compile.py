@@ -20,6 +20,7 @@ from torch.export import Dim
 from segzoo.models import ARCHITECTURES
 
 TINY_ARCHS = list(ARCHITECTURES)  # every architecture of the table, tiny generic encoder
+OTHER = ["mobilenetv2_unet"]  # registered outside the two families (Catalyst 19.x's MobileUnet, width 0.5)
 # the ResNet family on the same table; unet and pspnet (stage-cut encoder) run fast, the rest are marked slow
 RESNET = [pytest.param(f"resnet18_{arch}", marks=() if arch in ("unet", "pspnet") else pytest.mark.slow)
           for arch in ARCHITECTURES]
@@ -36,7 +37,7 @@ def _assert_matches(fn, model, shapes, atol=1e-5, rtol=1e-4):
         assert torch.allclose(got, ref, atol=atol, rtol=rtol), (b, h, w, float((got - ref).abs().max()))
 
 
-@pytest.mark.parametrize("name", TINY_ARCHS + RESNET)
+@pytest.mark.parametrize("name", TINY_ARCHS + RESNET + OTHER)
 def test_jit_trace_matches_eager_at_other_sizes(name):
     model = tiny_model(name)
     with warnings.catch_warnings(), torch.no_grad():
@@ -60,7 +61,7 @@ def _export(model, example):
 
 @pytest.mark.slow
 @pytest.mark.export
-@pytest.mark.parametrize("name", TINY_ARCHS + ["resnet18_unet", "resnet18_deeplabv3plus"])
+@pytest.mark.parametrize("name", TINY_ARCHS + ["resnet18_unet", "resnet18_deeplabv3plus"] + OTHER)
 def test_torch_export_dynamic_shapes_match_eager(name):
     model = tiny_model(name)
     m = model.size_multiple
@@ -97,7 +98,7 @@ def fresh_dynamo():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, backend", [(arch, "aot_eager") for arch in TINY_ARCHS] + [("pspnet", "inductor")])
+@pytest.mark.parametrize("name, backend", [(arch, "aot_eager") for arch in TINY_ARCHS + OTHER] + [("pspnet", "inductor")])
 def test_compile_fullgraph_matches_eager(fresh_dynamo, name, backend):
     model = tiny_model(name)
     compiled = torch.compile(model, fullgraph=True, backend=backend)

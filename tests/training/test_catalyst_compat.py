@@ -319,7 +319,7 @@ def test_train_refuses_conflicting_checkpoint_callbacks(tmp_path, loaders):
 
 
 @pytest.mark.parametrize("module, name, hint", [
-    ("segzoo", "MobileUnet", "Unet("), ("segzoo", "ResNetUnet", "ResnetUnet("),
+    ("segzoo", "UnetSpec", "UnetMetaSpec("), ("segzoo", "ResnetUnetSpec", "ResnetUnet/"),
     ("segzoo.compat", "ResnetUnetSpec", "UnetMetaSpec"),
     ("segzoo.training.callbacks", "InferMaskCallback", "InferCallback()"),
     ("segzoo.training", "RaiseExceptionCallback", "drop it"),
@@ -338,7 +338,7 @@ def test_every_19x_name_is_importable_from_compat():
     import segzoo.compat as compat
 
     names = ["UnetMetaSpec", "Unet", "Linknet", "FPNUnet", "PSPnet", "ResnetUnet", "ResnetLinknet", "ResnetFPNUnet",
-             "ResnetPSPnet", "SupervisedRunner", "Callback", "CallbackOrder", "RunnerState", "CheckpointCallback",
+             "ResnetPSPnet", "MobileUnet", "ResNetUnet", "ResNetLinknet", "SupervisedRunner", "Callback", "CallbackOrder", "RunnerState", "CheckpointCallback",
              "CriterionCallback", "CriterionAggregatorCallback", "DiceCallback", "IouCallback", "InferCallback",
              "EarlyStoppingCallback", "OptimizerCallback", "SchedulerCallback", "MetricCallback", "ConsoleLogger",
              "TensorboardLogger", "VerboseLogger", "DiceLoss", "IoULoss", "BCEDiceLoss", "BCEIoULoss",
