@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 
-import pytest
-import torch
+# One torch thread per test process, and per process the tests start (set before torch is imported, so
+# subprocesses inherit it). The models here are tiny (64x64 inputs): a second thread buys little when the
+# machine is idle, and on a busy machine threads that wait for each other at every operation made the
+# suite several times slower (36 min against about 6 idle on 2 cores). pytest-xdist's workers (``-n``)
+# then use the cores. A value the user set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # tests never download: a missing weights file must raise, not fetch
 os.environ.setdefault("SEGZOO_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+_threads = os.environ["OMP_NUM_THREADS"]
+torch.set_num_threads(max(1, int(_threads)) if _threads.isdigit() else 1)
 
 
 def pytest_collection_modifyitems(config, items):
