@@ -26,7 +26,11 @@ import stat
 from pathlib import Path
 
 from segzoo.errors import WriteError, short_repr
+from segzoo.export.torchscript import traced_filename
 from segzoo.fileio import TEMP_NAME_CHARS, os_error_reason, temp_name_target
+
+# traced-{checkpoint}-{method}[...].pth as segzoo.export names them: the part before and after the variable middle
+_TRACED_HEAD, _TRACED_TAIL = (re.escape(part) for part in traced_filename(None, "\0").split("\0"))
 
 CONFIG_NAME = "config.yml"
 # first line of the config.yml segzoo writes; --force removes a config.yml only when it carries it
@@ -38,11 +42,11 @@ RUN_FILES: dict[str, tuple[str, ...]] = {
     "": (r"config\.yml", r"log\.txt", r"metrics\.csv"),
     "checkpoints": (r"(?:best|last|.+\.\d+)(?:_full)?\.pth", r"_metrics\.json"),
     "predictions": (r".+\.\d+\.png",),
-    "trace": (r"traced-.+\.pth",),
+    "trace": (_TRACED_HEAD + ".+" + _TRACED_TAIL,),
     LOADER_LOGS: (r"events\.out\.tfevents\..+",),
 }
 # how a name cut to TEMP_NAME_CHARS in a temporary file's name may start (a stage name may be long)
-_CUT_NAMES = {"checkpoints": r".+", "predictions": r".+", "trace": r"traced-.+"}
+_CUT_NAMES = {"checkpoints": r".+", "predictions": r".+", "trace": _TRACED_HEAD + ".+"}
 
 
 def show_path(path: Path | str) -> str:
