@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,12 +72,14 @@ def check_result_name(name: object) -> str:
     """``name`` if it can name the result files inside the output folder (``--name``), else one ValueError line.
 
     Refused: anything but a non-empty string, a path (``/``, ``\\``, ``.``, ``..``: the files
-    would land outside the output folder), a control character.
+    would land outside the output folder), a control character, a name too long for a file name.
     """
     if (not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name
             or any(ord(c) < 32 for c in name)):
         raise ValueError(f"--name must be a plain file name (the stem of NAME.json / NAME.md / NAME.png in the "
                          f"--out folder), without folders; got {short_repr(name)}")
+    if len(os.fsencode(f"{name}.json")) > 255:
+        raise ValueError(f"--name is too long for a file name ({short_repr(name)}); use at most 250 bytes")
     return name
 
 

@@ -61,6 +61,8 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
     )
 
     check_result_name(args.name)  # before any model is timed
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a file, expected a folder for the results")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

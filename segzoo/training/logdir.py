@@ -215,20 +215,21 @@ def _user_stacklevel() -> int:
 
 def _start_fresh(folder: Path, fd: int | None) -> int | None:
     """Move the previous run in ``folder`` (locked by ``fd``) aside; create, lock and return the new folder's fd."""
+    real = folder.resolve()  # a logdir that is a symbolic link keeps pointing to the new folder
     try:
-        moved = move_folder_aside(folder, _reserved)
+        moved = move_folder_aside(real, _reserved)
         warnings.warn(f"log directory {_show(folder)} held a previous run: moved it to {_show(moved)} and started "
                       f"afresh (pass overwrite_logdir=True to replace it instead, or resume={str(moved)!r} to "
                       f"continue it)", LogdirMovedWarning, stacklevel=_user_stacklevel())
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            real.mkdir(exist_ok=True)
         except OSError as exc:
             raise WriteError(exc.errno, f"cannot create log directory {_show(folder)}: {os_error_reason(exc)}") from None
-        new_fd = _lock(folder)
+        new_fd = _lock(real)
     finally:
         if fd is not None:
             os.close(fd)
-    if list_names(folder):
+    if list_names(real):
         if new_fd is not None:
             os.close(new_fd)
         raise FileExistsError(f"log directory {_show(folder)} was filled by another process right after its previous "

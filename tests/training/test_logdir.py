@@ -89,6 +89,17 @@ def test_a_run_with_foreign_files_or_holding_the_cwd_is_not_moved_aside(tmp_path
     assert _hashes(run) == {k: v for k, v in before.items() if k != "notes.txt"}
 
 
+def test_a_logdir_that_is_a_symbolic_link_keeps_pointing_to_the_new_run(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    _train(tmp_path / "link")
+    first = _hashes(tmp_path / "real")
+    with pytest.warns(LogdirMovedWarning, match="real.1"):
+        _train(tmp_path / "link", lr=0.5)
+    assert _hashes(tmp_path / "real.1") == first and (tmp_path / "link").resolve() == tmp_path / "real"
+    assert set(_hashes(tmp_path / "link")) == set(first)
+
+
 def test_a_run_being_written_is_not_moved_aside_and_a_claimed_sibling_is_skipped(tmp_path):
     run = tmp_path / "run"
     _train(run)
