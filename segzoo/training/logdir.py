@@ -104,18 +104,25 @@ def resumes_in(resume: str | os.PathLike | None, logdir: str | os.PathLike) -> b
     return resume is not None and _same_or_inside(Path(resume), Path(logdir))
 
 
-def _foreign_refusal(folder: Path, foreign: list[str]) -> str:
+def _foreign(foreign: list[str]) -> str:
+    """The first foreign entry of a log directory, for a message (and how many more there are)."""
     what = ("a config.yml without segzoo's header line (not written by segzoo train)"
             if foreign[0] == CONFIG_NAME else short_repr(foreign[0]))
-    return f"log directory {_show(folder)} also holds {what}" + (
-        f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+    return what + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+
+
+def _holds_cwd(folder: Path) -> bool:
+    try:
+        return _same_or_inside(Path.cwd(), folder)
+    except OSError:  # the current folder was removed: it is in no log directory
+        return False
 
 
 def _remove_previous_run(folder: Path, inputs: Iterable[str | os.PathLike], remove: bool) -> None:
     contents = scan_run(folder)
     if contents.foreign:
-        raise ValueError(f"--force replaces only what segzoo train wrote, but {_foreign_refusal(folder, contents.foreign)}"
-                         f"; move it away or choose another logdir")
+        raise ValueError(f"--force replaces only what segzoo train wrote, but log directory {_show(folder)} also "
+                         f"holds {_foreign(contents.foreign)}; move it away or choose another logdir")
     for src in inputs:
         for path in (*contents.files, *contents.folders):
             if _same_or_inside(Path(src), path):
@@ -185,9 +192,10 @@ def check_logdir_free(logdir: str | os.PathLike, *, resume: str | os.PathLike | 
                               f"{new}, {cont}, or {force}")
     foreign = scan_run(folder).foreign
     if foreign:
-        raise FileExistsError(f"{_foreign_refusal(folder, foreign)} besides a run (a previous run is moved aside "
-                              f"only when its folder holds nothing else); {new} or move it away")
-    if _same_or_inside(Path.cwd(), folder):
+        raise FileExistsError(f"log directory {_show(folder)} holds {_foreign(foreign)}, not written by segzoo (a "
+                              f"previous run is moved aside only when its folder holds nothing else); {new} "
+                              f"or move it away")
+    if _holds_cwd(folder):
         raise FileExistsError(f"log directory {_show(folder)} already holds a run and is the current folder (or "
                               f"holds it), so it cannot be moved aside; {new}, {cont}, or {force}")
     return True

@@ -79,7 +79,7 @@ def test_a_run_with_foreign_files_or_holding_the_cwd_is_not_moved_aside(tmp_path
     _train(run)
     (run / "notes.txt").write_text("mine")
     before = _hashes(run)
-    with pytest.raises(FileExistsError, match=r"also holds 'notes.txt' besides a run"):
+    with pytest.raises(FileExistsError, match=r"holds 'notes.txt', not written by segzoo"):
         _train(run, lr=0.5)
     (run / "notes.txt").unlink()
     monkeypatch.chdir(run / "checkpoints")  # moving it would move the current folder, and relative paths with it
