@@ -207,8 +207,8 @@ def move_folder_aside(folder: str | os.PathLike,
 
     A sibling name is taken by creating it as an empty folder (``mkdir`` fails on any existing
     name, so two processes never take the same one); ``folder`` is then renamed over that empty
-    folder in one step. A file another process put into it meanwhile makes the rename fail, and
-    the file is kept.
+    folder in one step. A file another process put into it meanwhile makes the rename fail: that
+    folder is left to it, and the next name is tried.
 
     Args:
         folder: the folder to move (a symbolic link is followed: the real folder moves).
@@ -240,6 +240,8 @@ def move_folder_aside(folder: str | os.PathLike,
             try:
                 os.rename(src, dest)  # replaces our empty folder, and only an empty one
             except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    continue  # another process put a file into it meanwhile: that folder is its own now
                 with contextlib.suppress(OSError):
                     os.rmdir(dest)  # our empty folder (not empty: another process's file, kept)
                 raise WriteError(exc.errno, f"cannot move {src} aside to {dest}: {os_error_reason(exc)}") from None

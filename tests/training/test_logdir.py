@@ -334,3 +334,33 @@ def test_resume_may_name_a_former_default_the_saved_run_used(tmp_path):
         check_resume_config(saved, named("levels"), tmp_path / "config.yml")
     with pytest.raises(ConfigError, match="run was trained with model.params.decoder_params.fuse='levels'"):
         check_resume_config(named("levels"), named("concat"), tmp_path / "config.yml")
+
+
+def test_move_folder_aside_never_takes_a_name_in_use(tmp_path):
+    """Sibling names already taken, reserved by another process, or written into meanwhile are skipped."""
+    import contextlib
+
+    from segzoo.fileio import move_folder_aside
+
+    src = tmp_path / "run"
+    (src / "checkpoints").mkdir(parents=True)
+    (src / "checkpoints" / "best.pth").write_bytes(b"weights")
+    (tmp_path / "run.1").write_text("a file")
+    (tmp_path / "run.2").symlink_to(tmp_path / "missing")  # a dangling link is a taken name too
+    tried = []
+
+    @contextlib.contextmanager
+    def others(dest):
+        tried.append(dest.name)
+        if dest.name == "run.3":
+            raise FileExistsError("reserved by another process")
+        if dest.name == "run.4":
+            (dest / "theirs.txt").write_text("theirs")  # another process writes into it meanwhile
+        yield
+
+    assert move_folder_aside(src, others) == tmp_path / "run.5"
+    assert tried == ["run.3", "run.4", "run.5"] and not src.exists()
+    assert (tmp_path / "run.5" / "checkpoints" / "best.pth").read_bytes() == b"weights"
+    assert (tmp_path / "run.1").read_text() == "a file" and (tmp_path / "run.2").is_symlink()
+    assert [p.name for p in (tmp_path / "run.4").iterdir()] == ["theirs.txt"]
+    assert (tmp_path / "run.3").is_dir()  # the other process's reservation, left to it
