@@ -24,6 +24,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +32,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from segzoo.errors import WriteError
+
+# temporary files of atomic_path: "." + the destination's name cut to TEMP_NAME_CHARS + "." + mkstemp's
+# 8 random characters + ".tmp"; temp_name_target reads them back (what ``segzoo train --force`` may remove)
+TEMP_NAME_CHARS = 80
+_TEMP_NAME = re.compile(rf"\.(.{{1,{TEMP_NAME_CHARS}}})\.[a-z0-9_]{{8}}\.tmp", re.DOTALL)
 
 _REASONS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
             errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
@@ -185,6 +191,65 @@ def make_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def temp_name_target(name: str) -> str | None:
+    """The destination name a temporary file of :func:`atomic_path` was made for, or None.
+
+    ``".best.pth.k3x9_a0q.tmp"`` gives ``"best.pth"``. Names are cut to :data:`TEMP_NAME_CHARS`
+    characters in temporary names, so a result of that length may be the start of a longer name.
+    """
+    match = _TEMP_NAME.fullmatch(name)
+    return match.group(1) if match else None
+
+
+def move_folder_aside(folder: str | os.PathLike,
+                      reserve: Callable[[Path], contextlib.AbstractContextManager[Any]] | None = None) -> Path:
+    """Rename ``folder`` to its first free sibling ``{name}.1``, ``{name}.2``, ... ; never over anything.
+
+    A sibling name is taken by creating it as an empty folder (``mkdir`` fails on any existing
+    name, so two processes never take the same one); ``folder`` is then renamed over that empty
+    folder in one step. A file another process put into it meanwhile makes the rename fail: that
+    folder is left to it, and the next name is tried.
+
+    Args:
+        folder: the folder to move (a symbolic link is followed: the real folder moves).
+        reserve: entered on the freshly made empty sibling and held until the rename is done
+            (e.g. a lock that keeps other processes from using it meanwhile); raising
+            ``FileExistsError`` there skips that name.
+
+    Returns:
+        The new path of the folder.
+
+    Raises:
+        WriteError: the folder cannot be moved (one line naming it and why); it stays where it was.
+    """
+    src = Path(folder).resolve()
+    for n in range(1, 100_000):
+        dest = src.with_name(f"{src.name}.{n}")
+        try:
+            os.mkdir(dest)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise WriteError(exc.errno, f"cannot move {src} aside to {dest}: {os_error_reason(exc)}") from None
+        with contextlib.ExitStack() as held:
+            try:
+                if reserve is not None:
+                    held.enter_context(reserve(dest))
+            except FileExistsError:
+                continue  # the empty folder is another process's now; leave it to it
+            try:
+                os.rename(src, dest)  # replaces our empty folder, and only an empty one
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    continue  # another process put a file into it meanwhile: that folder is its own now
+                with contextlib.suppress(OSError):
+                    os.rmdir(dest)  # our empty folder (not empty: another process's file, kept)
+                raise WriteError(exc.errno, f"cannot move {src} aside to {dest}: {os_error_reason(exc)}") from None
+        fsync_dir(src.parent)
+        return dest
+    raise WriteError(errno.EEXIST, f"cannot move {src} aside: {src.name}.1 to {src.name}.99999 all exist")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint: str = "--force",
                 sync_dir: bool = True) -> Iterator[Path]:
@@ -213,7 +278,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, force_hint:
             raise FileExistsError(f"output {path} exists; pass {force_hint} to overwrite it")
         replaces = _identity(path) if overwrite else None
         _make_parents(path.parent)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name[:TEMP_NAME_CHARS]}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except (FileExistsError, IsADirectoryError):
         raise

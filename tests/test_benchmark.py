@@ -201,6 +201,30 @@ def test_cli_writes_results(tmp_path, capsys):
     assert "segzoo unet" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["../escaped", "{tmp}/abs/path", "sub/x", "..", ".", "", " ", "a\\b", "a\nb", "x" * 300])
+def test_name_cannot_write_outside_the_out_folder(tmp_path, capsys, name):
+    """Issue 19 point 9: --name is the stem of files in --out, refused before any model is timed."""
+    out = tmp_path / "deep" / "out"
+    name = name.format(tmp=tmp_path)
+    code = cli_main(["benchmark", "--models", "unet", "--no-smp", "--resolutions", "32", "--batch-sizes", "2",
+                     "--warmup", "0", "--iterations", "1", "--repeats", "1", "--no-memory",
+                     "--out", str(out), "--name", name])
+    err = capsys.readouterr()
+    assert code == 2 and "segzoo benchmark: error: --name " in err.err and "segzoo unet" not in err.out
+    assert [p for p in tmp_path.rglob("*")] == []  # nothing written anywhere
+    with pytest.raises(ValueError, match="--name"):
+        bench.write_results([], bench.environment(), out, name)
+    assert [p for p in tmp_path.rglob("*")] == []
+
+
+def test_out_that_is_a_file_is_refused_before_timing(tmp_path, capsys):
+    (tmp_path / "f").write_text("mine")
+    code = cli_main(["benchmark", "--models", "unet", "--no-smp", "--out", str(tmp_path / "f")])
+    err = capsys.readouterr()
+    assert code == 2 and "is a file" in err.err and "segzoo unet" not in err.out
+    assert (tmp_path / "f").read_text() == "mine"
+
+
 def test_cli_unknown_model_is_a_user_error(tmp_path, capsys):
     code = cli_main(["benchmark", "--models", "unett", "--out", str(tmp_path)])
     assert code == 2

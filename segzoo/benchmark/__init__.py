@@ -27,7 +27,14 @@ from segzoo.benchmark.measure import (
     time_block,
     train_step_memory,
 )
-from segzoo.benchmark.report import markdown_table, plot_throughput, ratio_table, ratios, write_results
+from segzoo.benchmark.report import (
+    check_result_name,
+    markdown_table,
+    plot_throughput,
+    ratio_table,
+    ratios,
+    write_results,
+)
 from segzoo.benchmark.specs import (
     ARCHS,
     SMP_ARCHS,
@@ -44,7 +51,7 @@ from segzoo.cli.benchmark import run  # the command, kept here for benchmarks/ s
 
 __all__ = ["BenchConfig", "environment", "count_params", "count_gflops", "time_block", "throughput", "with_layouts",
            "train_step_memory", "run_benchmark", "run_suite", "available_devices", "ratios", "markdown_table",
-           "ratio_table", "write_results", "plot_throughput", "ARCHS", "SMP_ARCHS", "segzoo_spec", "smp_spec",
+           "ratio_table", "check_result_name", "write_results", "plot_throughput", "ARCHS", "SMP_ARCHS", "segzoo_spec", "smp_spec",
            "body_spec", "build_model", "default_suite", "smp_available", "spec_label", "add_arguments", "run"]
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from segzoo.errors import short_repr
 from segzoo.fileio import atomic_write, make_folder, write_bytes_atomic
 
-__all__ = ["ratios", "markdown_table", "ratio_table", "write_results", "plot_throughput"]
+__all__ = ["ratios", "markdown_table", "ratio_table", "check_result_name", "write_results", "plot_throughput"]
 
 
 def variant(spec: dict[str, Any]) -> str:
@@ -66,6 +68,21 @@ def _load(env: dict[str, Any]) -> str:
     return fmt(env.get("load_average"))
 
 
+def check_result_name(name: object) -> str:
+    """``name`` if it can name the result files inside the output folder (``--name``), else one ValueError line.
+
+    Refused: anything but a non-empty string, a path (``/``, ``\\``, ``.``, ``..``: the files
+    would land outside the output folder), a control character, a name too long for a file name.
+    """
+    if (not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name
+            or any(ord(c) < 32 for c in name)):
+        raise ValueError(f"--name must be a plain file name (the stem of NAME.json / NAME.md / NAME.png in the "
+                         f"--out folder), without folders; got {short_repr(name)}")
+    if len(os.fsencode(f"{name}.json")) > 255:
+        raise ValueError(f"--name is too long for a file name ({short_repr(name)}); use at most 250 bytes")
+    return name
+
+
 def write_results(results: Sequence[dict[str, Any]], env: dict[str, Any], out_dir: str | Path,
                   name: str = "benchmark", command: str | None = None) -> dict[str, Path]:
     """Write ``<name>.json`` (environment, command, results, ratios), ``<name>.md`` (tables) and,
@@ -76,7 +93,11 @@ def write_results(results: Sequence[dict[str, Any]], env: dict[str, Any], out_di
 
     Returns:
         The written paths by kind (``"json"``, ``"md"``, optionally ``"png"``).
+
+    Raises:
+        ValueError: ``name`` is not a plain file name (:func:`check_result_name`).
     """
+    check_result_name(name)
     out = make_folder(out_dir)
     pairs = ratios(results)
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}

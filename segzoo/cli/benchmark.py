@@ -50,6 +50,7 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
 
     from segzoo.benchmark import (
         available_devices,
+        check_result_name,
         environment,
         markdown_table,
         ratio_table,
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace, command: str | None = None) -> int:
         write_results,
     )
 
+    check_result_name(args.name)  # before any model is timed
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a file, expected a folder for the results")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -129,9 +129,10 @@ def check_output(out: str | os.PathLike, force: bool = False, inputs: Sequence[s
     """Refuse an output path before any work is done, in one line.
 
     Refused: an existing file without ``force``; a folder; one of ``inputs`` (never overwritten,
-    even with ``force``); a ``.pth`` file in the ``checkpoints/`` folder of an input checkpoint
-    (it would be listed, and tried, as a checkpoint); a parent that is a file; a file name longer
-    than the file system allows.
+    even with ``force``); any file in the ``checkpoints/`` folder of an input checkpoint (that
+    folder holds the run's checkpoints only: a ``.pth`` would be listed, and tried, as one, and
+    ``segzoo train --force`` would refuse to replace the run); a parent that is a file; a file name
+    longer than the file system allows.
 
     Raises:
         FileExistsError, IsADirectoryError, ValueError, WriteError.
@@ -153,10 +154,10 @@ def check_output(out: str | os.PathLike, force: bool = False, inputs: Sequence[s
         raise FileExistsError(f"output {out} exists; pass --force to overwrite it")
     for src in map(Path, inputs):
         folder = src.parent
-        if out.suffix == ".pth" and folder.name == "checkpoints" and folder.is_dir() \
-                and out.parent.is_dir() and os.path.samefile(out.parent, folder):
-            raise ValueError(f"output {out} is in the checkpoints folder {folder}, where it would be taken for "
-                             f"a checkpoint; choose another folder (default: the log directory's trace/)")
+        if folder.name == "checkpoints" and folder.is_dir() and out.parent.is_dir() \
+                and os.path.samefile(out.parent, folder):
+            raise ValueError(f"output {out} is in the checkpoints folder {folder}, which holds the run's checkpoints "
+                             f"only; choose another folder (default: the log directory's trace/)")
     return out
 
 

@@ -1,19 +1,27 @@
 """The log directory of a training run: who may write into it, and what ``--force`` removes.
 
-Policy (``segzoo train`` and :meth:`segzoo.training.Runner.train` alike):
+Policy (``segzoo train`` and :meth:`segzoo.training.Runner.train` alike, except where said):
 
 - a fresh run needs a log directory that is absent or empty;
-- a directory that already holds anything is accepted only when the run resumes from a
-  checkpoint inside it (``runner.resume=LOGDIR`` / ``train(resume=LOGDIR)``), or when the user
-  asked to replace the previous run (``segzoo train --force`` / ``train(overwrite_logdir=True)``);
-- replacing removes only what segzoo writes there (:data:`RUN_ENTRIES`: ``config.yml`` with
-  segzoo's header line, ``log.txt``, ``metrics.csv`` (CSVLogger's default file name),
-  ``checkpoints/``, ``train_log/``, ``valid_log/``, ``predictions/``, ``trace/``, leftover
-  ``.*.tmp`` files) and refuses when the folder holds
-  anything else or when one of the run's inputs (its config file, a data folder, the checkpoint
-  it resumes from) lies in what would be removed;
+- a directory that already holds anything is accepted when the run resumes from a checkpoint
+  inside it (``runner.resume=LOGDIR`` / ``train(resume=LOGDIR)``), or when the user asked to
+  replace the previous run (``segzoo train --force`` / ``train(overwrite_logdir=True)``);
+- replacing removes only the files a run writes there, recognised by their exact names
+  (:mod:`segzoo.training.run_files`: ``config.yml`` with segzoo's header line, ``log.txt``,
+  ``metrics.csv``, ``checkpoints/{best,last,stage.epoch}[_full].pth``, ``_metrics.json``,
+  ``predictions/{stage}.{epoch}.png``, ``trace/traced-*.pth``, ``{loader}_log/`` TensorBoard
+  files, segzoo's leftover temporary files), then the folders they leave empty. It refuses, naming
+  the first one, when the folder holds anything else (a folder holding a foreign file is never
+  removed), or when one of the run's inputs (its config file, a data folder, the checkpoint it
+  resumes from) is among what would be removed;
+- otherwise ``segzoo train`` refuses (it has ``--force``), while ``Runner.train`` (a script or
+  notebook that trains several models into one ``logdir``, as Catalyst allowed) moves the
+  previous run aside to the first free sibling ``LOGDIR.1``, ``LOGDIR.2``, ... (never over an
+  existing one), says so in one warning line, and starts fresh in ``LOGDIR``; a folder holding
+  anything segzoo did not write, or the current working directory, is refused instead;
 - while a run trains, it holds an exclusive ``flock`` on the directory: a second run (fresh,
-  resumed or forced) into the same directory is refused with one line instead of mixing files.
+  resumed or forced) into the same directory is refused with one line instead of mixing files,
+  and a run being written is never moved aside.
   The lock dies with the process (``kill -9`` included), so nothing stale is left behind.
 """
 
@@ -22,23 +30,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
+import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from segzoo.errors import WriteError, short_repr
-from segzoo.fileio import os_error_reason
+from segzoo.fileio import move_folder_aside, os_error_reason
+from segzoo.training.run_files import CONFIG_HEADER, CONFIG_NAME, list_names, scan_run
+from segzoo.training.run_files import show_path as _show
 
 try:  # POSIX; elsewhere concurrent runs are caught by the exclusive creation of config.yml only
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-CONFIG_NAME = "config.yml"
-# first line of the config.yml segzoo writes; --force removes a config.yml only when it carries it
-CONFIG_HEADER = "# segzoo train: the effective config of this run (written once, when it started)\n"
-RUN_ENTRIES = ("config.yml", "log.txt", "metrics.csv", "checkpoints", "train_log", "valid_log", "predictions",
-               "trace")
+__all__ = ["CONFIG_HEADER", "LogdirMovedWarning", "check_logdir_path", "run_dir_of", "resumes_in",
+           "check_logdir_free", "claim_logdir"]
 
 # how each caller spells the three ways out of a refusal
 HINTS = {
@@ -50,8 +58,8 @@ HINTS = {
 _HELD: dict[Path, int] = {}  # log directories this process holds the lock of -> directory fd
 
 
-def _show(path: Path | str) -> str:
-    return short_repr(str(path), 160).strip("'\"") if len(str(path)) > 160 else str(path)
+class LogdirMovedWarning(UserWarning):
+    """``Runner.train`` moved the previous run out of its ``logdir`` to a sibling folder (named in the message)."""
 
 
 def check_logdir_path(logdir: object, where: str = "logdir") -> Path:
@@ -96,46 +104,43 @@ def resumes_in(resume: str | os.PathLike | None, logdir: str | os.PathLike) -> b
     return resume is not None and _same_or_inside(Path(resume), Path(logdir))
 
 
-def _entries(folder: Path) -> list[str]:
+def _foreign(foreign: list[str]) -> str:
+    """The first foreign entry of a log directory, for a message (and how many more there are)."""
+    what = ("a config.yml without segzoo's header line (not written by segzoo train)"
+            if foreign[0] == CONFIG_NAME else short_repr(foreign[0]))
+    return what + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+
+
+def _holds_cwd(folder: Path) -> bool:
     try:
-        return sorted(os.listdir(folder))
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise WriteError(exc.errno, f"cannot read log directory {_show(folder)}: {os_error_reason(exc)}") from None
-
-
-def _is_ours(folder: Path, name: str) -> bool:
-    if name == CONFIG_NAME:
-        try:
-            with open(folder / name, encoding="utf-8", errors="replace") as f:
-                return f.readline() == CONFIG_HEADER
-        except OSError:
-            return False
-    return name in RUN_ENTRIES or (name.startswith(".") and name.endswith(".tmp"))
+        return _same_or_inside(Path.cwd(), folder)
+    except OSError:  # the current folder was removed: it is in no log directory
+        return False
 
 
 def _remove_previous_run(folder: Path, inputs: Iterable[str | os.PathLike], remove: bool) -> None:
-    names = _entries(folder)
-    foreign = [n for n in names if not _is_ours(folder, n)]
-    if foreign:
-        what = ("a config.yml without segzoo's header line (not written by segzoo train)"
-                if foreign[0] == CONFIG_NAME else short_repr(foreign[0]))
+    contents = scan_run(folder)
+    if contents.foreign:
         raise ValueError(f"--force replaces only what segzoo train wrote, but log directory {_show(folder)} also "
-                         f"holds {what}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1 else "")
-                         + "; move it away or choose another logdir")
+                         f"holds {_foreign(contents.foreign)}; move it away or choose another logdir")
     for src in inputs:
-        for name in names:
-            if _same_or_inside(Path(src), folder / name):
-                raise ValueError(f"--force would delete {_show(folder / name)}, which holds the input "
+        for path in (*contents.files, *contents.folders):
+            if _same_or_inside(Path(src), path):
+                raise ValueError(f"--force would delete {_show(path)}, which holds the input "
                                  f"{_show(src)}; copy it elsewhere first or choose another logdir")
-    for name in names if remove else ():
-        path = folder / name
+    if not remove:
+        return
+    for path in contents.files:
         try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise WriteError(exc.errno, f"cannot remove {_show(path)} of the previous run: "
+                                        f"{os_error_reason(exc)}") from None
+    for path in contents.folders:
+        try:
+            path.rmdir()  # only an empty folder: a file put there meanwhile stays, and says so
         except OSError as exc:
             raise WriteError(exc.errno, f"cannot remove {_show(path)} of the previous run: "
                                         f"{os_error_reason(exc)}") from None
@@ -157,26 +162,87 @@ def _lock(folder: Path) -> int | None:
 
 
 def check_logdir_free(logdir: str | os.PathLike, *, resume: str | os.PathLike | None = None, overwrite: bool = False,
-                      inputs: Iterable[str | os.PathLike] = (), caller: str = "python", remove: bool = False) -> None:
+                      inputs: Iterable[str | os.PathLike] = (), caller: str = "python", remove: bool = False) -> bool:
     """Apply the policy to ``logdir`` without creating anything (``remove``: also clear a previous run).
 
     ``segzoo train`` calls it before building anything, so that a refused ``logdir`` costs no time;
     :func:`claim_logdir` applies it again under the lock.
 
+    Returns:
+        True when ``logdir`` holds a previous run that :func:`claim_logdir` moves aside
+        (``caller="python"``, neither resumed nor overwritten); False when it is free to use.
+
     Raises:
-        FileExistsError: the folder holds something and the run neither resumes in it nor overwrites it.
+        FileExistsError: the folder holds something and the run neither resumes in it nor overwrites
+            it (``caller="cli"``), or (``caller="python"``) it holds something segzoo did not write
+            or the current working directory, so it cannot be moved aside.
         ValueError: ``overwrite`` would remove something not written by segzoo, or an input.
     """
     folder = check_logdir_path(logdir)
-    names = _entries(folder)
+    names = list_names(folder)
     if not names or resumes_in(resume, folder):
-        return
-    if not overwrite:
+        return False
+    if overwrite:
+        _remove_previous_run(folder, [*inputs, *([resume] if resume is not None else [])], remove)
+        return False
+    new, cont, force = (h.format(logdir=_show(folder)) for h in HINTS[caller])
+    if caller == "cli":
         shown = ", ".join(n if len(n) <= 40 else n[:37] + "..." for n in names[:4]) + (", ..." if len(names) > 4 else "")
-        new, cont, force = (h.format(logdir=_show(folder)) for h in HINTS[caller])
         raise FileExistsError(f"log directory {_show(folder)} already holds a run ({shown}); "
                               f"{new}, {cont}, or {force}")
-    _remove_previous_run(folder, [*inputs, *([resume] if resume is not None else [])], remove)
+    foreign = scan_run(folder).foreign
+    if foreign:
+        raise FileExistsError(f"log directory {_show(folder)} holds {_foreign(foreign)}, not written by segzoo (a "
+                              f"previous run is moved aside only when its folder holds nothing else); {new} "
+                              f"or move it away")
+    if _holds_cwd(folder):
+        raise FileExistsError(f"log directory {_show(folder)} already holds a run and is the current folder (or "
+                              f"holds it), so it cannot be moved aside; {new}, {cont}, or {force}")
+    return True
+
+
+@contextlib.contextmanager
+def _reserved(folder: Path) -> Iterator[None]:
+    fd = _lock(folder)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning shown at the first caller outside segzoo (the user's ``train`` line)."""
+    package = str(Path(__file__).parents[1]) + os.sep
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename.startswith(package)
+                                 or frame.f_code.co_filename == contextlib.__file__):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def _start_fresh(folder: Path, fd: int | None) -> int | None:
+    """Move the previous run in ``folder`` (locked by ``fd``) aside; create, lock and return the new folder's fd."""
+    real = folder.resolve()  # a logdir that is a symbolic link keeps pointing to the new folder
+    try:
+        moved = move_folder_aside(real, _reserved)
+        warnings.warn(f"log directory {_show(folder)} held a previous run: moved it to {_show(moved)} and started "
+                      f"afresh (pass overwrite_logdir=True to replace it instead, or resume={str(moved)!r} to "
+                      f"continue it)", LogdirMovedWarning, stacklevel=_user_stacklevel())
+        try:
+            real.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise WriteError(exc.errno, f"cannot create log directory {_show(folder)}: {os_error_reason(exc)}") from None
+        new_fd = _lock(real)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if list_names(real):
+        if new_fd is not None:
+            os.close(new_fd)
+        raise FileExistsError(f"log directory {_show(folder)} was filled by another process right after its previous "
+                              f"run was moved to {_show(moved)}; choose another logdir")
+    return new_fd
 
 
 @contextlib.contextmanager
@@ -185,23 +251,25 @@ def claim_logdir(logdir: str | os.PathLike, *, resume: str | os.PathLike | None 
     """Check the log-directory policy, create the folder and hold its lock for the ``with`` block.
 
     A claim already held by this process (``segzoo train`` claims before it writes
-    ``config.yml``, then calls :meth:`Runner.train`) is reused as it is.
+    ``config.yml``, then calls :meth:`Runner.train`) is reused as it is. With ``caller="python"``,
+    a previous run in the folder is moved aside to ``LOGDIR.N`` (one :class:`LogdirMovedWarning`).
 
     Args:
         logdir: the run's log directory.
         resume: the checkpoint or log directory the run continues from, if any.
         overwrite: replace a previous run in ``logdir`` (see the module docstring).
         inputs: files and folders the run reads; ``overwrite`` never removes them.
-        caller: ``"cli"`` or ``"python"``: how the refusal spells the ways out.
+        caller: ``"cli"`` (refuse a folder holding a previous run) or ``"python"`` (move it aside);
+            also how the refusals spell the ways out.
 
     Yields:
         The log directory (created).
 
     Raises:
-        ValueError: the folder holds something and the run neither resumes in it nor overwrites it,
-            or ``overwrite`` would remove something not written by segzoo or an input.
-        FileExistsError: another running training holds the folder.
-        OSError: the folder cannot be created (one line naming it and why).
+        FileExistsError: the folder holds something and the run neither resumes in it nor overwrites
+            it nor can move it aside, or another running training holds the folder.
+        ValueError: ``overwrite`` would remove something not written by segzoo, or an input.
+        OSError: the folder cannot be created or moved aside (one line naming it and why).
     """
     folder = check_logdir_path(logdir)
     key = folder.resolve()
@@ -213,11 +281,15 @@ def claim_logdir(logdir: str | os.PathLike, *, resume: str | os.PathLike | None 
     except OSError as exc:
         raise WriteError(exc.errno, f"cannot create log directory {_show(folder)}: {os_error_reason(exc)}") from None
     fd = _lock(folder)
-    _HELD[key] = fd if fd is not None else -1
     try:
-        check_logdir_free(folder, resume=resume, overwrite=overwrite, inputs=inputs, caller=caller, remove=True)
-        yield folder
+        if check_logdir_free(folder, resume=resume, overwrite=overwrite, inputs=inputs, caller=caller, remove=True):
+            fd, old = None, fd
+            fd = _start_fresh(folder, old)
+        _HELD[key] = fd if fd is not None else -1
+        try:
+            yield folder
+        finally:
+            del _HELD[key]
     finally:
-        del _HELD[key]
         if fd is not None:
             os.close(fd)

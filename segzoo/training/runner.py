@@ -195,17 +195,17 @@ class Runner(abc.ABC):
             timeit: add a :class:`~segzoo.training.callbacks.TimerCallback` (``_timers/data_time``,
                 ``_timers/batch_time`` metrics).
             overwrite_logdir: replace the previous run in a ``logdir`` that already holds one (only the
-                files segzoo writes there are removed). Without it such a ``logdir`` is refused
-                unless ``resume`` points into it; see :mod:`segzoo.training.logdir`.
+                files segzoo writes there are removed). Without it, unless ``resume`` points into it, that
+                run is moved aside to ``LOGDIR.1`` (``.2``...; one warning); see :mod:`segzoo.training.logdir`.
 
         Returns:
             The final :class:`RunnerState` (``valid_metrics``, ``best_valid_metric``, ...).
 
         Raises:
             ValueError: no model, no ``valid_loader`` loader, bad stages or options, a callback
-                or Catalyst argument that cannot be honoured (e.g. ``monitoring_params``), a ``logdir``
-                that holds another run, a ``resume`` whose optimizer settings differ from the given ones.
-            FileExistsError: another running training holds ``logdir``.
+                or Catalyst argument that cannot be honoured (e.g. ``monitoring_params``), ``overwrite_logdir``
+                on files segzoo did not write, a ``resume`` whose optimizer settings differ from the given ones.
+            FileExistsError: another running training holds ``logdir``, or it holds files segzoo did not write.
             KeyError: ``main_metric`` is not computed on the valid loader.
             NonFiniteLossError: a non-finite loss with ``nonfinite="raise"``.
         """

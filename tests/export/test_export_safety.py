@@ -90,6 +90,14 @@ def test_the_checkpoint_is_never_an_output(logdir, cli, tmp_path):
     assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == ["best.pth", "last.pth", "stage1.2.pth"]
 
 
+@pytest.mark.parametrize("fmt, name", [("torchscript", "model.pt"), ("onnx", "model.onnx"), ("export", "model.pt2")])
+def test_nothing_is_exported_into_the_checkpoints_folder(logdir, cli, fmt, name):
+    """Issue 19 point 1: a file there is not the run's, so segzoo train --force would refuse to replace the run."""
+    assert_user_error(cli("export", logdir, "--format", fmt, "--out", logdir / "checkpoints" / name),
+                      "in the checkpoints folder", "trace/")
+    assert sorted(p.name for p in (logdir / "checkpoints").iterdir()) == ["best.pth", "last.pth", "stage1.2.pth"]
+
+
 # ---- two writers of one output ------------------------------------------------------------
 
 @pytest.mark.parametrize("force", [False, True])

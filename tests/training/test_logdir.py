@@ -1,9 +1,12 @@
 """The log-directory policy: a run never destroys another, resume never silently ignores a change."""
 
 import hashlib
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,8 +14,8 @@ import torch
 import yaml
 from _helpers import TinyNet, make_loaders
 
-from segzoo.training import SupervisedRunner
-from segzoo.training.logdir import CONFIG_HEADER, claim_logdir
+from segzoo.training import Stage, SupervisedRunner
+from segzoo.training.logdir import CONFIG_HEADER, LogdirMovedWarning, check_logdir_free, claim_logdir
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -27,16 +30,103 @@ def _train(logdir, lr=0.1, **kw):
                                     make_loaders(), logdir, num_epochs=kw.pop("num_epochs", 1), **kw)
 
 
-def test_python_train_refuses_a_logdir_holding_a_run(tmp_path):
+def test_python_train_into_a_finished_run_moves_it_aside_and_cli_still_refuses(tmp_path):
+    """Point 16: a Catalyst script trains several models into one logdir; no finished run is lost."""
+    run = tmp_path / "run"
+    _train(run)
+    first = _hashes(run)
+    with pytest.warns(LogdirMovedWarning) as seen:
+        _train(run, lr=0.5)
+    assert len(seen) == 1 and seen[0].filename == __file__  # shown at the user's train() line
+    message = str(seen[0].message)
+    assert "\n" not in message and str(tmp_path / "run.1") in message and "overwrite_logdir=True" in message
+    assert _hashes(tmp_path / "run.1") == first  # the finished run, moved whole
+    assert set(_hashes(run)) == set(first)  # a fresh run of its own in run/
+    _train(run, lr=0.5, resume=run, num_epochs=2)  # continuing the same run is allowed
+    _train(run, lr=0.5, overwrite_logdir=True)  # so is replacing it on request
+    assert "[train 1/1]" in (run / "log.txt").read_text() and "[train 2/2]" not in (run / "log.txt").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.1"]
+    with pytest.raises(FileExistsError, match=r"already holds a run.*--force"):  # the CLI keeps its refusal
+        check_logdir_free(run, caller="cli")
+
+
+def test_three_models_into_one_logdir_then_predict_reads_the_last(tmp_path):
+    """The z_segmentation notebook: three models one after another into one logdir, then a prediction."""
+    from segzoo import create_model
+    from segzoo.loading import load_model
+
+    run = tmp_path / "logs"
+    (tmp_path / "logs.2").write_text("someone's file")  # a taken name is skipped, never overwritten
+    trained = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = create_model("unet", num_classes=1, num_channels=4, num_blocks=2)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            SupervisedRunner().train(model, torch.nn.BCEWithLogitsLoss(), torch.optim.SGD(model.parameters(), 0.1),
+                                     make_loaders(size=16), run, num_epochs=1)
+        assert len([w for w in seen if issubclass(w.category, LogdirMovedWarning)]) == min(seed, 1)
+        trained.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert (tmp_path / "logs.2").read_text() == "someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "logs.1", "logs.2", "logs.3"]
+    for folder, weights in (("logs.1", trained[0]), ("logs.3", trained[1]), ("logs", trained[2])):
+        loaded = load_model(tmp_path / folder).state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in weights.items()), folder
+
+
+def test_a_run_with_foreign_files_or_holding_the_cwd_is_not_moved_aside(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _train(run)
+    (run / "notes.txt").write_text("mine")
+    before = _hashes(run)
+    with pytest.raises(FileExistsError, match=r"holds 'notes.txt', not written by segzoo"):
+        _train(run, lr=0.5)
+    (run / "notes.txt").unlink()
+    monkeypatch.chdir(run / "checkpoints")  # moving it would move the current folder, and relative paths with it
+    with pytest.raises(FileExistsError, match="current folder"):
+        _train("..", lr=0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert _hashes(run) == {k: v for k, v in before.items() if k != "notes.txt"}
+
+
+def test_a_logdir_that_is_a_symbolic_link_keeps_pointing_to_the_new_run(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    _train(tmp_path / "link")
+    first = _hashes(tmp_path / "real")
+    with pytest.warns(LogdirMovedWarning, match="real.1"):
+        _train(tmp_path / "link", lr=0.5)
+    assert _hashes(tmp_path / "real.1") == first and (tmp_path / "link").resolve() == tmp_path / "real"
+    assert set(_hashes(tmp_path / "link")) == set(first)
+
+
+def test_a_run_being_written_is_not_moved_aside_and_a_claimed_sibling_is_skipped(tmp_path):
     run = tmp_path / "run"
     _train(run)
     before = _hashes(run)
-    with pytest.raises(FileExistsError, match=r"already holds a run.*resume=.*overwrite_logdir=True"):
-        _train(run, lr=0.5)
-    assert _hashes(run) == before
-    _train(run, resume=run, num_epochs=2)  # continuing the same run is allowed
-    _train(run, lr=0.5, overwrite_logdir=True)  # so is replacing it on request
-    assert "[train 1/1]" in (run / "log.txt").read_text() and "[train 2/2]" not in (run / "log.txt").read_text()
+    code = textwrap.dedent("""
+        import sys
+        from segzoo.training.logdir import claim_logdir
+        with claim_logdir(sys.argv[1], resume=sys.argv[1]):  # as a resumed run does
+            print("held", flush=True)
+            sys.stdin.readline()
+    """)
+    for held in (run, tmp_path / "run.1"):  # the run itself (still training), then an empty run.1 a run just claimed
+        proc = subprocess.Popen([sys.executable, "-c", code, str(held)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        try:
+            assert proc.stdout.readline().strip() == "held"
+            if held == run:
+                with pytest.raises(FileExistsError, match="in use by another running training"):
+                    _train(run, lr=0.5)
+                assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and _hashes(run) == before
+            else:
+                with pytest.warns(LogdirMovedWarning, match="run.2"):
+                    _train(run, lr=0.5)
+                assert list((tmp_path / "run.1").iterdir()) == []  # the other process's folder, left alone
+                assert _hashes(tmp_path / "run.2") == before
+        finally:
+            proc.communicate("\n", timeout=60)
 
 
 def test_overwrite_keeps_foreign_files_and_refuses(tmp_path):
@@ -47,6 +137,75 @@ def test_overwrite_keeps_foreign_files_and_refuses(tmp_path):
     with pytest.raises(ValueError, match="notes.txt"):
         _train(run, overwrite_logdir=True)
     assert _hashes(run) == before
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """A run holding every kind of file segzoo writes in a log directory (plus leftover temporary files)."""
+    from segzoo.training.callbacks import CSVLogger, PredictionSaverCallback, TensorboardLogger
+
+    run = tmp_path_factory.mktemp("full") / "run"
+    torch.manual_seed(0)
+    model = TinyNet()
+    runner = SupervisedRunner()
+    runner.train(model, torch.nn.BCEWithLogitsLoss(), torch.optim.SGD(model.parameters(), 0.1), make_loaders(), run,
+                 callbacks=[CSVLogger(), TensorboardLogger(), PredictionSaverCallback(num_images=1)],
+                 stages=[Stage("s" * 90, 1)])
+    runner.trace(model, batch=torch.rand(1, 3, 8, 8), logdir=run)
+    (run / "config.yml").write_text(CONFIG_HEADER + "seed: 1\n")
+    for name in (".config.yml.a1b2c3d4.tmp", "checkpoints/.best_full.pth.k3x9_a0q.tmp",
+                 f"checkpoints/.{('s' * 90 + '.1_full.pth')[:80]}.zz99zz99.tmp", "predictions/.s.1.png.abcdefgh.tmp",
+                 "trace/.traced-forward.pth.12345678.tmp", "checkpoints/._metrics.json.qwertyui.tmp"):
+        (run / name).write_bytes(b"half written")
+    kinds = {p.relative_to(run).parts[0] for p in run.rglob("*")}
+    assert {"checkpoints", "predictions", "trace", "train_log", "valid_log", "metrics.csv", "log.txt"} <= kinds
+    return run
+
+
+def _copy(run, tmp_path):
+    dest = tmp_path / "run"
+    shutil.copytree(run, dest, symlinks=True)
+    return dest
+
+
+def test_overwrite_removes_every_file_segzoo_wrote(full_run, tmp_path):
+    run = _copy(full_run, tmp_path)
+    _train(run, overwrite_logdir=True)
+    assert sorted(_hashes(run)) == ["checkpoints/_metrics.json", "checkpoints/best.pth", "checkpoints/best_full.pth",
+                                    "checkpoints/last.pth", "checkpoints/last_full.pth", "checkpoints/train.1.pth",
+                                    "checkpoints/train.1_full.pth", "log.txt"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "log.txt"]
+
+
+@pytest.mark.parametrize("mine, shown", [
+    ("checkpoints/my_model_v3.pth", None), ("checkpoints/model.onnx", None), ("checkpoints/old/best.pth", "checkpoints/old/"),
+    ("predictions/notes.txt", None), ("predictions/best.png", None), ("trace/model.onnx", None),
+    ("train_log/notes.txt", None), ("valid_log/run2/events.out.tfevents.1.h.1.0", "valid_log/run2/"),
+    (".notes.tmp", None), (".backup.tmp/data.txt", ".backup.tmp/"), ("checkpoints/.notes.tmp", None),
+    ("trace/.x.pth.abcdefgh.tmp", None), ("predictions.png", None),
+])
+def test_overwrite_keeps_a_user_file_inside_segzoo_folders(full_run, tmp_path, mine, shown):
+    """Point 1: --force removes files it recognises by name, never a folder that holds anything else."""
+    run = _copy(full_run, tmp_path)
+    (run / mine).parent.mkdir(parents=True, exist_ok=True)
+    (run / mine).write_text("mine")
+    before = _hashes(run)
+    with pytest.raises(ValueError, match=re.escape(f"also holds '{shown or mine}'")):
+        _train(run, overwrite_logdir=True)
+    assert _hashes(run) == before
+
+
+def test_overwrite_keeps_symbolic_links_and_what_they_point_to(full_run, tmp_path):
+    run = _copy(full_run, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "best.pth").write_text("mine")
+    shutil.rmtree(run / "predictions")
+    (run / "predictions").symlink_to(elsewhere)  # segzoo writes no symbolic link: it is the user's
+    before = _hashes(run)
+    with pytest.raises(ValueError, match="also holds 'predictions'"):
+        _train(run, overwrite_logdir=True)
+    assert _hashes(run) == before and (elsewhere / "best.pth").read_text() == "mine"
 
 
 @pytest.mark.parametrize("bad", ["", "  "])
@@ -175,3 +334,33 @@ def test_resume_may_name_a_former_default_the_saved_run_used(tmp_path):
         check_resume_config(saved, named("levels"), tmp_path / "config.yml")
     with pytest.raises(ConfigError, match="run was trained with model.params.decoder_params.fuse='levels'"):
         check_resume_config(named("levels"), named("concat"), tmp_path / "config.yml")
+
+
+def test_move_folder_aside_never_takes_a_name_in_use(tmp_path):
+    """Sibling names already taken, reserved by another process, or written into meanwhile are skipped."""
+    import contextlib
+
+    from segzoo.fileio import move_folder_aside
+
+    src = tmp_path / "run"
+    (src / "checkpoints").mkdir(parents=True)
+    (src / "checkpoints" / "best.pth").write_bytes(b"weights")
+    (tmp_path / "run.1").write_text("a file")
+    (tmp_path / "run.2").symlink_to(tmp_path / "missing")  # a dangling link is a taken name too
+    tried = []
+
+    @contextlib.contextmanager
+    def others(dest):
+        tried.append(dest.name)
+        if dest.name == "run.3":
+            raise FileExistsError("reserved by another process")
+        if dest.name == "run.4":
+            (dest / "theirs.txt").write_text("theirs")  # another process writes into it meanwhile
+        yield
+
+    assert move_folder_aside(src, others) == tmp_path / "run.5"
+    assert tried == ["run.3", "run.4", "run.5"] and not src.exists()
+    assert (tmp_path / "run.5" / "checkpoints" / "best.pth").read_bytes() == b"weights"
+    assert (tmp_path / "run.1").read_text() == "a file" and (tmp_path / "run.2").is_symlink()
+    assert [p.name for p in (tmp_path / "run.4").iterdir()] == ["theirs.txt"]
+    assert (tmp_path / "run.3").is_dir()  # the other process's reservation, left to it

@@ -131,18 +131,21 @@ def test_csv_logger_one_row_per_loader_and_epoch(tiny, loaders, tmp_path):
 def test_csv_logger_resumed_run_appends_and_fresh_run_follows_the_logdir_policy(tiny, loaders, tmp_path):
     from segzoo.training.callbacks import CSVLogger
 
-    train(tiny, loaders, tmp_path, num_epochs=2, callbacks=[CSVLogger()])
-    before = (tmp_path / "metrics.csv").read_text()
-    train(tiny, loaders, tmp_path, num_epochs=3, callbacks=[CSVLogger()], resume=tmp_path)
-    after = (tmp_path / "metrics.csv").read_text()
+    run = tmp_path / "run"
+    train(tiny, loaders, run, num_epochs=2, callbacks=[CSVLogger()])
+    before = (run / "metrics.csv").read_text()
+    train(tiny, loaders, run, num_epochs=3, callbacks=[CSVLogger()], resume=run)
+    after = (run / "metrics.csv").read_text()
     assert after.startswith(before) and after.count("stage,epoch") == 1
-    assert [r["global_epoch"] for r in _csv_rows(tmp_path / "metrics.csv")] == ["1", "1", "2", "2", "3", "3"]
-    with pytest.raises(FileExistsError, match="already holds a run"):  # the logdir policy, before training
-        train(tiny, loaders, tmp_path, callbacks=[CSVLogger()])
-    assert (tmp_path / "metrics.csv").read_text() == after  # untouched
+    assert [r["global_epoch"] for r in _csv_rows(run / "metrics.csv")] == ["1", "1", "2", "2", "3", "3"]
+    # the logdir policy, before training: the finished run is moved aside whole, the new file is fresh
+    with pytest.warns(UserWarning, match="moved it to"):
+        train(tiny, loaders, run, callbacks=[CSVLogger()])
+    assert (tmp_path / "run.1" / "metrics.csv").read_text() == after  # untouched
+    assert [r["global_epoch"] for r in _csv_rows(run / "metrics.csv")] == ["1", "1"]
     # replacing the run (segzoo train --force) removes metrics.csv with the rest: the new file is fresh
-    train(tiny, loaders, tmp_path, callbacks=[CSVLogger()], overwrite_logdir=True)
-    assert [r["global_epoch"] for r in _csv_rows(tmp_path / "metrics.csv")] == ["1", "1"]
+    train(tiny, loaders, run, num_epochs=2, callbacks=[CSVLogger()], overwrite_logdir=True)
+    assert [r["global_epoch"] for r in _csv_rows(run / "metrics.csv")] == ["1", "1", "2", "2"]
 
 
 def test_csv_logger_refuses_an_old_file_at_a_fresh_start_unless_overwrite(tmp_path):

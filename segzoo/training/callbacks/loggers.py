@@ -188,9 +188,9 @@ class CSVLogger(LoggerCallback):
     the header (the file is rewritten atomically).
 
     The file follows the log-directory policy (:mod:`segzoo.training.logdir`): a fresh run creates
-    it (a logdir holding an earlier run is refused before training starts, and ``segzoo train
-    --force`` / ``overwrite_logdir=True`` removes the old ``metrics.csv`` with the rest of that
-    run); a run resumed in its logdir appends to it (resumed from an earlier checkpoint than the
+    it (before training starts, ``segzoo train`` refuses a logdir holding an earlier run and
+    ``Runner.train`` moves that run aside whole; ``segzoo train --force`` / ``overwrite_logdir=True``
+    removes the old ``metrics.csv`` with the rest of that run); a run resumed in its logdir appends to it (resumed from an earlier checkpoint than the
     last, the repeated epochs get rows again: the later row is the resumed run's). The file is
     never replaced behind the policy's back: one still present at a fresh start is refused
     unless ``overwrite``.
