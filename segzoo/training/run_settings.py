@@ -2,9 +2,10 @@
 
 :meth:`~segzoo.training.Runner.train` describes its arguments once, when it starts
 (:func:`describe_run`): the model spec, seed, metric, loaders (their dataset's type, length and
-plain settings) and, per stage, the optimizer (class, defaults and each param group's settings,
-the learning rate as given), the scheduler (class and constructor settings such as ``T_max``) and
-the criterion (class, settings, buffers such as ``pos_weight``), described from the fresh objects;
+settings of segzoo's datasets) and, per stage, the optimizer (class, defaults and each param
+group's settings, the learning rate as given), the scheduler (class and constructor settings such
+as ``T_max``) and the criterion (class, settings, buffers such as ``pos_weight``), described from
+the fresh objects;
 ``segzoo train`` adds its normalised effective config. Full checkpoints carry this as
 ``"run_settings"`` (:data:`RUN_SETTINGS_KEY`), so resuming checks it wherever the checkpoint was
 copied or linked to, with or without the run's ``config.yml`` beside it.
@@ -39,8 +40,10 @@ FORMAT = 1
 # is not a change (UPerNet's fusion became per-level on 2026-11-30; earlier runs used the concat one)
 FORMER_DEFAULTS = {"model.params.decoder_params.fuse": "concat"}
 
-# scheduler state that is progress, not a setting (a scheduler reused after training holds its progress)
-SCHEDULER_PROGRESS = ("last_epoch", "best", "num_bad_epochs", "cooldown_counter", "T_cur", "T_i")
+# scheduler state that is progress, not a setting (a scheduler reused after training holds its progress);
+# every other entry of its state_dict is compared, private ones too (OneCycleLR's _anneal_func_type...)
+SCHEDULER_PROGRESS = ("last_epoch", "best", "num_bad_epochs", "cooldown_counter", "T_cur", "T_i", "_step_count",
+                      "_last_lr", "_is_initial", "_get_lr_called_within_step", "_initial_step")
 MAX_ITEMS = 64        # longer containers are described by their length and a digest
 MAX_TENSOR = 1024     # larger tensors / arrays by their shape and dtype
 MAX_DEPTH = 6
@@ -129,9 +132,9 @@ def optimizer_hparams(optimizer: Any) -> Any:
     """The settings of ``optimizer`` (a dict of them too) as plain data, for comparison on resume.
 
     Returns:
-        ``{"name": class name, "groups": [{setting: value}, ...]}`` per param group, the learning rate
-        as the one given at construction (a scheduler's ``initial_lr`` when it set one); ``None``
-        for no optimizer.
+        ``{"name": class name, "groups": [{setting: value}, ...], "defaults": {setting: value}}`` (each
+        param group's settings, and the constructor's), the learning rate as the one given at
+        construction (a scheduler's ``initial_lr`` when it set one); ``None`` for no optimizer.
     """
     if optimizer is None:
         return None
@@ -145,7 +148,8 @@ def optimizer_hparams(optimizer: Any) -> Any:
         if "initial_lr" in group:
             hp["lr"] = _plain_hparam(group["initial_lr"])
         groups.append(hp)
-    return {"name": type(optimizer).__name__, "groups": groups}
+    defaults = {k: _plain_hparam(v) for k, v in getattr(optimizer, "defaults", {}).items()}
+    return {"name": type(optimizer).__name__, "groups": groups, "defaults": defaults}
 
 
 def _scheduler_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -153,7 +157,7 @@ def _scheduler_state(state: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in state.items():
         if key == "_schedulers" and isinstance(value, list):  # SequentialLR / ChainedScheduler
             out[key] = [_scheduler_state(s) if isinstance(s, Mapping) else None for s in value]
-        elif key == "_milestones" or not (key.startswith("_") or key in SCHEDULER_PROGRESS):
+        elif key not in SCHEDULER_PROGRESS:
             value = plain(value)
             out[key] = None if value is _SKIP else value
     return out
@@ -190,7 +194,8 @@ def model_settings(model: Any) -> dict[str, Any]:
 
 
 def loader_settings(loader: Any) -> dict[str, Any]:
-    """The loader's class, batch size, ``drop_last``, sampler class and its dataset's type, length and settings."""
+    """The loader's class, batch size, ``drop_last``, sampler class and its dataset's type and length (and the
+    settings of segzoo's datasets: size, classes, seed, files...)."""
     out: dict[str, Any] = {"class": _qualname(loader)}
     dataset = getattr(loader, "dataset", None)
     if isinstance(loader, torch.utils.data.DataLoader):
@@ -198,7 +203,10 @@ def loader_settings(loader: Any) -> dict[str, Any]:
     elif dataset is None and hasattr(loader, "__len__"):
         out["length"] = len(loader)
     if dataset is not None:
-        out["dataset"] = _settings(dataset) if not isinstance(dataset, list | tuple) else {"class": _qualname(dataset)}
+        # segzoo's datasets are known to hold only their settings; a user's may hold anything (a temporary
+        # folder, a timestamp) that differs between two processes of one run, so only its type and length
+        ours = type(dataset).__module__.split(".")[0] == "segzoo"
+        out["dataset"] = _settings(dataset) if ours else {"class": _qualname(dataset)}
         try:
             out["dataset"]["length"] = len(dataset)
         except TypeError:  # an IterableDataset
@@ -283,7 +291,7 @@ def differences(saved: Any, given: Any, where: str, strict: bool = False,
     """
     if isinstance(saved, Mapping) and isinstance(given, Mapping):
         out = []
-        for key in sorted(set(saved) | set(given), key=str):
+        for key in [*saved, *(k for k in given if k not in saved)]:  # the describer's order: main settings first
             path = f"{where}.{key}" if where else str(key)
             if key in saved and key in given:
                 out += differences(saved[key], given[key], path, strict, former)
