@@ -64,8 +64,8 @@ def normalized_config(cfg: dict[str, Any]) -> dict[str, Any]:
     # the stages carry every optimizer setting: an empty top-level one adds none when the result is built
     out["optimizer"] = {"name": out["stages"][0]["optimizer"].get("name"), "params": {}}
     out.setdefault("seed", DEFAULT_SEED)
-    out["loss"] = cfg.get("loss") or DEFAULT_LOSS
-    out["callbacks"] = list(cfg.get("callbacks") or [])
+    out["loss"] = copy.deepcopy(cfg.get("loss") or DEFAULT_LOSS)
+    out["callbacks"] = copy.deepcopy(cfg.get("callbacks") or [])
     for section in [out.get("model"), out["loss"], *out["callbacks"]]:
         if isinstance(section, dict):
             section.setdefault("params", {})

@@ -383,8 +383,8 @@ def stored_config(ck: Mapping[str, Any], path: str | os.PathLike) -> dict[str, A
     settings = ck.get(RUN_SETTINGS_KEY)
     if settings is None:
         return None
-    config = settings.get("config") if isinstance(settings, Mapping) else _SKIP
+    config = settings.get("config") if isinstance(settings, Mapping) else settings
     if config is not None and not isinstance(config, dict):
         raise CheckpointError(f"checkpoint {path}: its {RUN_SETTINGS_KEY!r} is not what segzoo writes "
-                              f"(its 'config' is {short_repr(config if config is not _SKIP else settings)})")
+                              f"(a dict whose 'config' is a dict or None; found {short_repr(config)})")
     return config

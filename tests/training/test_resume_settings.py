@@ -195,10 +195,13 @@ def test_normalized_config_is_a_valid_config_of_the_same_run():
     from segzoo.training.config import validate
     from segzoo.training.launch import normalized_config
 
-    for cfg in (BASE, _cfg(optimizer={"name": "RMSprop"}, scheduler=None),
+    for cfg in (BASE, _cfg(optimizer={"name": "RMSprop"}, scheduler=None, loss={"name": "DiceLoss"},
+                           callbacks=[{"name": "DiceCallback"}]),
                 _cfg(num_epochs=None, stages=[{"name": "a", "num_epochs": 1, "optimizer": {"name": "SGD"}},
                                               {"num_epochs": 2, "scheduler": STEP}])):
+        before = copy.deepcopy(cfg)
         norm = normalized_config(cfg)
+        assert cfg == before  # the given config is left as it was
         validate(copy.deepcopy(norm))
         assert stage_configs(norm) == stage_configs(cfg) == norm["stages"]
         assert normalized_config(norm) == norm
