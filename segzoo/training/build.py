@@ -162,13 +162,37 @@ def model_from_config(model_cfg: dict[str, Any], seed: int) -> nn.Module:
         raise ConfigError(f"model.params: {preflight.first_line(exc)}") from exc
 
 
+def stage_configs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each stage of ``cfg`` as it is built: ``{"name", "num_epochs", "optimizer": {"name", "params"},
+    "scheduler": {"name", "params"}}`` (no ``"scheduler"``: none).
+
+    A one-stage config is the stage ``"train"`` of ``num_epochs`` (default 1). A stage's optimizer
+    is the top-level one (default :data:`DEFAULT_OPTIMIZER`) with the stage's ``name`` / ``params``
+    on top; its scheduler is the stage's, else the top-level one. So ``num_epochs: 4`` with a
+    top-level scheduler and ``stages: [{name: train, num_epochs: 4, scheduler: ...}]`` give the same list.
+    """
+    opt_cfg = cfg.get("optimizer") or DEFAULT_OPTIMIZER
+    out = []
+    for i, s in enumerate(cfg.get("stages") or [{"name": "train", "num_epochs": cfg.get("num_epochs", 1)}]):
+        o_cfg = copy.deepcopy(opt_cfg)
+        o_cfg["params"] = dict(o_cfg.get("params") or {})
+        if s.get("optimizer"):
+            o_cfg["name"] = s["optimizer"].get("name", o_cfg.get("name"))
+            o_cfg["params"].update(copy.deepcopy(s["optimizer"].get("params") or {}))
+        stage = {"name": s.get("name", f"stage{i + 1}"), "num_epochs": s["num_epochs"], "optimizer": o_cfg}
+        sched_cfg = s.get("scheduler", cfg.get("scheduler"))
+        if sched_cfg:
+            stage["scheduler"] = {**copy.deepcopy(sched_cfg), "params": copy.deepcopy(sched_cfg.get("params") or {})}
+        out.append(stage)
+    return out
+
+
 def build_stages(cfg: dict[str, Any], model: nn.Module, train_batches: int,
                  regs: dict[str, dict[str, Any]]) -> tuple[list[Stage], list[str]]:
-    """One :class:`~segzoo.training.Stage` per ``stages`` item (or one ``"train"`` stage of ``num_epochs``).
+    """One :class:`~segzoo.training.Stage` per :func:`stage_configs` item.
 
-    Each stage gets a fresh optimizer (the top-level ``optimizer`` with the stage's ``name`` /
-    ``params`` on top) and its scheduler (the stage's, else the top-level one), whose step
-    count is checked against the stage's epochs (times ``train_batches`` for per-batch schedulers).
+    Each stage gets a fresh optimizer and its scheduler, whose step count is checked against the
+    stage's epochs (times ``train_batches`` for per-batch schedulers).
 
     Returns:
         ``(stages, scheduler names)``.
@@ -176,20 +200,15 @@ def build_stages(cfg: dict[str, Any], model: nn.Module, train_batches: int,
     Raises:
         NotFoundError / ConfigError: as :func:`build_named`; a schedule that does not fit the stage.
     """
-    opt_cfg = cfg.get("optimizer") or DEFAULT_OPTIMIZER
     stages, sched_names = [], []
-    for i, s in enumerate(cfg.get("stages") or [{"name": "train", "num_epochs": cfg.get("num_epochs", 1)}]):
-        o_cfg = copy.deepcopy(opt_cfg)
-        if s.get("optimizer"):
-            o_cfg["name"] = s["optimizer"].get("name", o_cfg.get("name"))
-            o_cfg["params"] = {**o_cfg.get("params", {}), **s["optimizer"].get("params", {})}
+    for s in stage_configs(cfg):
+        o_cfg, sched_cfg = s["optimizer"], s.get("scheduler")
         opt = build_named(o_cfg, regs["optimizer"], "optimizer", model.parameters())
-        sched_cfg = s.get("scheduler", cfg.get("scheduler"))
         sched = build_named(sched_cfg, regs["scheduler"], "scheduler", opt) if sched_cfg else None
         if sched is not None:
             sched_names.append(sched_cfg["name"])
             steps = s["num_epochs"] * (train_batches if sched_cfg["name"] in ("OneCycleLR", "CyclicLR") else 1)
-            preflight.check_scheduler_steps(type(opt), o_cfg.get("params") or {}, type(sched),
-                                            sched_cfg.get("params") or {}, steps, "scheduler")
-        stages.append(Stage(s.get("name", f"stage{i + 1}"), s["num_epochs"], optimizer=opt, scheduler=sched))
+            preflight.check_scheduler_steps(type(opt), o_cfg["params"], type(sched), sched_cfg["params"], steps,
+                                            "scheduler")
+        stages.append(Stage(s["name"], s["num_epochs"], optimizer=opt, scheduler=sched))
     return stages, sched_names

@@ -5,12 +5,14 @@ Also :func:`check_resume_config`, which refuses to resume a run with settings it
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from segzoo.checkpoint import load_checkpoint
 from segzoo.errors import ConfigError, short_repr
 from segzoo.fileio import write_bytes_atomic
 from segzoo.training import preflight
@@ -25,33 +27,49 @@ from segzoo.training.build import (
     model_from_config,
     num_classes,
     registries,
+    stage_configs,
 )
 from segzoo.training.logdir import CONFIG_HEADER, check_logdir_free, claim_logdir, resumes_in, run_dir_of
 from segzoo.training.resume import find_resume_file
+from segzoo.training.run_settings import ABSENT, FORMER_DEFAULTS, flatten, plain_config, stored_config
 from segzoo.training.supervised import SupervisedRunner
 from segzoo.training.yaml_io import read_yaml_file
 
-# config keys that may differ from the run's saved config.yml when resuming it: more epochs, and
-# settings that do not change what is trained (where it runs, how it is shown, data loading speed)
+# config keys that may differ from the run's config (stored in its checkpoint, else config.yml) on resume: more
+# epochs, and settings that do not change what is trained (where it runs, how it is shown, data loading speed)
 RESUME_MAY_CHANGE = ("logdir", "num_epochs", "stages.N.num_epochs", "stages appended at the end", "runner.resume",
                      "runner.verbose", "runner.device", "runner.compile", "runner.channels_last", "runner.nonfinite",
                      "data.num_workers")
-
-# settings added since a run may have been saved, with the value such a run used: naming it on resume
-# is not a change (UPerNet's fusion became per-level on 2026-11-30; earlier runs used the concat one)
-FORMER_DEFAULTS = {"model.params.decoder_params.fuse": "concat"}
+DEFAULT_SEED = 42
 
 
-def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(node, dict) and node:
-        for k, v in node.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
-    elif isinstance(node, list) and node:
-        for i, v in enumerate(node):
-            _flatten(v, f"{prefix}.{i}", out)
-    else:
-        out[prefix] = node
-    return out
+def normalized_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The run ``cfg`` describes, spelled one way: what resume compares, and what full checkpoints store.
+
+    ``num_epochs`` / top-level ``optimizer`` / ``scheduler`` become ``stages`` as they are built
+    (:func:`~segzoo.training.build.stage_configs`: a one-stage config is the stage ``"train"``), so
+    the one-stage and the ``stages=[...]`` spellings of one run are equal and a scheduler, optimizer
+    or loss change in any stage shows; ``seed``, ``loss`` and a ``params: {}`` of each named section
+    are filled with the defaults the run used. The result is itself a valid config of the same run,
+    and normalising it again changes nothing (its top-level ``optimizer`` is only the first stage's
+    name, with no params, and is not compared).
+
+    Raises:
+        ConfigError: ``cfg`` is not a mapping.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"a config must be a mapping of keys, got {type(cfg).__name__} {short_repr(cfg)}")
+    out = {k: copy.deepcopy(v) for k, v in cfg.items() if k not in ("num_epochs", "optimizer", "scheduler")}
+    out["stages"] = stage_configs(cfg)
+    # the stages carry every optimizer setting: an empty top-level one adds none when the result is built
+    out["optimizer"] = {"name": out["stages"][0]["optimizer"].get("name"), "params": {}}
+    out.setdefault("seed", DEFAULT_SEED)
+    out["loss"] = copy.deepcopy(cfg.get("loss") or DEFAULT_LOSS)
+    out["callbacks"] = copy.deepcopy(cfg.get("callbacks") or [])
+    for section in [out.get("model"), out["loss"], *out["callbacks"]]:
+        if isinstance(section, dict):
+            section.setdefault("params", {})
+    return plain_config(out)
 
 
 def _may_change(key: str, saved_stages: int) -> bool:
@@ -64,24 +82,51 @@ def _may_change(key: str, saved_stages: int) -> bool:
 
 
 def check_resume_config(saved: dict[str, Any], cfg: dict[str, Any], saved_path: Path) -> None:
-    """Refuse a resumed config that differs from the run's saved ``config.yml`` beyond :data:`RESUME_MAY_CHANGE`.
+    """Refuse a resumed config that differs from the run's (its ``config.yml`` or the one its checkpoint
+    stored) beyond :data:`RESUME_MAY_CHANGE`.
 
-    A changed learning rate, model, loss or data would be silently overridden by the saved state
-    or mix two different runs in one.
+    Both are compared as :func:`normalized_config`, so a stage's scheduler, optimizer or loss
+    cannot change by spelling a one-stage config as ``stages=[...]`` (or back). A key the saved
+    config does not name may be given with its value in :data:`FORMER_DEFAULTS`. A changed
+    learning rate, model, loss or data would be silently overridden by the saved state or mix two
+    different runs in one.
 
     Raises:
-        ConfigError: naming the first changed key and both values.
+        ConfigError: naming the first changed key and both values (one line).
     """
-    old, new = _flatten(saved, "", {}), _flatten(cfg, "", {})
-    saved_stages = len(saved.get("stages") or [])
+    one_stage = "stages" not in cfg  # shown as the user spells it: scheduler.name, not stages.0.scheduler.name
+    try:
+        saved = normalized_config(saved)
+    except (ConfigError, KeyError, TypeError, AttributeError) as exc:  # a hand-edited or crafted file
+        raise ConfigError(f"{saved_path}: the run's config cannot be compared ({type(exc).__name__}: "
+                          f"{short_repr(str(exc), 120)})") from None
+    cfg = normalized_config(cfg)
+    old, new = flatten(saved), flatten(cfg)
+    saved_stages = len(saved["stages"])
     for key in sorted(set(old) | set(new)):
-        if key not in old and key in FORMER_DEFAULTS and new.get(key) == FORMER_DEFAULTS[key]:
+        if key.startswith("optimizer.") or (key not in old and key in FORMER_DEFAULTS
+                                             and new.get(key) == FORMER_DEFAULTS[key]):
             continue
-        if old.get(key, "<absent>") != new.get(key, "<absent>") and not _may_change(key, saved_stages):
-            raise ConfigError(f"resuming {saved_path.parent} with {key}={short_repr(new.get(key, '<absent>'))}, but the "
-                              f"run was trained with {key}={short_repr(old.get(key, '<absent>'))} ({saved_path}); only "
+        if old.get(key, ABSENT) != new.get(key, ABSENT) and not _may_change(key, saved_stages):
+            shown = key.removeprefix("stages.0.") if one_stage else key
+            raise ConfigError(f"resuming with {shown}={_show(new.get(key, ABSENT))}, but the run was trained with "
+                              f"{shown}={_show(old.get(key, ABSENT))} ({saved_path}); only "
                               f"{', '.join(RESUME_MAY_CHANGE)} may change on resume. Start a new run (new logdir) "
                               f"for other settings")
+
+
+def _show(value: Any) -> str:
+    return ABSENT if value is ABSENT else short_repr(value)
+
+
+def _saved_config(resume: str | os.PathLike) -> tuple[dict[str, Any] | None, Path]:
+    """The config the resumed run was trained with: stored in its full checkpoint, else its ``config.yml``."""
+    path = find_resume_file(resume)
+    stored = stored_config(load_checkpoint(path), path)
+    if stored is not None:
+        return stored, path
+    saved_path = run_dir_of(resume) / "config.yml"
+    return (read_yaml_file(saved_path) if saved_path.is_file() else None), saved_path
 
 
 def _is_main_rank() -> bool:
@@ -91,10 +136,9 @@ def _is_main_rank() -> bool:
 def _check_outputs(cfg: dict[str, Any], logdir: Path, resume: str | None, force: bool, inputs: list[Any]) -> None:
     """The resumed config matches the run's, the logdir is outside the data and free (or resumed / forced)."""
     if resume is not None:
-        find_resume_file(resume)
-        saved_path = run_dir_of(resume) / "config.yml"
-        if saved_path.is_file():
-            check_resume_config(read_yaml_file(saved_path) or {}, cfg, saved_path)
+        saved, saved_path = _saved_config(resume)
+        if saved is not None:
+            check_resume_config(saved, cfg, saved_path)
     for key in FOLDER_KEYS:  # the run's outputs never go into its inputs
         if key in cfg["data"] and resumes_in(logdir, cfg["data"][key]):
             raise ConfigError(f"logdir {logdir} is inside data.{key} {cfg['data'][key]}; choose a logdir outside the data")
@@ -131,7 +175,7 @@ def train_from_config(cfg: dict[str, Any], force: bool = False, config_path: str
     inputs = [p for p in (config_path, *(cfg["data"].get(k) for k in FOLDER_KEYS)) if p]
     _check_outputs(cfg, logdir, resume, force, inputs)
 
-    seed = cfg.get("seed", 42)
+    seed = cfg.get("seed", DEFAULT_SEED)
     model = model_from_config(cfg["model"], seed)
     criterion = build_named(loss_cfg, regs["loss"], "loss")
     callbacks = [build_named(c, regs["callback"], "callback") for c in cfg.get("callbacks") or []]
@@ -142,9 +186,9 @@ def train_from_config(cfg: dict[str, Any], force: bool = False, config_path: str
     runner = SupervisedRunner(device=runner_cfg.pop("device", "auto"))
     if not _is_main_rank():
         return runner.train(model, criterion, None, loaders, logdir, callbacks=callbacks, stages=stages, seed=seed,
-                            normalization=normalization, **runner_cfg)
+                            normalization=normalization, run_config=normalized_config(cfg), **runner_cfg)
     with claim_logdir(logdir, resume=resume, overwrite=force, inputs=inputs, caller="cli"):
         if not resumes_in(resume, logdir):
             write_bytes_atomic(logdir / "config.yml", (CONFIG_HEADER + yaml.safe_dump(cfg, sort_keys=False)).encode())
         return runner.train(model, criterion, None, loaders, logdir, callbacks=callbacks, stages=stages, seed=seed,
-                            normalization=normalization, **runner_cfg)
+                            normalization=normalization, run_config=normalized_config(cfg), **runner_cfg)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
 from segzoo.decoders.upernet import upernet_fusion
 from segzoo.encoders.weights import load_into
-from segzoo.errors import short_repr
 from segzoo.training.callback import Callback, state_keys
 from segzoo.training.callbacks.checkpoint import set_rng_state
+from segzoo.training.run_settings import (
+    RUN_SETTINGS_KEY,
+    check_run_settings,
+    differences,
+    format_differences,
+)
 from segzoo.training.state import RunnerState
 
 
@@ -55,6 +58,11 @@ def load_resume(resume: str | os.PathLike, state: RunnerState, stage_names: list
 
     Returns:
         The checkpoint with an extra ``stage_index`` (position of its stage in ``stage_names``).
+
+    Raises:
+        ValueError: training (``stage_names`` given) with settings other than those the checkpoint's
+            run was given (``state.run_settings`` against the checkpoint's, see
+            :func:`~segzoo.training.run_settings.check_run_settings`); checked before the weights are loaded.
     """
     path = find_resume_file(resume)
     ck = load_checkpoint(path, map_location=state.device)
@@ -64,6 +72,7 @@ def load_resume(resume: str | os.PathLike, state: RunnerState, stage_names: list
         if ck.get("stage") not in stage_names:
             raise ValueError(f"checkpoint {path} is from stage {ck.get('stage')!r}, not one of {stage_names}")
         ck["stage_index"] = stage_names.index(ck["stage"])
+        check_run_settings(ck.get(RUN_SETTINGS_KEY), state.run_settings, path)  # before the model is touched
     weights = clean_state_dict(ck["model_state_dict"])
     hint = ""
     if upernet_fusion(weights) == "concat" and upernet_fusion(unwrap_model(state.model).state_dict()) == "levels":
@@ -87,6 +96,29 @@ def completed_epochs(ck: dict[str, Any]) -> tuple[int, int]:
     return int(ck.get("epoch", 0)) - back, int(ck.get("global_epoch", 0)) - back
 
 
+def start_point(resume: str | os.PathLike | None, state: RunnerState,
+                stages: list[Any]) -> tuple[int, int, dict[str, Any] | None]:
+    """``(stage index, epoch, checkpoint)`` a run of ``stages`` starts from: ``(0, 1, None)`` for a fresh run.
+
+    The epoch after the checkpoint's last complete one, or the next stage's first when that ends
+    the stage (its last epoch, or a callback such as early stopping stopped the stage there).
+
+    Raises:
+        ValueError: the checkpoint ends the last stage (nothing left to train), or see :func:`load_resume`.
+    """
+    if resume is None:
+        return 0, 1, None
+    resumed = load_resume(resume, state, [s.name for s in stages])
+    done, _ = completed_epochs(resumed)
+    start_stage, start_epoch = resumed["stage_index"], done + 1
+    if start_epoch > stages[start_stage].num_epochs or (resumed.get("stage_stopped") and done > 0):
+        start_stage, start_epoch = start_stage + 1, 1
+    if start_stage == len(stages):
+        raise ValueError(f"checkpoint {resume} is at the end of the last stage ({resumed['stage']!r}, "
+                         f"epoch {done}): nothing left to train; raise num_epochs or add a stage")
+    return start_stage, start_epoch, resumed
+
+
 def _load_into_obj(obj: Any, saved: Any) -> None:
     if saved is None or obj is None:
         return
@@ -96,53 +128,6 @@ def _load_into_obj(obj: Any, saved: Any) -> None:
                 sub.load_state_dict(saved[name])
     elif hasattr(obj, "load_state_dict"):
         obj.load_state_dict(saved)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else None
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value if isinstance(value, bool | int | float | str | type(None)) else None
-
-
-def optimizer_hparams(optimizer: Any) -> Any:
-    """The settings of ``optimizer`` (a dict of them too) as plain data, for comparison on resume.
-
-    Returns:
-        ``{"name": class name, "groups": [{setting: value}, ...]}`` per param group, the learning rate
-        as the one given at construction (a scheduler's ``initial_lr`` when it set one); ``None``
-        for no optimizer.
-    """
-    if optimizer is None:
-        return None
-    if isinstance(optimizer, dict):
-        return {k: optimizer_hparams(v) for k, v in optimizer.items()}
-    if not hasattr(optimizer, "param_groups"):
-        return None
-    groups = []
-    for group in optimizer.param_groups:
-        hp = {k: _plain(v) for k, v in group.items() if k not in ("params", "initial_lr", "param_names")}
-        if "initial_lr" in group:
-            hp["lr"] = _plain(group["initial_lr"])
-        groups.append(hp)
-    return {"name": type(optimizer).__name__, "groups": groups}
-
-
-def _differences(saved: Any, given: Any, where: str) -> list[str]:
-    if isinstance(saved, dict) and isinstance(given, dict):
-        out = []
-        for key in sorted(set(saved) | set(given), key=str):
-            if key not in given or key not in saved:
-                continue  # a setting torch added or dropped between versions says nothing
-            out += _differences(saved[key], given[key], f"{where}.{key}" if where else str(key))
-        return out
-    if isinstance(saved, list) and isinstance(given, list) and len(saved) == len(given):
-        return [d for i, (a, b) in enumerate(zip(saved, given)) for d in _differences(a, b, f"{where}[{i}]")]
-    if saved != given and not (isinstance(saved, float) and isinstance(given, float)
-                               and math.isclose(saved, given, rel_tol=1e-9, abs_tol=0.0)):
-        return [f"{where}={short_repr(given)} (the run used {short_repr(saved)})"]
-    return []
 
 
 def check_optimizer_unchanged(ck: dict[str, Any], current: Any, path: str | os.PathLike = "the checkpoint") -> None:
@@ -158,12 +143,11 @@ def check_optimizer_unchanged(ck: dict[str, Any], current: Any, path: str | os.P
     saved = ck.get("optimizer_hparams")
     if saved is None or current is None or ck.get("optimizer_state_dict") is None:
         return
-    diffs = _differences(saved, current, "optimizer")
+    diffs = differences(saved, current, "optimizer")
     if diffs:
-        raise ValueError(f"cannot resume from {path} with a changed optimizer: {'; '.join(diffs[:3])}"
-                         + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
-                         + "; the saved optimizer state would override it. Resume with the run's settings, "
-                           "or start a new run in a new logdir")
+        raise ValueError(f"cannot resume from {path} with a changed optimizer: {format_differences(diffs)}; the "
+                         f"saved optimizer state would override it. Resume with the run's settings, or start a new "
+                         f"run in a new logdir")
 
 
 def legacy_state_keys(callbacks: list[Callback]) -> list[str]:

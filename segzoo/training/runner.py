@@ -48,7 +48,8 @@ from segzoo.training.loop import (
     run_infer_epoch,
     seed_everything,
 )
-from segzoo.training.resume import completed_epochs, load_resume, optimizer_hparams, restore_after_resume
+from segzoo.training.resume import load_resume, restore_after_resume, start_point
+from segzoo.training.run_settings import describe_run, optimizer_hparams
 from segzoo.training.state import RunnerState
 
 
@@ -150,8 +151,8 @@ class Runner(abc.ABC):
               channels_last: bool = False, compile: bool | dict = False,
               normalization: Mapping[str, list[float]] | None = None, nonfinite: str = "raise",
               checkpoint_data: Mapping[str, Any] | None = None, fp16: Any = None, monitoring_params: Any = None,
-              check: bool = False, timeit: bool = False,
-              overwrite_logdir: bool = False) -> RunnerState:
+              check: bool = False, timeit: bool = False, overwrite_logdir: bool = False,
+              run_config: Mapping[str, Any] | None = None) -> RunnerState:
         """Train ``model`` over ``stages`` (or one stage ``"train"`` of ``num_epochs``), validating each epoch.
 
         Loaders whose name starts with ``"train"`` run backward and optimizer steps; the metrics of
@@ -197,6 +198,9 @@ class Runner(abc.ABC):
             overwrite_logdir: replace the previous run in a ``logdir`` that already holds one (only the
                 files segzoo writes there are removed). Without it, unless ``resume`` points into it, that
                 run is moved aside to ``LOGDIR.1`` (``.2``...; one warning); see :mod:`segzoo.training.logdir`.
+            run_config: the effective config of a ``segzoo train`` run (normalised: its stages expanded),
+                stored in full checkpoints with a description of the arguments above; resuming compares
+                both (:mod:`segzoo.training.run_settings`).
 
         Returns:
             The final :class:`RunnerState` (``valid_metrics``, ``best_valid_metric``, ...).
@@ -204,7 +208,8 @@ class Runner(abc.ABC):
         Raises:
             ValueError: no model, no ``valid_loader`` loader, bad stages or options, a callback
                 or Catalyst argument that cannot be honoured (e.g. ``monitoring_params``), ``overwrite_logdir``
-                on files segzoo did not write, a ``resume`` whose optimizer settings differ from the given ones.
+                on files segzoo did not write, a ``resume`` whose run was given other settings (optimizer,
+                scheduler, criterion, model, loaders, seed...; only epochs, device and the like may change).
             FileExistsError: another running training holds ``logdir``, or it holds files segzoo did not write.
             KeyError: ``main_metric`` is not computed on the valid loader.
             NonFiniteLossError: a non-finite loss with ``nonfinite="raise"``.
@@ -236,9 +241,12 @@ class Runner(abc.ABC):
                                   valid_loader=valid_loader, nonfinite=nonfinite, check=check, amp=amp,
                                   channels_last=channels_last, compile=compile, normalization=normalization,
                                   checkpoint_data=checkpoint_data)
+        state.run_settings = describe_run(model, criterion, optimizer, scheduler, stages, loaders, seed=seed, amp=amp,
+                                          main_metric=main_metric, minimize_metric=minimize_metric,
+                                          valid_loader=valid_loader, config=run_config)
         if state.distributed:
             loaders = {k: dist_utils.shard_loader(v) if isinstance(v, DataLoader) else v for k, v in loaders.items()}
-        start_stage, start_epoch, resumed = self._start_point(resume, state, stages)
+        start_stage, start_epoch, resumed = start_point(resume, state, stages)
         held = (claim_logdir(logdir, resume=resume, overwrite=overwrite_logdir) if state.is_main_process
                 else contextlib.nullcontext())
         with held:
@@ -270,29 +278,6 @@ class Runner(abc.ABC):
         self.state = state
         state.model = prepare_model(model, state, compile)
         return state
-
-    @staticmethod
-    def _start_point(resume: str | os.PathLike | None, state: RunnerState,
-                     stages: list[Stage]) -> tuple[int, int, dict[str, Any] | None]:
-        """``(stage index, epoch, checkpoint)`` to start from: ``(0, 1, None)`` for a fresh run.
-
-        The epoch after the checkpoint's last complete one, or the next stage's first when that ends
-        the stage (its last epoch, or a callback such as early stopping stopped the stage there).
-
-        Raises:
-            ValueError: the checkpoint ends the last stage (nothing left to train).
-        """
-        if resume is None:
-            return 0, 1, None
-        resumed = load_resume(resume, state, [s.name for s in stages])
-        done, _ = completed_epochs(resumed)
-        start_stage, start_epoch = resumed["stage_index"], done + 1
-        if start_epoch > stages[start_stage].num_epochs or (resumed.get("stage_stopped") and done > 0):
-            start_stage, start_epoch = start_stage + 1, 1
-        if start_stage == len(stages):
-            raise ValueError(f"checkpoint {resume} is at the end of the last stage ({resumed['stage']!r}, "
-                             f"epoch {done}): nothing left to train; raise num_epochs or add a stage")
-        return start_stage, start_epoch, resumed
 
     def _run_stage(self, state: RunnerState, stage: Stage, index: int, loaders: Mapping[str, Iterable],
                    items: list[tuple[Any, Callback]], given: list[Callback], verbose: bool, start_epoch: int,

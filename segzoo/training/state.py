@@ -29,6 +29,8 @@ class RunInfo:
         nonfinite: policy for non-finite losses: ``"raise"`` or ``"skip"``.
         max_batches: stop each loader after this many batches (``check=True``), or ``None``.
         checkpoint_data: extra plain data stored in every checkpoint (``normalization``...).
+        run_settings: what ``train()`` was given, as plain data, stored in full checkpoints and compared
+            on resume (:func:`segzoo.training.run_settings.describe_run`; ``None`` in ``infer``).
         skipped_batches: batches skipped under ``nonfinite="skip"`` (counted over the run).
         exception: the exception being handled in ``on_exception``.
     """
@@ -45,6 +47,7 @@ class RunInfo:
     nonfinite: str = "raise"
     max_batches: int | None = None
     checkpoint_data: dict[str, Any] = field(default_factory=dict)
+    run_settings: dict[str, Any] | None = None
     skipped_batches: int = 0
     exception: BaseException | None = None
 

@@ -322,6 +322,12 @@ def test_resuming_an_old_concat_fusion_upernet_into_the_new_default_says_how(loa
         return create_model("upernet", num_channels=4, num_blocks=3, decoder_params={"channels": 8, **decoder})
 
     train(upernet(fuse="concat"), loaders, tmp_path)
+    # the run's checkpoint names what it was given
+    with pytest.raises(ValueError, match=r"changed model: model\.kwargs\.decoder_params\.fuse=<absent> "
+                                         r"\(the run used 'concat'\)"):
+        train(upernet(), loaders, tmp_path, num_epochs=2, resume=tmp_path)
+    full = tmp_path / "checkpoints" / "last_full.pth"  # as written before run settings were stored
+    torch.save({k: v for k, v in torch.load(full, weights_only=True).items() if k != "run_settings"}, full)
     with pytest.raises(CheckpointError, match=r"per-level fusion default: resume with "
                                               r"model\.params\.decoder_params\.fuse=concat\)"):
         train(upernet(), loaders, tmp_path, num_epochs=2, resume=tmp_path)

@@ -297,7 +297,7 @@ def test_cli_rerun_into_a_finished_run(finished_run):
         _one_line_error(*_cli(*args), "already holds a run", "logdir=", "runner.resume=", "--force")
         assert _hashes(run) == before
     _one_line_error(*_cli("--config", cfg, f"runner.resume={run}", "optimizer={name: Adam, params: {lr: 0.5}}",
-                          "num_epochs=2"), "optimizer.name", "may change on resume")
+                          "num_epochs=2"), "optimizer.params.lr=0.5", "lr=0.001", "may change on resume")
     _one_line_error(*_cli("--config", run / "config.yml", "--force"), "input", "config.yml")
     assert _hashes(run) == before
     rc, err = _cli("--config", cfg, f"runner.resume={run}", "num_epochs=2")  # extending is allowed

@@ -17,6 +17,7 @@ from segzoo.errors import check_file_name
 from segzoo.fileio import fsync_dir, make_folder, write_bytes_atomic, write_json_atomic
 from segzoo.models.registry import get_model_spec
 from segzoo.training.callback import Callback, CallbackOrder, register_callback, state_keys
+from segzoo.training.run_settings import RUN_SETTINGS_KEY
 from segzoo.training.state import RunnerState
 
 
@@ -83,7 +84,8 @@ def callbacks_state(state: RunnerState) -> dict[str, Any]:
 
 
 def full_checkpoint(state: RunnerState, cb_states: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The light checkpoint plus optimizer, scheduler, criterion, scaler, callback and RNG state.
+    """The light checkpoint plus optimizer, scheduler, criterion, scaler, callback and RNG state, and the
+    run's settings (``state.run_settings``, checked when resuming).
 
     ``cb_states``: the callbacks' state to file (default: :func:`callbacks_state` now).
     """
@@ -96,6 +98,7 @@ def full_checkpoint(state: RunnerState, cb_states: dict[str, Any] | None = None)
         "scaler_state_dict": _state_dict_of(state.scaler),
         "callbacks_state": cb_states,
         "rng_state": rng_state(),
+        RUN_SETTINGS_KEY: state.run_settings,  # what the run was given; resuming compares it
     }
 
 
