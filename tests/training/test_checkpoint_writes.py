@@ -197,3 +197,53 @@ def test_epoch_files_are_fsynced_and_their_folder_once_before_an_old_one_is_remo
     assert events[events.index("end 1") + 1:events.index("end 2")] == (
         ["rm train.1_full.pth", "file", "rm best_full.pth"] + ["file"] * 3 + ["dir", "file", "dir"])
     assert sorted(_all_load(tmp_path / "checkpoints")) == ["best.pth", "last.pth", "last_full.pth", "train.2.pth"]
+
+
+def test_only_last_full_holds_the_optimizer_state_unless_keep_full(loaders, tmp_path):
+    values = [3.0, 1.0, 2.0]
+    train(TinyNet(), loaders, tmp_path / "light", num_epochs=3, main_metric="m",
+          callbacks=[scripted_metric(values), CheckpointCallback(save_n_best=2)])
+    folder = tmp_path / "light" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["_metrics.json", "best.pth", "last.pth", "last_full.pth",
+                                                        "train.2.pth", "train.3.pth"]
+    assert "optimizer_state_dict" in load_checkpoint(folder / "last_full.pth")
+    assert not any("optimizer_state_dict" in load_checkpoint(p) for p in folder.glob("*.pth") if "_full" not in p.name)
+
+    train(TinyNet(), loaders, tmp_path / "full", num_epochs=3, main_metric="m",
+          callbacks=[scripted_metric(values), CheckpointCallback(save_n_best=2, keep_full=True)])
+    folder = tmp_path / "full" / "checkpoints"
+    assert _all_load(folder) == {"best.pth": 2, "best_full.pth": 2, "last.pth": 3, "last_full.pth": 3,
+                                 "train.2.pth": 2, "train.2_full.pth": 2, "train.3.pth": 3, "train.3_full.pth": 3}
+    with pytest.raises(ValueError, match="keep_full must be true or false"):
+        CheckpointCallback(keep_full="yes")
+
+
+def test_a_full_file_of_another_epoch_never_stays_next_to_a_new_light_one(loaders, tmp_path):
+    values = [3.0, 2.0, 1.0]
+    train(TinyNet(), loaders, tmp_path, num_epochs=2, main_metric="m",
+          callbacks=[scripted_metric(values), CheckpointCallback(keep_full=True)])
+    assert load_checkpoint(tmp_path / "checkpoints" / "best_full.pth")["epoch"] == 2
+    # resumed without keep_full: epoch 3 is the new best, and best_full.pth (epoch 2) would pass for its full file
+    train(TinyNet(), loaders, tmp_path, num_epochs=3, main_metric="m", resume=tmp_path,
+          callbacks=[scripted_metric(values), CheckpointCallback()])
+    assert _all_load(tmp_path / "checkpoints") == {"best.pth": 3, "last.pth": 3, "last_full.pth": 3, "train.3.pth": 3}
+
+
+def test_resume_refuses_a_damaged_last_full_in_one_line(tiny, loaders, tmp_path):
+    import zipfile
+
+    from segzoo.errors import CheckpointError
+
+    train(tiny, loaders, tmp_path, num_epochs=1)
+    path = tmp_path / "checkpoints" / "last_full.pth"
+    with zipfile.ZipFile(path) as zf:  # a tensor record: the last bytes of the file before the zip directory
+        info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    middle = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+    before = (tmp_path / "checkpoints" / "last.pth").read_bytes()
+    with pytest.raises(CheckpointError) as info_:
+        train(TinyNet(), loaders, tmp_path, num_epochs=2, resume=tmp_path)
+    assert "\n" not in str(info_.value) and f"{path} is damaged" in str(info_.value)
+    assert (tmp_path / "checkpoints" / "last.pth").read_bytes() == before  # nothing was trained or written

@@ -206,6 +206,7 @@ class CheckpointCallback(Callback):
         full = checkpoint_bytes(full_checkpoint(state, cb_states))  # serialized once, written to each file
         self._epoch_start_states = copy.deepcopy(cb_states)  # the next epoch starts from these
         light = checkpoint_bytes(model_checkpoint(state))
+        epoch_key = (state.stage, state.global_epoch)
         best = next((h for h in self.history if h["name"] == state.best_name), None)
         metrics = {"main_metric": state.main_metric, "minimize_metric": state.minimize_metric,
                    "best": best, "last": self.history[-1], "epochs": self.history}
@@ -225,7 +226,7 @@ class CheckpointCallback(Callback):
                    put("last.pth", light),
                    lambda: fsync_dir(folder),  # every file above is durable before the epoch is said complete
                    lambda: write_bytes_atomic(folder / "last_full.pth", full, overwrite=True),
-                   lambda: setattr(self, "_saved", (state.stage, state.global_epoch))]
+                   lambda: setattr(self, "_saved", epoch_key)]
         if dropped is not None and dropped != name:  # only once the epoch is complete
             writes += [drop(f"{dropped}.pth"), drop(f"{dropped}_full.pth")]
         return writes
