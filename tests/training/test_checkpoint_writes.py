@@ -247,3 +247,10 @@ def test_resume_refuses_a_damaged_last_full_in_one_line(tiny, loaders, tmp_path)
         train(TinyNet(), loaders, tmp_path, num_epochs=2, resume=tmp_path)
     assert "\n" not in str(info_.value) and f"{path} is damaged" in str(info_.value)
     assert (tmp_path / "checkpoints" / "last.pth").read_bytes() == before  # nothing was trained or written
+
+
+def test_resuming_from_a_full_file_no_longer_kept_says_what_to_use(tiny, loaders, tmp_path):
+    train(tiny, loaders, tmp_path, num_epochs=1)
+    with pytest.raises(FileNotFoundError, match=r"best_full.pth; only last_full.pth keeps the optimizer state unless "
+                                                r"CheckpointCallback\(keep_full=True\).* or from best.pth"):
+        train(TinyNet(), loaders, tmp_path, num_epochs=2, resume=tmp_path / "checkpoints" / "best_full.pth")
