@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import errno
 import io
+import lzma
 import os
 import pickle
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -153,7 +155,9 @@ def _check_checkpoint_file(path: Path) -> int:
                 _check_archive(path, zf, st.st_size)
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
+    # RuntimeError: an entry flagged encrypted; zlib / lzma errors: a compressed entry that does not decompress
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError, RuntimeError,
+            zlib.error, lzma.LZMAError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from exc
     except OSError as exc:

@@ -217,3 +217,30 @@ def test_a_damaged_checkpoint_is_one_line_from_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(path) in err and "is damaged" in err, err
     assert not (tmp_path / "run" / "trace").exists()
+
+
+def test_crafted_zip_records_are_one_line_errors(tmp_path):
+    """Checking the records must not open a new way to a traceback: an entry flagged encrypted, a bad deflate stream."""
+    import zipfile
+
+    src = save_checkpoint({"model_state_dict": {"w": torch.rand(1000)}}, tmp_path / "src.pth")
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as zf:
+        first = zf.infolist()[0]
+    data[first.header_offset + 6] |= 1  # the "encrypted" flag, in the local header and the central directory
+    data[data.find(b"PK\x01\x02") + 8] |= 1
+    (tmp_path / "encrypted.pth").write_bytes(bytes(data))
+    with zipfile.ZipFile(src) as zf, zipfile.ZipFile(tmp_path / "deflated.pth", "w", zipfile.ZIP_DEFLATED) as out:
+        for info in zf.infolist():
+            out.writestr(info.filename, zf.read(info))
+    assert set(load_checkpoint(tmp_path / "deflated.pth")) == {"model_state_dict"}  # compressed but sound: loads
+    data = bytearray((tmp_path / "deflated.pth").read_bytes())
+    with zipfile.ZipFile(tmp_path / "deflated.pth") as zf:
+        big = max(zf.infolist(), key=lambda i: i.compress_size)
+    start = big.header_offset + 30 + len(big.filename) + 20
+    data[start:start + 64] = bytes(b ^ 0xFF for b in data[start:start + 64])
+    (tmp_path / "deflated.pth").write_bytes(bytes(data))
+    for name in ("encrypted.pth", "deflated.pth"):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(info.value) and name in str(info.value)
