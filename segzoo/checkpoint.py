@@ -35,7 +35,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.utils.serialization.config as torch_save_config
@@ -101,9 +101,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             never unpickled), or is not a dict.
     """
     path = Path(path)
-    size = _check_checkpoint_file(path)
+    size = stat_input_file(path, "checkpoint", CheckpointError, expected="expected a .pth file").st_size  # no FIFO...
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        # one open file: the file whose checksums are verified is the one torch reads, even if a writer
+        # replaces the path meanwhile (segzoo's writers rename a new file over it)
+        with open(path, "rb") as f:
+            size = _check_checkpoint_file(path, f)
+            f.seek(0)
+            obj = torch.load(f, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
         raise CheckpointError(
@@ -144,15 +151,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 _MAX_EXPANSION, _EXPANSION_SLACK = 2, 1 << 20
 
 
-def _check_checkpoint_file(path: Path) -> int:
-    """Refuse what is not a readable regular checkpoint file before torch reads it; returns its size."""
-    st = stat_input_file(path, "checkpoint", CheckpointError, expected="expected a .pth file")
-    if st.st_size == 0:
+def _check_checkpoint_file(path: Path, f: BinaryIO) -> int:
+    """Refuse what is not a checkpoint in the open file ``f`` (of ``path``) before torch reads it; returns its size."""
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it is not a torch file")
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                _check_archive(path, zf, st.st_size)
+        if zipfile.is_zipfile(f):
+            with zipfile.ZipFile(f) as zf:
+                _check_archive(path, zf, size)
     except CheckpointError:
         raise
     # RuntimeError: an entry flagged encrypted; zlib / lzma errors: a compressed entry that does not decompress
@@ -162,7 +169,7 @@ def _check_checkpoint_file(path: Path) -> int:
                               f"({type(exc).__name__}: {str(exc)[:200]})") from exc
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {os_error_reason(exc)}") from exc
-    return st.st_size
+    return size
 
 
 def _check_archive(path: Path, zf: zipfile.ZipFile, size: int) -> None:

@@ -244,3 +244,20 @@ def test_crafted_zip_records_are_one_line_errors(tmp_path):
         with pytest.raises(CheckpointError) as info:
             load_checkpoint(tmp_path / name)
         assert "\n" not in str(info.value) and name in str(info.value)
+
+
+def test_the_file_verified_is_the_file_loaded_when_a_writer_replaces_it_meanwhile(tmp_path, monkeypatch):
+    import segzoo.checkpoint as ckpt
+
+    path = save_checkpoint({"model_state_dict": {"w": torch.zeros(3)}, "epoch": 1}, tmp_path / "best.pth")
+    newer = save_checkpoint({"model_state_dict": {"w": torch.ones(3)}, "epoch": 2}, tmp_path / "new.pth")
+    real = ckpt._check_archive
+
+    def check_then_replace(*args):  # a trainer publishes a new best.pth right after the checksums were verified
+        real(*args)
+        os.replace(newer, path)
+
+    monkeypatch.setattr(ckpt, "_check_archive", check_then_replace)
+    assert load_checkpoint(path)["epoch"] == 1  # what was verified, not a file that was never checked
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 2
