@@ -12,20 +12,33 @@ Keys written by the trainer:
 - ``epoch``, ``stage``, ``valid_metrics``, ``epoch_metrics``
 - in ``*_full.pth`` files also ``optimizer_state_dict``, ``scheduler_state_dict``,
   ``criterion_state_dict`` and the trainer's resume state.
+
+Checksums: a checkpoint is a zip archive (``torch.save``'s format) whose every record (the pickled
+dict, each tensor's bytes) carries the CRC-32 checksum of its content, computed when it was
+written; :func:`checkpoint_bytes` always records them, and :func:`load_checkpoint` verifies
+every record before torch reads the file, so a file damaged on disk or in a copy is refused in
+one line naming it (torch itself does not check them: such a file would load with wrong
+weights). The checksums live inside the file, so a checkpoint copied alone stays checkable,
+``torch.load(weights_only=True)`` reads it as always, and checkpoints written before (by segzoo
+or plain ``torch.save``) are checked too. Files without checksums (torch's legacy non-zip
+format, or written with ``torch.serialization.set_crc32_options(False)``) load unchecked.
 """
 
 from __future__ import annotations
 
 import errno
 import io
+import lzma
 import os
 import pickle
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
+import torch.utils.serialization.config as torch_save_config
 
 from segzoo.errors import CheckpointError, short_repr
 from segzoo.fileio import os_error_reason, stat_input_file, write_bytes_atomic
@@ -41,7 +54,8 @@ def checkpoint_bytes(obj: Mapping[str, Any]) -> bytes:
     ordinary ``OSError`` of the write, never an error deep inside torch's zip writer.
     """
     buf = io.BytesIO()
-    torch.save(dict(obj), buf)
+    with torch_save_config.patch({"save.compute_crc32": True}):  # the checksums load_checkpoint verifies
+        torch.save(dict(obj), buf)
     return buf.getvalue()
 
 
@@ -82,13 +96,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Raises:
         FileNotFoundError: the file does not exist.
-        CheckpointError: the file is truncated, not a torch file, holds objects other
-            than plain data (refused, never unpickled), or is not a dict.
+        CheckpointError: the file is truncated, damaged (a record does not match its
+            checksum), not a torch file, holds objects other than plain data (refused,
+            never unpickled), or is not a dict.
     """
     path = Path(path)
-    size = _check_checkpoint_file(path)
+    size = stat_input_file(path, "checkpoint", CheckpointError, expected="expected a .pth file").st_size  # no FIFO...
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        # one open file: the file whose checksums are verified is the one torch reads, even if a writer
+        # replaces the path meanwhile (segzoo's writers rename a new file over it)
+        with open(path, "rb") as f:
+            size = _check_checkpoint_file(path, f)
+            f.seek(0)
+            obj = torch.load(f, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
         raise CheckpointError(
@@ -129,31 +151,53 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 _MAX_EXPANSION, _EXPANSION_SLACK = 2, 1 << 20
 
 
-def _check_checkpoint_file(path: Path) -> int:
-    """Refuse what is not a readable regular checkpoint file before torch reads it; returns its size."""
-    st = stat_input_file(path, "checkpoint", CheckpointError, expected="expected a .pth file")
-    if st.st_size == 0:
+def _check_checkpoint_file(path: Path, f: BinaryIO) -> int:
+    """Refuse what is not a checkpoint in the open file ``f`` (of ``path``) before torch reads it; returns its size."""
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it is not a torch file")
     try:
-        expanded, names = 0, []
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                expanded = sum(info.file_size for info in zf.infolist())
-                names = zf.namelist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        if zipfile.is_zipfile(f):
+            with zipfile.ZipFile(f) as zf:
+                _check_archive(path, zf, size)
+    except CheckpointError:
+        raise
+    # RuntimeError: an entry flagged encrypted; zlib / lzma errors: a compressed entry that does not decompress
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError, RuntimeError,
+            zlib.error, lzma.LZMAError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
                               f"({type(exc).__name__}: {str(exc)[:200]})") from exc
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {os_error_reason(exc)}") from exc
+    return size
+
+
+def _check_archive(path: Path, zf: zipfile.ZipFile, size: int) -> None:
+    """Refuse TorchScript / .pt2 files and zip bombs, then verify each record against its CRC-32 checksum."""
+    infos = zf.infolist()
+    names = [info.filename for info in infos]
     if any(n.endswith("/constants.pkl") or "/code/__torch__/" in n for n in names):
         raise CheckpointError(f"{path} is a TorchScript file, not a checkpoint; load it with torch.jit.load")
     if any(n.endswith("/archive_format") for n in names) or any(n.endswith("/models/model.json") for n in names):
         raise CheckpointError(f"{path} is a torch.export program (.pt2), not a checkpoint; "
                               f"load it with torch.export.load")
-    if expanded > _MAX_EXPANSION * st.st_size + _EXPANSION_SLACK:
-        raise CheckpointError(f"refusing to load {path}: its {st.st_size} bytes expand to {expanded} bytes "
+    expanded = sum(info.file_size for info in infos)
+    if expanded > _MAX_EXPANSION * size + _EXPANSION_SLACK:
+        raise CheckpointError(f"refusing to load {path}: its {size} bytes expand to {expanded} bytes "
                               f"(compressed entries; torch never writes those: a zip bomb?)")
-    return st.st_size
+    if not any(info.CRC for info in infos if info.file_size):
+        return  # written with torch's checksums turned off: nothing to verify
+    for info in infos:
+        with zf.open(info) as record:  # zipfile checks the CRC-32 when the record has been read
+            try:
+                while record.read(1 << 22):
+                    pass
+            except zipfile.BadZipFile as exc:
+                if "CRC" not in str(exc):
+                    raise
+                raise CheckpointError(
+                    f"checkpoint {path} is damaged: its record {info.filename!r} does not match the checksum "
+                    f"written with it (the file changed on disk or in a copy); use another checkpoint") from None
 
 
 def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -151,3 +151,113 @@ def test_upernet_checkpoint_from_before_level_fusion_loads_as_concat(tmp_path):
     new = create_model("upernet", **kwargs, decoder_params={"channels": 8}).eval()
     path = save_checkpoint({"model_state_dict": new.state_dict(), "model_spec": get_model_spec(new)}, tmp_path / "n.pth")
     assert segzoo.load_model(path).decoder.fuse_mode == "levels"
+
+
+def _flip(path, record, count=64):
+    """Invert ``count`` bytes in the middle of zip record ``record`` (e.g. ``data/0``, ``data.pkl``) of ``path``."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith("/" + record))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + max(0, info.file_size // 2 - count // 2)
+    for i in range(start, start + min(count, info.file_size)):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("record", ["data/0", "data.pkl"])
+def test_flipped_bytes_are_refused_in_one_line_naming_the_file(tmp_path, record):
+    path = save_checkpoint({"model_state_dict": {"w": torch.rand(1000)}, "epoch": 3, "note": "x" * 100},
+                           tmp_path / "last_full.pth")
+    _flip(path, record)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "is damaged" in message and record in message
+
+
+def test_checksums_are_recorded_even_when_torch_is_told_not_to(tmp_path):
+    import zipfile
+
+    from segzoo.checkpoint import checkpoint_bytes
+
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        path = tmp_path / "c.pth"
+        path.write_bytes(checkpoint_bytes({"model_state_dict": {"w": torch.rand(100)}}))
+        torch.save({"model_state_dict": {"w": torch.rand(100)}}, tmp_path / "unchecked.pth")
+    finally:
+        torch.serialization.set_crc32_options(before)
+    with zipfile.ZipFile(path) as zf:
+        assert all(info.CRC for info in zf.infolist() if info.file_size)
+    _flip(path, "data/0")
+    with pytest.raises(CheckpointError, match="is damaged"):
+        load_checkpoint(path)
+    # files without checksums (torch's turned off, the legacy non-zip format) still load, unchecked
+    assert set(load_checkpoint(tmp_path / "unchecked.pth")) == {"model_state_dict"}
+    torch.save({"model_state_dict": {"w": torch.ones(3)}, "epoch": 1}, tmp_path / "legacy.pth",
+               _use_new_zipfile_serialization=False)
+    assert load_checkpoint(tmp_path / "legacy.pth")["epoch"] == 1
+
+
+def test_a_damaged_checkpoint_is_one_line_from_the_cli(tmp_path, capsys):
+    import segzoo
+    from segzoo.cli import main
+    from segzoo.models.registry import get_model_spec
+
+    model = segzoo.create_model("unet", num_channels=4, num_blocks=2)
+    path = save_checkpoint({"model_state_dict": model.state_dict(), "model_spec": get_model_spec(model)},
+                           tmp_path / "run" / "checkpoints" / "best.pth")
+    _flip(path, "data/0")
+    assert main(["trace", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(path) in err and "is damaged" in err, err
+    assert not (tmp_path / "run" / "trace").exists()
+
+
+def test_crafted_zip_records_are_one_line_errors(tmp_path):
+    """Checking the records must not open a new way to a traceback: an entry flagged encrypted, a bad deflate stream."""
+    import zipfile
+
+    src = save_checkpoint({"model_state_dict": {"w": torch.rand(1000)}}, tmp_path / "src.pth")
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as zf:
+        first = zf.infolist()[0]
+    data[first.header_offset + 6] |= 1  # the "encrypted" flag, in the local header and the central directory
+    data[data.find(b"PK\x01\x02") + 8] |= 1
+    (tmp_path / "encrypted.pth").write_bytes(bytes(data))
+    with zipfile.ZipFile(src) as zf, zipfile.ZipFile(tmp_path / "deflated.pth", "w", zipfile.ZIP_DEFLATED) as out:
+        for info in zf.infolist():
+            out.writestr(info.filename, zf.read(info))
+    assert set(load_checkpoint(tmp_path / "deflated.pth")) == {"model_state_dict"}  # compressed but sound: loads
+    data = bytearray((tmp_path / "deflated.pth").read_bytes())
+    with zipfile.ZipFile(tmp_path / "deflated.pth") as zf:
+        big = max(zf.infolist(), key=lambda i: i.compress_size)
+    start = big.header_offset + 30 + len(big.filename) + 20
+    data[start:start + 64] = bytes(b ^ 0xFF for b in data[start:start + 64])
+    (tmp_path / "deflated.pth").write_bytes(bytes(data))
+    for name in ("encrypted.pth", "deflated.pth"):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(info.value) and name in str(info.value)
+
+
+def test_the_file_verified_is_the_file_loaded_when_a_writer_replaces_it_meanwhile(tmp_path, monkeypatch):
+    import segzoo.checkpoint as ckpt
+
+    path = save_checkpoint({"model_state_dict": {"w": torch.zeros(3)}, "epoch": 1}, tmp_path / "best.pth")
+    newer = save_checkpoint({"model_state_dict": {"w": torch.ones(3)}, "epoch": 2}, tmp_path / "new.pth")
+    real = ckpt._check_archive
+
+    def check_then_replace(*args):  # a trainer publishes a new best.pth right after the checksums were verified
+        real(*args)
+        os.replace(newer, path)
+
+    monkeypatch.setattr(ckpt, "_check_archive", check_then_replace)
+    assert load_checkpoint(path)["epoch"] == 1  # what was verified, not a file that was never checked
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 2

@@ -69,7 +69,7 @@ def test_kill9_at_random_moments_then_resume(tmp_path):
         last = folder / "last_full.pth"
         before = last.stat().st_mtime_ns if last.exists() else -1
         proc = _start(cfg, *(["runner.resume=" + str(last)] if last.exists() else []))
-        _wait_for(folder / "last.pth", proc, after_ns=before)  # this run has made progress
+        _wait_for(last, proc, after_ns=before)  # this run has completed an epoch (last_full is its last file)
         time.sleep(rng.uniform(0.0, 0.4))
         assert proc.poll() is None, "the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
@@ -90,10 +90,10 @@ def test_ctrl_c_saves_resumable_checkpoint(tmp_path):
     cfg = _config(tmp_path)
     folder = tmp_path / "run" / "checkpoints"
     proc = _start(cfg)
-    # _metrics.json is written last in an epoch (the CheckpointCallback runs after the loggers): the Ctrl-C
-    # then lands in the next one (after last.pth alone it often landed in the same epoch's remaining
-    # writes, where by design nothing more is saved)
-    _wait_for(folder / "_metrics.json", proc)
+    # last_full.pth is written last in an epoch (the CheckpointCallback runs after the loggers and writes it
+    # after its other files): the Ctrl-C then lands in the next epoch (in the epoch's own writes it would
+    # finish them, and save no interrupted state)
+    _wait_for(folder / "last_full.pth", proc)
     proc.send_signal(signal.SIGINT)
     sent_at = time.time()
     out, err = proc.communicate(timeout=120)

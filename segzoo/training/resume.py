@@ -43,6 +43,11 @@ def find_resume_file(resume: str | os.PathLike) -> Path:
     if path.is_dir():
         return resolve_checkpoint(path, "last_full")
     if not path.is_file():
+        light = path.with_name(path.name.replace("_full.pth", ".pth"))
+        if path.name.endswith("_full.pth") and path.name != "last_full.pth" and light.is_file():
+            raise FileNotFoundError(f"resume checkpoint not found: {path}; only last_full.pth keeps the optimizer "
+                                    f"state unless CheckpointCallback(keep_full=True): resume from the log directory, "
+                                    f"or from {light.name} (its weights, with fresh optimizer state)")
         raise FileNotFoundError(f"resume checkpoint not found: {path}")
     full = path if path.stem.endswith("_full") else path.with_name(path.stem + "_full.pth")
     return full if full.is_file() else path

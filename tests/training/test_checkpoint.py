@@ -17,7 +17,7 @@ from segzoo.training.callbacks.checkpoint import model_checkpoint
 def test_checkpoint_files_keys_and_top_n(loaders, tmp_path):
     model = segzoo.create_model("unet", num_channels=4, num_blocks=2)
     train(model, loaders, tmp_path, num_epochs=3, main_metric="m",
-          callbacks=[scripted_metric([3.0, 1.0, 2.0]), CheckpointCallback(save_n_best=2)],
+          callbacks=[scripted_metric([3.0, 1.0, 2.0]), CheckpointCallback(save_n_best=2, keep_full=True)],
           normalization={"mean": [0.5] * 3, "std": [0.2] * 3})
     folder = tmp_path / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -291,7 +291,7 @@ def test_ctrl_c_checkpoint_names_the_interrupted_epoch_and_resume_redoes_it(tiny
     assert [e["name"] for e in epochs] == ["train.1", "train.2"]  # epoch 1 was run (again), then epoch 2
 
 
-def test_ctrl_c_in_epoch_end_saves_callbacks_as_the_epoch_found_them(tiny, loaders, tmp_path):
+def test_ctrl_c_in_epoch_end_keeps_the_previous_epoch(tiny, loaders, tmp_path, capsys):
     """A Ctrl-C after some callbacks' on_epoch_end: re-running the epoch on resume does not count it twice."""
     class InterruptAtEnd(Callback):  # after the Counter on epoch end, before the CheckpointCallback
         def __init__(self):
@@ -305,9 +305,10 @@ def test_ctrl_c_in_epoch_end_saves_callbacks_as_the_epoch_found_them(tiny, loade
     with pytest.raises(KeyboardInterrupt):
         train(tiny, loaders, tmp_path, num_epochs=3, callbacks=[counter, InterruptAtEnd()])
     assert counter.count == 2  # epoch 2's on_epoch_end had run for the counter
-    ck = load_checkpoint(tmp_path / "checkpoints" / "last_full.pth")
-    assert ck["interrupted"] and ck["epoch"] == 2
-    assert {"count": 1} in ck["callbacks_state"].values()  # as epoch 2 found it
+    assert "at its end, before its checkpoints were written; kept " in capsys.readouterr().err
+    ck = load_checkpoint(tmp_path / "checkpoints" / "last_full.pth")  # epoch 1's, as epoch 2 found it
+    assert "interrupted" not in ck and ck["epoch"] == 1
+    assert {"count": 1} in ck["callbacks_state"].values()
     resumed = Counter("c")
     train(TinyNet(), loaders, tmp_path, num_epochs=3, resume=tmp_path, callbacks=[resumed])
     assert resumed.count == 3  # epochs 1, 2 (re-run) and 3, each counted once

@@ -29,7 +29,8 @@ def _all_load(folder):
 
 
 def test_checkpoint_files_are_independent(tiny, loaders, tmp_path):
-    train(tiny, loaders, tmp_path, num_epochs=1)  # epoch 1 is last, best and train.1 at once
+    # epoch 1 is last, best and train.1 at once
+    train(tiny, loaders, tmp_path, num_epochs=1, callbacks=[CheckpointCallback(keep_full=True)])
     folder = tmp_path / "checkpoints"
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["_metrics.json", "best.pth", "best_full.pth", "last.pth", "last_full.pth",
@@ -59,36 +60,40 @@ def _umask():
 def test_new_top_n_file_is_written_before_the_old_one_is_removed(tiny, loaders, tmp_path, monkeypatch):
     real = ckpt_module.write_bytes_atomic
 
-    def failing(path, data, **kw):  # the disk fills up when epoch 2's own checkpoint is written
-        if Path(path).name == "train.2_full.pth":
+    def failing(path, data, **kw):  # the disk fills up when epoch 2 is said complete (last_full, written last)
+        if Path(path).name == "last_full.pth" and load_checkpoint(tmp_path / "checkpoints" / "last.pth")["epoch"] == 2:
             raise write_error(path, OSError(errno.ENOSPC, "No space left on device"))
         return real(path, data, **kw)
 
     monkeypatch.setattr(ckpt_module, "write_bytes_atomic", failing)
-    with pytest.raises(WriteError, match="cannot write .*train.2_full.pth: no space left on device"):
+    with pytest.raises(WriteError, match="cannot write .*last_full.pth: no space left on device"):
         train(tiny, loaders, tmp_path, num_epochs=3, main_metric="m",
               callbacks=[scripted_metric([3.0, 2.0, 1.0]), CheckpointCallback(save_n_best=1)])
     epochs = _all_load(tmp_path / "checkpoints")
-    # epoch 1's top-1 files stay until epoch 2's are published; last is epoch 2, best still epoch 1
-    assert epochs == {"train.1.pth": 1, "train.1_full.pth": 1, "best.pth": 1, "best_full.pth": 1,
-                      "last.pth": 2, "last_full.pth": 2}
+    # epoch 1's top-1 file stays until epoch 2 is complete; resuming reads last_full: epoch 1
+    assert epochs == {"train.1.pth": 1, "train.2.pth": 2, "best.pth": 2, "last.pth": 2, "last_full.pth": 1}
+    monkeypatch.undo()
+    state = train(TinyNet(), loaders, tmp_path, num_epochs=3, main_metric="m", resume=tmp_path,
+                  callbacks=[scripted_metric([3.0, 2.0, 1.0]), CheckpointCallback(save_n_best=1)])
+    assert (state.epoch, state.best_name) == (3, "train.3")  # epoch 2 re-run, then 3
+    assert _all_load(tmp_path / "checkpoints") == {"train.3.pth": 3, "best.pth": 3, "last.pth": 3, "last_full.pth": 3}
     metrics = json.loads((tmp_path / "checkpoints" / "_metrics.json").read_text())
-    assert metrics["last"]["epoch"] == 1
+    assert [e["name"] for e in metrics["epochs"]] == ["train.1", "train.2", "train.3"]
 
 
 def test_disk_full_stops_the_run_and_keeps_earlier_checkpoints(tiny, loaders, make_tmpfs):
-    # TinyNet: light 3 KB (1 page), full 18 KB (5 pages); epoch 1's three pairs and the JSON take 76 KiB,
-    # epoch 2 needs 120 KiB at its peak (its top-1 pair plus best_full's temporary file): the disk fills
-    logdir = make_tmpfs("104k") / "run"
+    # TinyNet: light 3 KB (1 page), full 18 KB (5 pages); epoch 1's files (4 light, last_full, JSON) take 36 KiB,
+    # epoch 2 needs 60 KiB at its peak (last_full's temporary file next to the old one): the disk fills
+    logdir = make_tmpfs("56k") / "run"
     with pytest.raises(WriteError) as info:
         train(tiny, loaders, logdir, num_epochs=6, main_metric="m",
               callbacks=[scripted_metric([6, 5, 4, 3, 2, 1]), CheckpointCallback(save_n_best=1)])
     message = str(info.value)
     assert "\n" not in message and "no space left on device" in message and str(logdir) in message
+    assert "last_full.pth" in message
     epochs = _all_load(logdir / "checkpoints")
-    assert {"last.pth", "last_full.pth", "best.pth", "best_full.pth"} <= set(epochs)
-    assert epochs["last_full.pth"] == 2 and epochs["best.pth"] == 1
-    assert epochs["train.1_full.pth"] == 1  # the old top-1 is removed only after epoch 2's files are all written
+    assert epochs["last_full.pth"] == 1 and epochs["best.pth"] == 2  # epoch 2 is not complete: resume re-runs it
+    assert epochs["train.1.pth"] == 1  # the old top-1 is removed only once epoch 2 is complete
     json.loads((logdir / "checkpoints" / "_metrics.json").read_text())
 
 
@@ -183,10 +188,69 @@ def test_epoch_files_are_fsynced_and_their_folder_once_before_an_old_one_is_remo
     train(tiny, loaders, tmp_path, num_epochs=2, main_metric="m",
           callbacks=[scripted_metric([2.0, 1.0]), CheckpointCallback(save_n_best=1), Mark()])
     monkeypatch.undo()
-    # epoch 2 (after the last Mark): last, train.2 and best pairs (6 files), one folder sync, then train.1
-    # goes, then the JSON
+    # epoch 2 (after the last Mark): train.2, best, the JSON and last (4 files), one folder sync, then
+    # last_full and its folder sync (the epoch is complete), and only then train.1 goes
     epoch2 = events[events.index("end 2") + 1:]
-    assert epoch2[:11] == ["file"] * 6 + ["dir", "rm train.1.pth", "rm train.1_full.pth", "file", "dir"]
-    assert events[events.index("end 1") + 1:events.index("end 2")] == ["file"] * 6 + ["dir", "file", "dir"]
-    assert sorted(_all_load(tmp_path / "checkpoints")) == ["best.pth", "best_full.pth", "last.pth",
-                                                           "last_full.pth", "train.2.pth", "train.2_full.pth"]
+    stale = ["rm train.2_full.pth", "rm best_full.pth"]  # no _full of another epoch passes for this one's
+    assert epoch2 == [stale[0], "file", stale[1]] + ["file"] * 3 + ["dir", "file", "dir", "rm train.1.pth",
+                                                                    "rm train.1_full.pth"]
+    assert events[events.index("end 1") + 1:events.index("end 2")] == (
+        ["rm train.1_full.pth", "file", "rm best_full.pth"] + ["file"] * 3 + ["dir", "file", "dir"])
+    assert sorted(_all_load(tmp_path / "checkpoints")) == ["best.pth", "last.pth", "last_full.pth", "train.2.pth"]
+
+
+def test_only_last_full_holds_the_optimizer_state_unless_keep_full(loaders, tmp_path):
+    values = [3.0, 1.0, 2.0]
+    train(TinyNet(), loaders, tmp_path / "light", num_epochs=3, main_metric="m",
+          callbacks=[scripted_metric(values), CheckpointCallback(save_n_best=2)])
+    folder = tmp_path / "light" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["_metrics.json", "best.pth", "last.pth", "last_full.pth",
+                                                        "train.2.pth", "train.3.pth"]
+    assert "optimizer_state_dict" in load_checkpoint(folder / "last_full.pth")
+    assert not any("optimizer_state_dict" in load_checkpoint(p) for p in folder.glob("*.pth") if "_full" not in p.name)
+
+    train(TinyNet(), loaders, tmp_path / "full", num_epochs=3, main_metric="m",
+          callbacks=[scripted_metric(values), CheckpointCallback(save_n_best=2, keep_full=True)])
+    folder = tmp_path / "full" / "checkpoints"
+    assert _all_load(folder) == {"best.pth": 2, "best_full.pth": 2, "last.pth": 3, "last_full.pth": 3,
+                                 "train.2.pth": 2, "train.2_full.pth": 2, "train.3.pth": 3, "train.3_full.pth": 3}
+    with pytest.raises(ValueError, match="keep_full must be true or false"):
+        CheckpointCallback(keep_full="yes")
+
+
+def test_a_full_file_of_another_epoch_never_stays_next_to_a_new_light_one(loaders, tmp_path):
+    values = [3.0, 2.0, 1.0]
+    train(TinyNet(), loaders, tmp_path, num_epochs=2, main_metric="m",
+          callbacks=[scripted_metric(values), CheckpointCallback(keep_full=True)])
+    assert load_checkpoint(tmp_path / "checkpoints" / "best_full.pth")["epoch"] == 2
+    # resumed without keep_full: epoch 3 is the new best, and best_full.pth (epoch 2) would pass for its full file
+    train(TinyNet(), loaders, tmp_path, num_epochs=3, main_metric="m", resume=tmp_path,
+          callbacks=[scripted_metric(values), CheckpointCallback()])
+    assert _all_load(tmp_path / "checkpoints") == {"best.pth": 3, "last.pth": 3, "last_full.pth": 3, "train.3.pth": 3}
+
+
+def test_resume_refuses_a_damaged_last_full_in_one_line(tiny, loaders, tmp_path):
+    import zipfile
+
+    from segzoo.errors import CheckpointError
+
+    train(tiny, loaders, tmp_path, num_epochs=1)
+    path = tmp_path / "checkpoints" / "last_full.pth"
+    with zipfile.ZipFile(path) as zf:  # a tensor record: the last bytes of the file before the zip directory
+        info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    middle = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+    before = (tmp_path / "checkpoints" / "last.pth").read_bytes()
+    with pytest.raises(CheckpointError) as info_:
+        train(TinyNet(), loaders, tmp_path, num_epochs=2, resume=tmp_path)
+    assert "\n" not in str(info_.value) and f"{path} is damaged" in str(info_.value)
+    assert (tmp_path / "checkpoints" / "last.pth").read_bytes() == before  # nothing was trained or written
+
+
+def test_resuming_from_a_full_file_no_longer_kept_says_what_to_use(tiny, loaders, tmp_path):
+    train(tiny, loaders, tmp_path, num_epochs=1)
+    with pytest.raises(FileNotFoundError, match=r"best_full.pth; only last_full.pth keeps the optimizer state unless "
+                                                r"CheckpointCallback\(keep_full=True\).* or from best.pth"):
+        train(TinyNet(), loaders, tmp_path, num_epochs=2, resume=tmp_path / "checkpoints" / "best_full.pth")
