@@ -32,8 +32,9 @@ class FakeCpu:
 def own_cache(tmp_path, monkeypatch):
     """Every test reads (and writes) its own empty calibration cache, never the user's, on an 'idle' machine."""
     monkeypatch.setenv("SEGZOO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(hardware.load, "cpu_counters", FakeCpu())  # the helpers sharing this machine are not idle
-    monkeypatch.setattr(hardware, "LOAD_SAMPLE_SECONDS", 0.01)
+    if hasattr(hardware, "load"):  # (so that these tests also run, and fail, on segzoo before issue 19)
+        monkeypatch.setattr(hardware.load, "cpu_counters", FakeCpu())  # other jobs may share this machine
+        monkeypatch.setattr(hardware, "LOAD_SAMPLE_SECONDS", 0.01)
     hardware._cpu_choice.cache_clear()
     yield tmp_path / "cache" / hardware.CACHE_FILE
     hardware._cpu_choice.cache_clear()
@@ -248,7 +249,7 @@ def _ignored_with_one_warning(capsys, own_cache, reason):
     ("{not json", "not valid JSON"),
     ("[1, 2]", "expected an object"),
     ('{"k": [1]}', "not a layout cache"),
-    ("x" * (hardware.cache.MAX_CACHE_BYTES + 1), "bytes, more than"),
+    ("x" * (256 * 1024 + 1), "bytes, more than"),
     (b"\xff\xfe{}", "not UTF-8"),
 ])
 def test_a_corrupt_cache_is_ignored_with_one_line_naming_it(own_cache, capsys, content, reason):
