@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -42,6 +43,11 @@ class TimmEncoder(EncoderSpec):
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
         where = "the Hugging Face / torch hub caches"
+        overlay = timm_kwargs.get("pretrained_cfg_overlay")
+        local_file = overlay.get("file") if isinstance(overlay, dict) else None
+        if pretrained and local_file and not os.path.isfile(local_file):
+            raise FileNotFoundError(f"no such weights file: {local_file} (pretrained_cfg_overlay file of timm "
+                                    f"model {name!r})")
         stay_offline = pretrained and offline()
         if stay_offline:  # look in the caches first: no network request, no retries
             local, where = timm_local_weights(name, timm_kwargs)

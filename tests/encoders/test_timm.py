@@ -86,4 +86,6 @@ def test_offline_timm_weights_load_from_the_cache_or_a_local_file_without_networ
     save_file(reference.state_dict(), str(tmp_path / "w.safetensors"))
     enc = TimmEncoder("test_resnet", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
     assert torch.equal(enc.model.state_dict()["conv1.0.weight"], reference.state_dict()["conv1.0.weight"])
+    with pytest.raises(FileNotFoundError, match="no such weights file: .*missing.safetensors"):
+        TimmEncoder("test_resnet", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "missing.safetensors")))
     assert no_network == []
