@@ -50,14 +50,15 @@ def tile_windows(size: int, tile: int, overlap: int, align: int = 1) -> list[tup
     One window ``(0, size)`` when ``size <= tile``. Otherwise windows of ``tile`` pixels start at
     multiples of ``align`` (the model's size multiple: each window then sees the pixel grid of its
     strides as the whole image does), evenly spaced so that neighbours overlap by at least
-    ``overlap`` pixels (less only when ``align`` exceeds ``tile - overlap``); the last one starts at
-    the first multiple of ``align`` from which it reaches the border, and may be shorter.
+    ``overlap`` pixels; the last one starts at the first multiple of ``align`` from which it reaches
+    the border, and may be shorter. When ``align`` exceeds ``tile - overlap`` the overlap wins and
+    windows start anywhere (the last one flush with the border).
     """
     if size <= tile:
         return [(0, size)]
-    align = align if 1 <= align <= tile else 1
+    align = align if 1 <= align <= tile - overlap else 1
     last = -(-(size - tile) // align) * align
-    gap = max(align, (tile - overlap) // align * align)
+    gap = (tile - overlap) // align * align
     count = -(-last // gap)
     starts = [round(i * last / count / align) * align for i in range(count + 1)]
     return [(s, min(tile, size - s)) for s in starts]
