@@ -44,22 +44,29 @@ def check_normalization(normalization: Mapping[str, Sequence[float]] | None, cha
     return {"mean": list(mean), "std": list(std)}
 
 
+def _layout(size: int, tile: int, overlap: int, align: int) -> tuple[int, int]:
+    """(start of the last window, number of gaps) of :func:`tile_windows` for one ``align``."""
+    last = -(-(size - tile) // align) * align
+    return last, -(-last // ((tile - overlap) // align * align))
+
+
 def tile_windows(size: int, tile: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
     """``(start, length)`` of the windows covering ``size`` pixels along one axis.
 
-    One window ``(0, size)`` when ``size <= tile``. Otherwise windows of ``tile`` pixels start at
-    multiples of ``align`` (the model's size multiple: each window then sees the pixel grid of its
-    strides as the whole image does), evenly spaced so that neighbours overlap by at least
-    ``overlap`` pixels; the last one starts at the first multiple of ``align`` from which it reaches
-    the border, and may be shorter. When ``align`` exceeds ``tile - overlap`` the overlap wins and
-    windows start anywhere (the last one flush with the border).
+    One window ``(0, size)`` when ``size <= tile``. Otherwise windows of ``tile`` pixels, evenly
+    spaced so that neighbours overlap by at least ``overlap`` pixels, start at multiples of
+    ``align`` (the model's size multiple: each window then sees the pixel grid of its strides as the
+    whole image does), or of the largest power-of-two fraction of it that needs no more windows
+    than unaligned ones would (alignment never costs an extra forward pass). The last window starts
+    at the first such multiple from which it reaches the border, and may be shorter.
     """
     if size <= tile:
         return [(0, size)]
+    fewest = _layout(size, tile, overlap, 1)[1]
     align = align if 1 <= align <= tile - overlap else 1
-    last = -(-(size - tile) // align) * align
-    gap = (tile - overlap) // align * align
-    count = -(-last // gap)
+    while align > 1 and _layout(size, tile, overlap, align)[1] > fewest:
+        align = align // 2 if align % 2 == 0 else 1
+    last, count = _layout(size, tile, overlap, align)
     starts = [round(i * last / count / align) * align for i in range(count + 1)]
     return [(s, min(tile, size - s)) for s in starts]
 
@@ -104,16 +111,13 @@ def tiled_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         return model(x).float()
     rows, cols = tile_windows(h, tile, overlap, align), tile_windows(w, tile, overlap, align)
     margin = overlap / 4
-    boxes = [(r, c) for r in rows for c in cols]
+    by_size: dict[tuple[int, int], list] = {}
+    for r in rows:
+        for c in cols:
+            by_size.setdefault((r[1], c[1]), []).append((r, c))
+    chunks = [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
     out = total = None
-    i = 0
-    while i < len(boxes):
-        size = (boxes[i][0][1], boxes[i][1][1])
-        chunk = [boxes[i]]
-        while len(chunk) < batch_size and i + len(chunk) < len(boxes) \
-                and (boxes[i + len(chunk)][0][1], boxes[i + len(chunk)][1][1]) == size:
-            chunk.append(boxes[i + len(chunk)])
-        i += len(chunk)
+    for chunk in chunks:
         crops = torch.cat([x[..., t:t + th, s:s + tw] for (t, th), (s, tw) in chunk])
         logits = model(crops).float()
         if out is None:

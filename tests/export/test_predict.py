@@ -333,16 +333,19 @@ def test_tiles_match_untiled_masks_of_a_model_with_long_context_far_better_than_
     assert changed <= changed_before / 2 and changed <= 0.01 * whole.size, (changed, changed_before)
 
 
-@pytest.mark.parametrize("size, tile, overlap, align", [(96, 64, 16, 32), (97, 64, 16, 32), (200, 64, 16, 1),
-                                                        (1000, 64, 32, 32), (65, 64, 0, 1), (130, 48, 24, 32),
-                                                        (100, 32, 8, 32), (300, 40, 20, 16)])
-def test_windows_cover_the_axis_aligned_with_the_promised_overlap(size, tile, overlap, align):
+@pytest.mark.parametrize("size, tile, overlap, align, expected_grid", [
+    (96, 64, 16, 32, 32), (97, 64, 16, 32, 16), (200, 64, 16, 1, 1), (200, 64, 16, 32, 16), (1000, 64, 32, 32, 32),
+    (65, 64, 0, 1, 1), (130, 48, 24, 32, 1), (100, 32, 8, 32, 1), (300, 40, 20, 16, 4)])
+def test_windows_cover_the_axis_aligned_with_the_promised_overlap(size, tile, overlap, align, expected_grid):
     from segzoo.inference.processing import tile_windows
 
     windows = tile_windows(size, tile, overlap, align)
     assert windows[0][0] == 0 and sum(windows[-1]) == size
-    aligned = align <= tile - overlap  # else the overlap wins over the alignment
-    assert all((s % align == 0 or not aligned) and 0 < n <= tile for s, n in windows)
+    unaligned = tile_windows(size, tile, overlap, 1)
+    assert len(windows) == len(unaligned)  # alignment costs no extra window
+    assert unaligned[-1] == (size - tile, tile) if size > tile else unaligned == [(0, size)]
+    grid = max(a for a in (align, align // 2, align // 4, align // 8, 1) if a and all(s % a == 0 for s, _ in windows))
+    assert grid == expected_grid and all(0 < n <= tile for _, n in windows)
     for (a, na), (b, _) in zip(windows, windows[1:]):
         assert a < b and a + na - b >= overlap
     assert tile_windows(64, 64, 16, 32) == [(0, 64)] and tile_windows(50, 64, 16, 32) == [(0, 50)]
