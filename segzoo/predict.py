@@ -10,9 +10,12 @@ Images are read as in training (:func:`segzoo.data.read_image`): 8-bit files div
 16-bit grey ones by 65535, alpha dropped; a folder's other files are listed, not read.
 
 Large images: models take any H x W, so by default each image is run whole (exact, but
-memory grows with the pixel count). ``tile=SIZE`` runs SIZE x SIZE windows that overlap by
-``tile_overlap`` pixels (default SIZE // 4, at most SIZE // 2) and averages the logits where
-they overlap; memory is then bounded by the tile, at the cost of context at tile borders.
+memory grows with the pixel count). ``tile=SIZE`` runs windows of at most SIZE x SIZE that
+overlap by at least ``tile_overlap`` pixels (default SIZE // 4, at most SIZE // 2), start at
+multiples of the model's size multiple, and blends their logits with linear weights that fall
+toward each window's inner borders (:func:`segzoo.inference.processing.tiled_logits`); memory
+is then bounded by the tile, and masks match the untiled ones except where context from beyond
+the overlap matters. An image no larger than SIZE is run whole, exactly as without tiling.
 Images over ``max_pixels`` (default Pillow's 89.5 Mpixels) are refused from their header.
 
 Safety: everything a user can get wrong (missing checkpoint, no images, an unreadable image,
@@ -289,9 +292,9 @@ def predict_images(model: nn.Module | Predictor, images: Sequence[str | os.PathL
         device: ``cpu`` | ``cuda`` | ``cuda:N`` (for a module; a predictor is already placed).
         batch_size: images (or tiles) per forward pass, at most ``MAX_BATCH_SIZE``; only same-size
             images share a batch, and a batch holds at most ``max_pixels`` pixels.
-        tile: run SIZE x SIZE overlapping windows instead of the whole image (SIZE >= ``MIN_TILE``
-            and >= the model's ``size_multiple``).
-        tile_overlap: overlap of windows in pixels (default ``tile // 4``, at most ``tile // 2``).
+        tile: run overlapping, blended windows of at most SIZE x SIZE instead of the whole image (SIZE >=
+            ``MIN_TILE`` and >= the model's ``size_multiple``; images no larger than SIZE run whole).
+        tile_overlap: least overlap of windows in pixels (default ``tile // 4``, at most ``tile // 2``).
         force: replace outputs that exist when the run starts (never an input).
         progress: show a tqdm progress bar over files.
         max_pixels: refuse images with more pixels (read from the header, before decoding).

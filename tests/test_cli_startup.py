@@ -254,3 +254,26 @@ def test_python_dash_m_runs_the_cli(module):
     bad = subprocess.run([sys.executable, "-m", module, "nosuchcommand"], capture_output=True, text=True,
                          env=env, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "nosuchcommand" in bad.stderr
+
+
+@pytest.mark.slow
+def test_help_texts_show_no_rest_markup():
+    """Every command's --help is plain text (issue 19: `segzoo --help` showed ``segzoo``)."""
+    from segzoo.cli import COMMANDS, build_parser
+
+    texts = {"segzoo": build_parser([]).format_help()}
+    for name in COMMANDS:
+        parser = build_parser([name])
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        texts[name] = sub.choices[name].format_help()
+    from segzoo import hardware
+
+    parser_help = subprocess.run([sys.executable, "-m", "segzoo.hardware", "--help"], capture_output=True,
+                                 text=True, cwd=ROOT, timeout=120,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    texts["segzoo.hardware"] = parser_help
+    assert hardware.main.__doc__ and "calibrate" in parser_help
+    for name, text in texts.items():
+        for markup in ("``", ":func:", ":class:", ":mod:", ":data:", ":meth:"):
+            assert markup not in text, f"{name} --help shows {markup}: {text}"
+    assert "The segzoo command: segzoo models | train" in " ".join(texts["segzoo"].split())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +43,11 @@ def _runner(command: str):
     return importlib.import_module(COMMANDS[command][0]).run
 
 
+def plain(text: str) -> str:
+    """``text`` without reST markup (``double backticks``, roles such as :func:`x`), as ``--help`` shows it."""
+    return re.sub(r":[a-z]+:`~?([^`]*)`", r"\1", text).replace("``", "")
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line on stderr (exit code 2), without the usage block."""
 
@@ -51,14 +57,14 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """Build the argument parser; only the chosen subcommand's arguments are added (no torch import)."""
-    parser = OneLineErrorParser(prog="segzoo", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="segzoo", description=plain(__doc__.splitlines()[0]))
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if a in COMMANDS), None)
     for name, (_, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=plain(help_text), description=plain(help_text))
         if name == chosen:
             ARGUMENTS[name](p, name)
     return parser

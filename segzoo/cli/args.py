@@ -159,9 +159,10 @@ def add_predict_arguments(parser: argparse.ArgumentParser, command: str = "predi
     parser.add_argument("--batch-size", type=int, default=1,
                         help=f"images (or tiles) per forward pass, 1..{PREDICT_MAX_BATCH_SIZE}")
     parser.add_argument("--tile", type=int, default=None, metavar="SIZE",
-                        help=f"run overlapping SIZE x SIZE windows, SIZE >= {PREDICT_MIN_TILE} (default: whole images)")
+                        help=f"run overlapping, blended windows of at most SIZE x SIZE, SIZE >= {PREDICT_MIN_TILE}; "
+                             f"an image no larger than SIZE runs whole (default: whole images)")
     parser.add_argument("--tile-overlap", type=int, default=None,
-                        help="window overlap in pixels, 0..SIZE/2 (default SIZE/4)")
+                        help="least window overlap in pixels, 0..SIZE/2 (default SIZE/4)")
     parser.add_argument("--max-pixels", type=int, default=PREDICT_MAX_PIXELS,
                         help=f"refuse images with more pixels (default {PREDICT_MAX_PIXELS}, Pillow's limit)")
     parser.add_argument("--force", action="store_true", help="overwrite existing masks (never an input)")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 import torch
 
 from segzoo.encoders.base import EncoderSpec, register_encoder
+from segzoo.encoders.weights import hub_offline, offline, timm_local_weights, timm_weights_hint
 from segzoo.errors import WeightsUnavailableError, unknown_name_error
 
 
@@ -19,7 +22,9 @@ class TimmEncoder(EncoderSpec):
 
     Args:
         name: a timm model name (``timm.list_models()``), e.g. ``"resnet34"``, ``"test_resnet"``.
-        pretrained: load timm's pretrained weights (needs them cached or a network).
+        pretrained: load timm's pretrained weights (needs them cached or a network; with
+            ``SEGZOO_OFFLINE=1`` only the caches are read, and a miss is one error naming them and
+            the local-file form ``pretrained_cfg_overlay=dict(file=...)``).
         in_channels: input channels (timm adapts pretrained stems itself).
         out_indices: which feature levels to return (timm's ``out_indices``).
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``output_stride``, ``drop_path_rate``).
@@ -37,8 +42,20 @@ class TimmEncoder(EncoderSpec):
         kwargs = dict(features_only=True, pretrained=pretrained, in_chans=in_channels, **timm_kwargs)
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
+        where = "the Hugging Face / torch hub caches"
+        overlay = timm_kwargs.get("pretrained_cfg_overlay")
+        local_file = overlay.get("file") if isinstance(overlay, dict) else None
+        if pretrained and local_file and not os.path.isfile(local_file):
+            raise FileNotFoundError(f"no such weights file: {local_file} (pretrained_cfg_overlay file of timm "
+                                    f"model {name!r})")
+        stay_offline = pretrained and offline()
+        if stay_offline:  # look in the caches first: no network request, no retries
+            local, where = timm_local_weights(name, timm_kwargs)
+            if not local:
+                raise WeightsUnavailableError(timm_weights_hint(name, where) + " (SEGZOO_OFFLINE is set)")
         try:
-            self.model = timm.create_model(name, **kwargs)
+            with hub_offline() if stay_offline else contextlib.nullcontext():
+                self.model = timm.create_model(name, **kwargs)
         except RuntimeError as exc:
             if pretrained and "features_only" not in str(exc):
                 raise WeightsUnavailableError(
@@ -46,8 +63,7 @@ class TimmEncoder(EncoderSpec):
                     f"or fill the Hugging Face cache") from exc
             raise ValueError(f"timm model {name!r} does not support features_only=True: {exc}") from exc
         except OSError as exc:  # huggingface_hub raises OSError subclasses offline
-            raise WeightsUnavailableError(f"pretrained timm weights for {name!r} are not available offline "
-                                          f"({type(exc).__name__}); use pretrained=False") from exc
+            raise WeightsUnavailableError(f"{timm_weights_hint(name, where)} ({type(exc).__name__})") from exc
         self.name = name
         self.in_channels = in_channels
         self._channels = [int(c) for c in self.model.feature_info.channels()]

@@ -4,13 +4,17 @@ Modules are built first and weights loaded after (torchvision's way). Pretrained
 ImageNet weights come from torchvision's weights API: the torch hub cache is read
 first (``$TORCH_HOME/hub/checkpoints``), then a download is tried unless
 ``SEGZOO_OFFLINE=1``; when neither works one :class:`WeightsUnavailableError`
-names the cache path and the ``state_dict=`` alternative.
+names the cache path and the local-file alternative in the form that works
+(``encoder_params=dict(state_dict=...)`` for a model). timm's weights (:class:`~segzoo.encoders.TimmEncoder`)
+follow ``SEGZOO_OFFLINE`` too: the Hugging Face / torch hub caches are looked up first and the
+hub is put offline for the call, so nothing is requested from the network.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -32,6 +36,19 @@ def torchvision_weights(arch: str):
     return torchvision.models.get_model_weights(arch).DEFAULT
 
 
+def offline() -> bool:
+    """Whether ``SEGZOO_OFFLINE`` is set (to anything but ``""`` or ``"0"``): no weights are downloaded."""
+    return os.environ.get("SEGZOO_OFFLINE", "") not in ("", "0")
+
+
+def local_weights_hint(arch: str) -> str:
+    """How to load torchvision's ``arch`` weights from a local file, for a model and for an encoder."""
+    path = f"path/to/{arch}.pth"
+    return (f"pass a local copy (a torch.save(torchvision.models.{arch}().state_dict()) file) as "
+            f"encoder_params=dict(state_dict={path!r}) to a Resnet* model (state_dict= of ResnetEncoder), "
+            f"or pretrained=False")
+
+
 def pretrained_state_dict(arch: str) -> dict[str, torch.Tensor]:
     """Return torchvision's ImageNet state dict for ``arch`` (hub cache first, then download).
 
@@ -43,14 +60,85 @@ def pretrained_state_dict(arch: str) -> dict[str, torch.Tensor]:
     if cached.is_file():
         return read_state_dict(cached)
     hint = (f"pretrained weights for {arch} are not in the torch hub cache ({cached}) and could not be "
-            f"downloaded; put torchvision's file there, or pass state_dict='path/to/{arch}.pth' "
-            f"(a torch.save(torchvision.models.{arch}().state_dict()) file), or pretrained=False")
-    if os.environ.get("SEGZOO_OFFLINE", "") not in ("", "0"):
+            f"downloaded; put torchvision's file there, or {local_weights_hint(arch)}")
+    if offline():
         raise WeightsUnavailableError(hint + " (SEGZOO_OFFLINE is set)")
     try:
         return dict(weights.get_state_dict(progress=False, check_hash=True))
     except Exception as exc:  # urllib/SSL/OS errors differ by platform: all mean "not available"
         raise WeightsUnavailableError(f"{hint} ({type(exc).__name__}: {exc})") from exc
+
+
+def timm_local_weights(name: str, timm_kwargs: Mapping[str, object]) -> tuple[bool, str]:
+    """Whether timm's pretrained weights for ``name`` are on this machine, and where they were looked for.
+
+    A ``pretrained_cfg_overlay`` with a ``file`` (or ``state_dict``) is local; otherwise the file
+    timm would fetch is looked up in the Hugging Face cache (``hf_hub_id``) and in the torch hub
+    cache (``url``), without any network request.
+
+    Returns:
+        ``(True, the file)`` or ``(False, "the Hugging Face cache ... and the torch hub cache ...")``.
+    """
+    import timm.models
+
+    overlay = timm_kwargs.get("pretrained_cfg_overlay") or {}
+    if isinstance(overlay, Mapping) and (overlay.get("file") or overlay.get("state_dict") is not None):
+        return True, str(overlay.get("file") or "the given state_dict")
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return False, f"timm's pretrained configs (it has none for {name!r})"
+    cache_dir = timm_kwargs.get("cache_dir")
+    places = []
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import constants, try_to_load_from_cache
+        except ImportError:
+            constants = None
+        if constants is not None:
+            repo, _, revision = cfg.hf_hub_id.partition("@")
+            names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+            for filename in names:
+                hit = try_to_load_from_cache(repo, filename, cache_dir=cache_dir, revision=revision or None)
+                if isinstance(hit, str):
+                    return True, hit
+            places.append(f"the Hugging Face cache {cache_dir or constants.HF_HUB_CACHE} (repo {repo})")
+    if cfg.url:
+        cached = Path(cache_dir) / os.path.basename(cfg.url) if cache_dir else hub_cache_file(cfg.url)
+        if cached.is_file():
+            return True, str(cached)
+        places.append(f"the torch hub cache ({cached})")
+    return False, " or ".join(places) or f"any cache (timm has no weights file for {name!r})"
+
+
+def timm_weights_hint(name: str, where: str) -> str:
+    """The one error line for timm weights of ``name`` that are not in ``where``, with the local-file alternative."""
+    return (f"pretrained timm weights for {name!r} are not in {where}; copy them there, or pass a local file: "
+            f"TimmEncoder({name!r}, pretrained=True, pretrained_cfg_overlay=dict(file='path/to/model.safetensors'))"
+            f", or pretrained=False")
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Within the block the Hugging Face hub makes no request (``HF_HUB_OFFLINE``): cached files only.
+
+    Restores the previous setting (environment variable and ``huggingface_hub.constants``) after.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    before, env = constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+    constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env
 
 
 def read_state_dict(source: StateDictSource) -> dict[str, torch.Tensor]:

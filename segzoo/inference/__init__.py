@@ -9,7 +9,7 @@ A :class:`Predictor` holds a backend (see :mod:`segzoo.inference.backends`) and 
 needs around it: the normalization (the checkpoint's, or the metadata segzoo stores in exported
 files; otherwise ``normalization=`` or, with a warning, ImageNet's), the number of input channels
 and classes. Images of any H x W are taken: the models pad to their size multiple and crop back;
-``tile=`` runs overlapping windows instead, as ``segzoo predict --tile`` does.
+``tile=`` runs overlapping, blended windows instead, as ``segzoo predict --tile`` does.
 
 Sources: a trainer log directory or a checkpoint (all four backends: TorchScript and ONNX are
 made from the rebuilt model in memory and checked against it), a TorchScript file
@@ -19,6 +19,7 @@ made from the rebuilt model in memory and checked against it), a TorchScript fil
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import zipfile
@@ -160,12 +161,15 @@ class Predictor:
                tiles_per_pass: int = 1) -> torch.Tensor:
         """Logits (B, K, H, W) of normalized ``x`` (B, C, H, W), whole or from ``tile`` x ``tile`` windows.
 
-        ``tile_overlap`` defaults to ``tile // 4``; ``tiles_per_pass`` windows run at once.
+        Windows overlap by at least ``tile_overlap`` pixels (default ``tile // 4``), start at multiples
+        of the model's size multiple and are blended (:func:`~segzoo.inference.processing.tiled_logits`);
+        an image no larger than the tile is run whole. ``tiles_per_pass`` windows run at once.
         """
         if tile is None:
             return self(x)
         overlap = tile // 4 if tile_overlap is None else tile_overlap
-        return tiled_logits(self, x, tile, overlap, tiles_per_pass)
+        align = math.lcm(self.size_multiple, self.backend.pad_multiple)
+        return tiled_logits(self, x, tile, overlap, tiles_per_pass, align=align)
 
     def predict(self, images: Sequence[np.ndarray], output: str = "mask", threshold: float = 0.5,
                 batch_size: int = 1, tile: int | None = None, tile_overlap: int | None = None) -> list[Any]:

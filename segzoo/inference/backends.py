@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -203,8 +204,107 @@ def load_torchscript(path: str | os.PathLike, device: torch.device | str = "cpu"
     return TorchBackend(module, "torchscript", device), extra[EXTRA_FILE]
 
 
+class ProgramDim:
+    """What a ``torch.export`` program takes in one input dimension: multiples of ``multiple`` in ``low..high``."""
+
+    def __init__(self, multiple: int = 1, low: int = 0, high: int | None = None) -> None:
+        self.multiple, self.low, self.high = max(1, multiple), low, high
+
+    def accepts(self, n: int) -> bool:
+        """Whether the program takes size ``n`` here."""
+        return n % self.multiple == 0 and n >= self.low and (self.high is None or n <= self.high)
+
+    def __str__(self) -> str:
+        if self.low == self.high:
+            return f"exactly {self.low}"
+        span = f"{self.low}..{self.high}" if self.high is not None else f">= {self.low}"
+        return f"{span}" if self.multiple == 1 else f"a multiple of {self.multiple} in {span}"
+
+
+def _bound(value: Any) -> int | None:
+    """A range bound as an int; ``None`` for an infinite one."""
+    return int(value) if isinstance(value, int) or getattr(value, "is_Integer", False) else None
+
+
+def program_dims(program: Any) -> list[ProgramDim] | None:
+    """Per dimension of a ``torch.export`` program's one input, the sizes it takes (``None``: not readable)."""
+    try:
+        inputs = [n for n in program.graph.nodes
+                  if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+        shape = inputs[0].meta["val"].shape if len(inputs) == 1 else None
+    except (AttributeError, KeyError, IndexError):
+        return None
+    if shape is None:
+        return None
+    dims = []
+    for size in shape:
+        if isinstance(size, int):
+            dims.append(ProgramDim(1, size, size))
+            continue
+        expr = size.node.expr
+        coeff, symbol = expr.as_coeff_Mul()
+        if not getattr(symbol, "is_Symbol", False) or not getattr(coeff, "is_Integer", False):
+            return None  # a size the program derives otherwise: its own guards judge it
+        ranges = program.range_constraints
+        if expr in ranges:
+            low, high = _bound(ranges[expr].lower), _bound(ranges[expr].upper)
+        elif symbol in ranges:
+            low, high = _bound(ranges[symbol].lower), _bound(ranges[symbol].upper)
+            low, high = (None if low is None else low * int(coeff)), (None if high is None else high * int(coeff))
+        else:
+            low, high = 0, None
+        dims.append(ProgramDim(int(coeff), low or 0, high))
+    return dims
+
+
+class ProgramBackend(TorchBackend):
+    """A ``torch.export`` program's module; an input shape the program does not take is one ``ValueError`` line.
+
+    (Its own guards would fail with ``AssertionError: Guard failed: <symbolic expression>``.)
+    """
+
+    def __init__(self, module: Callable[[torch.Tensor], torch.Tensor], source: str, dims: list[ProgramDim] | None,
+                 device: torch.device | str = "cpu", pad_multiple: int = 1, min_size: int = 1) -> None:
+        if dims is not None and len(dims) == 4:  # the program's own H, W rules beat the stored metadata
+            h, w = dims[2], dims[3]
+            if h.low != h.high and w.low != w.high:
+                pad_multiple = math.lcm(h.multiple, w.multiple)
+                min_size = -(-max(h.low, w.low, 1) // pad_multiple) * pad_multiple
+        super().__init__(module, "eager", device, pad_multiple=pad_multiple, min_size=min_size)
+        self.source = source
+        self.dims = dims
+
+    def takes(self) -> str:
+        """The input shapes the program takes, e.g. ``(B, 3, H, W) with B 1..4096, H, W a multiple of 4 in 8..65536``."""
+        if self.dims is None:
+            return "the shapes it was exported for"
+        if len(self.dims) != 4:
+            return f"{len(self.dims)}-d inputs " + ", ".join(f"dim {i} {d}" for i, d in enumerate(self.dims))
+        b, c, h, w = self.dims
+        hw = f"H, W {h}" if str(h) == str(w) else f"H {h}, W {w}"
+        return f"(B, C, H, W) with B {b}, C {c}, {hw}"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        message = f"the .pt2 program {self.source} takes {self.takes()}; got {shape}"
+        if self.dims is not None and (len(shape) != len(self.dims)
+                                      or not all(d.accepts(n) for d, n in zip(self.dims, shape))):
+            raise ValueError(message)
+        try:
+            return super().__call__(x)
+        except (AssertionError, RuntimeError) as exc:
+            if "guard" in str(exc).lower():
+                raise ValueError(message) from None
+            raise
+
+
 def load_program(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[TorchBackend, str]:
-    """A ``torch.export`` ``.pt2`` file as an ``eager`` backend, and its ``segzoo.json`` text ('' if none)."""
+    """A ``torch.export`` ``.pt2`` file as an ``eager`` backend (:class:`ProgramBackend`), and its ``segzoo.json`` text.
+
+    The text is '' if the file has none. The sizes the program takes are read from the program itself
+    (falling back to the stored ``size_multiple``), so that :class:`segzoo.inference.Predictor` pads
+    inputs to them and any other shape is refused with one line naming the sizes it takes.
+    """
     from segzoo.inference.metadata import EXTRA_FILE, parse
 
     extra = {EXTRA_FILE: ""}
@@ -214,7 +314,8 @@ def load_program(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         module = program.module().to(device)
     meta = parse(extra[EXTRA_FILE], path) or {}
     multiple = int(meta.get("size_multiple", 1) or 1)
-    return TorchBackend(module, "eager", device, pad_multiple=multiple, min_size=2 * multiple), extra[EXTRA_FILE]
+    backend = ProgramBackend(module, os.fspath(path), program_dims(program), device, multiple, 2 * multiple)
+    return backend, extra[EXTRA_FILE]
 
 
 # ---- onnxruntime ------------------------------------------------------------------------------

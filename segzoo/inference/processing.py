@@ -44,39 +44,91 @@ def check_normalization(normalization: Mapping[str, Sequence[float]] | None, cha
     return {"mean": list(mean), "std": list(std)}
 
 
-def _windows(size: int, tile: int, step: int) -> list[int]:
+def _layout(size: int, tile: int, overlap: int, align: int) -> tuple[int, int]:
+    """(start of the last window, number of gaps) of :func:`tile_windows` for one ``align``."""
+    last = -(-(size - tile) // align) * align
+    return last, -(-last // ((tile - overlap) // align * align))
+
+
+def tile_windows(size: int, tile: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
+    """``(start, length)`` of the windows covering ``size`` pixels along one axis.
+
+    One window ``(0, size)`` when ``size <= tile``. Otherwise windows of ``tile`` pixels, evenly
+    spaced so that neighbours overlap by at least ``overlap`` pixels, start at multiples of
+    ``align`` (the model's size multiple: each window then sees the pixel grid of its strides as the
+    whole image does), or of the largest power-of-two fraction of it that needs no more windows
+    than unaligned ones would (alignment never costs an extra forward pass). The last window starts
+    at the first such multiple from which it reaches the border, and may be shorter.
+    """
     if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, step))
-    return starts + [size - tile]
+        return [(0, size)]
+    fewest = _layout(size, tile, overlap, 1)[1]
+    align = align if 1 <= align <= tile - overlap else 1
+    while align > 1 and _layout(size, tile, overlap, align)[1] > fewest:
+        align = align // 2 if align % 2 == 0 else 1
+    last, count = _layout(size, tile, overlap, align)
+    starts = [round(i * last / count / align) * align for i in range(count + 1)]
+    return [(s, min(tile, size - s)) for s in starts]
+
+
+def _blend_weights(start: int, length: int, size: int, margin: float) -> torch.Tensor:
+    """Blending weights (length,) of a window along one axis: a linear ramp up from its inner borders.
+
+    The weight is the distance to the nearest inner border minus ``margin`` (pixels that close to a
+    border, which miss the most context, get almost none: 1e-4). A border on the image's own border
+    is not inner (the whole image has no context there either), so a window spanning the axis
+    weighs 1 everywhere.
+    """
+    pos = torch.arange(length, dtype=torch.float32) + 0.5
+    far = torch.full_like(pos, float("inf"))
+    distance = torch.minimum(pos if start > 0 else far, (length - pos) if start + length < size else far)
+    if start == 0 and start + length >= size:
+        return torch.ones_like(pos)
+    return (distance - margin).clamp(min=1e-4)
 
 
 @torch.no_grad()
 def tiled_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
-                 batch_size: int = 1) -> torch.Tensor:
-    """Logits (B, K, H, W) from overlapping ``tile`` x ``tile`` windows of ``x`` (B, C, H, W), averaged.
+                 batch_size: int = 1, align: int = 1) -> torch.Tensor:
+    """Logits (B, K, H, W) of ``x`` (B, C, H, W) from overlapping windows of at most ``tile`` x ``tile``, blended.
 
-    Windows start every ``tile - overlap`` pixels; the last one is flush with the border.
-    An image no larger than the tile is run whole. ``model`` is any callable
-    (B', C, h, w) -> (B', K, h, w); ``batch_size`` windows go through it at once.
+    Windows are laid out by :func:`tile_windows` (starts at multiples of ``align``, neighbours
+    overlapping by at least ``overlap`` pixels). Where windows overlap, their logits are averaged
+    with weights that fall linearly toward each window's inner borders (where it lacks the context
+    the whole image has) and nearly vanish within ``overlap / 4`` of them: a model whose receptive
+    field reaches at most that far gets the untiled logits (to ~1e-4), others differ only where
+    context from beyond the overlap matters. An image no larger than the tile is run whole, as
+    without tiling. ``model`` is any callable (B', C, h, w) -> (B', K, h, w); up to ``batch_size``
+    windows of one size go through it at once.
+
+    Raises:
+        ValueError: ``overlap`` not in [0, tile).
     """
     if not 0 <= overlap < tile:
         raise ValueError(f"tile overlap must be in [0, {tile}), got {overlap}")
     h, w = x.shape[-2:]
-    th, tw = min(tile, h), min(tile, w)
-    boxes = [(top, left) for top in _windows(h, th, tile - overlap) for left in _windows(w, tw, tile - overlap)]
-    out = count = None
-    for i in range(0, len(boxes), batch_size):
-        chunk = boxes[i:i + batch_size]
-        crops = torch.cat([x[..., t:t + th, s:s + tw] for t, s in chunk])
+    if h <= tile and w <= tile:
+        return model(x).float()
+    rows, cols = tile_windows(h, tile, overlap, align), tile_windows(w, tile, overlap, align)
+    margin = overlap / 4
+    by_size: dict[tuple[int, int], list] = {}
+    for r in rows:
+        for c in cols:
+            by_size.setdefault((r[1], c[1]), []).append((r, c))
+    chunks = [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+    out = total = None
+    for chunk in chunks:
+        crops = torch.cat([x[..., t:t + th, s:s + tw] for (t, th), (s, tw) in chunk])
         logits = model(crops).float()
         if out is None:
             out = x.new_zeros((x.shape[0], logits.shape[1], h, w), dtype=torch.float32)
-            count = x.new_zeros((1, 1, h, w), dtype=torch.float32)
-        for j, (t, s) in enumerate(chunk):
-            out[..., t:t + th, s:s + tw] += logits[j * x.shape[0]:(j + 1) * x.shape[0]]
-            count[..., t:t + th, s:s + tw] += 1
-    return out / count
+            total = x.new_zeros((1, 1, h, w), dtype=torch.float32)
+        for j, ((t, th), (s, tw)) in enumerate(chunk):
+            weight = (_blend_weights(t, th, h, margin)[:, None] * _blend_weights(s, tw, w, margin)[None, :])
+            weight = weight.to(out.device)
+            out[..., t:t + th, s:s + tw] += logits[j * x.shape[0]:(j + 1) * x.shape[0]].to(out.device) * weight
+            total[..., t:t + th, s:s + tw] += weight
+    return out / total
 
 
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:

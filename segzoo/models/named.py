@@ -10,17 +10,41 @@ constructor builds every part once and hands them to :class:`UnetMetaSpec`.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, ClassVar
 
 from segzoo.checkpoint import clean_state_dict
 from segzoo.encoders import EncoderSpec, ResnetEncoder, UnetEncoder
 from segzoo.encoders.resnet import RESNET_CHANNELS
 from segzoo.encoders.weights import StateDictSource, load_into, read_state_dict
+from segzoo.errors import CheckpointError
 from segzoo.models.archs import ARCHITECTURES, build_parts, part_params
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.registry import register_model, set_model_spec
 
 Params = dict[str, Any] | None
+
+
+def _torchvision_resnet_keys(state_dict: dict[str, Any]) -> bool:
+    """Whether a state dict is in torchvision's ResNet format (an encoder's weights, not a whole model's)."""
+    return "conv1.weight" in state_dict and any(k.startswith("layer1.") for k in state_dict) \
+        and not any(k.startswith("encoder.") for k in state_dict)
+
+
+def _whole_model_weights(state_dict: StateDictSource, model: str) -> dict[str, Any]:
+    """Read a Resnet* model's ``state_dict=``, refusing torchvision encoder weights with the call that loads them.
+
+    Raises:
+        CheckpointError: the weights are a torchvision ResNet's (they belong in ``encoder_params``).
+    """
+    weights = clean_state_dict(read_state_dict(state_dict))
+    if _torchvision_resnet_keys(weights):
+        shown = repr(os.fspath(state_dict)) if isinstance(state_dict, (str, os.PathLike)) else "your_dict"
+        raise CheckpointError(
+            f"state_dict={shown} holds torchvision ResNet weights (an encoder's), not a whole {model}'s: pass "
+            f"encoder_params=dict(state_dict={shown}) instead (state_dict= takes a whole model's weights, "
+            f"e.g. a saved model.state_dict() or a segzoo checkpoint)")
+    return weights
 
 
 def _finish(model: UnetMetaSpec, name: str, given: dict[str, Any], state_dict: StateDictSource | None) -> None:
@@ -95,7 +119,9 @@ class ResnetModel(UnetMetaSpec):
         bridge_params: ``UnetBridge`` arguments; a bridge is added only when given.
         decoder_params: arguments of the architecture's decoder.
         head_params: arguments of the architecture's head.
-        state_dict: path or dict of this whole model's weights, loaded after construction.
+        state_dict: path or dict of this whole model's weights, loaded after construction (the
+            encoder's ImageNet weights are then not fetched: they would be overwritten). A torchvision
+            ResNet file is refused with the call that loads it: ``encoder_params=dict(state_dict=...)``.
         size_mode: ``"pad"`` (any size) or ``"strict"``.
         channels_last: ``"auto"``, ``True`` or ``False`` (see :class:`UnetMetaSpec`).
 
@@ -115,8 +141,12 @@ class ResnetModel(UnetMetaSpec):
         enc_params = {**row.resnet_encoder, **part_params(encoder_params, "encoder_params")}
         if "pretrained" in enc_params:
             raise ValueError("pass pretrained= to the model, not inside encoder_params")
-        encoder = ResnetEncoder(arch=arch, pretrained=pretrained and enc_params.get("state_dict") is None,
-                                **enc_params)
+        if state_dict is not None:  # read (and checked) first; the encoder's ImageNet weights would be overwritten
+            state_dict = _whole_model_weights(state_dict, type(self).__name__)
+            if "requires_grad" in enc_params and enc_params["requires_grad"] is None:
+                enc_params["requires_grad"] = not pretrained  # what None means, without fetching the weights
+        encoder = ResnetEncoder(arch=arch, pretrained=pretrained and state_dict is None
+                                and enc_params.get("state_dict") is None, **enc_params)
         bridge, decoder, head = build_parts(row, encoder, num_classes, family_bridge=False,
                                             bridge_params=bridge_params, decoder_params=decoder_params,
                                             head_params=head_params)

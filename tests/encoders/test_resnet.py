@@ -29,6 +29,34 @@ def test_pretrained_without_cache_offline_names_cache_and_alternative(hub_cache)
         ResnetEncoder("resnet34", pretrained=True)
     msg = str(err.value)
     assert str(hub_cache) in msg and "state_dict" in msg
+    # the form that works for a model (issue 19, point 11: 'pass state_dict=...' made ResnetUnet miss 266 keys)
+    assert "encoder_params=dict(state_dict='path/to/resnet34.pth')" in msg and "pass state_dict=" not in msg
+
+
+def test_the_offline_hint_works_as_written_and_a_model_state_dict_explains_it(hub_cache, tmp_path):
+    from segzoo import ResnetUnet
+
+    with pytest.raises(WeightsUnavailableError) as err:
+        ResnetUnet(arch="resnet18")
+    assert "encoder_params=dict(state_dict='path/to/resnet18.pth')" in str(err.value)
+    sd = torchvision.models.resnet18().state_dict()
+    path = tmp_path / "resnet18.pth"
+    torch.save(sd, path)
+    # what the old message suggested: a whole-model state_dict= given an encoder file -> the call that works
+    with pytest.raises(CheckpointError, match=r"torchvision ResNet weights .* not a whole ResnetUnet's: pass "
+                                              r"encoder_params=dict\(state_dict='.*resnet18\.pth'\)"):
+        ResnetUnet(arch="resnet18", pretrained=False, state_dict=str(path))
+    with pytest.raises(CheckpointError, match=r"encoder_params=dict\(state_dict=your_dict\)"):
+        ResnetUnet(arch="resnet18", pretrained=False, state_dict=sd)
+    model = ResnetUnet(arch="resnet18", encoder_params=dict(state_dict=str(path)))  # pretrained=True, offline
+    assert torch.equal(model.encoder.stages[0][0].weight, sd["conv1.weight"])
+    # a whole model's weights need no ImageNet download (they replace the encoder's anyway)
+    torch.save(model.state_dict(), tmp_path / "whole.pth")
+    again = ResnetUnet(arch="resnet18", state_dict=str(tmp_path / "whole.pth"))
+    assert torch.equal(again.encoder.stages[0][0].weight, sd["conv1.weight"])
+    frozen = ResnetUnet(arch="resnet18", state_dict=str(tmp_path / "whole.pth"),
+                        encoder_params=dict(requires_grad=None))
+    assert not any(p.requires_grad for p in frozen.encoder.parameters())  # None still means "frozen if pretrained"
 
 
 def test_state_dict_path_without_fc_keys(tmp_path):

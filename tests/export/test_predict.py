@@ -10,6 +10,7 @@ import torch
 from _h4_helpers import NORM, assert_user_error, tiny_model, write_checkpoint
 from PIL import Image
 
+import segzoo.inference.processing
 import segzoo.predict
 from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, palette
 from segzoo.predict import tiled_logits
@@ -286,6 +287,84 @@ def test_tiled_logits_average_overlaps():
     wide = torch.nn.Conv2d(3, 4, 5, padding=2)
     with torch.no_grad():
         assert not torch.allclose(tiled_logits(wide, x, 16, 4), wide(x), atol=1e-3)
+
+
+# ---- issue 19, point 15: overlapping windows blend to the untiled result -------------------------------------
+
+def _short_context(seed=0):
+    """Three 3x3 convolutions: each output pixel sees 3 pixels around it (zero padding at every border)."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+                               torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1)).eval()
+
+
+@pytest.mark.parametrize("shape, tile, overlap, align", [((1, 3, 96, 96), 64, 16, 1), ((2, 3, 70, 131), 32, 16, 1),
+                                                         ((1, 3, 150, 97), 64, 12, 4), ((1, 3, 96, 200), 48, 24, 8)])
+def test_tiled_logits_equal_untiled_ones_when_the_context_fits_in_the_overlap(shape, tile, overlap, align):
+    """Blending weights vanish within overlap / 4 of a window's inner borders: a model that sees no farther
+    gets the untiled logits (the old plain average changed them by up to ~1 near every window border)."""
+    model = _short_context()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        whole = model(x)
+    tiled = tiled_logits(model, x, tile, overlap, batch_size=3, align=align)
+    assert (tiled - whole).abs().max() < 1e-3 * whole.abs().max()
+
+
+def test_tiles_match_untiled_masks_of_a_model_with_long_context_far_better_than_a_plain_average():
+    """A segzoo Unet sees the whole 96-px image; 64-px windows lose context, the blend hides most of it."""
+    from segzoo.inference import Predictor
+    from segzoo.inference.processing import logits_to_masks
+
+    model = _lively(tiny_model("unet", num_classes=3), NORM)
+    predictor = Predictor.from_module(model, NORM)
+    images = [_image(96, 96, seed) for seed in range(4)]
+    xs = torch.stack([predictor.preprocess(img) for img in images])
+    whole = logits_to_masks(predictor(xs))
+    tiled = logits_to_masks(predictor.logits(xs, tile=64))
+
+    def uniform(start, length, size, margin):  # the old plain average of overlapping windows
+        return torch.ones(length)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(segzoo.inference.processing, "_blend_weights", uniform)
+        averaged = logits_to_masks(predictor.logits(xs, tile=64))
+    changed, changed_before = int((tiled != whole).sum()), int((averaged != whole).sum())
+    assert changed <= changed_before / 2 and changed <= 0.01 * whole.size, (changed, changed_before)
+
+
+@pytest.mark.parametrize("size, tile, overlap, align, expected_grid", [
+    (96, 64, 16, 32, 32), (97, 64, 16, 32, 16), (200, 64, 16, 1, 1), (200, 64, 16, 32, 16), (1000, 64, 32, 32, 32),
+    (65, 64, 0, 1, 1), (130, 48, 24, 32, 1), (100, 32, 8, 32, 1), (300, 40, 20, 16, 4)])
+def test_windows_cover_the_axis_aligned_with_the_promised_overlap(size, tile, overlap, align, expected_grid):
+    from segzoo.inference.processing import tile_windows
+
+    windows = tile_windows(size, tile, overlap, align)
+    assert windows[0][0] == 0 and sum(windows[-1]) == size
+    unaligned = tile_windows(size, tile, overlap, 1)
+    assert len(windows) == len(unaligned)  # alignment costs no extra window
+    assert unaligned[-1] == (size - tile, tile) if size > tile else unaligned == [(0, size)]
+    grid = max(a for a in (align, align // 2, align // 4, align // 8, 1) if a and all(s % a == 0 for s, _ in windows))
+    assert grid == expected_grid and all(0 < n <= tile for _, n in windows)
+    for (a, na), (b, _) in zip(windows, windows[1:]):
+        assert a < b and a + na - b >= overlap
+    assert tile_windows(64, 64, 16, 32) == [(0, 64)] and tile_windows(50, 64, 16, 32) == [(0, 50)]
+
+
+def test_a_tile_at_least_the_image_size_runs_the_image_whole(tmp_path, cli, monkeypatch):
+    logdir, _, model = _class_log(tmp_path)
+    _, image = _write(tmp_path / "in", "a.png", _image(96, 80, 5))
+    shapes = _spy_on_forward(monkeypatch)
+    common = ("predict", logdir, "--input", tmp_path / "in", "--no-progress")
+    assert cli(*common, "--output", tmp_path / "whole")[0] == 0
+    for tile in (96, 128):
+        shapes.clear()
+        assert cli(*common, "--output", tmp_path / f"t{tile}", "--tile", tile)[0] == 0
+        assert shapes == [(1, 3, 96, 80)]  # one pass over the whole image, no windows
+        np.testing.assert_array_equal(_read_mask(tmp_path / f"t{tile}" / "a.png"), _read_mask(tmp_path / "whole" / "a.png"))
+    shapes.clear()
+    assert cli(*common, "--output", tmp_path / "t64", "--tile", 64, "--batch-size", 4)[0] == 0
+    assert shapes == [(4, 3, 64, 64)]  # a smaller tile does tile: 2 x 2 windows in one pass
 
 
 # ---- errors: one line, nothing written ---------------------------------------------------

@@ -216,3 +216,36 @@ def test_run_lengths_and_class_counts():
     np.testing.assert_array_equal(np.repeat(rle["values"], rle["lengths"]).reshape(2, 3), mask)
     assert class_counts(mask, 3) == {0: 2, 1: 2, 2: 2}
     assert class_counts(np.array([[0, 255]], np.uint8), 1) == {0: 1, 1: 1}
+
+
+# ---- issue 19, point 11: a .pt2 program given a size it does not take says which sizes it takes ------------
+
+@pytest.mark.export
+@pytest.mark.filterwarnings("ignore:No complete tensor found")
+def test_a_program_refuses_sizes_it_does_not_take_in_one_line(tmp_path, images_folder, capsys):
+    from _models import tiny_model
+
+    from segzoo.export.program import export_program
+    from segzoo.inference.backends import load_program
+
+    model = tiny_model("unet", num_classes=3)
+    m = model.size_multiple
+    dynamic = export_program(model, tmp_path / "dynamic.pt2", torch.randn(2, 3, 8 * m, 8 * m))
+    backend, _ = load_program(dynamic)
+    assert (backend.pad_multiple, backend.min_size) == (m, 2 * m)
+    with pytest.raises(ValueError, match=rf"dynamic\.pt2 takes \(B, C, H, W\) with B 1\.\.4096, C exactly 3, "
+                                         rf"H, W a multiple of {m} in {2 * m}\.\.65536; got \(1, 3, {8 * m + 1}, {8 * m}\)"):
+        backend(torch.randn(1, 3, 8 * m + 1, 8 * m))
+    with pytest.raises(ValueError, match="got \\(1, 1, "):
+        backend(torch.randn(1, 1, 8 * m, 8 * m))
+    # a program exported by hand for one size: that size works, others are one line naming it
+    static = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, 3, 64, 64),)), str(static))
+    predictor = load_predictor(static, normalization=NORM)
+    assert predictor.predict([IMAGES[0]])[0].shape == (64, 64)
+    with pytest.raises(ValueError, match=r"static\.pt2 takes .* H, W exactly 64; got \(1, 3, 48, 80\)"):
+        predictor.predict([IMAGES[1]])
+    code = main(["predict", str(static), "--input", str(images_folder), "--output", str(tmp_path / "out"),
+                 "--mean", *map(str, NORM["mean"]), "--std", *map(str, NORM["std"]), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "H, W exactly 64" in err and "Guard" not in err

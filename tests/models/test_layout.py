@@ -1,6 +1,10 @@
 """channels_last="auto": the per-ISA / calibrated layout choice, weights following the mode, equal results."""
 
 import json
+import os
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -10,10 +14,27 @@ from _models import tiny_model
 from segzoo import hardware, model_from_spec
 
 
+class FakeCpu:
+    """/proc/stat counters in which other processes use ``rate`` CPUs (0: an idle machine)."""
+
+    def __init__(self, rate=0.0):
+        self.rate, self.others, self.last = rate, 0.0, time.perf_counter()
+
+    def __call__(self):
+        now = time.perf_counter()
+        self.others += self.rate * (now - self.last)
+        self.last = now
+        own = time.process_time()
+        return own + self.others, own
+
+
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    """Every test reads (and writes) its own empty calibration cache, never the user's."""
+    """Every test reads (and writes) its own empty calibration cache, never the user's, on an 'idle' machine."""
     monkeypatch.setenv("SEGZOO_CACHE_DIR", str(tmp_path / "cache"))
+    if hasattr(hardware, "load"):  # (so that these tests also run, and fail, on segzoo before issue 19)
+        monkeypatch.setattr(hardware.load, "cpu_counters", FakeCpu())  # other jobs may share this machine
+        monkeypatch.setattr(hardware, "LOAD_SAMPLE_SECONDS", 0.01)
     hardware._cpu_choice.cache_clear()
     yield tmp_path / "cache" / hardware.CACHE_FILE
     hardware._cpu_choice.cache_clear()
@@ -209,3 +230,143 @@ def test_split_concat_of_the_finest_block_equals_the_concat(name, layout):
         torch.testing.assert_close(a.grad, b.grad, msg=n)
     with torch.no_grad():
         torch.testing.assert_close(split.eval()(x), concat.eval()(x))
+
+
+# ---- issue 19, point 8: a corrupt cache is ignored with one warning; no cache written under load ----------
+
+
+def _ignored_with_one_warning(capsys, own_cache, reason):
+    hardware._cpu_choice.cache_clear()
+    assert hardware.preferred_layout().source.startswith(("rule", "unmeasured"))
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"ignoring the layout cache {own_cache}" in err and reason in err
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("[" * 100_000 + "]" * 100_000, "nested deeper than"),
+    ('{"k": ' * 5000 + "1" + "}" * 5000, "nested deeper than"),
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected an object"),
+    ('{"k": [1]}', "not a layout cache"),
+    ("x" * (256 * 1024 + 1), "bytes, more than"),
+    (b"\xff\xfe{}", "not UTF-8"),
+])
+def test_a_corrupt_cache_is_ignored_with_one_line_naming_it(own_cache, capsys, content, reason):
+    own_cache.parent.mkdir(parents=True)
+    (own_cache.write_bytes if isinstance(content, bytes) else own_cache.write_text)(content)
+    _ignored_with_one_warning(capsys, own_cache, reason)
+    hardware._cpu_choice.cache_clear()
+    assert tiny_model("unet").layout_choice.source.startswith("rule")  # models build, on the rules
+
+
+def _in_thread(fn, timeout=20):
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("value", fn()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return thread.is_alive(), box.get("value")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_cache_never_blocks(own_cache, capsys):
+    own_cache.parent.mkdir(parents=True)
+    os.mkfifo(own_cache)
+    try:
+        hung, choice = _in_thread(lambda: (hardware._cpu_choice.cache_clear(), hardware.preferred_layout())[1])
+    finally:  # unblock a reader stuck in open() (the bug), so that the thread ends
+        try:
+            os.close(os.open(own_cache, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert not hung, "reading a FIFO as the layout cache blocked"
+    assert choice.source.startswith(("rule", "unmeasured"))
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(own_cache) in err and "not a regular file" in err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_a_cache_linked_to_an_endless_device_is_not_read(own_cache, capsys):
+    own_cache.parent.mkdir(parents=True)
+    own_cache.symlink_to("/dev/zero")
+    _ignored_with_one_warning(capsys, own_cache, "not a regular file")
+
+
+def test_a_folder_or_an_unreadable_cache_is_ignored(own_cache, capsys):
+    own_cache.mkdir(parents=True)
+    _ignored_with_one_warning(capsys, own_cache, "it is a folder")
+    own_cache.rmdir()
+    own_cache.symlink_to(own_cache.parent / "missing")
+    _ignored_with_one_warning(capsys, own_cache, "broken symbolic link")
+
+
+@pytest.mark.slow
+def test_the_command_line_with_a_fifo_cache_answers(own_cache):
+    """python -m segzoo.hardware hung on a FIFO cache; now it prints the rule and one warning."""
+    import subprocess
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    own_cache.parent.mkdir(parents=True)
+    os.mkfifo(own_cache)
+    env = {**os.environ, "SEGZOO_CACHE_DIR": str(own_cache.parent)}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "segzoo.hardware"], capture_output=True, text=True,
+                              env=env, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("python -m segzoo.hardware blocked on a FIFO cache")
+    assert proc.returncode == 0 and '"source": "rule' in proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not a regular file" in proc.stderr
+
+
+def _build(cl):
+    return tiny_model("unet", channels_last=cl)
+
+
+def test_a_calibration_is_not_run_nor_cached_when_the_machine_is_busy(monkeypatch, own_cache, capsys):
+    monkeypatch.setattr(hardware.load, "cpu_counters", FakeCpu(rate=1.5))
+    with pytest.raises(hardware.MachineBusyError, match=r"other processes used 1\.5\d of \d+ CPUs"):
+        hardware.calibrate(lambda cl: pytest.fail("measured on a busy machine"), size=32, repeats=1)
+    assert not os.path.lexists(own_cache)
+    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and "not calibrated: other processes used" in err
+    assert not os.path.lexists(own_cache) and '"source": "rule' in out
+
+
+def test_a_calibration_measured_under_load_is_not_cached(monkeypatch, own_cache, capsys):
+    cpu = FakeCpu()
+    monkeypatch.setattr(hardware.load, "cpu_counters", cpu)
+
+    def build(cl):  # another job starts right after the idle check
+        cpu(), setattr(cpu, "rate", 1.2)
+        return _build(cl)
+
+    result = hardware.calibrate(build, batch_size=2, size=32, repeats=1)
+    assert result["cached"] is False and "during the measurement" in result["not_cached"]
+    assert result["other_cpus"] == pytest.approx(1.2, abs=0.1)
+    assert not os.path.lexists(own_cache) and hardware.cached_layout() is None
+    monkeypatch.setattr(hardware, "calibrate", lambda **kw: {**result, "times_ms": {}})
+    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and "not cached: other processes used 1.2" in err
+
+
+def test_calibration_time_is_bounded(own_cache):
+    result = hardware.calibrate(_build, batch_size=2, size=32, repeats=1000, max_seconds=0.001)
+    assert result["repeats"] == 1 and result["cached"] and hardware.cached_layout() is not None
+
+
+def test_calibration_keeps_other_machines_and_leaves_an_unusable_cache_alone(own_cache, capsys):
+    own_cache.parent.mkdir(parents=True)
+    other = {"another cpu | AVX2 | torch 0 | 2 threads": {"forward": True, "train": False}}
+    own_cache.write_text(json.dumps(other))
+    hardware.calibrate(_build, batch_size=2, size=32, repeats=1)
+    data = json.loads(own_cache.read_text())
+    assert set(data) == {*other, hardware.machine_key()}
+    own_cache.write_text("[" * 50 + "]" * 50)
+    with pytest.raises(OSError, match="cannot write the layout cache .*nested deeper.*left as it is"):
+        hardware.calibrate(_build, batch_size=2, size=32, repeats=1)
+    assert own_cache.read_text() == "[" * 50 + "]" * 50
+    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
