@@ -70,11 +70,19 @@ def test_every_message_suggesting_an_install_uses_install_hint():
 
 
 def test_missing_serve_packages_say_how_to_install_them(monkeypatch):
-    import importlib.util
+    import importlib
 
     from segzoo.cli import serve
 
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModuleNotFoundError) as info:
-        serve._require_serve_packages()
-    assert str(info.value) == ("segzoo serve needs fastapi, uvicorn, python-multipart: " + install_hint("serve"))
+    real = importlib.import_module
+
+    def no_serve_extra(name, *args, **kwargs):
+        if name in ("fastapi", "uvicorn", "python_multipart"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", no_serve_extra)
+    with pytest.raises(serve.MissingExtraError) as info:
+        serve.require_serve_packages()
+    assert str(info.value) == ("segzoo serve needs fastapi, uvicorn, python-multipart, which is not installed: "
+                               + install_hint("serve"))
