@@ -1,8 +1,8 @@
 """channels_last="auto": the per-ISA / calibrated layout choice, weights following the mode, equal results."""
 
 import json
-import re
 import os
+import re
 import sys
 import threading
 import time
