@@ -196,7 +196,6 @@ def test_torch_free_choices_equal_their_sources():
     assert cli_args.DEFAULT_INPUT_SIZE == export.DEFAULT_INPUT_SIZE
     assert cli_args.BENCHMARK_ARCHS == bench.ARCHS
     assert cli_args.BENCHMARK_DTYPES == tuple(DTYPES)
-    assert bench.add_arguments is cli_args.add_benchmark_arguments  # python -m benchmarks.models uses it
 
 
 def test_every_command_has_torch_free_arguments():
