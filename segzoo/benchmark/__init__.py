@@ -61,10 +61,12 @@ def __getattr__(name: str) -> object:
     """The command's ``run`` / ``add_arguments`` live in :mod:`segzoo.cli` (the library does not import it).
 
     Raises:
-        AttributeError: always; for ``run`` and ``add_arguments`` the message names where they live.
+        ImportError: ``run`` or ``add_arguments``, naming where they live (an ImportError keeps its
+            message through ``from segzoo.benchmark import run``).
+        AttributeError: any other name.
     """
     if name in _COMMAND:
-        raise AttributeError(f"segzoo.benchmark.{name} is the command line's: use {_COMMAND[name]}")
+        raise ImportError(f"segzoo.benchmark.{name} is the command line's: use {_COMMAND[name]}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

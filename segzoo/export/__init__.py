@@ -50,9 +50,11 @@ def __getattr__(name: str) -> object:
     """``segzoo.export.run`` (the command) is :func:`segzoo.cli.export.run`: the library does not import the CLI.
 
     Raises:
-        AttributeError: always; for ``run`` the message names where the command lives.
+        ImportError: ``run``, naming where the command lives (an ImportError keeps its message
+            through ``from segzoo.export import run``).
+        AttributeError: any other name.
     """
     if name == "run":
-        raise AttributeError("segzoo.export.run is the command line's: import it from segzoo.cli.export "
+        raise ImportError("segzoo.export.run is the command line's: import it from segzoo.cli.export "
                              "(or call export_checkpoint / trace_checkpoint)")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -167,8 +167,10 @@ def __getattr__(name: str) -> Any:
     """Names that moved out of this module say where they went (this module never imports what is above it).
 
     Raises:
-        AttributeError: always; for a moved name the message names its new place.
+        ImportError: a moved name, naming its new place (an ImportError keeps its message through
+            ``from segzoo.hardware import calibrate``).
+        AttributeError: any other name.
     """
     if name in _MOVED:
-        raise AttributeError(f"segzoo.hardware.{name} moved to {_MOVED[name]}")
+        raise ImportError(f"segzoo.hardware.{name} moved to {_MOVED[name]}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
