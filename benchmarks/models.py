@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 import segzoo.benchmark as bench
+from segzoo.cli.args import add_benchmark_arguments
+from segzoo.cli.benchmark import run
 
 PRESETS: dict[str, list[str]] = {
     "targets": ["--encoders", "resnet34", "--resolutions", "256", "512", "--channels-last", "both"],
@@ -96,14 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
-    bench.add_arguments(parser)
+    add_benchmark_arguments(parser)
     pre, _ = parser.parse_known_args(argv)
     preset_args = PRESETS[pre.preset] if pre.preset else []
     if pre.preset == "gpu" and not torch.cuda.is_available():
         print("preset gpu: CUDA is not available on this machine, nothing to run (skipped)")
         return 0
     args = parser.parse_args(preset_args + argv)
-    code = bench.run(args, command=" ".join([parser.prog, *(shlex.quote(a) for a in argv)]))
+    code = run(args, command=" ".join([parser.prog, *(shlex.quote(a) for a in argv)]))
     results = json.loads((Path(args.out) / f"{args.name}.json").read_text())["results"]
     report = target_report(results)
     (Path(args.out) / f"{args.name}-targets.md").write_text(report + "\n")

@@ -37,9 +37,10 @@ import torch.nn as nn
 from PIL import Image
 from tqdm import tqdm
 
-from segzoo.data.folder import IMAGE_SUFFIXES, MAX_PIXELS, DataError, read_image, show_path
+from segzoo.data.folder import IMAGE_SUFFIXES, MAX_PIXELS, DataError, read_image, show_path  # noqa: F401  (names of segzoo.predict)
+from segzoo.data.listing import given_path, join_names, list_images, scan_input  # noqa: F401  (public names of segzoo.predict)
 from segzoo.device import resolve_device
-from segzoo.fileio import atomic_path, check_not_input, os_error_reason
+from segzoo.fileio import atomic_path, check_not_input
 from segzoo.inference import BACKENDS, Predictor, from_loaded, load_predictor, source_kind
 from segzoo.inference.processing import (  # noqa: F401  (public names of segzoo.predict)
     OVERLAY_ALPHA,
@@ -53,73 +54,6 @@ from segzoo.loading import ModelFactoryLike, load_model_info
 
 MIN_TILE = 32  # smaller windows cost more than they save and see almost no context
 MAX_BATCH_SIZE = 1024
-_KINDS = "/".join(s.lstrip(".").upper() for s in IMAGE_SUFFIXES if s not in (".jpeg", ".tiff"))
-
-
-def join_names(names: Sequence[str], limit: int = 5) -> str:
-    """``a, b, c, d, e (+N more)``: at most ``limit`` names, then how many were left out."""
-    shown = ", ".join(names[:limit])
-    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _given(path: str | os.PathLike, what: str) -> Path:
-    """``Path(path)``, refusing an empty string (``Path("")`` would silently be the current folder)."""
-    if not os.fspath(path).strip():
-        raise ValueError(f"{what} is an empty path; give a folder or a file (use '.' for the current folder)")
-    return Path(path)
-
-
-def scan_input(source: str | os.PathLike) -> tuple[list[Path], list[str]]:
-    """The images of a folder (sorted by name, not recursive) and the names of its other entries.
-
-    An image is an entry whose name ends in one of ``IMAGE_SUFFIXES`` (any case) and is not a
-    folder; everything else (other files, sub-folders, shown with a trailing ``/``) is returned
-    in the second list so that the caller can say what was not read. For a file, ``([source], [])``.
-
-    Raises:
-        FileNotFoundError: ``source`` does not exist, or the folder holds no image.
-        ValueError: ``source`` is empty, a file whose name is not an image's, a broken link, or an
-            unreadable folder.
-    """
-    source = _given(source, "input")
-    try:
-        st_is_dir = source.is_dir()
-        os.stat(source)
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            if not os.path.lexists(source):
-                raise FileNotFoundError(f"input not found: {show_path(source)}") from None
-            raise DataError(f"cannot read input {show_path(source)}: broken symbolic link") from None
-        raise DataError(f"cannot read input {show_path(source)}: {os_error_reason(exc)}") from None
-    if not st_is_dir:
-        if source.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"input {show_path(source)} is not a {_KINDS} image (by its name)")
-        return [source], []
-    try:
-        entries = sorted(os.scandir(source), key=lambda e: e.name)
-    except OSError as exc:
-        raise DataError(f"cannot list input folder {show_path(source)}: {os_error_reason(exc)}") from None
-    images, other = [], []
-    for entry in entries:
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
-        if not is_dir and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-            images.append(source / entry.name)
-        else:
-            other.append(show_path(entry.name) + ("/" if is_dir else ""))
-    if not images:
-        held = f"it holds only {join_names(other)}" if other else "it is empty"
-        raise FileNotFoundError(f"input folder {show_path(source)} has no {_KINDS} images ({held})")
-    return images, other
-
-
-def list_images(source: str | os.PathLike) -> list[Path]:
-    """The images of a folder (sorted, not recursive), or ``[source]`` for one image (see :func:`scan_input`)."""
-    return scan_input(source)[0]
-
-
 def check_images(images: Sequence[Path], max_pixels: int = MAX_PIXELS) -> None:
     """Decode every image so unreadable files fail before any work (or any mask) is done.
 
@@ -177,7 +111,7 @@ def plan_outputs(images: Sequence[Path], output: str | os.PathLike, overlay: boo
         IsADirectoryError: an output path is a folder.
         NotADirectoryError: ``output`` (or a parent) is a file.
     """
-    output = _given(output, "output")
+    output = given_path(output, "output")
     name_max = _check_output_folder(output)
     taken: dict[str, tuple[Path, str]] = {}
     plans = []

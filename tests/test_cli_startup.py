@@ -186,6 +186,7 @@ def test_torch_free_choices_equal_their_sources():
     assert cli_args.ARCHITECTURES == tuple(ARCHITECTURES)
     assert tuple(f"resnet{d}" for d in cli_args.RESNET_DEPTHS) == tuple(RESNET_CHANNELS)
     assert cli_args.INFERENCE_BACKENDS == inference.BACKENDS == serve.BACKENDS
+    assert cli_args.DEFAULT_PORT == serve.DEFAULT_PORT
     assert cli_args.IMAGE_SUFFIXES == folder.IMAGE_SUFFIXES
     assert cli_args.PREDICT_MAX_PIXELS == folder.MAX_PIXELS
     assert cli_args.PREDICT_MIN_TILE == predict.MIN_TILE
@@ -195,7 +196,6 @@ def test_torch_free_choices_equal_their_sources():
     assert cli_args.DEFAULT_INPUT_SIZE == export.DEFAULT_INPUT_SIZE
     assert cli_args.BENCHMARK_ARCHS == bench.ARCHS
     assert cli_args.BENCHMARK_DTYPES == tuple(DTYPES)
-    assert bench.add_arguments is cli_args.add_benchmark_arguments  # python -m benchmarks.models uses it
 
 
 def test_every_command_has_torch_free_arguments():
@@ -228,17 +228,22 @@ def test_command_modules_import_the_library_only_when_they_run():
     assert proc.returncode == 0 and "usage: segzoo" in proc.stdout, proc.stderr
 
 
-def test_library_aliases_of_the_commands():
-    """``segzoo.export.run`` and ``segzoo.benchmark.run`` (used by benchmarks/) are the CLI's own functions."""
+def test_the_commands_live_in_the_cli_only():
+    """``run`` of export and benchmark is the CLI's (issue 20: the library never imports segzoo.cli), and so
+    is ``python -m segzoo.hardware``'s ``main``; calibrating moved above the models. An old script's import
+    of those names says where they went; the console script is ``segzoo.cli:main``."""
     import configparser
+    import importlib
 
-    import segzoo.benchmark as bench
-    import segzoo.cli.benchmark
-    import segzoo.cli.export
-    import segzoo.export as export
-
-    assert export.run is segzoo.cli.export.run
-    assert bench.run is segzoo.cli.benchmark.run
+    for module, name, where in [("segzoo.export", "run", "segzoo.cli.export"),
+                                ("segzoo.benchmark", "run", "segzoo.cli.benchmark.run"),
+                                ("segzoo.benchmark", "add_arguments", "segzoo.cli.args.add_benchmark_arguments"),
+                                ("segzoo.hardware", "calibrate", "segzoo.benchmark.calibration.calibrate"),
+                                ("segzoo.hardware", "main", "segzoo.cli.hardware.main")]:
+        with pytest.raises(ImportError, match=where.replace(".", r"\.")):
+            exec(f"from {module} import {name}", {})
+        with pytest.raises(ImportError, match=where.replace(".", r"\.")):
+            getattr(importlib.import_module(module), name)
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     assert cfg["options.entry_points"]["console_scripts"].split() == ["segzoo", "=", "segzoo.cli:main"]
@@ -266,7 +271,7 @@ def test_help_texts_show_no_rest_markup():
         parser = build_parser([name])
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         texts[name] = sub.choices[name].format_help()
-    from segzoo import hardware
+    from segzoo.cli import hardware
 
     parser_help = subprocess.run([sys.executable, "-m", "segzoo.hardware", "--help"], capture_output=True,
                                  text=True, cwd=ROOT, timeout=120,

@@ -1,6 +1,7 @@
 """Benchmarks of segmentation models (the ``segzoo benchmark`` command is :mod:`segzoo.cli.benchmark`).
 
-Measuring code lives in :mod:`segzoo.benchmark.measure`, model specs in
+Measuring code lives in :mod:`segzoo.benchmark.measure` (the layout calibration of
+:mod:`segzoo.hardware` in :mod:`segzoo.benchmark.calibration`), model specs in
 :mod:`segzoo.benchmark.specs`, reports in :mod:`segzoo.benchmark.report`. The
 repository's ``benchmarks/`` scripts are thin callers of these functions.
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from segzoo.benchmark.calibration import MachineBusyError, calibrate
 from segzoo.benchmark.measure import (
     BenchConfig,
     count_gflops,
@@ -46,13 +48,26 @@ from segzoo.benchmark.specs import (
     smp_spec,
     spec_label,
 )
-from segzoo.cli.args import add_benchmark_arguments as add_arguments
-from segzoo.cli.benchmark import run  # the command, kept here for benchmarks/ scripts
 
 __all__ = ["BenchConfig", "environment", "count_params", "count_gflops", "time_block", "throughput", "with_layouts",
            "train_step_memory", "run_benchmark", "run_suite", "available_devices", "ratios", "markdown_table",
            "ratio_table", "check_result_name", "write_results", "plot_throughput", "ARCHS", "SMP_ARCHS", "segzoo_spec", "smp_spec",
-           "body_spec", "build_model", "default_suite", "smp_available", "spec_label", "add_arguments", "run"]
+           "body_spec", "build_model", "default_suite", "smp_available", "spec_label", "calibrate", "MachineBusyError"]
+
+_COMMAND = {"run": "segzoo.cli.benchmark.run", "add_arguments": "segzoo.cli.args.add_benchmark_arguments"}
+
+
+def __getattr__(name: str) -> object:
+    """The command's ``run`` / ``add_arguments`` live in :mod:`segzoo.cli` (the library does not import it).
+
+    Raises:
+        ImportError: ``run`` or ``add_arguments``, naming where they live (an ImportError keeps its
+            message through ``from segzoo.benchmark import run``).
+        AttributeError: any other name.
+    """
+    if name in _COMMAND:
+        raise ImportError(f"segzoo.benchmark.{name} is the command line's: use {_COMMAND[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def available_devices(requested: Sequence[str], log: Callable[[str], None] = print) -> list[str]:

@@ -10,8 +10,9 @@ import argparse
 import json
 import sys
 
-from segzoo.benchmark import add_arguments, run
 from segzoo.benchmark.measure import BenchConfig, train_step_memory
+from segzoo.cli.args import add_benchmark_arguments
+from segzoo.cli.benchmark import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(train_step_memory(payload["spec"], BenchConfig(**payload["config"]))))
         return 0
     parser = argparse.ArgumentParser(prog="python -m segzoo.benchmark")
-    add_arguments(parser)
+    add_benchmark_arguments(parser)
     return run(parser.parse_args(argv))
 
 

@@ -17,7 +17,6 @@ but kept for C++ ``torch::jit::load`` users), :mod:`~segzoo.export.onnx` and
 :mod:`~segzoo.export.common`, and :mod:`~segzoo.export.checkpoint` picks the format for a checkpoint.
 """
 
-from segzoo.cli.export import run
 from segzoo.device import resolve_device
 from segzoo.export.checkpoint import export_checkpoint
 from segzoo.export.common import (
@@ -44,4 +43,18 @@ from segzoo.export.torchscript import save_traced, trace_checkpoint, trace_model
 __all__ = ["DEFAULT_INPUT_SIZE", "FORMATS", "ONNX_OPSETS", "TRACE_MODES", "ExportCheckError", "MissingDependencyError",
            "atomic_output", "check_opset", "check_output", "check_sizes", "checkpoint_metadata", "compare_with_eager",
            "example_input", "other_input", "write_artifact", "export_checkpoint", "export_onnx", "export_program",
-           "save_traced", "trace_checkpoint", "trace_model", "traced_filename", "resolve_device", "run"]
+           "save_traced", "trace_checkpoint", "trace_model", "traced_filename", "resolve_device"]
+
+
+def __getattr__(name: str) -> object:
+    """``segzoo.export.run`` (the command) is :func:`segzoo.cli.export.run`: the library does not import the CLI.
+
+    Raises:
+        ImportError: ``run``, naming where the command lives (an ImportError keeps its message
+            through ``from segzoo.export import run``).
+        AttributeError: any other name.
+    """
+    if name == "run":
+        raise ImportError("segzoo.export.run is the command line's: import it from segzoo.cli.export "
+                             "(or call export_checkpoint / trace_checkpoint)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

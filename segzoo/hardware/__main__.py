@@ -1,7 +1,7 @@
-"""``python -m segzoo.hardware [--calibrate]``: show (or measure and cache) this machine's layout choice."""
+"""``python -m segzoo.hardware [--calibrate]``: an entry point; the command is :mod:`segzoo.cli.hardware`."""
 
 import sys
 
-from segzoo.hardware import main
+from segzoo.cli.hardware import main
 
 sys.exit(main())

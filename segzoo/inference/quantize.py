@@ -50,7 +50,7 @@ def calibration_inputs(source: str | os.PathLike, preprocess: Callable[[np.ndarr
         FileNotFoundError, ValueError: no folder / no images / an unreadable image (named).
     """
     from segzoo.data.folder import MAX_PIXELS, read_image
-    from segzoo.predict import list_images
+    from segzoo.data.listing import list_images
 
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError(f"calibration count must be a positive integer, got {count!r}")

@@ -15,8 +15,10 @@ This module imports neither torch nor FastAPI.
 
 from __future__ import annotations
 
-# repeated without torch in segzoo.cli.args (a test keeps BACKENDS equal to segzoo.inference.BACKENDS)
-from segzoo.cli.args import DEFAULT_PORT
-from segzoo.cli.args import INFERENCE_BACKENDS as BACKENDS
+#: the backends of :data:`segzoo.inference.BACKENDS`, here without importing torch (the command line
+#: repeats them in segzoo.cli.args; tests/test_cli_startup.py keeps the three equal)
+BACKENDS = ("eager", "torchscript", "onnxruntime", "onnxruntime-int8")
+#: the port ``segzoo serve`` listens on unless ``--port`` says otherwise
+DEFAULT_PORT = 8000
 
 __all__ = ["BACKENDS", "DEFAULT_PORT"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -15,8 +15,16 @@ from segzoo.training import distributed as dist_utils
 from segzoo.training.callback import Callback, LoggerCallback
 from segzoo.training.state import RunnerState
 
-if TYPE_CHECKING:
-    from segzoo.training.runner import Runner
+
+class Stepper(Protocol):
+    """What the loops need of a :class:`~segzoo.training.Runner` (its subclasses define both)."""
+
+    def batch_to_dict(self, batch: Any) -> dict[str, Any]:
+        """One loader item as the ``state.input`` dict."""
+
+    def forward(self, state: RunnerState, model: nn.Module) -> dict[str, Any]:
+        """``model`` run on ``state.input``: the ``state.output`` dict."""
+
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -142,7 +150,7 @@ def _batch_size(batch: Mapping[str, Any]) -> int:
     return 1
 
 
-def run_loader(runner: Runner, state: RunnerState, loader: Iterable, callbacks: list[Callback] | Hooks) -> None:
+def run_loader(runner: Stepper, state: RunnerState, loader: Iterable, callbacks: list[Callback] | Hooks) -> None:
     """One pass over ``loader`` (``state.loader_name`` and ``need_backward`` set): batches, then loader metrics.
 
     Batch metrics are averaged weighted by batch size (and summed over processes) into
@@ -185,7 +193,7 @@ def run_loader(runner: Runner, state: RunnerState, loader: Iterable, callbacks: 
     hooks("on_loader_end", state)
 
 
-def run_epoch(runner: Runner, state: RunnerState, loaders: Mapping[str, Iterable],
+def run_epoch(runner: Stepper, state: RunnerState, loaders: Mapping[str, Iterable],
               callbacks: list[Callback] | Hooks) -> None:
     """One training epoch (``state.epoch`` set): every loader in order, then the best-epoch bookkeeping.
 
@@ -210,7 +218,7 @@ def run_epoch(runner: Runner, state: RunnerState, loaders: Mapping[str, Iterable
     hooks("on_epoch_end", state)
 
 
-def run_infer_epoch(runner: Runner, state: RunnerState, loaders: Mapping[str, Iterable],
+def run_infer_epoch(runner: Stepper, state: RunnerState, loaders: Mapping[str, Iterable],
                     callbacks: list[Callback] | Hooks) -> None:
     """The one stage and epoch of :meth:`~segzoo.training.Runner.infer`: every loader without gradients."""
     hooks = as_hooks(callbacks)

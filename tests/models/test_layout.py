@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from _models import tiny_model
 
 from segzoo import hardware, model_from_spec
+from segzoo.benchmark import calibration
+from segzoo.cli import hardware as hardware_cli
+from segzoo.hardware import load as hardware_load
 
 
 class FakeCpu:
@@ -33,9 +36,8 @@ class FakeCpu:
 def own_cache(tmp_path, monkeypatch):
     """Every test reads (and writes) its own empty calibration cache, never the user's, on an 'idle' machine."""
     monkeypatch.setenv("SEGZOO_CACHE_DIR", str(tmp_path / "cache"))
-    if hasattr(hardware, "load"):  # (so that these tests also run, and fail, on segzoo before issue 19)
-        monkeypatch.setattr(hardware.load, "cpu_counters", FakeCpu())  # other jobs may share this machine
-        monkeypatch.setattr(hardware, "LOAD_SAMPLE_SECONDS", 0.01)
+    monkeypatch.setattr(hardware_load, "cpu_counters", FakeCpu())  # other jobs may share this machine
+    monkeypatch.setattr(calibration, "LOAD_SAMPLE_SECONDS", 0.01)
     hardware._cpu_choice.cache_clear()
     yield tmp_path / "cache" / hardware.CACHE_FILE
     hardware._cpu_choice.cache_clear()
@@ -167,7 +169,7 @@ def test_a_cached_calibration_overrides_the_rule(monkeypatch, own_cache):
 
 
 def test_building_models_never_calibrates_or_writes_the_cache(monkeypatch, own_cache):
-    monkeypatch.setattr(hardware, "calibrate", lambda *a, **k: pytest.fail("calibrated implicitly"))
+    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: pytest.fail("calibrated implicitly"))
     tiny_model("unet").train().eval()
     assert not own_cache.parent.exists()
 
@@ -176,7 +178,7 @@ def test_calibrate_measures_both_layouts_and_caches_the_result(own_cache):
     def build(cl):
         return tiny_model("unet", channels_last=cl)
 
-    result = hardware.calibrate(build, batch_size=2, size=32, repeats=1)
+    result = calibration.calibrate(build, batch_size=2, size=32, repeats=1)
     assert set(result["times_ms"]) == {"forward cl", "forward nchw", "train cl", "train nchw"}
     assert all(t > 0 for t in result["times_ms"].values())
     cached = hardware.cached_layout()
@@ -195,9 +197,9 @@ def test_cuda_gets_channels_last_and_the_cache_lives_outside_the_package(monkeyp
 
 
 def test_command_line_shows_and_calibrates_into_the_user_cache(own_cache, capsys):
-    assert hardware.main([]) == 0
+    assert hardware_cli.main([]) == 0
     assert hardware.machine_key() in capsys.readouterr().out and not own_cache.exists()
-    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 0
+    assert hardware_cli.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 0
     assert '"source": "calibration"' in capsys.readouterr().out
     assert hardware.machine_key() in json.loads(own_cache.read_text())
 
@@ -206,7 +208,7 @@ def test_calibration_into_an_unwritable_cache_is_one_error_line(tmp_path, monkey
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("SEGZOO_CACHE_DIR", str(blocker / "sub"))  # a folder below a file
-    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 2
+    assert hardware_cli.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("python -m segzoo.hardware: error:") and len(err.strip().splitlines()) == 1
 
@@ -325,11 +327,11 @@ def _build(cl):
 
 
 def test_a_calibration_is_not_run_nor_cached_when_the_machine_is_busy(monkeypatch, own_cache, capsys):
-    monkeypatch.setattr(hardware.load, "cpu_counters", FakeCpu(rate=1.5))
-    with pytest.raises(hardware.MachineBusyError, match=r"other processes used 1\.5\d of \d+ CPUs"):
-        hardware.calibrate(lambda cl: pytest.fail("measured on a busy machine"), size=32, repeats=1)
+    monkeypatch.setattr(hardware_load, "cpu_counters", FakeCpu(rate=1.5))
+    with pytest.raises(calibration.MachineBusyError, match=r"other processes used 1\.5\d of \d+ CPUs"):
+        calibration.calibrate(lambda cl: pytest.fail("measured on a busy machine"), size=32, repeats=1)
     assert not os.path.lexists(own_cache)
-    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 1
+    assert hardware_cli.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 1
     out, err = capsys.readouterr()
     assert len(err.strip().splitlines()) == 1 and "not calibrated: other processes used" in err
     assert not os.path.lexists(own_cache) and '"source": "rule' in out
@@ -337,24 +339,24 @@ def test_a_calibration_is_not_run_nor_cached_when_the_machine_is_busy(monkeypatc
 
 def test_a_calibration_measured_under_load_is_not_cached(monkeypatch, own_cache, capsys):
     cpu = FakeCpu()
-    monkeypatch.setattr(hardware.load, "cpu_counters", cpu)
+    monkeypatch.setattr(hardware_load, "cpu_counters", cpu)
 
     def build(cl):  # another job starts right after the idle check
         cpu(), setattr(cpu, "rate", 1.2)
         return _build(cl)
 
-    result = hardware.calibrate(build, batch_size=2, size=32, repeats=1)
+    result = calibration.calibrate(build, batch_size=2, size=32, repeats=1)
     assert result["cached"] is False and "during the measurement" in result["not_cached"]
     assert result["other_cpus"] == pytest.approx(1.2, abs=0.1)
     assert not os.path.lexists(own_cache) and hardware.cached_layout() is None
-    monkeypatch.setattr(hardware, "calibrate", lambda **kw: {**result, "times_ms": {}})
-    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 1
+    monkeypatch.setattr(calibration, "calibrate", lambda **kw: {**result, "times_ms": {}})
+    assert hardware_cli.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [err.strip()] and re.search(r"not cached: other processes used 1\.\d+ of", err)
 
 
 def test_calibration_time_is_bounded(own_cache):
-    result = hardware.calibrate(_build, batch_size=2, size=32, repeats=1000, max_seconds=0.001)
+    result = calibration.calibrate(_build, batch_size=2, size=32, repeats=1000, max_seconds=0.001)
     assert result["repeats"] == 1 and result["cached"] and hardware.cached_layout() is not None
 
 
@@ -362,12 +364,12 @@ def test_calibration_keeps_other_machines_and_leaves_an_unusable_cache_alone(own
     own_cache.parent.mkdir(parents=True)
     other = {"another cpu | AVX2 | torch 0 | 2 threads": {"forward": True, "train": False}}
     own_cache.write_text(json.dumps(other))
-    hardware.calibrate(_build, batch_size=2, size=32, repeats=1)
+    calibration.calibrate(_build, batch_size=2, size=32, repeats=1)
     data = json.loads(own_cache.read_text())
     assert set(data) == {*other, hardware.machine_key()}
     own_cache.write_text("[" * 50 + "]" * 50)
     with pytest.raises(OSError, match="cannot write the layout cache .*nested deeper.*left as it is"):
-        hardware.calibrate(_build, batch_size=2, size=32, repeats=1)
+        calibration.calibrate(_build, batch_size=2, size=32, repeats=1)
     assert own_cache.read_text() == "[" * 50 + "]" * 50
-    assert hardware.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 2
+    assert hardware_cli.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
