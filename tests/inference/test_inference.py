@@ -10,6 +10,7 @@ import torch
 from _serving import NORM, png_bytes, random_image, write_logdir
 from PIL import Image
 
+from segzoo.architectures import ARCHITECTURES, CATALYST_MODELS
 from segzoo.cli import main
 from segzoo.data.folder import DataError, read_image, read_image_bytes
 from segzoo.export import export_checkpoint
@@ -49,7 +50,8 @@ def test_backend_list_matches_the_cli_choices():
     assert segzoo.serve.BACKENDS == BACKENDS
 
 
-@pytest.mark.parametrize("name", ["unet", "linknet", "fpn_unet", "pspnet"])
+# every architecture of the table and every model registered outside the two families: a new row is tested here
+@pytest.mark.parametrize("name", [*ARCHITECTURES, *(n for n in CATALYST_MODELS.values() if n)])
 def test_folding_removes_every_batchnorm_and_keeps_outputs(name):
     from _models import tiny_model
 
