@@ -276,6 +276,7 @@ RESNET_MODELS = _family_classes(ResnetModel, "resnet_class")
 #: public class name -> class, for every class the table names (segzoo.models exports them)
 MODEL_CLASSES = {cls.__name__: cls for cls in [*GENERIC_MODELS.values(), *RESNET_MODELS.values()]
                  if cls.__name__ in model_classes()}
+globals().update(MODEL_CLASSES)  # classes made from a row live here too, so pickle finds them by name
 
 for _name, _cls in GENERIC_MODELS.items():
     register_model(_name, _cls)
