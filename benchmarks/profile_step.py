@@ -24,8 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks.models import SPEEDUP_TARGETS
 from segzoo.benchmark.measure import environment
-from segzoo.benchmark.specs import build_model, segzoo_spec, smp_available, smp_spec
+from segzoo.benchmark.specs import ARCHS, build_model, segzoo_spec, smp_available, smp_spec
 
 LAYOUTS = ("default", "internal-cl", "internal-nchw", "user-cl")
 
@@ -86,7 +87,9 @@ def profile_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps
 def main(argv: list[str] | None = None) -> int:
     """Profile and print the top operators per model and layout; optionally write JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", nargs="+", default=["unet", "linknet", "fpn_unet", "pspnet"])
+    parser.add_argument("--archs", nargs="+", default=list(SPEEDUP_TARGETS), choices=ARCHS,
+                        help="architectures of segzoo.architectures (default: those with a speed target in "
+                             "benchmarks/models.py)")
     parser.add_argument("--encoder", default="resnet34")
     parser.add_argument("--layouts", nargs="+", default=["default", "user-cl"], choices=LAYOUTS)
     parser.add_argument("--libraries", nargs="+", default=["segzoo", "smp"], choices=("segzoo", "smp"))

@@ -7,15 +7,14 @@ from typing import Any
 
 import torch.nn as nn
 
+from segzoo.architectures import ARCHITECTURES, RESNET_ENCODERS, smp_twins
 from segzoo.errors import unknown_name_error
-from segzoo.models.archs import ARCHITECTURES
 
 __all__ = ["SMP_ARCHS", "ARCHS", "segzoo_spec", "smp_spec", "body_spec", "spec_label", "smp_available",
            "build_model", "default_suite"]
 
-# segzoo architecture (registry suffix) -> the smp 0.6 class it is compared with
-SMP_ARCHS = {"unet": "Unet", "linknet": "Linknet", "fpn_unet": "FPN", "pspnet": "PSPNet",
-             "deeplabv3plus": "DeepLabV3Plus", "upernet": "UPerNet"}
+# segzoo architecture (registry suffix) -> the smp 0.6 class it is compared with (the table's ``smp`` column)
+SMP_ARCHS = smp_twins()
 # every architecture of the table (those without an smp twin are benchmarked alone)
 ARCHS = tuple(ARCHITECTURES)
 
@@ -102,7 +101,7 @@ def build_model(spec: dict[str, Any], num_classes: int = 1) -> nn.Module:
         import torchvision
 
         if not str(name).startswith("resnet") or not hasattr(torchvision.models, str(name)):
-            raise unknown_name_error("torchvision resnet", str(name), ("resnet18", "resnet34", "resnet50"))
+            raise unknown_name_error("torchvision resnet", str(name), RESNET_ENCODERS)
         net = getattr(torchvision.models, name)(weights=None)
         return nn.Sequential(*list(net.children())[:-2])
     raise unknown_name_error("benchmark library", str(lib), ("segzoo", "smp", "torchvision"))

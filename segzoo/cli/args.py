@@ -7,26 +7,27 @@ instead of the seconds torch needs to import. Each command's ``run(args)`` is in
 only when the command really runs.
 
 Choices and limits repeated here from torch-importing modules (export formats, inference
-backends, predict limits, benchmark archs and dtypes), the built-in model names and the part
-names are checked against their sources by ``tests/test_cli_startup.py``.
+backends, predict limits, benchmark dtypes) and the part names are checked against their sources by
+``tests/test_cli_startup.py``. The architectures and model names come from the torch-free table
+:mod:`segzoo.architectures`, which the registry reads too.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 from collections.abc import Callable
+
+from segzoo import architectures as _table
 
 # ---- `segzoo models`: the built-in registry names, without importing the models -------------
 
-#: ResNet depths with a ``resnet{depth}_{arch}`` registry entry (segzoo.encoders.resnet.RESNET_CHANNELS).
-RESNET_DEPTHS = (18, 34, 50, 101, 152)
-#: Architectures (the keys of segzoo.models.ARCHITECTURES, in its order): each is registered as a
+#: ResNet depths with a ``resnet{depth}_{arch}`` registry entry (segzoo.architectures.RESNET_ENCODERS).
+RESNET_DEPTHS = tuple(int(name.removeprefix("resnet")) for name in _table.RESNET_ENCODERS)
+#: Architectures (the keys of segzoo.architectures.ARCHITECTURES, in its order): each is registered as a
 #: generic model (``unet``) and per ResNet depth.
-ARCHITECTURES = ("unet", "linknet", "fpn_unet", "pspnet", "deeplabv3plus", "upernet")
+ARCHITECTURES = tuple(_table.ARCHITECTURES)
 #: Every built-in registry name, sorted like :func:`segzoo.list_models` (a test checks they are equal).
-MODEL_NAMES = tuple(sorted([*ARCHITECTURES, "mobilenetv2_unet",
-                            *(f"resnet{d}_{a}" for d, a in itertools.product(RESNET_DEPTHS, ARCHITECTURES))]))
+MODEL_NAMES = tuple(_table.model_names())
 #: The built-in part registries (kind -> sorted names), in the order ``segzoo models --parts``
 #: prints them; equal to segzoo.encoders.ENCODERS, .bridges.BRIDGES, .decoders.DECODERS and
 #: .heads.HEADS (checked by a test).
@@ -217,7 +218,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, command: str = "serve")
 
 # ---- `segzoo benchmark` ---------------------------------------------------------------------------
 
-#: segzoo.benchmark.ARCHS (every architecture) and the keys of segzoo.benchmark.measure.DTYPES
+#: segzoo.benchmark.ARCHS (every architecture of the table) and the keys of segzoo.benchmark.measure.DTYPES
 #: (checked equal by a test)
 BENCHMARK_ARCHS = ARCHITECTURES
 BENCHMARK_DTYPES = ("fp32", "bf16", "fp16")
@@ -228,7 +229,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, command: str = "ben
     parser.add_argument("--models", nargs="+", metavar="NAME",
                         help="segzoo registry names (e.g. resnet34_unet); default: --encoders x --archs")
     parser.add_argument("--encoders", nargs="+", default=["resnet34"],
-                        help="resnet18/34/50/... or timm:<name> (default: resnet34)")
+                        help=f"resnet{'/'.join(map(str, RESNET_DEPTHS))} or timm:<name> (default: resnet34)")
     parser.add_argument("--archs", nargs="+", default=list(BENCHMARK_ARCHS), choices=list(BENCHMARK_ARCHS))
     parser.add_argument("--no-smp", action="store_true", help="do not add the smp twin of each model")
     parser.add_argument("--no-body", action="store_true", help="do not add the ResNet encoder body alone")

@@ -1,25 +1,18 @@
 """Model assembly (UnetMetaSpec), the architecture table, the named models, Catalyst 19.x's legacy models
-(MobileUnet, ResNetUnet, ResNetLinknet) and the registry."""
+(MobileUnet, ResNetUnet, ResNetLinknet) and the registry.
 
-from segzoo.models.archs import ARCHITECTURES, Architecture
-from segzoo.models.catalyst import MobileUnet, ResNetLinknet, ResNetUnet
+The model classes exported here are the ones :mod:`segzoo.architectures` names (each row's generic and
+ResNet classes, and the Catalyst classes); a row without a hand-written class in
+:mod:`segzoo.models.named` gets one made from the row.
+"""
+
+from typing import TYPE_CHECKING
+
+from segzoo.architectures import ARCHITECTURES, Architecture, model_classes
+from segzoo.models import catalyst as _catalyst
 from segzoo.models.meta import UnetMetaSpec
-from segzoo.models.named import (
-    DeepLabV3Plus,
-    FPNUnet,
-    GenericModel,
-    Linknet,
-    PSPnet,
-    ResnetDeepLabV3Plus,
-    ResnetFPNUnet,
-    ResnetLinknet,
-    ResnetModel,
-    ResnetPSPnet,
-    ResnetUnet,
-    ResnetUPerNet,
-    Unet,
-    UPerNet,
-)
+from segzoo.models.named import MODEL_CLASSES as _MODEL_CLASSES
+from segzoo.models.named import GenericModel, ResnetModel
 from segzoo.models.registry import (
     MODELS,
     create_model,
@@ -29,8 +22,25 @@ from segzoo.models.registry import (
     register_model,
 )
 
-__all__ = ["UnetMetaSpec", "Unet", "Linknet", "FPNUnet", "PSPnet", "DeepLabV3Plus", "UPerNet", "ResnetUnet",
-           "ResnetLinknet", "ResnetFPNUnet", "ResnetPSPnet", "ResnetDeepLabV3Plus", "ResnetUPerNet", "MobileUnet", "ResNetUnet",
-           "ResNetLinknet", "GenericModel",
-           "ResnetModel", "Architecture", "ARCHITECTURES", "MODELS", "create_model", "list_models", "register_model",
-           "get_model_spec", "model_from_spec"]
+globals().update(_MODEL_CLASSES)
+globals().update({name: getattr(_catalyst, name) for name in model_classes() if name not in _MODEL_CLASSES})
+
+__all__ = ["UnetMetaSpec", *model_classes(), "GenericModel", "ResnetModel", "Architecture", "ARCHITECTURES", "MODELS",
+           "create_model", "list_models", "register_model", "get_model_spec", "model_from_spec"]
+
+if TYPE_CHECKING:  # static analysers and IDEs see the hand-written classes (the exports above come from the table)
+    from segzoo.models.catalyst import MobileUnet, ResNetLinknet, ResNetUnet  # noqa: F401
+    from segzoo.models.named import (  # noqa: F401
+        DeepLabV3Plus,
+        FPNUnet,
+        Linknet,
+        PSPnet,
+        ResnetDeepLabV3Plus,
+        ResnetFPNUnet,
+        ResnetLinknet,
+        ResnetPSPnet,
+        ResnetUnet,
+        ResnetUPerNet,
+        Unet,
+        UPerNet,
+    )

@@ -1,70 +1,22 @@
-"""Architectures as table data: which decoder and head each one wires, with which defaults.
+"""Building an architecture's parts from its row of the table (:mod:`segzoo.architectures`).
 
-A new architecture is a decoder (and, if needed, head) file registered in
-:mod:`segzoo.decoders` / :mod:`segzoo.heads` plus one row of :data:`ARCHITECTURES`; the
-registry then lists it as ``{name}`` (generic encoder) and ``resnet*_{name}``.
-
-Bridge policy (the same for every architecture and encoder):
-
-- ``bridge_params`` given (a dict, even empty): a :class:`~segzoo.bridges.UnetBridge` with those
-  arguments is added.
-- not given: a bridge is added when both the architecture (``Architecture.bridge``) and the
-  model family ask for one. The generic family does (its UnetEncoder, like Catalyst's Unet,
-  stops one stage early and the bridge is its deepest stage); the ResNet family does not
-  (a ResNet already reaches stride 32). PSP reads one feature map and asks for none.
+The rows themselves (:data:`ARCHITECTURES`, :class:`Architecture`) live in the torch-free
+:mod:`segzoo.architectures` and are re-exported here; the bridge policy is described there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from segzoo.architectures import ARCHITECTURES, Architecture
 from segzoo.bridges import create_bridge
 from segzoo.decoders import create_decoder
 from segzoo.encoders import EncoderSpec
 from segzoo.heads import create_head
 from segzoo.parts import FeaturePart
 
-
-@dataclass(frozen=True)
-class Architecture:
-    """One architecture as data.
-
-    Attributes:
-        decoder: decoder registry name (``segzoo.decoders.list_decoders()``).
-        head: head registry name (``segzoo.heads.list_heads()``).
-        decoder_defaults: decoder keyword defaults (``decoder_params`` override them).
-        head_defaults: head keyword defaults (``head_params`` override them).
-        bridge: whether this architecture takes the family's default bridge (see the module docstring).
-        symmetric: generic family only: decoder ``channels`` default to the encoder's widths
-            (the classic symmetric Unet; 7,849,634 parameters for ``Unet(num_classes=2)``, as Catalyst's).
-        resnet_encoder: ``ResnetEncoder`` keyword defaults (``encoder_params`` override them).
-        title: a short description, shown by the named classes' docstrings and ``segzoo models``.
-    """
-
-    decoder: str
-    head: str = "unet"
-    decoder_defaults: Mapping[str, Any] = field(default_factory=dict)
-    head_defaults: Mapping[str, Any] = field(default_factory=dict)
-    bridge: bool = True
-    symmetric: bool = False
-    resnet_encoder: Mapping[str, Any] = field(default_factory=dict)
-    title: str = ""
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "unet": Architecture("unet", decoder_defaults={"block": "concat"}, symmetric=True,
-                         title="Unet: concat skip decoder"),
-    "linknet": Architecture("unet", decoder_defaults={"block": "sum"}, title="Linknet: sum skip decoder"),
-    "fpn_unet": Architecture("fpn", head="fpn", title="FPN: feature pyramid, per-level head branches"),
-    # PSP reads stride 8 only: the ResNet's layer3/layer4 are neither built nor run
-    "pspnet": Architecture("psp", bridge=False, resnet_encoder={"layers_indices": [2]},
-                           title="PSPNet: pyramid pooling on one feature"),
-    "deeplabv3plus": Architecture("deeplabv3plus", resnet_encoder={"output_stride": 16},
-                                  title="DeepLabV3+: ASPP at stride 16 (dilated), stride-4 skip"),
-    "upernet": Architecture("upernet", title="UPerNet: PPM + FPN, levels fused at the finest stride"),
-}
+__all__ = ["ARCHITECTURES", "Architecture", "part_params", "build_parts"]
 
 
 def part_params(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:

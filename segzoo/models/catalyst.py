@@ -18,6 +18,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+from segzoo.architectures import CATALYST_MODELS
 from segzoo.encoders.mobilenet import MobileNetV2Encoder
 from segzoo.encoders.weights import StateDictSource
 from segzoo.models.archs import ARCHITECTURES, build_parts, part_params
@@ -26,6 +27,7 @@ from segzoo.models.named import ResnetLinknet, ResnetUnet, _finish
 from segzoo.models.registry import register_model
 
 Params = dict[str, Any] | None
+_MOBILE_UNET = CATALYST_MODELS["MobileUnet"]  # its registry name ("mobilenetv2_unet")
 
 
 def _check_pretrained(pretrained: Any, what: str) -> bool:
@@ -104,7 +106,7 @@ class MobileUnet(UnetMetaSpec):
                                             bridge_params=bridge_params, decoder_params=decoder_params,
                                             head_params=head_params, decoder_defaults={"channels": skips})
         super().__init__(encoder, decoder, bridge=bridge, head=head, size_mode=size_mode, channels_last=channels_last)
-        _finish(self, "mobilenetv2_unet", given, state_dict)
+        _finish(self, _MOBILE_UNET, given, state_dict)
 
 
 class ResNetUnet(ResnetUnet):
@@ -145,4 +147,4 @@ class ResNetUnet(ResnetUnet):
 #: Catalyst 19.x's ``ResNetLinknet(num_classes=1, arch="resnet18", pretrained=True)`` is segzoo's ResnetLinknet
 ResNetLinknet = ResnetLinknet
 
-register_model("mobilenetv2_unet", MobileUnet)
+register_model(_MOBILE_UNET, MobileUnet)

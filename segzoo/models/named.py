@@ -1,4 +1,4 @@
-"""The named models: two model families times the rows of :data:`~segzoo.models.archs.ARCHITECTURES`.
+"""The named models: two model families times the rows of :data:`~segzoo.architectures.ARCHITECTURES`.
 
 Generic models (``Unet``, ``Linknet``, ``FPNUnet``, ``PSPnet``, ``DeepLabV3Plus``, ``UPerNet``) use the
 plain :class:`~segzoo.encoders.UnetEncoder` by default or any ``encoder=`` instance; ``Resnet*``
@@ -13,9 +13,9 @@ import inspect
 import os
 from typing import Any, ClassVar
 
+from segzoo.architectures import RESNET_ENCODERS, model_classes
 from segzoo.checkpoint import clean_state_dict
 from segzoo.encoders import EncoderSpec, ResnetEncoder, UnetEncoder
-from segzoo.encoders.resnet import RESNET_CHANNELS
 from segzoo.encoders.weights import StateDictSource, load_into, read_state_dict
 from segzoo.errors import CheckpointError
 from segzoo.models.archs import ARCHITECTURES, build_parts, part_params
@@ -70,7 +70,7 @@ class GenericModel(UnetMetaSpec):
         num_blocks: encoder stages.
         encoder: an ``EncoderSpec`` instance replacing the default encoder.
         encoder_params: extra ``UnetEncoder`` arguments (e.g. ``complexity``).
-        bridge_params: ``UnetBridge`` arguments (see the bridge policy in :mod:`segzoo.models.archs`).
+        bridge_params: ``UnetBridge`` arguments (see the bridge policy in :mod:`segzoo.architectures`).
         decoder_params: arguments of the architecture's decoder.
         head_params: arguments of the architecture's head (``upsample``, ``dropout``...).
         state_dict: path or dict of this whole model's weights, loaded after construction.
@@ -255,19 +255,31 @@ class ResnetUPerNet(ResnetModel):
     architecture = "upernet"
 
 
-def _family_classes(family: type) -> dict[str, type]:
-    """The family's class per architecture row: the named one, or one made for a row without a named class."""
+def _family_classes(family: type, column: str) -> dict[str, type]:
+    """The family's class per row of the table: the hand-written one (its name must be the row's ``column``),
+    or one made here, named by the row (``Architecture.generic_class`` / ``resnet_class``)."""
     named = {cls.architecture: cls for cls in family.__subclasses__() if cls.architecture}
-    return {name: named.get(name) or type(f"{family.__name__}_{name}", (family,), {
-        "architecture": name, "__doc__": f"{row.title}. Arguments as :class:`{family.__name__}`."})
-        for name, row in ARCHITECTURES.items()}
+    classes = {}
+    for name, row in ARCHITECTURES.items():
+        cls_name = getattr(row, column) or f"{family.__name__}_{name}"
+        cls = named.get(name) or type(cls_name, (family,), {
+            "architecture": name, "__doc__": f"{row.title}. Arguments as :class:`{family.__name__}`."})
+        if cls.__name__ != cls_name:
+            raise TypeError(f"segzoo.models.named.{cls.__name__} builds {name!r}, whose row in "
+                            f"segzoo.architectures names its class {cls_name!r}")
+        classes[name] = cls
+    return classes
 
 
-GENERIC_MODELS = _family_classes(GenericModel)
-RESNET_MODELS = _family_classes(ResnetModel)
+GENERIC_MODELS = _family_classes(GenericModel, "generic_class")
+RESNET_MODELS = _family_classes(ResnetModel, "resnet_class")
+#: public class name -> class, for every class the table names (segzoo.models exports them)
+MODEL_CLASSES = {cls.__name__: cls for cls in [*GENERIC_MODELS.values(), *RESNET_MODELS.values()]
+                 if cls.__name__ in model_classes()}
+globals().update(MODEL_CLASSES)  # classes made from a row live here too, so pickle finds them by name
 
 for _name, _cls in GENERIC_MODELS.items():
     register_model(_name, _cls)
-for _resnet in RESNET_CHANNELS:
+for _resnet in RESNET_ENCODERS:
     for _name, _cls in RESNET_MODELS.items():
         register_model(f"{_resnet}_{_name}", _cls, arch=_resnet)

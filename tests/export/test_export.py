@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from _h4_helpers import NORM, assert_user_error, tiny_model, write_checkpoint
 
+from segzoo.architectures import CATALYST_MODELS
 from segzoo.export import ONNX_OPSETS, export_checkpoint
 from segzoo.models import ARCHITECTURES
 
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.export,
               pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")]
 
 ARCHS = list(ARCHITECTURES)  # every architecture of the table
-OTHER = ["mobilenetv2_unet"]  # registered outside the two families (Catalyst 19.x's MobileUnet, width 0.5)
+OTHER = [n for n in CATALYST_MODELS.values() if n]  # registered outside the two families (Catalyst 19.x's MobileUnet, width 0.5)
 
 
 def _model(arch, seed=0):

@@ -17,13 +17,14 @@ from segzoo import (
     list_models,
     model_from_spec,
 )
+from segzoo.architectures import CATALYST_MODELS
 from segzoo.encoders import EncoderSpec, TimmEncoder
 from segzoo.models import ARCHITECTURES
 
 # every architecture of the table, in both families: a new row is tested here without editing this file
 GENERIC = list(ARCHITECTURES)
 RESNET = [f"resnet18_{arch}" for arch in ARCHITECTURES]
-OTHER = ["mobilenetv2_unet"]  # registered outside the two families (Catalyst 19.x's MobileUnet)
+OTHER = [n for n in CATALYST_MODELS.values() if n]  # registered outside the two families (Catalyst 19.x's MobileUnet)
 
 
 class TinyEncoder(EncoderSpec):
@@ -165,6 +166,7 @@ def test_bad_part_combinations():
 
 
 def test_registry_lists_and_rejects():
+    # golden names on purpose: the registry must keep these (the table's rows are checked in test_architectures.py)
     names = list_models()
     assert {"unet", "linknet", "fpn_unet", "pspnet", "deeplabv3plus", "upernet", "resnet34_unet", "resnet152_pspnet",
             "resnet34_deeplabv3plus", "resnet50_upernet"} <= set(names)
@@ -216,7 +218,7 @@ def test_direct_construction_records_spec_and_rebuild_skips_downloads(hub_cache)
 
 
 def test_unet_and_generic_models_keep_their_parameter_counts():
-    # the architecture table must build exactly what the per-name code built before it
+    # the architecture table must build exactly what the per-name code built before it (golden counts on purpose)
     counts = {"unet": 7_849_634, "linknet": 5_042_594, "fpn_unet": 5_133_154, "pspnet": 1_371_106,
               "resnet34_unet": 24_429_314, "resnet34_linknet": 21_613_698, "resnet34_fpn_unet": 21_703_618,
               "resnet34_pspnet": 1_430_978}

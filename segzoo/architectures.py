@@ -1,0 +1,114 @@
+"""The table of architectures: every architecture name, in one place, without torch.
+
+One row of :data:`ARCHITECTURES` per architecture: its registry name (the key), the public classes of
+the two model families (generic encoder: ``Unet``; torchvision ResNet: ``ResnetUnet``), the decoder and
+head registry names with their defaults, the bridge policy, the ResNet encoder defaults and the smp 0.6
+class it is compared with. Everything that lists architectures reads this table: the model registry
+(:mod:`segzoo.models.named` builds and registers ``NAME`` and ``resnet*_NAME`` per row, and makes the
+classes of a row that has no hand-written one), ``segzoo models`` and ``segzoo benchmark --archs``
+(:mod:`segzoo.cli.args`), ``segzoo``'s lazy public names, :mod:`segzoo.benchmark.specs` and the tests.
+
+This module imports only the standard library, so ``segzoo --help`` and ``segzoo models`` stay
+torch-free. A new architecture is its decoder (and, if needed, head) file registered in
+:mod:`segzoo.decoders` / :mod:`segzoo.heads` plus one row here.
+
+Bridge policy (the same for every architecture and encoder):
+
+- ``bridge_params`` given (a dict, even empty): a :class:`~segzoo.bridges.UnetBridge` with those
+  arguments is added.
+- not given: a bridge is added when both the architecture (``Architecture.bridge``) and the
+  model family ask for one. The generic family does (its UnetEncoder, like Catalyst's Unet,
+  stops one stage early and the bridge is its deepest stage); the ResNet family does not
+  (a ResNet already reaches stride 32). PSP reads one feature map and asks for none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Architecture", "ARCHITECTURES", "RESNET_ENCODERS", "CATALYST_MODELS", "model_names", "model_classes",
+           "smp_twins"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One architecture as data.
+
+    Attributes:
+        decoder: decoder registry name (``segzoo.decoders.list_decoders()``).
+        head: head registry name (``segzoo.heads.list_heads()``).
+        decoder_defaults: decoder keyword defaults (``decoder_params`` override them).
+        head_defaults: head keyword defaults (``head_params`` override them).
+        bridge: whether this architecture takes the family's default bridge (see the module docstring).
+        symmetric: generic family only: decoder ``channels`` default to the encoder's widths
+            (the classic symmetric Unet; 7,849,634 parameters for ``Unet(num_classes=2)``, as Catalyst's).
+        resnet_encoder: ``ResnetEncoder`` keyword defaults (``encoder_params`` override them).
+        title: a short description, shown by the named classes' docstrings and ``segzoo models``.
+        generic_class: public class name of the generic family (``segzoo.Unet``); ``""``: none exported.
+        resnet_class: public class name of the ResNet family (``segzoo.ResnetUnet``); ``""``: none exported.
+        smp: the segmentation_models_pytorch 0.6 class it is benchmarked against (``"Unet"``), or ``None``.
+    """
+
+    decoder: str
+    head: str = "unet"
+    decoder_defaults: Mapping[str, Any] = field(default_factory=dict)
+    head_defaults: Mapping[str, Any] = field(default_factory=dict)
+    bridge: bool = True
+    symmetric: bool = False
+    resnet_encoder: Mapping[str, Any] = field(default_factory=dict)
+    title: str = ""
+    generic_class: str = ""
+    resnet_class: str = ""
+    smp: str | None = None
+
+
+#: registry name -> row; each row is registered as ``NAME`` (generic family) and ``resnetD_NAME``
+ARCHITECTURES: dict[str, Architecture] = {
+    "unet": Architecture("unet", decoder_defaults={"block": "concat"}, symmetric=True,
+                         title="Unet: concat skip decoder",
+                         generic_class="Unet", resnet_class="ResnetUnet", smp="Unet"),
+    "linknet": Architecture("unet", decoder_defaults={"block": "sum"}, title="Linknet: sum skip decoder",
+                            generic_class="Linknet", resnet_class="ResnetLinknet", smp="Linknet"),
+    "fpn_unet": Architecture("fpn", head="fpn", title="FPN: feature pyramid, per-level head branches",
+                             generic_class="FPNUnet", resnet_class="ResnetFPNUnet", smp="FPN"),
+    # PSP reads stride 8 only: the ResNet's layer3/layer4 are neither built nor run
+    "pspnet": Architecture("psp", bridge=False, resnet_encoder={"layers_indices": [2]},
+                           title="PSPNet: pyramid pooling on one feature",
+                           generic_class="PSPnet", resnet_class="ResnetPSPnet", smp="PSPNet"),
+    "deeplabv3plus": Architecture("deeplabv3plus", resnet_encoder={"output_stride": 16},
+                                  title="DeepLabV3+: ASPP at stride 16 (dilated), stride-4 skip",
+                                  generic_class="DeepLabV3Plus", resnet_class="ResnetDeepLabV3Plus",
+                                  smp="DeepLabV3Plus"),
+    "upernet": Architecture("upernet", title="UPerNet: PPM + FPN, levels fused at the finest stride",
+                            generic_class="UPerNet", resnet_class="ResnetUPerNet", smp="UPerNet"),
+}
+
+#: the torchvision ResNets of the ResNet family (the keys of segzoo.encoders.RESNET_CHANNELS, checked by a test)
+RESNET_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+#: Catalyst 19.x's legacy model classes (segzoo.models.catalyst): public class name -> the registry name it
+#: adds, or ``None`` when it builds a ResNet-family model and shares that family's names (``resnet18_unet``)
+CATALYST_MODELS: dict[str, str | None] = {"MobileUnet": "mobilenetv2_unet", "ResNetUnet": None, "ResNetLinknet": None}
+
+
+def model_names() -> list[str]:
+    """Every built-in registry name, sorted as :func:`segzoo.list_models` sorts them: each row as ``NAME``
+    and ``resnetD_NAME``, and the names the Catalyst models add."""
+    names = [*ARCHITECTURES, *(f"{enc}_{arch}" for enc in RESNET_ENCODERS for arch in ARCHITECTURES),
+             *(name for name in CATALYST_MODELS.values() if name)]
+    return sorted(names)
+
+
+def model_classes() -> list[str]:
+    """The public model class names (``segzoo.models`` and the lazy ``segzoo`` namespace define them): each
+    row's generic and ResNet classes, then the Catalyst classes."""
+    rows = ARCHITECTURES.values()
+    return [*(row.generic_class for row in rows if row.generic_class),
+            *(row.resnet_class for row in rows if row.resnet_class), *CATALYST_MODELS]
+
+
+def smp_twins() -> dict[str, str]:
+    """Architecture name -> its smp 0.6 class name, for the rows that have one."""
+    return {name: row.smp for name, row in ARCHITECTURES.items() if row.smp}
