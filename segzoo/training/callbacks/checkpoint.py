@@ -15,6 +15,8 @@ from typing import Any
 
 from segzoo.checkpoint import checkpoint_bytes
 from segzoo.checkpoint_format import full_checkpoint, model_checkpoint
+from segzoo.checkpoint_format import rng_state as rng_state  # noqa: F401  (their former home: scripts import them here)
+from segzoo.checkpoint_format import set_rng_state as set_rng_state  # noqa: F401
 from segzoo.errors import check_file_name
 from segzoo.fileio import fsync_dir, make_folder, write_bytes_atomic, write_json_atomic
 from segzoo.training.callback import Callback, CallbackOrder, register_callback, state_keys
