@@ -4,14 +4,8 @@ A segzoo checkpoint is a ``dict`` of plain data (tensors, numbers, strings, list
 dicts) written with :func:`save_checkpoint` and read with :func:`load_checkpoint`,
 which uses ``torch.load(weights_only=True)``: loading never runs code from the file.
 
-Keys written by the trainer:
-
-- ``model_state_dict``: plain parameter names (no ``module.`` / ``_orig_mod.`` prefixes)
-- ``model_spec``: ``{"name": registry name, "kwargs": {...}}`` or ``None`` for models
-  that are not in the registry (custom encoders); see :mod:`segzoo.models.registry`
-- ``epoch``, ``stage``, ``valid_metrics``, ``epoch_metrics``
-- in ``*_full.pth`` files also ``optimizer_state_dict``, ``scheduler_state_dict``,
-  ``criterion_state_dict`` and the trainer's resume state.
+What the trainer writes into a checkpoint (its keys, the format version) and how older formats
+are migrated is :mod:`segzoo.checkpoint_format`; readers go through its ``read_checkpoint``.
 
 Checksums: a checkpoint is a zip archive (``torch.save``'s format) whose every record (the pickled
 dict, each tensor's bytes) carries the CRC-32 checksum of its content, computed when it was

@@ -2,8 +2,9 @@
 
 The model is rebuilt from the checkpoint's ``model_spec`` (registry name + keyword
 arguments) or, for models outside the registry, through a factory given as an import
-path ``"package.module:factory"``. Weights are read with ``weights_only=True``: nothing
-in the checkpoint file is executed, and no code dumped into the log directory is used.
+path ``"package.module:factory"``. The checkpoint is read with
+:func:`segzoo.checkpoint_format.read_checkpoint` (``weights_only=True``: nothing in the file is
+executed, and no code dumped into the log directory is used; an older format is migrated).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
-from segzoo.decoders.upernet import upernet_fusion
+from segzoo.checkpoint import clean_state_dict, resolve_checkpoint
+from segzoo.checkpoint_format import read_checkpoint
 from segzoo.encoders.weights import check_weights, load_into
 from segzoo.errors import CheckpointError, ConfigError
 from segzoo.models.registry import ModelFactory, model_from_spec, set_model_spec
@@ -120,24 +121,6 @@ def rebuild_model(spec: Mapping[str, Any] | None, model_factory: ModelFactoryLik
     return model
 
 
-def concat_fusion_spec(spec: Mapping[str, Any] | None,
-                       state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, Any] | None:
-    """The spec of an UPerNet checkpoint written before ``fuse="levels"`` became the default.
-
-    Such a checkpoint holds the paper's concat fusion (``decoder.fuse.0.weight``) and a spec without
-    ``fuse``; rebuilt with today's default it would not load. Its spec gets ``fuse="concat"``, the
-    model it was trained as. Any other spec is returned as is.
-    """
-    if not spec or upernet_fusion(state_dict) != "concat":
-        return spec
-    kwargs = spec.get("kwargs")
-    decoder = (kwargs or {}).get("decoder_params") if isinstance(kwargs, Mapping) else None
-    if not str(spec.get("name", "")).endswith("upernet") or (isinstance(decoder, Mapping) and "fuse" in decoder) \
-            or not (decoder is None or isinstance(decoder, Mapping)):
-        return spec
-    return {**spec, "kwargs": {**(kwargs or {}), "decoder_params": {**(decoder or {}), "fuse": "concat"}}}
-
-
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
     """Load ``state_dict`` (``module.``/``_orig_mod.`` prefixes stripped) strictly into ``model``.
 
@@ -154,12 +137,11 @@ def load_model_info(checkpoint_or_logdir: str | os.PathLike, checkpoint: str = "
                     map_location: str | torch.device = "cpu") -> LoadedModel:
     """Like :func:`load_model`, also returning the checkpoint path and metadata."""
     path = resolve_checkpoint(checkpoint_or_logdir, checkpoint)
-    ckpt = load_checkpoint(path, map_location="cpu")
+    ckpt = read_checkpoint(path, map_location="cpu")  # verified and migrated: an older format's spec is upgraded
     spec = ckpt.get("model_spec")
     if spec is not None and not isinstance(spec, Mapping):
         raise CheckpointError(f"checkpoint {path} has a malformed model_spec of type {type(spec).__name__}")
     state_dict = clean_state_dict(ckpt["model_state_dict"])
-    spec = concat_fusion_spec(spec, state_dict)
     # build on the meta device first (no memory): a spec asking for a huge model is refused by
     # the comparison with the weights before anything is allocated
     try:

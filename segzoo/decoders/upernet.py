@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -12,14 +12,6 @@ from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
 from segzoo.decoders.psp import PyramidPooling, pyramid_avg_pool
 
 FUSE_MODES = ("levels", "concat")
-
-
-def upernet_fusion(keys: Collection[str], prefix: str = "decoder.") -> str | None:
-    """Which fusion the UPerNet decoder under ``prefix`` in state-dict ``keys`` has: ``"levels"``,
-    ``"concat"`` (the default before 2026-11-30), or ``None`` (no such decoder)."""
-    if f"{prefix}fuse_parts.0.weight" in keys:
-        return "levels"
-    return "concat" if f"{prefix}fuse.0.weight" in keys else None
 
 
 @register_decoder("upernet")

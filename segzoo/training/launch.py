@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from segzoo.checkpoint import load_checkpoint
+from segzoo.checkpoint_format import FORMER_DEFAULTS, read_checkpoint
 from segzoo.errors import ConfigError, short_repr
 from segzoo.fileio import write_bytes_atomic
 from segzoo.training import preflight
@@ -31,7 +31,7 @@ from segzoo.training.build import (
 )
 from segzoo.training.logdir import CONFIG_HEADER, check_logdir_free, claim_logdir, resumes_in, run_dir_of
 from segzoo.training.resume import find_resume_file
-from segzoo.training.run_settings import ABSENT, FORMER_DEFAULTS, flatten, plain_config, stored_config
+from segzoo.training.run_settings import ABSENT, flatten, plain_config, stored_config
 from segzoo.training.supervised import SupervisedRunner
 from segzoo.training.yaml_io import read_yaml_file
 
@@ -87,7 +87,8 @@ def check_resume_config(saved: dict[str, Any], cfg: dict[str, Any], saved_path: 
 
     Both are compared as :func:`normalized_config`, so a stage's scheduler, optimizer or loss
     cannot change by spelling a one-stage config as ``stages=[...]`` (or back). A key the saved
-    config does not name may be given with its value in :data:`FORMER_DEFAULTS`. A changed
+    config does not name may be given with the value runs of an older checkpoint format used without
+    naming it (:data:`segzoo.checkpoint_format.FORMER_DEFAULTS`, from its migrations). A changed
     learning rate, model, loss or data would be silently overridden by the saved state or mix two
     different runs in one.
 
@@ -122,7 +123,7 @@ def _show(value: Any) -> str:
 def _saved_config(resume: str | os.PathLike) -> tuple[dict[str, Any] | None, Path]:
     """The config the resumed run was trained with: stored in its full checkpoint, else its ``config.yml``."""
     path = find_resume_file(resume)
-    stored = stored_config(load_checkpoint(path), path)
+    stored = stored_config(read_checkpoint(path), path)
     if stored is not None:
         return stored, path
     saved_path = run_dir_of(resume) / "config.yml"

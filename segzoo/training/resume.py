@@ -9,17 +9,11 @@ from typing import Any
 
 import torch.nn as nn
 
-from segzoo.checkpoint import clean_state_dict, load_checkpoint, resolve_checkpoint
-from segzoo.decoders.upernet import upernet_fusion
+from segzoo.checkpoint import clean_state_dict, resolve_checkpoint
+from segzoo.checkpoint_format import RUN_SETTINGS_KEY, former_default_hint, read_checkpoint, set_rng_state
 from segzoo.encoders.weights import load_into
 from segzoo.training.callback import Callback, state_keys
-from segzoo.training.callbacks.checkpoint import set_rng_state
-from segzoo.training.run_settings import (
-    RUN_SETTINGS_KEY,
-    check_run_settings,
-    differences,
-    format_differences,
-)
+from segzoo.training.run_settings import check_run_settings, differences, format_differences
 from segzoo.training.state import RunnerState
 
 
@@ -70,19 +64,16 @@ def load_resume(resume: str | os.PathLike, state: RunnerState, stage_names: list
             :func:`~segzoo.training.run_settings.check_run_settings`); checked before the weights are loaded.
     """
     path = find_resume_file(resume)
-    ck = load_checkpoint(path, map_location=state.device)
-    if "model_state_dict" not in ck:
-        raise KeyError(f"checkpoint {path} has no 'model_state_dict' (keys: {sorted(ck)})")
+    ck = read_checkpoint(path, map_location=state.device)  # verified, in the current format
     if stage_names is not None:
         if ck.get("stage") not in stage_names:
             raise ValueError(f"checkpoint {path} is from stage {ck.get('stage')!r}, not one of {stage_names}")
         ck["stage_index"] = stage_names.index(ck["stage"])
         check_run_settings(ck.get(RUN_SETTINGS_KEY), state.run_settings, path)  # before the model is touched
     weights = clean_state_dict(ck["model_state_dict"])
-    hint = ""
-    if upernet_fusion(weights) == "concat" and upernet_fusion(unwrap_model(state.model).state_dict()) == "levels":
-        hint = " (an UPerNet run from before the per-level fusion default: resume with model.params.decoder_params.fuse=concat)"
-    load_into(unwrap_model(state.model), weights, f"the model (resuming from {path})", hint=hint)
+    model = unwrap_model(state.model)
+    hint = former_default_hint(weights.keys(), model.state_dict().keys())  # a default changed since the run
+    load_into(model, weights, f"the model (resuming from {path})", hint=hint)
     ck["_path"] = str(path)
     if stage_names is not None and "optimizer_state_dict" not in ck:
         warnings.warn(f"{path} has no optimizer state (not a _full checkpoint): resuming with fresh "

@@ -30,15 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from segzoo.checkpoint_format import FORMER_DEFAULTS, RUN_SETTINGS_KEY
 from segzoo.errors import CheckpointError, short_repr
 from segzoo.models.registry import _WEIGHT_SOURCES, get_model_spec
 
-RUN_SETTINGS_KEY = "run_settings"  # the full checkpoint's key for :func:`describe_run`'s result
 FORMAT = 1
-
-# settings added since a run may have been saved, with the value such a run used: naming it on resume
-# is not a change (UPerNet's fusion became per-level on 2026-11-30; earlier runs used the concat one)
-FORMER_DEFAULTS = {"model.params.decoder_params.fuse": "concat"}
 
 # scheduler state that is progress, not a setting (a scheduler reused after training holds its progress);
 # every other entry of its state_dict is compared, private ones too (OneCycleLR's _anneal_func_type...)

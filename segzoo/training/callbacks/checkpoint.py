@@ -1,76 +1,27 @@
-"""Checkpoints: best / last / top-N per epoch, full training state for resuming, metrics JSON."""
+"""Checkpoints: best / last / top-N per epoch, full training state for resuming, metrics JSON.
+
+What each file holds is the checkpoint format's (:mod:`segzoo.checkpoint_format`); this callback
+decides when and where they are written.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
-import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from segzoo.checkpoint import checkpoint_bytes, clean_state_dict
+from segzoo.checkpoint import checkpoint_bytes
+from segzoo.checkpoint_format import full_checkpoint, model_checkpoint
+from segzoo.checkpoint_format import rng_state as rng_state  # noqa: F401  (their former home: scripts import them here)
+from segzoo.checkpoint_format import set_rng_state as set_rng_state  # noqa: F401
 from segzoo.errors import check_file_name
 from segzoo.fileio import fsync_dir, make_folder, write_bytes_atomic, write_json_atomic
-from segzoo.models.registry import get_model_spec
 from segzoo.training.callback import Callback, CallbackOrder, register_callback, state_keys
-from segzoo.training.run_settings import RUN_SETTINGS_KEY
+from segzoo.training.resume import load_resume
 from segzoo.training.state import RunnerState
-
-
-def model_checkpoint(state: RunnerState) -> dict[str, Any]:
-    """The light checkpoint: weights, model spec, metrics, position, extra data (plain data only)."""
-    return {
-        "model_state_dict": clean_state_dict(state.model.state_dict()),
-        "model_spec": get_model_spec(state.model),
-        "stage": state.stage,
-        "stage_index": state.stage_index,
-        "epoch": state.epoch,
-        "global_epoch": state.global_epoch,
-        "valid_metrics": dict(state.valid_metrics),
-        "epoch_metrics": {k: dict(v) for k, v in state.epoch_metrics.items()},
-        "main_metric": state.main_metric,
-        "minimize_metric": state.minimize_metric,
-        "best_valid_metric": state.best_valid_metric,
-        "best_name": state.best_name,
-        # a callback (early stopping) ended the stage at this epoch: resuming goes on with the next stage
-        "stage_stopped": bool(state.stop_training),
-        **state.checkpoint_data,
-    }
-
-
-def _state_dict_of(obj: Any) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return {k: _state_dict_of(v) for k, v in obj.items()}
-    return obj.state_dict() if hasattr(obj, "state_dict") else None
-
-
-def rng_state() -> dict[str, Any]:
-    """RNG states of torch, CUDA, numpy and python as plain data."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-    }
-
-
-def set_rng_state(rng: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    n = rng["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-    p = rng["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
 
 
 def callbacks_state(state: RunnerState) -> dict[str, Any]:
@@ -82,25 +33,6 @@ def callbacks_state(state: RunnerState) -> dict[str, Any]:
         if sd:
             cb_states[key] = sd
     return cb_states
-
-
-def full_checkpoint(state: RunnerState, cb_states: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The light checkpoint plus optimizer, scheduler, criterion, scaler, callback and RNG state, and the
-    run's settings (``state.run_settings``, checked when resuming).
-
-    ``cb_states``: the callbacks' state to file (default: :func:`callbacks_state` now).
-    """
-    cb_states = callbacks_state(state) if cb_states is None else cb_states
-    return {
-        **model_checkpoint(state),
-        "optimizer_state_dict": _state_dict_of(state.optimizer),
-        "scheduler_state_dict": _state_dict_of(state.scheduler),
-        "criterion_state_dict": _state_dict_of(state.criterion),
-        "scaler_state_dict": _state_dict_of(state.scaler),
-        "callbacks_state": cb_states,
-        "rng_state": rng_state(),
-        RUN_SETTINGS_KEY: state.run_settings,  # what the run was given; resuming compares it
-    }
 
 
 @register_callback("CheckpointCallback")
@@ -291,7 +223,8 @@ class CheckpointCallback(Callback):
                         if (folder / "last_full.pth").is_file() else "no checkpoint to resume from was written yet")
                 print(f"segzoo: {where} at its end, before its checkpoints were written; {kept}", file=sys.stderr)
                 return
-            full = full_checkpoint(state, self._epoch_start_states)
+            saved_states = self._epoch_start_states
+            full = full_checkpoint(state, callbacks_state(state) if saved_states is None else saved_states)
             light = model_checkpoint(state)
             for ck in (full, light):  # epoch / global_epoch: the unfinished epoch, which resuming re-runs
                 ck.update(interrupted=True, epoch_complete=False, stage_stopped=False)
@@ -317,8 +250,6 @@ class CheckpointCallback(Callback):
             ValueError: no ``resume`` was given.
             FileNotFoundError / CheckpointError / KeyError: the checkpoint cannot be read or does not fit.
         """
-        from segzoo.training.resume import load_resume  # resume.py imports this module
-
         if not self.resume:
             raise ValueError("CheckpointCallback() in infer() has nothing to do: infer() writes no checkpoints; "
                              "pass CheckpointCallback(resume='logs/.../checkpoints/best.pth') or drop it")

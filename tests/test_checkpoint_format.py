@@ -1,0 +1,163 @@
+"""The checkpoint format (issue 20, point 3): a version in every checkpoint, migrations keyed by it, one reader."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from segzoo.checkpoint import save_checkpoint
+from segzoo.checkpoint_format import (
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    FORMER_DEFAULTS,
+    MIGRATED_KEY,
+    full_checkpoint,
+    migrate,
+    model_checkpoint,
+    read_checkpoint,
+)
+from segzoo.errors import CheckpointError
+from segzoo.models import create_model, get_model_spec
+
+PACKAGE = Path(__file__).resolve().parents[1] / "segzoo"
+SMALL = dict(num_channels=4, num_blocks=3)
+
+
+def _concat_upernet():
+    torch.manual_seed(0)
+    return create_model("upernet", **SMALL, decoder_params={"channels": 8, "fuse": "concat"}).eval()
+
+
+def _version0_upernet(model):
+    """A checkpoint as segzoo wrote it before the per-level fusion default: no version, no 'fuse' in the spec."""
+    spec = {"name": "upernet", "kwargs": {**get_model_spec(model)["kwargs"], "decoder_params": {"channels": 8}}}
+    return {"model_state_dict": model.state_dict(), "model_spec": spec, "epoch": 3}
+
+
+def test_version0_upernet_checkpoint_is_migrated_once_and_recorded(tmp_path):
+    path = save_checkpoint(_version0_upernet(_concat_upernet()), tmp_path / "old.pth")
+    ck = read_checkpoint(path)
+    assert ck[FORMAT_KEY] == FORMAT_VERSION == 1
+    assert ck[MIGRATED_KEY] == [1]
+    assert ck["model_spec"]["kwargs"]["decoder_params"] == {"channels": 8, "fuse": "concat"}
+    assert ck["epoch"] == 3
+    assert migrate(ck) == ck  # runs once: nothing left to apply, nothing recorded twice
+    save_checkpoint(ck, tmp_path / "again.pth")  # a migrated checkpoint written back reads the same
+    again = read_checkpoint(tmp_path / "again.pth")
+    assert again[MIGRATED_KEY] == [1] and again["model_spec"] == ck["model_spec"]
+
+
+def test_migration1_leaves_what_it_does_not_concern_alone():
+    concat = _concat_upernet()
+    levels = create_model("upernet", **SMALL, decoder_params={"channels": 8})
+    named = {"model_state_dict": levels.state_dict(), "model_spec": get_model_spec(levels)}
+    assert migrate(named)["model_spec"] == get_model_spec(levels)  # the per-level fusion: no fuse added
+    explicit = {"model_state_dict": concat.state_dict(), "model_spec": get_model_spec(concat)}
+    assert migrate(explicit)["model_spec"] == get_model_spec(concat)
+    unet = create_model("unet", **SMALL)
+    ck = {"model_state_dict": unet.state_dict(), "model_spec": get_model_spec(unet)}
+    out = migrate(ck)
+    assert out["model_spec"] == get_model_spec(unet) and out[FORMAT_KEY] == FORMAT_VERSION
+    assert FORMAT_KEY not in ck  # the caller's dict is not modified
+    # a checkpoint already in format 1 is never migrated, whatever its spec says
+    current = {**_version0_upernet(concat), FORMAT_KEY: 1}
+    assert migrate(current) == current
+    # DDP-prefixed weights (a user's torch.save of a wrapped model) are recognised as well
+    old = _version0_upernet(concat)
+    old["model_state_dict"] = {f"module.{k}": v for k, v in old["model_state_dict"].items()}
+    assert migrate(old)["model_spec"]["kwargs"]["decoder_params"]["fuse"] == "concat"
+
+
+@pytest.mark.parametrize("version", [2, 99])
+def test_newer_format_is_refused_in_one_line(tmp_path, version):
+    path = save_checkpoint({"model_state_dict": {"w": torch.ones(1)}, FORMAT_KEY: version}, tmp_path / "new.pth")
+    with pytest.raises(CheckpointError, match=r"written by a newer segzoo .*upgrade segzoo") as info:
+        read_checkpoint(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    import segzoo
+
+    with pytest.raises(CheckpointError, match="newer segzoo"):
+        segzoo.load_model(path)
+
+
+@pytest.mark.parametrize("version", ["1", -1, True, 1.0, None])
+def test_malformed_format_version_is_refused(tmp_path, version):
+    path = save_checkpoint({"model_state_dict": {"w": torch.ones(1)}, FORMAT_KEY: version}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=f"{FORMAT_KEY} is .*expected a whole number"):
+        read_checkpoint(path)
+
+
+def test_cli_refuses_a_newer_checkpoint_in_one_line(tmp_path, capsys):
+    from segzoo.cli import main
+
+    model = create_model("unet", **SMALL)
+    ck = {"model_state_dict": model.state_dict(), "model_spec": get_model_spec(model), FORMAT_KEY: FORMAT_VERSION + 1}
+    path = save_checkpoint(ck, tmp_path / "best.pth")
+    assert main(["trace", str(path), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "written by a newer segzoo" in err[0] and str(path) in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_loaded_info_carries_the_migrated_spec(tmp_path):
+    """Export / predict / serve metadata come from load_model_info: the spec the model was rebuilt from."""
+    from segzoo.loading import load_model_info
+
+    old = _concat_upernet()
+    path = save_checkpoint(_version0_upernet(old), tmp_path / "best.pth")
+    loaded = load_model_info(path)
+    assert loaded.model.decoder.fuse_mode == "concat"
+    assert loaded.info["model_spec"]["kwargs"]["decoder_params"]["fuse"] == "concat"
+    assert loaded.info[MIGRATED_KEY] == [1]
+
+
+def test_trainer_checkpoints_carry_the_format_version():
+    from segzoo.training import RunnerState
+
+    model = create_model("unet", **SMALL)
+    state = RunnerState(model=model, checkpoint_data={FORMAT_KEY: 0, "normalization": None})
+    assert model_checkpoint(state)[FORMAT_KEY] == FORMAT_VERSION  # extra data cannot pass for another format
+    full = full_checkpoint(state, {})
+    assert full[FORMAT_KEY] == FORMAT_VERSION and MIGRATED_KEY not in full
+    assert {"rng_state", "callbacks_state", "optimizer_state_dict", "run_settings"} <= set(full)
+
+
+def test_former_defaults_come_from_the_migrations():
+    from segzoo.training import launch, run_settings
+
+    assert FORMER_DEFAULTS == {"model.params.decoder_params.fuse": "concat"}
+    assert run_settings.FORMER_DEFAULTS is FORMER_DEFAULTS and launch.FORMER_DEFAULTS is FORMER_DEFAULTS
+
+
+def test_upernet_former_format_is_special_cased_in_one_module():
+    """What UPerNet checkpoints looked like before the per-level fusion lives in segzoo/checkpoint_format.py only."""
+    pattern = re.compile(r"fuse_parts\.0\.weight|decoder\.fuse\.0\.weight|upernet_fusion|per-level fusion default|"
+                         r"decoder_params\.fuse")
+    found = sorted({str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if pattern.search(p.read_text())})
+    assert found == ["checkpoint_format.py"], found
+    defined = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+               for node in ast.parse(p.read_text()).body if isinstance(node, ast.Assign | ast.AnnAssign)
+               for t in getattr(node, "targets", [getattr(node, "target", None)])
+               if isinstance(t, ast.Name) and t.id == "FORMER_DEFAULTS"]
+    assert defined == ["checkpoint_format.py"], defined
+
+
+def _imports(path):
+    """``(module imported, not at the top level)`` for each ``from segzoo... import`` of ``path``."""
+    tree = ast.parse(path.read_text())
+    top = {id(n) for n in tree.body}
+    return [(n.module, id(n) not in top) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+            and n.module.startswith("segzoo")]
+
+
+def test_checkpoint_callback_and_resume_do_not_import_each_other():
+    resume = _imports(PACKAGE / "training" / "resume.py")
+    callback = _imports(PACKAGE / "training" / "callbacks" / "checkpoint.py")
+    assert not [m for m, _ in resume if m.startswith("segzoo.training.callbacks")], resume
+    assert not [m for m, inner in callback if inner], callback  # no import hidden in a function
+    assert ("segzoo.checkpoint_format", False) in resume and ("segzoo.checkpoint_format", False) in callback
+    fmt = _imports(PACKAGE / "checkpoint_format.py")
+    # the format sits below training (RunnerState is named for type checkers only)
+    assert not [m for m, inner in fmt if m.startswith("segzoo.training") and not inner], fmt
