@@ -49,3 +49,14 @@ def test_usage_errors_are_one_line(capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("segzoo") and ": error: " in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("flag", ["--max-wait-ms", "--read-timeout", "--header-timeout", "--shutdown-timeout"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_serve_numbers_must_be_finite(capsys, tmp_path, flag, value):
+    """nan passed the lower-bound check and inf waited forever: both are one usage line, before any model loads."""
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", str(tmp_path / "no-such-run"), f"{flag}={value}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"must be a finite number, got {value}" in err, err

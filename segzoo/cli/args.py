@@ -15,6 +15,7 @@ backends, predict limits, benchmark dtypes) and the part names are checked again
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 from segzoo import architectures as _table
@@ -118,12 +119,15 @@ DEFAULT_PORT = 8000
 
 
 def _at_least(kind: type, name: str, minimum: float = 1) -> Callable[[str], float]:
-    """An argparse ``type`` parsing ``kind`` and refusing values below ``minimum`` (one-line usage error)."""
+    """An argparse ``type`` parsing ``kind`` and refusing values below ``minimum``, NaN and infinities
+    (one-line usage error: ``nan`` passed every comparison, ``inf`` waited forever)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text}")
         return value
