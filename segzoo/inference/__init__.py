@@ -202,7 +202,11 @@ class Predictor:
 
     def _probe_classes(self) -> int:
         m = max(self.size_multiple, self.backend.pad_multiple)
-        return int(self(torch.zeros(1, self.in_channels, 2 * m, 2 * m)).shape[1])
+        h = w = -(-max(2 * m, self.backend.min_size) // m) * m
+        dims = getattr(self.backend, "dims", None)  # a .pt2 program's accepted sizes: one exported for one size
+        if dims is not None and len(dims) == 4 and dims[2].low == dims[2].high and dims[3].low == dims[3].high:
+            h, w = dims[2].low, dims[3].low
+        return int(self(torch.zeros(1, self.in_channels, h, w)).shape[1])
 
 
 def _example(channels: int, multiple: int, batch: int = 1) -> torch.Tensor:

@@ -168,8 +168,16 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     def run_batch(items: list[_Item]) -> list[np.ndarray]:
         return run_grouped(lambda group: _masks(predictor, settings, group), items, lambda item: item.image.shape)
 
+    dims = getattr(predictor.backend, "dims", None)  # a .pt2 program's accepted sizes per input dimension
+
     def reserve(holding: M.Holding, width: int, height: int, mode: str, rich: bool) -> None:
-        """Refuse (413) an image too large for the model or the budget, from its header; else reserve its memory."""
+        """Refuse an image the program cannot take (422) or too large for the model or the budget (413), from its
+        header; else reserve its memory."""
+        if dims is not None and len(dims) == 4 and settings.tile is None:
+            ph, pw = M.padded(height, multiple, least), M.padded(width, multiple, least)
+            if not (dims[2].accepts(ph) and dims[3].accepts(pw)):
+                raise ClientError(422, f"image {width}x{height} (run at {pw}x{ph}) is not a size this model takes: "
+                                       f"{predictor.backend.takes()}")
         pixels = M.model_pixels(height, width, multiple, least, settings.tile, tiles_per_pass)
         if settings.tile is None and pixels > settings.max_pixels:
             raise ClientError(413, f"image {width}x{height} is padded to {M.padded(width, multiple, least)}x"

@@ -65,3 +65,25 @@ def test_a_server_bug_is_a_json_500(monkeypatch):
         assert reply.headers["content-type"] == "application/json"
         assert reply.json() == {"error": "internal server error (the server log has the details)"}
         assert client.get("/health").json()["memory_reserved"] == 0  # the failed request gave its memory back
+
+
+@pytest.mark.export
+@pytest.mark.filterwarnings("ignore:No complete tensor found")
+def test_a_size_a_fixed_size_program_cannot_take_is_422_from_the_header(tmp_path):
+    """A .pt2 exported for one size answered other sizes with a 500 from inside the batch."""
+    import torch
+
+    from segzoo.inference import load_predictor
+
+    model = tiny_model(num_classes=3).eval()
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, 3, 64, 64),)), str(path))
+    predictor = load_predictor(path, normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    app = serve_app.create_app(predictor, serve_app.ServeSettings(max_memory=256 * M.MIB, bytes_per_pixel=64))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        ok = client.post("/v1/predict", content=png_bytes(random_image(64, 64, 0)), headers={"Content-Type": "image/png"})
+        assert ok.status_code == 200, ok.text
+        bad = client.post("/v1/predict", content=png_bytes(random_image(48, 80, 1)),
+                          headers={"Content-Type": "image/png"})
+        assert bad.status_code == 422 and "H, W exactly 64" in bad.json()["error"], bad.text
+        assert "\n" not in bad.json()["error"] and client.get("/health").json()["memory_reserved"] == 0
