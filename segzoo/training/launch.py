@@ -31,7 +31,7 @@ from segzoo.training.build import (
 )
 from segzoo.training.logdir import CONFIG_HEADER, check_logdir_free, claim_logdir, resumes_in, run_dir_of
 from segzoo.training.resume import find_resume_file
-from segzoo.training.run_settings import ABSENT, flatten, plain_config, stored_config
+from segzoo.training.run_settings import ABSENT, flatten, plain_config, show_value, stored_config
 from segzoo.training.supervised import SupervisedRunner
 from segzoo.training.yaml_io import read_yaml_file
 
@@ -110,14 +110,10 @@ def check_resume_config(saved: dict[str, Any], cfg: dict[str, Any], saved_path: 
             continue
         if old.get(key, ABSENT) != new.get(key, ABSENT) and not _may_change(key, saved_stages):
             shown = key.removeprefix("stages.0.") if one_stage else key
-            raise ConfigError(f"resuming with {shown}={_show(new.get(key, ABSENT))}, but the run was trained with "
-                              f"{shown}={_show(old.get(key, ABSENT))} ({saved_path}); only "
+            raise ConfigError(f"resuming with {shown}={show_value(new.get(key, ABSENT))}, but the run was trained with "
+                              f"{shown}={show_value(old.get(key, ABSENT))} ({saved_path}); only "
                               f"{', '.join(RESUME_MAY_CHANGE)} may change on resume. Start a new run (new logdir) "
                               f"for other settings")
-
-
-def _show(value: Any) -> str:
-    return ABSENT if value is ABSENT else short_repr(value)
 
 
 def _saved_config(resume: str | os.PathLike) -> tuple[dict[str, Any] | None, Path]:

@@ -301,13 +301,14 @@ def differences(saved: Any, given: Any, where: str, strict: bool = False,
     return [] if _same(saved, given) else [(where, saved, given)]
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """``value`` for a one-line message: :data:`ABSENT` as is, anything else short."""
     return ABSENT if value is ABSENT else short_repr(value)
 
 
 def format_differences(diffs: list[tuple[str, Any, Any]], shown: int = 3) -> str:
     """``key=new (the run used old); ...`` for the first ``shown`` differences, and how many more."""
-    text = "; ".join(f"{k}={_show(new)} (the run used {_show(old)})" for k, old, new in diffs[:shown])
+    text = "; ".join(f"{k}={show_value(new)} (the run used {show_value(old)})" for k, old, new in diffs[:shown])
     return text + (f" and {len(diffs) - shown} more" if len(diffs) > shown else "")
 
 
