@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -148,3 +149,34 @@ class Server:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def user_model_checkpoint(tmp: Path, module: str, source: str, factory: str, normalization=None) -> tuple[Path, Path]:
+    """A user's model code written to ``tmp/code/{module}.py``, built by ``{module}.{factory}()`` and saved as a
+    weights-only checkpoint ``tmp/{factory}.pth`` (served with ``--model {module}:{factory}``).
+
+    Returns (checkpoint, code folder); the module is not left importable in this process.
+    """
+    folder = tmp / "code"
+    folder.mkdir()
+    (folder / f"{module}.py").write_text(source)
+    sys.path.insert(0, str(folder))
+    try:
+        model = getattr(importlib.import_module(module), factory)()
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(module, None)
+    ckpt = save_checkpoint({"model_state_dict": model.state_dict(), "model_spec": None,
+                            "normalization": normalization}, tmp / f"{factory}.pth")
+    return ckpt, folder
+
+
+def module_server(tmp: Path, *args: str):
+    """Generator for a module-scoped fixture: (server, logdir) of a tiny 3-class Unet served with ``args``;
+    on teardown the server must exit 0 without a traceback."""
+    logdir = write_logdir(tmp / "log")
+    server = Server(logdir, *args, tmp=tmp)
+    yield server, logdir
+    code = server.stop()
+    assert code == 0, server.log()
+    assert "Traceback" not in server.log(), server.log()

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from _serving import Server, write_logdir
+from _serving import module_server
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(server, logdir): a 3-class tiny Unet served with batching and small limits."""
-    tmp = tmp_path_factory.mktemp("served")
-    logdir = write_logdir(tmp / "log")
-    server = Server(logdir, "--max-batch", "4", "--max-wait-ms", "40", "--max-bytes", "300000",
-                    "--max-pixels", "200000", "--queue-size", "32", "--read-timeout", "2", tmp=tmp)
-    yield server, logdir
-    code = server.stop()
-    assert code == 0, server.log()
-    assert "Traceback" not in server.log(), server.log()
+    yield from module_server(tmp_path_factory.mktemp("served"), "--max-batch", "4", "--max-wait-ms", "40",
+                             "--max-bytes", "300000", "--max-pixels", "200000", "--queue-size", "32",
+                             "--read-timeout", "2")

@@ -20,10 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from _serving import ROOT, Server, decode_png, png_bytes, random_image, write_logdir
+from _serving import (
+    ROOT,
+    Server,
+    decode_png,
+    module_server,
+    png_bytes,
+    random_image,
+    user_model_checkpoint,
+    write_logdir,
+)
 from PIL import Image
-
-from segzoo.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.slow  # each test talks to a `segzoo serve` subprocess
 
@@ -81,13 +88,9 @@ def _recv_all(sock: socket.socket, limit: float) -> bytes:
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     """A tiny Unet served with a queue of 2, short deadlines and a small pixel limit."""
-    tmp = tmp_path_factory.mktemp("guarded")
-    logdir = write_logdir(tmp / "log")
-    server = Server(logdir, "--queue-size", "2", "--read-timeout", "3", "--header-timeout", "1",
-                    "--max-pixels", "100000", "--max-batch", "4", "--max-wait-ms", "20", tmp=tmp)
-    yield server, logdir
-    assert server.stop() == 0, server.log()
-    assert "Traceback" not in server.log(), server.log()
+    yield from module_server(tmp_path_factory.mktemp("guarded"), "--queue-size", "2", "--read-timeout", "3",
+                             "--header-timeout", "1", "--max-pixels", "100000", "--max-batch", "4",
+                             "--max-wait-ms", "20")
 
 
 def test_every_error_status_has_the_json_error_body(guarded):
@@ -198,18 +201,8 @@ def test_memory_stays_within_the_budget(tmp_path):
 def fragile(tmp_path_factory):
     """A user's model that fails on 40-pixel-wide images and takes 8 s on 24-pixel-wide ones."""
     tmp = tmp_path_factory.mktemp("fragile")
-    folder = tmp / "code"
-    folder.mkdir()
-    (folder / "serve_fragile_models.py").write_text(FRAGILE_MODELS)
-    sys.path.insert(0, str(folder))
-    try:
-        import serve_fragile_models
-        model = serve_fragile_models.fragile()
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop("serve_fragile_models", None)
-    ckpt = save_checkpoint({"model_state_dict": model.state_dict(), "model_spec": None,
-                            "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}, tmp / "fragile.pth")
+    ckpt, folder = user_model_checkpoint(tmp, "serve_fragile_models", FRAGILE_MODELS, "fragile",
+                                         {"mean": [0.5] * 3, "std": [0.25] * 3})
     server = Server(ckpt, "--model", "serve_fragile_models:fragile", "--max-batch", "8", "--max-wait-ms", "400",
                     "--shutdown-timeout", "1", "--bytes-per-pixel", "64", tmp=tmp, pythonpath=folder)
     yield server

@@ -14,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from _serving import SLOW_MODELS, Server, decode_png, png_bytes, random_image
+from _serving import SLOW_MODELS, Server, decode_png, png_bytes, random_image, user_model_checkpoint
 from PIL import Image
 
-from segzoo.checkpoint import save_checkpoint
 from segzoo.cli import main
 from segzoo.serve.memory import GLIBC_VARIABLES
 
@@ -234,19 +233,7 @@ def test_a_stalled_body_is_408_and_frees_its_place(served):
 
 
 def _slow_server(tmp_path, *args):
-    folder = tmp_path / "code"
-    folder.mkdir()
-    (folder / "serve_slow_models.py").write_text(SLOW_MODELS)
-    import sys
-    sys.path.insert(0, str(folder))
-    try:
-        import serve_slow_models
-        model = serve_slow_models.slow()
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop("serve_slow_models", None)
-    ckpt = save_checkpoint({"model_state_dict": model.state_dict(), "model_spec": None, "normalization": None},
-                           tmp_path / "slow.pth")
+    ckpt, folder = user_model_checkpoint(tmp_path, "serve_slow_models", SLOW_MODELS, "slow")
     return Server(ckpt, "--model", "serve_slow_models:slow", *args, tmp=tmp_path, pythonpath=folder)
 
 
