@@ -181,6 +181,28 @@ GROUPS: dict[str, type] = {"run_info": RunInfo, "best": BestTracker, "stage_info
 FIELD_GROUP: dict[str, str] = {f.name: group for group, cls in GROUPS.items() for f in fields(cls)}
 
 
+class _Grouped:
+    """A flat attribute of :class:`RunnerState` that reads and writes the field of the same name in one group."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if name not in {f.name for f in fields(GROUPS[self.group])}:
+            raise TypeError(f"{owner.__name__}.{name}: {GROUPS[self.group].__name__} has no field {name!r}")
+        self.name = name
+        self.__doc__ = f"``state.{self.group}.{name}`` (see :class:`{GROUPS[self.group].__name__}`)."
+
+    def __get__(self, state: Any, owner: type | None = None) -> Any:
+        if state is None:
+            return self
+        return getattr(getattr(state, self.group), self.name)
+
+    def __set__(self, state: Any, value: Any) -> None:
+        setattr(getattr(state, self.group), self.name, value)
+
+
 class RunnerState:
     """The mediator between the runner and its callbacks (Catalyst's ``RunnerState``).
 
@@ -188,7 +210,7 @@ class RunnerState:
     (``state.best``), :class:`StageInfo` (``state.stage_info``), :class:`EpochInfo`
     (``state.epoch_info``), :class:`LoaderInfo` (``state.loader_info``) and :class:`BatchInfo`
     (``state.batch_info``); see each for its fields. Every field is also an attribute of the
-    state itself (``state.epoch`` is ``state.epoch_info.epoch``, ``state.loss`` is
+    state itself, declared below (``state.epoch`` is ``state.epoch_info.epoch``, ``state.loss`` is
     ``state.batch_info.loss``), read and written as before. ``state.metrics`` is the Catalyst
     19.x view of the metrics (:class:`MetricsView`).
 
@@ -198,6 +220,64 @@ class RunnerState:
     Raises:
         TypeError: a name that is not a field of any group.
     """
+
+    run_info: RunInfo
+    best: BestTracker
+    stage_info: StageInfo
+    epoch_info: EpochInfo
+    loader_info: LoaderInfo
+    batch_info: BatchInfo
+
+    # RunInfo
+    logdir: Path | None = _Grouped("run_info")
+    model: nn.Module | None = _Grouped("run_info")
+    device: torch.device = _Grouped("run_info")
+    amp_dtype: torch.dtype | None = _Grouped("run_info")
+    channels_last: bool = _Grouped("run_info")
+    scaler: Any = _Grouped("run_info")
+    is_main_process: bool = _Grouped("run_info")
+    distributed: bool = _Grouped("run_info")
+    world_size: int = _Grouped("run_info")
+    nonfinite: str = _Grouped("run_info")
+    max_batches: int | None = _Grouped("run_info")
+    checkpoint_data: dict[str, Any] = _Grouped("run_info")
+    run_settings: dict[str, Any] | None = _Grouped("run_info")
+    skipped_batches: int = _Grouped("run_info")
+    exception: BaseException | None = _Grouped("run_info")
+    # BestTracker
+    valid_loader: str = _Grouped("best")
+    main_metric: str = _Grouped("best")
+    minimize_metric: bool = _Grouped("best")
+    best_valid_metric: float | None = _Grouped("best")
+    best_name: str | None = _Grouped("best")
+    is_best_valid: bool = _Grouped("best")
+    # StageInfo
+    stage: str = _Grouped("stage_info")
+    stage_index: int = _Grouped("stage_info")
+    num_epochs: int = _Grouped("stage_info")
+    criterion: Any = _Grouped("stage_info")
+    optimizer: Any = _Grouped("stage_info")
+    scheduler: Any = _Grouped("stage_info")
+    callbacks: list[Any] = _Grouped("stage_info")
+    loggers: dict[Any, Any] = _Grouped("stage_info")
+    stop_training: bool = _Grouped("stage_info")
+    # EpochInfo
+    epoch: int = _Grouped("epoch_info")
+    global_epoch: int = _Grouped("epoch_info")
+    epoch_metrics: dict[str, dict[str, float]] = _Grouped("epoch_info")
+    valid_metrics: dict[str, float] = _Grouped("epoch_info")
+    # LoaderInfo
+    loader_name: str = _Grouped("loader_info")
+    loader_len: int = _Grouped("loader_info")
+    need_backward: bool = _Grouped("loader_info")
+    loader_metrics: dict[str, float] = _Grouped("loader_info")
+    # BatchInfo
+    batch_index: int = _Grouped("batch_info")
+    batch_size: int = _Grouped("batch_info")
+    input: dict[str, Any] = _Grouped("batch_info")
+    output: dict[str, Any] = _Grouped("batch_info")
+    loss: dict[str, torch.Tensor] = _Grouped("batch_info")
+    batch_metrics: dict[str, float] = _Grouped("batch_info")
 
     def __init__(self, **values: Any) -> None:
         for group, cls in GROUPS.items():
@@ -218,21 +298,6 @@ class RunnerState:
     def is_better(self, value: float, best: float | None) -> bool:
         """Whether ``value`` of the main metric beats ``best`` in the run's direction."""
         return self.best.is_better(value, best)
-
-
-def _flat(group: str, name: str, doc: str) -> property:
-    def get(self: RunnerState) -> Any:
-        return getattr(getattr(self, group), name)
-
-    def set_(self: RunnerState, value: Any) -> None:
-        setattr(getattr(self, group), name, value)
-
-    return property(get, set_, doc=doc)
-
-
-for _name, _group in FIELD_GROUP.items():
-    setattr(RunnerState, _name, _flat(_group, _name, f"``state.{_group}.{_name}`` (see :class:`"
-                                                     f"{GROUPS[_group].__name__}`)."))
 
 
 class MetricsView:
