@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
     "segzoo.parts": 2,
     "segzoo.losses": 1, "segzoo.metrics": 1, "segzoo.data": 1,
     "segzoo.fileio": 0, "segzoo.checkpoint": 0, "segzoo.registry": 0, "segzoo.errors": 0, "segzoo.device": 0,
-    "segzoo.hardware": 0, "segzoo._legacy": 0,
+    "segzoo.hardware": 0, "segzoo._legacy": 0, "segzoo.unwrap": 0,
     # the package's face: it imports only segzoo._legacy; its public names it imports by a name held
     # in a table, on first use (the modules of those names are checked where they are defined)
     "segzoo": 0,

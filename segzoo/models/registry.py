@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from segzoo.errors import ConfigError
 from segzoo.registry import Registry
+from segzoo.unwrap import unwrap_model
 
 #: a callable building a model from keyword arguments (what the registry holds)
 ModelFactory = Callable[..., nn.Module]
@@ -109,11 +110,7 @@ def _plain_copy(value: Any) -> Any:
 
 def get_model_spec(model: nn.Module) -> dict[str, Any] | None:
     """Return the spec recorded on ``model`` (unwrapping DDP / torch.compile), or ``None``."""
-    for attr in ("module", "_orig_mod"):
-        inner = getattr(model, attr, None)
-        if isinstance(inner, nn.Module):
-            return get_model_spec(inner)
-    spec = getattr(model, "segzoo_spec", None)
+    spec = getattr(unwrap_model(model), "segzoo_spec", None)
     return _plain_copy(spec) if spec else None
 
 

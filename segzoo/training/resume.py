@@ -7,23 +7,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch.nn as nn
-
 from segzoo.checkpoint import clean_state_dict, resolve_checkpoint
 from segzoo.checkpoint_format import RUN_SETTINGS_KEY, former_default_hint, read_checkpoint, set_rng_state
 from segzoo.encoders.weights import load_into
 from segzoo.training.callback import Callback, state_keys
 from segzoo.training.run_settings import check_run_settings, differences, format_differences
 from segzoo.training.state import RunnerState
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The user's model inside torch.compile / DistributedDataParallel wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
+from segzoo.unwrap import unwrap_model
 
 
 def find_resume_file(resume: str | os.PathLike) -> Path:
