@@ -15,6 +15,7 @@ from segzoo.training.loop import seed_everything
 from segzoo.training.runner import Runner, Stage
 from segzoo.training.state import RunnerState
 from segzoo.training.supervised import SupervisedRunner
+from segzoo.training.train_settings import TrainSettings
 
 
 def __getattr__(name: str):
@@ -22,6 +23,6 @@ def __getattr__(name: str):
     return legacy_getattr(__name__, name)
 
 
-__all__ = ["SupervisedRunner", "Runner", "Stage", "RunnerState", "Callback", "CallbackOrder", "LoggerCallback",
+__all__ = ["SupervisedRunner", "Runner", "Stage", "TrainSettings", "RunnerState", "Callback", "CallbackOrder", "LoggerCallback",
            "CALLBACKS", "register_callback", "create_callback", "list_callbacks", "NonFiniteLossError",
            "seed_everything"]

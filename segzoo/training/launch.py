@@ -29,7 +29,7 @@ from segzoo.training.build import (
     registries,
     stage_configs,
 )
-from segzoo.training.logdir import CONFIG_HEADER, check_logdir_free, claim_logdir, resumes_in, run_dir_of
+from segzoo.training.logdir import CONFIG_HEADER, LogdirClaim, check_logdir_free, resumes_in, run_dir_of
 from segzoo.training.resume import find_resume_file
 from segzoo.training.run_settings import ABSENT, flatten, plain_config, show_value, stored_config
 from segzoo.training.supervised import SupervisedRunner
@@ -184,8 +184,9 @@ def train_from_config(cfg: dict[str, Any], force: bool = False, config_path: str
     if not _is_main_rank():
         return runner.train(model, criterion, None, loaders, logdir, callbacks=callbacks, stages=stages, seed=seed,
                             normalization=normalization, run_config=normalized_config(cfg), **runner_cfg)
-    with claim_logdir(logdir, resume=resume, overwrite=force, inputs=inputs, caller="cli"):
+    claim = LogdirClaim(logdir, resume=resume, overwrite=force, inputs=inputs, caller="cli")
+    with claim:  # the run's one claim: the runner, given it as its logdir, claims nothing more
         if not resumes_in(resume, logdir):
             write_bytes_atomic(logdir / "config.yml", (CONFIG_HEADER + yaml.safe_dump(cfg, sort_keys=False)).encode())
-        return runner.train(model, criterion, None, loaders, logdir, callbacks=callbacks, stages=stages, seed=seed,
+        return runner.train(model, criterion, None, loaders, claim, callbacks=callbacks, stages=stages, seed=seed,
                             normalization=normalization, run_config=normalized_config(cfg), **runner_cfg)

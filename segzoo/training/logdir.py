@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["CONFIG_HEADER", "LogdirMovedWarning", "check_logdir_path", "run_dir_of", "resumes_in",
-           "check_logdir_free", "claim_logdir"]
+           "check_logdir_free", "LogdirClaim", "claim_logdir"]
 
 # how each caller spells the three ways out of a refusal
 HINTS = {
@@ -54,8 +54,6 @@ HINTS = {
     "python": ("choose another logdir", "continue it with resume={logdir!r}", "pass overwrite_logdir=True "
                                                                                "to replace it"),
 }
-
-_HELD: dict[Path, int] = {}  # log directories this process holds the lock of -> directory fd
 
 
 class LogdirMovedWarning(UserWarning):
@@ -245,51 +243,86 @@ def _start_fresh(folder: Path, fd: int | None) -> int | None:
     return new_fd
 
 
-@contextlib.contextmanager
-def claim_logdir(logdir: str | os.PathLike, *, resume: str | os.PathLike | None = None, overwrite: bool = False,
-                 inputs: Iterable[str | os.PathLike] = (), caller: str = "python") -> Iterator[Path]:
-    """Check the log-directory policy, create the folder and hold its lock for the ``with`` block.
+class LogdirClaim:
+    """A run's claim on its log directory: the policy applied, the folder created and locked for a ``with`` block.
 
-    A claim already held by this process (``segzoo train`` claims before it writes
-    ``config.yml``, then calls :meth:`Runner.train`) is reused as it is. With ``caller="python"``,
-    a previous run in the folder is moved aside to ``LOGDIR.N`` (one :class:`LogdirMovedWarning`).
+    The one owner of the claim: ``segzoo train`` makes one before it writes ``config.yml`` and
+    passes it, held, to :meth:`~segzoo.training.Runner.train` as its ``logdir`` (which then claims
+    nothing more); ``Runner.train`` given a path makes its own. ``with claim:`` yields the folder.
+    The lock is a ``flock`` on the folder, released when the block ends (or the process dies); a
+    second claim on a held folder, from this process or another, is refused.
 
     Args:
         logdir: the run's log directory.
         resume: the checkpoint or log directory the run continues from, if any.
         overwrite: replace a previous run in ``logdir`` (see the module docstring).
         inputs: files and folders the run reads; ``overwrite`` never removes them.
-        caller: ``"cli"`` (refuse a folder holding a previous run) or ``"python"`` (move it aside);
-            also how the refusals spell the ways out.
-
-    Yields:
-        The log directory (created).
+        caller: ``"cli"`` (refuse a folder holding a previous run) or ``"python"`` (move it aside to
+            ``LOGDIR.N``, one :class:`LogdirMovedWarning`); also how the refusals spell the ways out.
 
     Raises:
-        FileExistsError: the folder holds something and the run neither resumes in it nor overwrites
-            it nor can move it aside, or another running training holds the folder.
-        ValueError: ``overwrite`` would remove something not written by segzoo, or an input.
-        OSError: the folder cannot be created or moved aside (one line naming it and why).
+        ValueError: ``logdir`` is empty or a file (at construction); see :meth:`__enter__` for the rest.
     """
-    folder = check_logdir_path(logdir)
-    key = folder.resolve()
-    if key in _HELD:
-        yield folder
-        return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WriteError(exc.errno, f"cannot create log directory {_show(folder)}: {os_error_reason(exc)}") from None
-    fd = _lock(folder)
-    try:
-        if check_logdir_free(folder, resume=resume, overwrite=overwrite, inputs=inputs, caller=caller, remove=True):
-            fd, old = None, fd
-            fd = _start_fresh(folder, old)
-        _HELD[key] = fd if fd is not None else -1
+
+    def __init__(self, logdir: str | os.PathLike, *, resume: str | os.PathLike | None = None, overwrite: bool = False,
+                 inputs: Iterable[str | os.PathLike] = (), caller: str = "python") -> None:
+        if caller not in HINTS:
+            raise ValueError(f"caller must be one of {sorted(HINTS)}, got {caller!r}")
+        self.path = check_logdir_path(logdir)
+        self.resume, self.overwrite, self.caller = resume, overwrite, caller
+        self.inputs = list(inputs)
+        self._fd: int | None = None
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        """Whether the claim is held (inside its ``with`` block)."""
+        return self._held
+
+    def __repr__(self) -> str:
+        return f"LogdirClaim({str(self.path)!r}, held={self._held})"
+
+    def __enter__(self) -> Path:
+        """Check the policy, create the folder, lock it (moving a previous run aside when ``caller="python"``).
+
+        Returns:
+            The log directory (created).
+
+        Raises:
+            FileExistsError: the folder holds something and the run neither resumes in it nor overwrites
+                it nor can move it aside, or another running training (or claim) holds the folder.
+            ValueError: ``overwrite`` would remove something not written by segzoo, or an input.
+            OSError: the folder cannot be created or moved aside (one line naming it and why).
+            RuntimeError: the claim is already held (a claim is entered once at a time).
+        """
+        if self._held:
+            raise RuntimeError(f"{self!r} is already held; enter a claim once")
+        folder = self.path
         try:
-            yield folder
-        finally:
-            del _HELD[key]
-    finally:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(exc.errno, f"cannot create log directory {_show(folder)}: {os_error_reason(exc)}") from None
+        fd = _lock(folder)
+        try:
+            if check_logdir_free(folder, resume=self.resume, overwrite=self.overwrite, inputs=self.inputs,
+                                 caller=self.caller, remove=True):
+                fd, old = None, fd
+                fd = _start_fresh(folder, old)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        self._fd, self._held = fd, True
+        return folder
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Release the lock (the folder and what the run wrote stay)."""
+        fd, self._fd, self._held = self._fd, None, False
         if fd is not None:
             os.close(fd)
+
+
+def claim_logdir(logdir: str | os.PathLike, *, resume: str | os.PathLike | None = None, overwrite: bool = False,
+                 inputs: Iterable[str | os.PathLike] = (), caller: str = "python") -> LogdirClaim:
+    """A :class:`LogdirClaim` on ``logdir`` (``with claim_logdir(logdir) as folder: ...``); arguments as there."""
+    return LogdirClaim(logdir, resume=resume, overwrite=overwrite, inputs=inputs, caller=caller)

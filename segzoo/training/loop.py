@@ -1,11 +1,16 @@
-"""The inner loops of :class:`~segzoo.training.Runner`: epochs -> loaders -> batches, and their device helpers."""
+"""The walk of a run (:class:`TrainingLoop`: a stage's epochs -> loaders -> batches, firing the callbacks), and its
+device helpers.
+
+The loop knows nothing of :class:`~segzoo.training.Runner`: the runner sets up the state and the
+callbacks of each stage, then hands the loop its two batch steps (``batch_to_dict`` and ``forward``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,17 +19,6 @@ import torch.nn as nn
 from segzoo.training import distributed as dist_utils
 from segzoo.training.callback import Callback, LoggerCallback
 from segzoo.training.state import RunnerState
-
-
-class Stepper(Protocol):
-    """What the loops need of a :class:`~segzoo.training.Runner` (its subclasses define both)."""
-
-    def batch_to_dict(self, batch: Any) -> dict[str, Any]:
-        """One loader item as the ``state.input`` dict."""
-
-    def forward(self, state: RunnerState, model: nn.Module) -> dict[str, Any]:
-        """``model`` run on ``state.input``: the ``state.output`` dict."""
-
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -150,82 +144,140 @@ def _batch_size(batch: Mapping[str, Any]) -> int:
     return 1
 
 
-def run_loader(runner: Stepper, state: RunnerState, loader: Iterable, callbacks: list[Callback] | Hooks) -> None:
-    """One pass over ``loader`` (``state.loader_name`` and ``need_backward`` set): batches, then loader metrics.
+class TrainingLoop:
+    """The walk of one run: a stage's epochs -> loaders (dict order) -> batches, firing the callbacks' events.
 
-    Batch metrics are averaged weighted by batch size (and summed over processes) into
-    ``state.loader_metrics``, which is also ``state.epoch_metrics[loader_name]``.
+    It owns every step of the walk and the bookkeeping between them (``state.epoch``, ``loader_name``,
+    ``batch_index``..., the loader metrics, the best epoch); what a batch is and how the model runs on it
+    are the two functions it is given.
+
+    Args:
+        state: the run's state, set up for the run (device, model, settings); the loop writes where it is.
+        batch_to_dict: one loader item -> the ``state.input`` dict (e.g. features (B, C, H, W), targets).
+        forward: ``(state, model)`` -> the ``state.output`` dict (e.g. logits (B, K, H, W)).
+        loaders: ordered ``name -> loader``.
     """
-    hooks = as_hooks(callbacks)
-    state.loader_len = len(loader) if hasattr(loader, "__len__") else 0
-    if state.max_batches is not None and hasattr(loader, "__len__"):
-        state.loader_len = min(state.loader_len, state.max_batches)
-    state.model.train(state.need_backward)
-    state.loader_metrics = {}
-    state.epoch_metrics[state.loader_name] = state.loader_metrics
-    totals: dict[str, float] = {}
-    count = 0
-    autocast = (torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
-                if state.amp_dtype is not None else contextlib.nullcontext())
-    hooks("on_loader_start", state)
-    with torch.set_grad_enabled(state.need_backward):
-        for state.batch_index, batch in enumerate(loader):
-            state.input = move_to(runner.batch_to_dict(batch), state.device, state.channels_last)
-            state.batch_size = _batch_size(state.input)
-            state.loss, state.batch_metrics = {}, {}
-            hooks("on_batch_start", state)
-            with autocast:
-                state.output = runner.forward(state, state.model)
-            hooks("on_batch_end", state)
-            for k, v in state.batch_metrics.items():
-                totals[k] = totals.get(k, 0.0) + v * state.batch_size
-            count += state.batch_size
-            if state.max_batches is not None and state.batch_index + 1 >= state.max_batches:
-                break
-    if state.distributed:
-        keys = sorted(totals)
-        packed = dist_utils.all_reduce_sum(torch.tensor([totals[k] for k in keys] + [count],
-                                                        dtype=torch.float64), state)
-        totals, count = dict(zip(keys, packed[:-1].tolist())), packed[-1].item()
-    state.loader_metrics = {k: v / max(count, 1) for k, v in totals.items()}
-    # the same dict: what on_loader_end callbacks add (Catalyst's state.metrics.epoch_values) is kept
-    state.epoch_metrics[state.loader_name] = state.loader_metrics
-    hooks("on_loader_end", state)
 
+    def __init__(self, state: RunnerState, batch_to_dict: Callable[[Any], dict[str, Any]],
+                 forward: Callable[[RunnerState, nn.Module], dict[str, Any]], loaders: Mapping[str, Iterable]) -> None:
+        self.state = state
+        self.batch_to_dict = batch_to_dict
+        self.forward = forward
+        self.loaders = loaders
 
-def run_epoch(runner: Stepper, state: RunnerState, loaders: Mapping[str, Iterable],
-              callbacks: list[Callback] | Hooks) -> None:
-    """One training epoch (``state.epoch`` set): every loader in order, then the best-epoch bookkeeping.
+    def run_stage(self, callbacks: list[Callback] | Hooks, start_epoch: int = 1) -> None:
+        """Epochs ``start_epoch..state.num_epochs`` of the current stage (``state.stage...`` set), between its
+        ``on_stage_start`` and ``on_stage_end``; ends early when a callback sets ``state.stop_training``.
 
-    Raises:
-        KeyError: ``main_metric`` is not among the valid loader's metrics.
-    """
-    hooks = as_hooks(callbacks)
-    state.global_epoch += 1
-    state.epoch_metrics = {}
-    hooks("on_epoch_start", state)
-    for state.loader_name, loader in loaders.items():
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(state.global_epoch)
-        state.need_backward = state.loader_name.startswith("train")
-        run_loader(runner, state, loader, hooks)
-    state.valid_metrics = state.epoch_metrics[state.valid_loader]
-    if state.main_metric not in state.valid_metrics:
-        raise KeyError(f"main_metric {state.main_metric!r} is not among the valid metrics "
-                       f"{sorted(state.valid_metrics)}; add its callback or choose another")
-    state.best.update(state.valid_metrics[state.main_metric], f"{state.stage}.{state.epoch}")
-    hooks("on_epoch_end", state)
+        Raises:
+            BaseException: what a step raised, after ``on_exception`` (``state.exception`` set).
+        """
+        state, hooks = self.state, as_hooks(callbacks)
+        state.epoch = start_epoch - 1
+        state.stop_training = False
+        try:
+            hooks("on_stage_start", state)
+            for epoch in range(start_epoch, state.num_epochs + 1):
+                state.epoch = epoch
+                self.run_epoch(hooks)
+                if state.stop_training:
+                    break
+            hooks("on_stage_end", state)
+        except BaseException as exc:
+            self._failed(exc, hooks)
+            raise
 
+    def run_infer(self, callbacks: list[Callback] | Hooks) -> None:
+        """The one stage and epoch of :meth:`~segzoo.training.Runner.infer`: every loader without gradients.
 
-def run_infer_epoch(runner: Stepper, state: RunnerState, loaders: Mapping[str, Iterable],
-                    callbacks: list[Callback] | Hooks) -> None:
-    """The one stage and epoch of :meth:`~segzoo.training.Runner.infer`: every loader without gradients."""
-    hooks = as_hooks(callbacks)
-    hooks("on_stage_start", state)
-    hooks("on_epoch_start", state)
-    for state.loader_name, loader in loaders.items():
-        state.need_backward = False
-        run_loader(runner, state, loader, hooks)
-    hooks("on_epoch_end", state)
-    hooks("on_stage_end", state)
+        Raises:
+            BaseException: what a step raised, after ``on_exception`` (``state.exception`` set).
+        """
+        state, hooks = self.state, as_hooks(callbacks)
+        try:
+            hooks("on_stage_start", state)
+            hooks("on_epoch_start", state)
+            for state.loader_name, loader in self.loaders.items():
+                state.need_backward = False
+                self.run_loader(loader, hooks)
+            hooks("on_epoch_end", state)
+            hooks("on_stage_end", state)
+        except BaseException as exc:
+            self._failed(exc, hooks)
+            raise
+
+    def _failed(self, exc: BaseException, hooks: Hooks) -> None:
+        """``on_exception`` with ``state.exception`` set (the caller re-raises ``exc``)."""
+        self.state.exception = exc
+        hooks("on_exception", self.state)
+
+    def run_epoch(self, callbacks: list[Callback] | Hooks) -> None:
+        """One training epoch (``state.epoch`` set): every loader in order, then the best-epoch bookkeeping.
+
+        Raises:
+            KeyError: ``main_metric`` is not among the valid loader's metrics.
+        """
+        state, hooks = self.state, as_hooks(callbacks)
+        state.global_epoch += 1
+        state.epoch_metrics = {}
+        hooks("on_epoch_start", state)
+        for state.loader_name, loader in self.loaders.items():
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(state.global_epoch)
+            state.need_backward = state.loader_name.startswith("train")
+            self.run_loader(loader, hooks)
+        state.valid_metrics = state.epoch_metrics[state.valid_loader]
+        if state.main_metric not in state.valid_metrics:
+            raise KeyError(f"main_metric {state.main_metric!r} is not among the valid metrics "
+                           f"{sorted(state.valid_metrics)}; add its callback or choose another")
+        state.best.update(state.valid_metrics[state.main_metric], f"{state.stage}.{state.epoch}")
+        hooks("on_epoch_end", state)
+
+    def run_loader(self, loader: Iterable, callbacks: list[Callback] | Hooks) -> None:
+        """One pass over ``loader`` (``state.loader_name`` and ``need_backward`` set): batches, then loader metrics.
+
+        Batch metrics are averaged weighted by batch size (and summed over processes) into
+        ``state.loader_metrics``, which is also ``state.epoch_metrics[loader_name]``.
+        """
+        state, hooks = self.state, as_hooks(callbacks)
+        state.loader_len = len(loader) if hasattr(loader, "__len__") else 0
+        if state.max_batches is not None and hasattr(loader, "__len__"):
+            state.loader_len = min(state.loader_len, state.max_batches)
+        state.model.train(state.need_backward)
+        state.loader_metrics = {}
+        state.epoch_metrics[state.loader_name] = state.loader_metrics
+        totals: dict[str, float] = {}
+        count = 0
+        autocast = (torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
+                    if state.amp_dtype is not None else contextlib.nullcontext())
+        hooks("on_loader_start", state)
+        with torch.set_grad_enabled(state.need_backward):
+            for state.batch_index, batch in enumerate(loader):
+                self.run_batch(batch, hooks, autocast)
+                for k, v in state.batch_metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v * state.batch_size
+                count += state.batch_size
+                if state.max_batches is not None and state.batch_index + 1 >= state.max_batches:
+                    break
+        if state.distributed:
+            keys = sorted(totals)
+            packed = dist_utils.all_reduce_sum(torch.tensor([totals[k] for k in keys] + [count],
+                                                            dtype=torch.float64), state)
+            totals, count = dict(zip(keys, packed[:-1].tolist())), packed[-1].item()
+        state.loader_metrics = {k: v / max(count, 1) for k, v in totals.items()}
+        # the same dict: what on_loader_end callbacks add (Catalyst's state.metrics.epoch_values) is kept
+        state.epoch_metrics[state.loader_name] = state.loader_metrics
+        hooks("on_loader_end", state)
+
+    def run_batch(self, batch: Any, hooks: Hooks, autocast: Any) -> None:
+        """One batch (``state.batch_index`` set): to the device, ``on_batch_start``, forward under ``autocast``,
+        ``on_batch_end`` (where the callbacks compute the loss, step the optimizer and measure)."""
+        state = self.state
+        state.input = move_to(self.batch_to_dict(batch), state.device, state.channels_last)
+        state.batch_size = _batch_size(state.input)
+        state.loss, state.batch_metrics = {}, {}
+        hooks("on_batch_start", state)
+        with autocast:
+            state.output = self.forward(state, state.model)
+        hooks("on_batch_end", state)

@@ -1,7 +1,10 @@
-"""The runner: stages -> epochs -> loaders -> batches; everything else happens in callbacks.
+"""The runner: it sets a run up, then :class:`~segzoo.training.loop.TrainingLoop` walks epochs -> loaders ->
+batches; everything else happens in callbacks.
 
-:meth:`Runner.train` is set up (:meth:`Runner._train_state`), then one :meth:`Runner._run_stage`
-per stage, whose epochs and loaders run in :mod:`segzoo.training.loop`.
+:meth:`Runner.train` reads its settings (:class:`~segzoo.training.train_settings.TrainSettings`, given as
+``settings=`` or as keywords), claims the log directory (:class:`~segzoo.training.logdir.LogdirClaim`),
+sets up the state (:meth:`Runner._train_state`), and for each stage sets up its callbacks
+(:meth:`Runner._start_stage`) and has the loop run its epochs.
 """
 
 from __future__ import annotations
@@ -28,29 +31,20 @@ from segzoo.training.callbacks.checkpoint import CheckpointCallback
 from segzoo.training.callbacks.criterion import CriterionCallback
 from segzoo.training.callbacks.loggers import ProgressBarLogger
 from segzoo.training.callbacks.timer import TimerCallback
-from segzoo.training.compat import (
+from segzoo.training.catalyst_args import check_infer_callbacks, fp16_to_amp, resume_of_callbacks
+from segzoo.training.defaults import (
     CHECK_BATCHES,
     CHECK_EPOCHS,
     callback_items,
-    check_infer_callbacks,
-    check_monitoring_params,
-    fp16_to_amp,
     name_run_callbacks,
-    resume_of_callbacks,
     with_default_callbacks,
 )
-from segzoo.training.logdir import check_logdir_path, claim_logdir
-from segzoo.training.loop import (
-    Hooks,
-    amp_dtype,
-    prepare_model,
-    run_epoch,
-    run_infer_epoch,
-    seed_everything,
-)
+from segzoo.training.logdir import LogdirClaim, check_logdir_path
+from segzoo.training.loop import Hooks, TrainingLoop, amp_dtype, prepare_model, seed_everything
 from segzoo.training.resume import load_resume, restore_after_resume, start_point
 from segzoo.training.run_settings import describe_run, optimizer_hparams
 from segzoo.training.state import RunnerState
+from segzoo.training.train_settings import TrainSettings
 
 
 @dataclass
@@ -144,15 +138,9 @@ class Runner(abc.ABC):
         return CriterionCallback()
 
     def train(self, model: nn.Module | None, criterion: Any, optimizer: Any, loaders: Mapping[str, Iterable],
-              logdir: str | os.PathLike, callbacks: list[Callback] | Mapping[str, Callback] | None = None,
-              scheduler: Any = None, num_epochs: int = 1, main_metric: str = "loss", minimize_metric: bool = True,
-              verbose: bool = False, resume: str | os.PathLike | None = None, valid_loader: str = "valid",
-              stages: list[Stage] | None = None, seed: int | None = None, amp: bool | str = False,
-              channels_last: bool = False, compile: bool | dict = False,
-              normalization: Mapping[str, list[float]] | None = None, nonfinite: str = "raise",
-              checkpoint_data: Mapping[str, Any] | None = None, fp16: Any = None, monitoring_params: Any = None,
-              check: bool = False, timeit: bool = False, overwrite_logdir: bool = False,
-              run_config: Mapping[str, Any] | None = None) -> RunnerState:
+              logdir: str | os.PathLike | LogdirClaim, callbacks: list[Callback] | Mapping[str, Callback] | None = None,
+              scheduler: Any = None, *, stages: list[Stage] | None = None, settings: TrainSettings | None = None,
+              **options: Any) -> RunnerState:
         """Train ``model`` over ``stages`` (or one stage ``"train"`` of ``num_epochs``), validating each epoch.
 
         Loaders whose name starts with ``"train"`` run backward and optimizer steps; the metrics of
@@ -166,46 +154,28 @@ class Runner(abc.ABC):
             model: the model (default: the runner's).
             criterion: loss module (or a dict of them, picked by ``CriterionCallback(criterion_key=)``).
             optimizer: optimizer (or dict); may be ``None`` when every stage brings its own.
-            loaders: ordered ``name -> DataLoader``; must include ``valid_loader``.
-            logdir: where checkpoints, ``log.txt``, TensorBoard logs and pictures go.
+            loaders: ordered ``name -> DataLoader``; must include ``settings.valid_loader``.
+            logdir: where checkpoints, ``log.txt``, TensorBoard logs and pictures go; or a held
+                :class:`~segzoo.training.logdir.LogdirClaim` on it (``segzoo train`` claims the folder
+                before writing ``config.yml`` there): then the runner claims nothing itself.
             callbacks: extra callbacks (list, or dict whose values are used).
             scheduler: LR scheduler (or dict).
-            num_epochs: epochs of the single stage when ``stages`` is not given.
-            main_metric: valid metric that selects ``best.pth`` (e.g. ``"dice"``).
-            minimize_metric: lower ``main_metric`` is better.
-            verbose: show tqdm progress bars.
-            resume: a log directory (its ``last_full.pth``) or a checkpoint file to continue from;
-                a light file is replaced by its ``_full`` sibling when there is one.
-                ``CheckpointCallback(resume=...)`` is used when this is ``None``.
-            valid_loader: name of the validation loader.
             stages: list of :class:`Stage` for multi-stage training.
-            seed: seed python, numpy and torch first (reproducible CPU runs).
-            amp: ``False``, ``True`` (fp16 on CUDA, bf16 elsewhere), ``"fp16"`` or ``"bf16"`` autocast;
-                fp16 on CUDA uses a GradScaler.
-            channels_last: move the model and 4-D float inputs to channels_last.
-            compile: wrap the model with ``torch.compile`` (a dict gives its options).
-            normalization: ``{"mean": [...], "std": [...]}`` of the inputs, stored in checkpoints.
-            nonfinite: on a NaN/inf loss ``"raise"`` (stop with an error naming the loss and where)
-                or ``"skip"`` (skip the batch; counted in ``state.skipped_batches``).
-            checkpoint_data: extra plain data stored in every checkpoint.
-            fp16: Catalyst 19.x spelling of ``amp``: ``None``/``False`` off, ``True`` or
-                ``dict(opt_level="O1"|"O2")`` is ``amp=True`` (native autocast, said once in a
-                warning), ``"O0"`` off; ``"O3"`` and other apex options raise.
-            monitoring_params: Catalyst 19.x Alchemy / W&B monitoring: only ``None`` is accepted.
-            check: Catalyst's quick check: at most 4 batches per loader and 3 epochs per stage.
-            timeit: add a :class:`~segzoo.training.callbacks.TimerCallback` (``_timers/data_time``,
-                ``_timers/batch_time`` metrics).
-            overwrite_logdir: replace the previous run in a ``logdir`` that already holds one (only the
-                files segzoo writes there are removed). Without it, unless ``resume`` points into it, that
-                run is moved aside to ``LOGDIR.1`` (``.2``...; one warning); see :mod:`segzoo.training.logdir`.
-            run_config: the effective config of a ``segzoo train`` run (normalised: its stages expanded),
-                stored in full checkpoints with a description of the arguments above; resuming compares
-                both (:mod:`segzoo.training.run_settings`).
+            settings: how the run runs (:class:`~segzoo.training.train_settings.TrainSettings`: ``num_epochs``,
+                ``main_metric``, ``minimize_metric``, ``verbose``, ``resume``, ``valid_loader``, ``seed``,
+                ``amp``, ``channels_last``, ``compile``, ``normalization``, ``nonfinite``,
+                ``checkpoint_data``, ``check``, ``timeit``, ``overwrite_logdir``, ``run_config``).
+            **options: the same settings as keywords (``num_epochs=10, main_metric="dice"``), when
+                ``settings`` is not given; and Catalyst 19.x's ``fp16``: ``None``/``False`` off, ``True``
+                or ``dict(opt_level="O1"|"O2")`` is ``amp=True`` (native autocast, said once in a
+                warning), ``"O0"`` off, ``"O3"`` and other apex options raise; ``monitoring_params``
+                (Alchemy / W&B): only ``None`` is accepted.
 
         Returns:
             The final :class:`RunnerState` (``valid_metrics``, ``best_valid_metric``, ...).
 
         Raises:
+            TypeError: an unknown keyword, or a setting given both as a keyword and in ``settings``.
             ValueError: no model, no ``valid_loader`` loader, bad stages or options, a callback
                 or Catalyst argument that cannot be honoured (e.g. ``monitoring_params``), ``overwrite_logdir``
                 on files segzoo did not write, a ``resume`` whose run was given other settings (optimizer,
@@ -214,76 +184,81 @@ class Runner(abc.ABC):
             KeyError: ``main_metric`` is not computed on the valid loader.
             NonFiniteLossError: a non-finite loss with ``nonfinite="raise"``.
         """
+        settings = TrainSettings.from_keywords(settings, **options)
         model = model if model is not None else self.model
         if model is None:
             raise ValueError("no model: pass one to train() or to the runner's constructor")
         self.model = model  # stays on the runner: predict_loader(None, ...) / predict_batch use it
-        check_monitoring_params(monitoring_params)
-        amp = fp16_to_amp(fp16, amp)
         if not isinstance(loaders, Mapping) or not loaders:
             raise ValueError(f"loaders must be a non-empty dict name -> DataLoader, got {type(loaders).__name__}")
-        if valid_loader not in loaders:
-            raise ValueError(f"training needs a {valid_loader!r} loader to select checkpoints; "
+        if settings.valid_loader not in loaders:
+            raise ValueError(f"training needs a {settings.valid_loader!r} loader to select checkpoints; "
                              f"got loaders {list(loaders)}")
-        check_logdir_path(logdir)
-        if nonfinite not in ("raise", "skip"):
-            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
-        stages = check_stages(stages, num_epochs, check)
+        claim = logdir if isinstance(logdir, LogdirClaim) else None
+        logdir = check_logdir_path(claim.path if claim is not None else logdir)
+        if settings.nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {settings.nonfinite!r}")
+        stages = check_stages(stages, settings.num_epochs, settings.check)
         items = callback_items(callbacks)
         given = [cb for _, cb in items]
-        resume = resume_of_callbacks(given, resume)
-        if timeit and not any(isinstance(c, TimerCallback) for c in given):
+        resume = resume_of_callbacks(given, settings.resume)
+        if claim is not None:
+            _check_claim(claim, resume, settings.overwrite_logdir)
+        if settings.timeit and not any(isinstance(c, TimerCallback) for c in given):
             given.append(TimerCallback())
-        if seed is not None:
-            seed_everything(seed)
+        if settings.seed is not None:
+            seed_everything(settings.seed)
 
-        state = self._train_state(model, logdir, main_metric=main_metric, minimize_metric=minimize_metric,
-                                  valid_loader=valid_loader, nonfinite=nonfinite, check=check, amp=amp,
-                                  channels_last=channels_last, compile=compile, normalization=normalization,
-                                  checkpoint_data=checkpoint_data)
-        state.run_settings = describe_run(model, criterion, optimizer, scheduler, stages, loaders, seed=seed, amp=amp,
-                                          main_metric=main_metric, minimize_metric=minimize_metric,
-                                          valid_loader=valid_loader, config=run_config)
+        state = self._train_state(model, logdir, settings)
+        state.run_settings = describe_run(model, criterion, optimizer, scheduler, stages, loaders, seed=settings.seed,
+                                          amp=settings.amp, main_metric=settings.main_metric,
+                                          minimize_metric=settings.minimize_metric,
+                                          valid_loader=settings.valid_loader, config=settings.run_config)
         if state.distributed:
             loaders = {k: dist_utils.shard_loader(v) if isinstance(v, DataLoader) else v for k, v in loaders.items()}
         start_stage, start_epoch, resumed = start_point(resume, state, stages)
-        held = (claim_logdir(logdir, resume=resume, overwrite=overwrite_logdir) if state.is_main_process
-                else contextlib.nullcontext())
-        with held:
+        if claim is not None or not state.is_main_process:  # rank 0 alone writes: it alone claims
+            claim = contextlib.nullcontext()
+        else:
+            claim = LogdirClaim(logdir, resume=resume, overwrite=settings.overwrite_logdir)
+        loop = TrainingLoop(state, self.batch_to_dict, self.forward, loaders)
+        with claim:
             for index in range(start_stage, len(stages)):
                 stage = stages[index]
                 stage = dataclasses.replace(stage, optimizer=_default(stage.optimizer, optimizer),
                                             scheduler=_default(stage.scheduler, scheduler),
                                             criterion=_default(stage.criterion, criterion))
                 first = index == start_stage
-                self._run_stage(state, stage, index, loaders, items, given, verbose,
-                                start_epoch if first else 1, resumed if first else None)
+                hooks = self._start_stage(state, stage, index, items, given, settings.verbose,
+                                          resumed if first else None)
+                loop.run_stage(hooks, start_epoch if first else 1)
         return state
 
-    def _train_state(self, model: nn.Module, logdir: str | os.PathLike, *, main_metric: str, minimize_metric: bool,
-                     valid_loader: str, nonfinite: str, check: bool, amp: bool | str, channels_last: bool,
-                     compile: bool | dict, normalization: Mapping[str, list[float]] | None,
-                     checkpoint_data: Mapping[str, Any] | None) -> RunnerState:
+    def _train_state(self, model: nn.Module, logdir: Path, settings: TrainSettings) -> RunnerState:
         """The run's state: device and processes, AMP, the prepared model, what checkpoints store."""
-        state = RunnerState(logdir=Path(logdir), main_metric=main_metric, minimize_metric=minimize_metric,
-                            nonfinite=nonfinite, valid_loader=valid_loader, channels_last=bool(channels_last),
-                            max_batches=CHECK_BATCHES if check else None)
+        state = RunnerState(logdir=logdir, main_metric=settings.main_metric,
+                            minimize_metric=settings.minimize_metric, nonfinite=settings.nonfinite,
+                            valid_loader=settings.valid_loader, channels_last=bool(settings.channels_last),
+                            max_batches=CHECK_BATCHES if settings.check else None)
         state.distributed, rank, state.world_size, state.device = dist_utils.setup(resolve_device(self.device))
         state.is_main_process = rank == 0
-        state.checkpoint_data = {"normalization": dict(normalization) if normalization else None,
-                                 **dict(checkpoint_data or {})}
-        state.amp_dtype = amp_dtype(amp, state.device)
+        state.checkpoint_data = {"normalization": dict(settings.normalization) if settings.normalization else None,
+                                 **dict(settings.checkpoint_data or {})}
+        state.amp_dtype = amp_dtype(settings.amp, state.device)
         if state.amp_dtype == torch.float16 and state.device.type == "cuda":
             state.scaler = torch.amp.GradScaler("cuda")
         self.state = state
-        state.model = prepare_model(model, state, compile)
+        state.model = prepare_model(model, state, settings.compile)
         return state
 
-    def _run_stage(self, state: RunnerState, stage: Stage, index: int, loaders: Mapping[str, Iterable],
-                   items: list[tuple[Any, Callback]], given: list[Callback], verbose: bool, start_epoch: int,
-                   resumed: dict[str, Any] | None) -> None:
-        """Epochs ``start_epoch..stage.num_epochs`` of ``stage`` (its optimizer, scheduler and criterion set);
-        ``resumed`` (the checkpoint, for the first stage of a resumed run) restores its state first."""
+    def _start_stage(self, state: RunnerState, stage: Stage, index: int, items: list[tuple[Any, Callback]],
+                     given: list[Callback], verbose: bool, resumed: dict[str, Any] | None) -> Hooks:
+        """Set ``stage`` up (its optimizer, scheduler, criterion and callbacks in the state, ``runner.callbacks``);
+        ``resumed`` (the checkpoint, for the first stage of a resumed run) restores its state.
+
+        Returns:
+            The stage's callbacks with each event's calls worked out once, for the loop.
+        """
         state.stage, state.stage_index, state.num_epochs = stage.name, index, stage.num_epochs
         state.optimizer = stage.optimizer
         state.checkpoint_data["optimizer_hparams"] = optimizer_hparams(state.optimizer)
@@ -293,21 +268,7 @@ class Runner(abc.ABC):
         state.loggers = self.loggers
         if resumed is not None:
             restore_after_resume(resumed, state, state.callbacks, given)
-        state.epoch = start_epoch - 1
-        state.stop_training = False
-        hooks = Hooks(state.callbacks)  # each event's calls worked out once per stage
-        try:
-            hooks("on_stage_start", state)
-            for epoch in range(start_epoch, stage.num_epochs + 1):
-                state.epoch = epoch
-                run_epoch(self, state, loaders, hooks)
-                if state.stop_training:
-                    break
-            hooks("on_stage_end", state)
-        except BaseException as exc:
-            state.exception = exc
-            hooks("on_exception", state)
-            raise
+        return Hooks(state.callbacks)
 
     def infer(self, model: nn.Module | None, loaders: Mapping[str, Iterable],
               callbacks: list[Callback] | Mapping[Any, Callback] | None = None, verbose: bool = False,
@@ -371,15 +332,29 @@ class Runner(abc.ABC):
             load_resume(resume, state, None)
         # a CheckpointCallback's only job in infer is the loading above: it writes nothing
         state.callbacks = [c for c in everything if not isinstance(c, CheckpointCallback)]
-        hooks = Hooks(state.callbacks)
-        try:
-            run_infer_epoch(self, state, loaders, hooks)
-        except BaseException as exc:
-            state.exception = exc
-            hooks("on_exception", state)
-            raise
+        TrainingLoop(state, self.batch_to_dict, self.forward, loaders).run_infer(Hooks(state.callbacks))
         return state
 
 
 def _default(value: Any, default: Any) -> Any:
     return value if value is not None else default
+
+
+def _check_claim(claim: LogdirClaim, resume: Any, overwrite: bool) -> None:
+    """A ``LogdirClaim`` given as ``logdir`` is held, and was made for this run's ``resume`` and ``overwrite_logdir``.
+
+    Raises:
+        ValueError: naming what differs.
+    """
+    if not claim.held:
+        raise ValueError(f"logdir={claim!r} is not held: pass it inside its with block (with claim: runner.train(..., "
+                         f"claim)), or pass the folder itself")
+    if overwrite and not claim.overwrite:
+        raise ValueError(f"overwrite_logdir=True, but logdir={claim!r} was claimed without overwrite: the claim "
+                         f"applied the log-directory policy; claim it with overwrite=True")
+    def where(path: Any) -> str | None:
+        return None if path is None else os.path.realpath(path)
+
+    if where(resume) != where(claim.resume):  # the claim let a resumed run into a folder holding its run
+        raise ValueError(f"resume={str(resume)!r}, but logdir={claim!r} was claimed with resume="
+                         f"{None if claim.resume is None else str(claim.resume)!r}; claim it for the run's resume")

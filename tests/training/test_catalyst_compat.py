@@ -31,7 +31,7 @@ from segzoo.training.callbacks import (
     OptimizerCallback,
     TensorboardLogger,
 )
-from segzoo.training.compat import fp16_to_amp
+from segzoo.training.catalyst_args import fp16_to_amp
 
 
 class TutorialDataset(Dataset):

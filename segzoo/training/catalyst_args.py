@@ -1,5 +1,7 @@
 """Catalyst 19.x keywords and callback conventions of ``train`` / ``infer``, mapped onto segzoo's runner.
 
+(Was ``segzoo.training.compat``; the default callbacks a run adds are in :mod:`segzoo.training.defaults`.)
+
 Everything here either maps a 19.x argument onto segzoo's own option, or raises with the
 segzoo spelling: nothing given to the runner is silently ignored.
 """
@@ -7,32 +9,18 @@ segzoo spelling: nothing given to the runner is silently ignored.
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from segzoo.errors import short_repr
-from segzoo.training.callback import Callback, LoggerCallback, sort_callbacks
+from segzoo.training.callback import Callback
 from segzoo.training.callbacks.checkpoint import CheckpointCallback
 from segzoo.training.callbacks.criterion import CriterionAggregatorCallback, CriterionCallback
 from segzoo.training.callbacks.early_stopping import EarlyStoppingCallback
-from segzoo.training.callbacks.loggers import ConsoleLogger, ProgressBarLogger, TensorboardLogger
+from segzoo.training.callbacks.loggers import TensorboardLogger
 from segzoo.training.callbacks.optimizer import OptimizerCallback
 from segzoo.training.callbacks.predictions import PredictionSaverCallback
 from segzoo.training.callbacks.scheduler import SchedulerCallback
-from segzoo.training.callbacks.timer import TimerCallback
-from segzoo.training.state import RunnerState
-
-# check=True, as Catalyst 19.x: batches 0..3 of each loader, and at most 3 epochs per stage
-CHECK_BATCHES = 4
-CHECK_EPOCHS = 3
-
-# names of the callbacks the runner adds, as Catalyst 19.x's SupervisedExperiment named them
-DEFAULT_NAMES: dict[type, str] = {
-    CriterionCallback: "_criterion", OptimizerCallback: "_optimizer", SchedulerCallback: "_scheduler",
-    CheckpointCallback: "_saver", ConsoleLogger: "console", TensorboardLogger: "tensorboard",
-    ProgressBarLogger: "verbose", TimerCallback: "_timer",
-}
 
 _FP16_KEYS = ("opt_level", "loss_scale")
 
@@ -52,12 +40,12 @@ _TRAIN_ONLY: dict[type, str] = {
 }
 
 
-def fp16_to_amp(fp16: Any, amp: bool | str) -> bool | str:
+def fp16_to_amp(fp16: Any, amp: bool | str, stacklevel: int = 3) -> bool | str:
     """The ``amp`` option for Catalyst's ``fp16=`` (apex) argument; warns once that native AMP is used.
 
     ``None`` / ``False``: ``amp`` unchanged. ``True`` is ``{"opt_level": "O1"}``. ``opt_level``
     ``"O1"`` / ``"O2"`` become ``amp=True`` (torch.autocast: float16 with a GradScaler on CUDA,
-    bfloat16 on CPU); ``"O0"`` is float32 (``amp`` unchanged).
+    bfloat16 on CPU); ``"O0"`` is float32 (``amp`` unchanged). ``stacklevel``: the user's call, for the warning.
 
     Raises:
         ValueError: ``"O3"`` (pure float16 weights), unknown keys or levels, or ``amp`` set too.
@@ -86,7 +74,7 @@ def fp16_to_amp(fp16: Any, amp: bool | str) -> bool | str:
     if level == "O0":
         return amp
     warnings.warn(f"fp16={dict(fp16)!r} runs with native torch.autocast, as amp=True (float16 with a "
-                  f"GradScaler on CUDA, bfloat16 on CPU); apex is not used", UserWarning, stacklevel=3)
+                  f"GradScaler on CUDA, bfloat16 on CPU); apex is not used", UserWarning, stacklevel=stacklevel)
     return True
 
 
@@ -95,82 +83,6 @@ def check_monitoring_params(monitoring_params: Any) -> None:
     if monitoring_params is not None:
         raise ValueError("monitoring_params (Alchemy / Weights & Biases) is not supported: "
                          "drop it and use TensorboardLogger or your own Callback")
-
-
-def callback_items(callbacks: Any) -> list[tuple[Any, Callback]]:
-    """``(name, callback)`` pairs as Catalyst 19.x keyed them.
-
-    A list is sorted by ``order`` and keyed by position (``0, 1, ...``); a dict keeps its keys.
-
-    Raises:
-        TypeError: not a list/tuple/dict, or an item that is not a :class:`Callback`.
-    """
-    if callbacks is None:
-        return []
-    if isinstance(callbacks, Mapping):
-        items = list(callbacks.items())
-    elif isinstance(callbacks, (list, tuple)):
-        items = list(enumerate(callbacks))
-    else:
-        raise TypeError(f"callbacks must be a list or a dict name -> Callback, got {type(callbacks).__name__}")
-    for key, cb in items:
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks[{key!r}] is a {type(cb).__name__}, not a segzoo Callback")
-    if not isinstance(callbacks, Mapping):
-        items = list(enumerate(sort_callbacks([cb for _, cb in items])))
-    return items
-
-
-def name_run_callbacks(run: list[Callback], items: list[tuple[Any, Callback]]
-                       ) -> tuple[OrderedDict[Any, Callback], OrderedDict[Any, Callback]]:
-    """``(runner.callbacks, runner.loggers)``: the run's callbacks in run order, keyed by name.
-
-    Callbacks the user gave keep their key; those the runner added get Catalyst's default
-    names (``_criterion``, ``_optimizer``, ``_scheduler``, ``_saver``, ``console``, ...), others
-    their class name (with ``:2``, ``:3`` ... when repeated).
-    """
-    given = {id(cb): key for key, cb in items}
-    callbacks: OrderedDict[Any, Callback] = OrderedDict()
-    loggers: OrderedDict[Any, Callback] = OrderedDict()
-    for cb in run:
-        target = loggers if isinstance(cb, LoggerCallback) else callbacks
-        key = given.get(id(cb))
-        if key is None:
-            base = DEFAULT_NAMES.get(type(cb), type(cb).__name__)
-            key, n = base, 1
-            while key in callbacks or key in loggers:
-                n += 1
-                key = f"{base}:{n}"
-        target[key] = cb
-    return callbacks, loggers
-
-
-def with_default_callbacks(callbacks: list[Callback], state: RunnerState, criterion_callback: Callable[[], Callback],
-                           verbose: bool) -> list[Callback]:
-    """``callbacks`` plus the defaults missing among them, sorted by ``order`` (Catalyst 19.x's SupervisedExperiment).
-
-    Added when no callback of the kind is given: ``criterion_callback()`` (with a criterion),
-    OptimizerCallback (with an optimizer), SchedulerCallback (with a scheduler),
-    CheckpointCallback, ConsoleLogger, and a ProgressBarLogger when ``verbose``.
-    """
-    cbs = list(callbacks)
-
-    def has(kind: type) -> bool:
-        return any(isinstance(c, kind) for c in cbs)
-
-    if state.criterion is not None and not has(CriterionCallback):
-        cbs.append(criterion_callback())
-    if state.optimizer is not None and not has(OptimizerCallback):
-        cbs.append(OptimizerCallback())
-    if state.scheduler is not None and not has(SchedulerCallback):
-        cbs.append(SchedulerCallback())
-    if not has(CheckpointCallback):
-        cbs.append(CheckpointCallback())
-    if not has(ConsoleLogger):
-        cbs.append(ConsoleLogger())
-    if verbose and not has(ProgressBarLogger):
-        cbs.append(ProgressBarLogger())
-    return sort_callbacks(cbs)
 
 
 def resume_of_callbacks(callbacks: list[Callback], resume: Any) -> Any:
