@@ -153,8 +153,9 @@ def _lock(folder: Path) -> int | None:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise FileExistsError(f"log directory {_show(folder)} is in use by another running training; "
-                                  f"wait for it or choose another logdir") from None
+            raise FileExistsError(f"log directory {_show(folder)} is in use by another running training (or by a "
+                                  f"LogdirClaim held here: pass that claim as the logdir); wait for it or choose "
+                                  f"another logdir") from None
         return None  # a file system without flock: run unlocked
     return fd
 
