@@ -6,10 +6,11 @@ Schema (every key optional unless marked; unknown keys are rejected with the clo
     logdir: logs/run                     # required
     model:                               # required
       name: resnet18_unet                # a registry name (segzoo models)
-      params: {num_classes: 1, pretrained: false}
+      params: {num_classes: 1, pretrained: false}   # num_classes: stated here, once
     data:                                # required
       kind: procedural                   # procedural | folder
-      params: {image_size: 96, num_classes: 1}   # ProceduralSegmentation args (procedural)
+      params: {image_size: 96}           # ProceduralSegmentation / SegmentationFolder args; num_classes
+                                         # defaults to model.params.num_classes (if given, it must be equal)
       train_size: 512                    # procedural: samples (valid uses seed + 1)
       valid_size: 128
       train_images: data/train/images    # folder: the four folders
@@ -111,8 +112,11 @@ def _check(node: Any, schema: Any, where: str) -> None:
 def validate(cfg: dict[str, Any]) -> None:
     """Check the whole config before anything heavy runs.
 
+    ``data.params.num_classes`` is set to ``model.params.num_classes`` when the config leaves it out.
+
     Raises:
-        ConfigError: unknown key (closest valid named), wrong type, missing required section.
+        ConfigError: unknown key (closest valid named), wrong type, missing required section,
+            ``data.params.num_classes`` other than ``model.params.num_classes``.
     """
     _check(cfg, SCHEMA, "")
     missing = [k for k in REQUIRED if k not in cfg]
@@ -158,15 +162,28 @@ def validate(cfg: dict[str, Any]) -> None:
                              else ""))
     if cfg.get("stages") and "num_epochs" in cfg:
         raise ConfigError("give either num_epochs (one stage) or stages (each with its num_epochs), not both")
+    _check_num_classes(cfg)
+
+
+def _check_num_classes(cfg: dict[str, Any]) -> None:
+    """``model.params.num_classes`` is the number of classes; ``data.params.num_classes`` may repeat it (equal)
+    and is filled in from it when absent, so that the data and the model agree.
+
+    Raises:
+        ConfigError: the two are given and differ, or only the data's is given (other than 1).
+    """
     model_classes = (cfg["model"].get("params") or {}).get("num_classes")
-    data_classes = (cfg["data"].get("params") or {}).get("num_classes", 1)
-    if model_classes is not None and model_classes != data_classes:
+    data_params = cfg["data"].get("params") or {}
+    data_classes = data_params.get("num_classes")
+    if model_classes is not None and data_classes is not None and model_classes != data_classes:
         raise ConfigError(f"model.params.num_classes={short_repr(model_classes)} but data.params.num_classes="
-                          f"{short_repr(data_classes)}; they must match (1 = binary masks, K = K classes including "
-                          f"background)")
-    if data_classes != 1 and model_classes is None:
+                          f"{short_repr(data_classes)}; they must match: state it once, in model.params.num_classes "
+                          f"(1 = binary masks, K = K classes including background)")
+    if model_classes is None and data_classes not in (None, 1):
         raise ConfigError(f"data.params.num_classes={short_repr(data_classes)} but model.params.num_classes is not "
-                          f"set (the model would output its default); set model.params.num_classes to the same")
+                          f"set (the model would output its default); set model.params.num_classes instead")
+    if data_classes is None and isinstance(model_classes, int) and not isinstance(model_classes, bool):
+        cfg["data"]["params"] = {**data_params, "num_classes": model_classes}
 
 
 def _bound(dotted: str, value: Any, low: int, high: int | None) -> None:
