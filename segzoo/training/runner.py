@@ -148,7 +148,7 @@ class Runner(abc.ABC):
               scheduler: Any = None, num_epochs: int = 1, main_metric: str = "loss", minimize_metric: bool = True,
               verbose: bool = False, resume: str | os.PathLike | None = None, valid_loader: str = "valid",
               stages: list[Stage] | None = None, seed: int | None = None, amp: bool | str = False,
-              channels_last: bool = False, compile: bool | dict = False,
+              channels_last: bool | str | None = None, compile: bool | dict = False,
               normalization: Mapping[str, list[float]] | None = None, nonfinite: str = "raise",
               checkpoint_data: Mapping[str, Any] | None = None, fp16: Any = None, monitoring_params: Any = None,
               check: bool = False, timeit: bool = False, overwrite_logdir: bool = False,
@@ -182,7 +182,9 @@ class Runner(abc.ABC):
             seed: seed python, numpy and torch first (reproducible CPU runs).
             amp: ``False``, ``True`` (fp16 on CUDA, bf16 elsewhere), ``"fp16"`` or ``"bf16"`` autocast;
                 fp16 on CUDA uses a GradScaler.
-            channels_last: move the model and 4-D float inputs to channels_last.
+            channels_last: the layout: ``"auto"``, ``True``, ``False`` as a segzoo model's own setting, which
+                it sets (other modules: the model and 4-D float inputs converted for ``True``);
+                ``None`` leaves the model's choice (:mod:`segzoo.training.layout`).
             compile: wrap the model with ``torch.compile`` (a dict gives its options).
             normalization: ``{"mean": [...], "std": [...]}`` of the inputs, stored in checkpoints.
             nonfinite: on a NaN/inf loss ``"raise"`` (stop with an error naming the loss and where)
@@ -261,12 +263,12 @@ class Runner(abc.ABC):
         return state
 
     def _train_state(self, model: nn.Module, logdir: str | os.PathLike, *, main_metric: str, minimize_metric: bool,
-                     valid_loader: str, nonfinite: str, check: bool, amp: bool | str, channels_last: bool,
+                     valid_loader: str, nonfinite: str, check: bool, amp: bool | str, channels_last: bool | str | None,
                      compile: bool | dict, normalization: Mapping[str, list[float]] | None,
                      checkpoint_data: Mapping[str, Any] | None) -> RunnerState:
         """The run's state: device and processes, AMP, the prepared model, what checkpoints store."""
         state = RunnerState(logdir=Path(logdir), main_metric=main_metric, minimize_metric=minimize_metric,
-                            nonfinite=nonfinite, valid_loader=valid_loader, channels_last=bool(channels_last),
+                            nonfinite=nonfinite, valid_loader=valid_loader, channels_last=channels_last,
                             max_batches=CHECK_BATCHES if check else None)
         state.distributed, rank, state.world_size, state.device = dist_utils.setup(resolve_device(self.device))
         state.is_main_process = rank == 0
@@ -311,7 +313,7 @@ class Runner(abc.ABC):
 
     def infer(self, model: nn.Module | None, loaders: Mapping[str, Iterable],
               callbacks: list[Callback] | Mapping[Any, Callback] | None = None, verbose: bool = False,
-              resume: str | os.PathLike | None = None, amp: bool | str = False, channels_last: bool = False,
+              resume: str | os.PathLike | None = None, amp: bool | str = False, channels_last: bool | str | None = None,
               fp16: Any = None, check: bool = False, timeit: bool = False) -> RunnerState:
         """Run ``model`` over ``loaders`` in eval mode without gradients; callbacks see every batch.
 
@@ -354,7 +356,7 @@ class Runner(abc.ABC):
         resume = resume_of_callbacks(given, resume)
         amp = fp16_to_amp(fp16, amp)
         self.model = model
-        state = RunnerState(stage="infer", num_epochs=1, epoch=1, global_epoch=1, channels_last=bool(channels_last),
+        state = RunnerState(stage="infer", num_epochs=1, epoch=1, global_epoch=1, channels_last=channels_last,
                             max_batches=CHECK_BATCHES if check else None)
         state.device = resolve_device(self.device)
         state.amp_dtype = amp_dtype(amp, state.device)
