@@ -7,7 +7,6 @@ from _models import tiny_model
 
 from segzoo import hardware
 from segzoo.checkpoint import load_checkpoint
-from segzoo.training.layout import check_layout_setting
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +93,8 @@ def test_a_plain_module_is_converted_as_before(tmp_path):
 
 @pytest.mark.parametrize("value", ["yes", 1, "AUTO", 0.0])
 def test_other_values_are_refused_in_one_line(tmp_path, value):
+    from segzoo.training.layout import check_layout_setting
+
     with pytest.raises(ValueError, match="channels_last must be True, False, 'auto' or None") as info:
         train(_model(), _loaders(), tmp_path / "run", channels_last=value)
     assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
