@@ -123,18 +123,30 @@ def segmentation_sums(outputs: torch.Tensor, targets: torch.Tensor, threshold: f
     return ((o * t).sum(dims).double(), o.sum(dims).double(), t.sum(dims).double())
 
 
+def _empty_scores_one(score: torch.Tensor, outputs_sum: torch.Tensor, targets_sum: torch.Tensor) -> torch.Tensor:
+    """``score`` with the classes empty in both prediction and target set to 1."""
+    return torch.where(outputs_sum + targets_sum == 0, torch.ones_like(score), score)
+
+
 def dice_from_sums(intersection: torch.Tensor, outputs_sum: torch.Tensor, targets_sum: torch.Tensor,
                    eps: float = 1e-7) -> torch.Tensor:
     """Dice ``2I / (O + T + eps)`` per class (C,); a class empty in both prediction and target scores 1."""
-    score = 2 * intersection / (outputs_sum + targets_sum + eps)
-    return torch.where(outputs_sum + targets_sum == 0, torch.ones_like(score), score)
+    return _empty_scores_one(2 * intersection / (outputs_sum + targets_sum + eps), outputs_sum, targets_sum)
 
 
 def iou_from_sums(intersection: torch.Tensor, outputs_sum: torch.Tensor, targets_sum: torch.Tensor,
                   eps: float = 1e-7) -> torch.Tensor:
     """IoU ``I / (O + T - I + eps)`` per class (C,); a class empty in both prediction and target scores 1."""
     score = intersection / (outputs_sum + targets_sum - intersection + eps)
-    return torch.where(outputs_sum + targets_sum == 0, torch.ones_like(score), score)
+    return _empty_scores_one(score, outputs_sum, targets_sum)
+
+
+def _scores(from_sums, outputs: torch.Tensor, targets: torch.Tensor, eps: float, threshold: float | None,
+            activation: str | None, ignore_index: int | None, per_class: bool) -> torch.Tensor:
+    """The core of :func:`dice` and :func:`iou`: ``from_sums`` of :func:`segmentation_sums`, per class (C,) or
+    their mean."""
+    scores = from_sums(*segmentation_sums(outputs, targets, threshold, activation, ignore_index), eps=eps)
+    return scores if per_class else scores.mean()
 
 
 def dice(outputs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-7, threshold: float | None = None,
@@ -154,8 +166,7 @@ def dice(outputs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-7, thresh
     Returns:
         A float64 scalar (mean over classes) or, with ``per_class``, a (C,) tensor.
     """
-    scores = dice_from_sums(*segmentation_sums(outputs, targets, threshold, activation, ignore_index), eps=eps)
-    return scores if per_class else scores.mean()
+    return _scores(dice_from_sums, outputs, targets, eps, threshold, activation, ignore_index, per_class)
 
 
 def iou(outputs: torch.Tensor, targets: torch.Tensor, classes: list[str] | None = None, eps: float = 1e-7,
@@ -185,12 +196,9 @@ def iou(outputs: torch.Tensor, targets: torch.Tensor, classes: list[str] | None 
     if classes is not None and outputs.dim() == 4 and len(classes) != outputs.shape[1]:
         raise ValueError(f"{len(classes)} class names {list(classes)!r} for outputs of shape "
                          f"{tuple(outputs.shape)} ({outputs.shape[1]} classes)")
-    scores = iou_from_sums(*segmentation_sums(outputs, targets, threshold, activation, ignore_index), eps=eps)
-    if per_class is None:
-        per_class = classes is not None
-    if not per_class:
-        return scores.mean()
-    if classes is not None:
+    per_class = classes is not None if per_class is None else per_class
+    scores = _scores(iou_from_sums, outputs, targets, eps, threshold, activation, ignore_index, per_class)
+    if per_class and classes is not None:
         return {name: scores[i] for i, name in enumerate(classes)}
     return scores
 

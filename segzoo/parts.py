@@ -44,21 +44,76 @@ class DeclaresFeatures(ABC, nn.Module):
         """Stride (input image size / feature size) of each output feature map, shallow to deep."""
 
 
-class FeaturePart(DeclaresFeatures):
+class StoredDeclaration(DeclaresFeatures):
+    """The declaration as data: :meth:`declare_outputs` in ``__init__`` stores the output channels and
+    strides, and ``out_channels`` / ``out_strides`` return them (implemented once, here, for every
+    :class:`FeaturePart`). A subclass may define the two properties itself instead (both, never one).
+    """
+
+    def _check_declaration_style(self) -> None:
+        cls = type(self)
+        own = [name for name in ("out_channels", "out_strides")
+               if getattr(cls, name) is not getattr(StoredDeclaration, name)]
+        if len(own) == 1:
+            missing = ({"out_channels", "out_strides"} - set(own)).pop()
+            raise TypeError(f"{cls.__name__} defines {own[0]} but not {missing}: define both, or neither and "
+                            f"call self.declare_outputs(channels, strides) in __init__")
+
+    def declare_outputs(self, channels: list[int], strides: list[int]) -> None:
+        """Declare the channels and strides of the output features, shallow to deep (call it in ``__init__``).
+
+        :attr:`out_channels` / :attr:`out_strides` then return them.
+
+        Raises:
+            ValueError: the two lists are empty or differ in length.
+        """
+        channels, strides = [int(c) for c in channels], [int(s) for s in strides]
+        if not channels or len(channels) != len(strides):
+            raise ValueError(f"{type(self).__name__} declares output channels {channels} and strides {strides}: "
+                             f"one stride per output, at least one output")
+        self._declared_outputs = (channels, strides)
+
+    def _declared(self) -> tuple[list[int], list[int]]:
+        declared = getattr(self, "_declared_outputs", None)
+        if declared is None:
+            raise TypeError(f"{type(self).__name__} does not declare its outputs: call "
+                            f"self.declare_outputs(channels, strides) in __init__, or define the "
+                            f"out_channels and out_strides properties")
+        return declared
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of each output feature map, shallow to deep (as declared by :meth:`declare_outputs`)."""
+        return list(self._declared()[0])
+
+    @property
+    def out_strides(self) -> list[int]:
+        """Stride of each output feature map, shallow to deep (as declared by :meth:`declare_outputs`)."""
+        return list(self._declared()[1])
+
+
+class FeaturePart(StoredDeclaration):
     """A module mapping a list of feature maps to another, declaring what it outputs.
 
     Args:
         in_channels: channels of the input features, shallow to deep.
         in_strides: strides (input image size / feature size) of the input features.
 
+    Subclasses declare their outputs once, with :meth:`declare_outputs` in ``__init__``, or
+    define the ``out_channels`` / ``out_strides`` properties themselves.
+
     Shapes: list of (B, in_channels[i], H / in_strides[i], W / in_strides[i])
     -> list of (B, out_channels[j], H / out_strides[j], W / out_strides[j]).
+
+    Raises:
+        TypeError: (at construction) a subclass defines one of the two properties without the other.
     """
 
     min_features: int = 1
 
     def __init__(self, in_channels: list[int], in_strides: list[int]) -> None:
         super().__init__()
+        self._check_declaration_style()
         check_features(list(in_channels), list(in_strides), type(self).__name__, self.min_features)
         self.in_channels = [int(c) for c in in_channels]
         self.in_strides = [int(s) for s in in_strides]

@@ -10,6 +10,7 @@ A registry is a read-only ``Mapping`` of name -> factory, so ``REG[name]``, ``na
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -56,6 +57,32 @@ class Registry(Mapping[str, Factory]):
         self._factories[name] = factory
         self._defaults[name] = dict(defaults)
         return factory
+
+    def register_classes(self, namespace: Any, base: type) -> list[str]:
+        """Register every public subclass of ``base`` found in ``namespace`` (a module) under its attribute name.
+
+        This is how a registry takes the classes of a library it does not own (torch's optimizers,
+        schedulers and losses); names already registered keep their factory.
+
+        Returns:
+            The names added.
+        """
+        added = []
+        for name, cls in vars(namespace).items():
+            if (inspect.isclass(cls) and issubclass(cls, base) and cls is not base and not name.startswith("_")
+                    and name not in self._factories):
+                self.register(name, cls)
+                added.append(name)
+        return added
+
+    def include(self, other: Registry) -> None:
+        """Register every name of ``other`` with its factory and defaults.
+
+        Raises:
+            ValueError: a name of ``other`` is already registered here.
+        """
+        for name in other:
+            self.register(name, other[name], **other.defaults(name))
 
     def __getitem__(self, name: str) -> Factory:
         if not isinstance(name, str) or name not in self._factories:

@@ -190,3 +190,52 @@ def test_upernet_level_fusion_equals_concat_fusion_for_1x1():
 def test_upernet_rejects_bad_fusion(kwargs, match):
     with pytest.raises(ValueError, match=match):
         UPerNetDecoder([16, 32], [4, 8], **kwargs)
+
+
+def test_declared_and_property_styles_both_work():
+    """Parts declare their outputs once (``declare_outputs``) or with their own properties; both compose."""
+    from segzoo.models.meta import UnetMetaSpec
+    from segzoo.parts import FeaturePart
+
+    class Declared(FeaturePart):
+        def __init__(self, in_channels, in_strides):
+            super().__init__(in_channels, in_strides)
+            self.declare_outputs(self.in_channels[:1], self.in_strides[:1])
+
+        def forward(self, features):
+            return features[:1]
+
+    class OwnProperties(FeaturePart):
+        @property
+        def out_channels(self):
+            return self.in_channels[:1]
+
+        @property
+        def out_strides(self):
+            return self.in_strides[:1]
+
+        def forward(self, features):
+            return features[:1]
+
+    class Forgot(FeaturePart):
+        def forward(self, features):
+            return features[:1]
+
+    enc = ResnetEncoder("resnet18", pretrained=False)
+    for cls in (Declared, OwnProperties):
+        dec = cls(enc.out_channels, enc.out_strides)
+        assert (dec.out_channels, dec.out_strides) == (enc.out_channels[:1], enc.out_strides[:1])
+        model = UnetMetaSpec(enc, dec, head=UnetHead(dec.out_channels, 2, dec.out_strides)).eval()
+        assert model(torch.rand(1, 3, SIZE, SIZE)).shape == (1, 2, SIZE, SIZE)
+    with pytest.raises(TypeError, match="declare_outputs"):
+        Forgot([8], [1]).out_channels  # noqa: B018
+    with pytest.raises(TypeError, match="declare_outputs"):
+        UnetMetaSpec(enc, Forgot(enc.out_channels, enc.out_strides), head=UnetHead([64], 2, [4]))
+    with pytest.raises(ValueError, match="one stride per output"):
+        Declared([8], [1]).declare_outputs([8, 8], [1])
+    # the built-in decoders and the bridge declare once, in the base
+    for part in (UNetDecoder([8, 16], [2, 4]), FPNDecoder([8, 16], [2, 4]), PSPDecoder([8], [4]),
+                 UPerNetDecoder([8, 16], [2, 4], channels=8), DeepLabV3PlusDecoder([8, 16], [4, 16], out_channels=8),
+                 create_bridge("unet", [8, 16], [2, 4])):
+        assert "out_channels" not in vars(type(part)) and "out_strides" not in vars(type(part))
+        assert part.out_channels is not part.out_channels  # a copy: callers cannot change the declaration

@@ -32,14 +32,7 @@ class UnetBridge(BridgeSpec):
             nn.MaxPool2d(2),
             get_block(in_channels[-1], self.bridge_channels, complexity=complexity, activation=activation, norm=norm),
         )
-
-    @property
-    def out_channels(self) -> list[int]:
-        return self.in_channels + [self.bridge_channels]
-
-    @property
-    def out_strides(self) -> list[int]:
-        return self.in_strides + [2 * self.in_strides[-1]]
+        self.declare_outputs(self.in_channels + [self.bridge_channels], self.in_strides + [2 * self.in_strides[-1]])
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Return the features with the new deepest one appended."""

@@ -14,7 +14,8 @@ list_decoders = DECODERS.names
 class DecoderSpec(FeaturePart):
     """Base class of decoders: receives ``in_channels``/``in_strides`` (encoder or bridge output).
 
-    Implement ``out_channels``, ``out_strides`` and ``forward(features) -> features``
+    Declare the outputs (``self.declare_outputs(channels, strides)`` in ``__init__``, or the
+    ``out_channels`` / ``out_strides`` properties) and implement ``forward(features) -> features``
     (outputs shallow to deep; heads usually read the first, finest one).
     Shapes: list of (B, in_channels[i], H / in_strides[i], W / in_strides[i])
     -> list of (B, out_channels[j], H / out_strides[j], W / out_strides[j]).

@@ -105,15 +105,7 @@ class DeepLabV3PlusDecoder(DecoderSpec):
         conv = SeparableConvBnAct if separable else ConvBnAct
         widths = [out_channels + low_level_channels] + [out_channels] * fuse_convs
         self.fuse = nn.Sequential(*(conv(a, b) for a, b in zip(widths, widths[1:])))
-        self._out = out_channels
-
-    @property
-    def out_channels(self) -> list[int]:
-        return [self._out]
-
-    @property
-    def out_strides(self) -> list[int]:
-        return [self.in_strides[self.skip]]
+        self.declare_outputs([out_channels], [self.in_strides[self.skip]])
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """ASPP on the deepest feature, fused with the low-level skip."""

@@ -39,15 +39,7 @@ class FPNDecoder(DecoderSpec):
             make_upsample(upsample, pyramid_channels, stride_ratio(strides[k + 1], strides[k], "FPNDecoder"))
             for k in range(len(strides) - 1)
         )
-        self._strides = strides
-
-    @property
-    def out_channels(self) -> list[int]:
-        return [self.pyramid_channels] * self.num_levels
-
-    @property
-    def out_strides(self) -> list[int]:
-        return list(self._strides)
+        self.declare_outputs([pyramid_channels] * self.num_levels, strides)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Build the pyramid; returns levels shallow to deep."""

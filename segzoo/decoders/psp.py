@@ -102,15 +102,7 @@ class PSPDecoder(DecoderSpec):
         self.branches = nn.ModuleList(PyramidPooling(c, branch, s) for s in pool_sizes)
         self.fuse = ConvBnAct(c + branch * len(pool_sizes), out_channels, 1)
         self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
-        self._out = out_channels
-
-    @property
-    def out_channels(self) -> list[int]:
-        return [self._out]
-
-    @property
-    def out_strides(self) -> list[int]:
-        return [self.in_strides[-1]]
+        self.declare_outputs([out_channels], [self.in_strides[-1]])
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Pool the deepest feature at several scales and fuse."""

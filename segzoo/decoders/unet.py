@@ -129,7 +129,6 @@ class UNetDecoder(DecoderSpec):
             if len(widths) != len(skips):
                 raise ValueError(f"UNetDecoder: channels {list(channels)} must give one width per skip level "
                                  f"({len(skips)}: strides {[self.in_strides[i] for i in skips]})")
-        self._widths = widths
         self.blocks = nn.ModuleList()
         deep = self.in_channels[-1]
         # built deep to shallow, in the order forward runs them
@@ -151,14 +150,7 @@ class UNetDecoder(DecoderSpec):
             # were 2-4 % slower split, so they keep the concat. Train step of the resnet34 Unet:
             # -1.4 % (default), -4 % (both channels_last), -1 to -2.5 % (AVX2 kernels)
             self.blocks[-1].split_concat = True
-
-    @property
-    def out_channels(self) -> list[int]:
-        return list(self._widths)
-
-    @property
-    def out_strides(self) -> list[int]:
-        return self.in_strides[self.first:-1]
+        self.declare_outputs(widths, self.in_strides[self.first:-1])
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Decode; returns the output of every block, shallow to deep."""

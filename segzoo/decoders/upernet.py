@@ -78,15 +78,7 @@ class UPerNetDecoder(DecoderSpec):
                 for _ in range(n_levels))
             self.fuse_norm = make_norm("bn", channels)
             self.fuse_act = nn.ReLU(inplace=True)
-        self._out = channels
-
-    @property
-    def out_channels(self) -> list[int]:
-        return [self._out]
-
-    @property
-    def out_strides(self) -> list[int]:
-        return [self.in_strides[self.first]]
+        self.declare_outputs([channels], [self.in_strides[self.first]])
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """PPM, top-down pyramid, fusion at the finest used stride."""

@@ -123,7 +123,21 @@ class LovaszLoss(nn.Module):
         return self._one(logits, targets, mode)
 
 
-class LovaszLossBinary(LovaszLoss):
+class _CatalystLovasz(LovaszLoss):
+    """The one body of Catalyst 19.x's Lovasz names: ``LovaszLoss(mode=<the class's mode>)`` with ``ignore=``.
+
+    Args:
+        per_image: compute per image and average.
+        ignore: target value whose pixels are left out (segzoo: ``ignore_index``).
+    """
+
+    catalyst_mode: str
+
+    def __init__(self, per_image: bool = False, ignore: int | None = None) -> None:
+        super().__init__(self.catalyst_mode, ignore_index=ignore, per_image=per_image)
+
+
+class LovaszLossBinary(_CatalystLovasz):
     """Catalyst 19.x name of ``LovaszLoss(mode="binary")``: Lovasz hinge on logits (B, 1, H, W).
 
     Args:
@@ -131,11 +145,10 @@ class LovaszLossBinary(LovaszLoss):
         ignore: target value whose pixels are left out (segzoo: ``ignore_index``).
     """
 
-    def __init__(self, per_image: bool = False, ignore: int | None = None) -> None:
-        super().__init__("binary", ignore_index=ignore, per_image=per_image)
+    catalyst_mode = "binary"
 
 
-class LovaszLossMultiClass(LovaszLoss):
+class LovaszLossMultiClass(_CatalystLovasz):
     """Catalyst 19.x name of ``LovaszLoss(mode="multiclass")``: Lovasz-softmax over C classes.
 
     Targets are (B, H, W) class indices (integer, or float class maps of whole numbers such as
@@ -147,11 +160,10 @@ class LovaszLossMultiClass(LovaszLoss):
         ignore: target value whose pixels are left out (segzoo: ``ignore_index``).
     """
 
-    def __init__(self, per_image: bool = False, ignore: int | None = None) -> None:
-        super().__init__("multiclass", ignore_index=ignore, per_image=per_image)
+    catalyst_mode = "multiclass"
 
 
-class LovaszLossMultiLabel(LovaszLoss):
+class LovaszLossMultiLabel(_CatalystLovasz):
     """Catalyst 19.x name of ``LovaszLoss(mode="multilabel")``: the Lovasz hinge of each channel, averaged.
 
     Args:
@@ -159,5 +171,4 @@ class LovaszLossMultiLabel(LovaszLoss):
         ignore: target value whose pixels are left out (segzoo: ``ignore_index``).
     """
 
-    def __init__(self, per_image: bool = False, ignore: int | None = None) -> None:
-        super().__init__("multilabel", ignore_index=ignore, per_image=per_image)
+    catalyst_mode = "multilabel"

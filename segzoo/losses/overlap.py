@@ -11,7 +11,7 @@ from segzoo.metrics import prepare_targets
 
 
 class _OverlapLoss(nn.Module):
-    """Shared body of the soft Dice and IoU losses: 1 - score, averaged over classes."""
+    """Shared body of the soft Dice, IoU and Tversky losses: a per-class loss of a per-class score, averaged."""
 
     def __init__(self, mode: str = "binary", smooth: float = 1.0, eps: float = 1e-7,
                  ignore_index: int | None = None, class_weights: list[float] | None = None, *,
@@ -29,8 +29,13 @@ class _OverlapLoss(nn.Module):
         self.register_buffer("class_weights", None if class_weights is None else
                              torch.tensor(class_weights, dtype=torch.float32), persistent=False)
 
-    def score(self, inter: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    def score(self, inter: torch.Tensor, p_sum: torch.Tensor, t_sum: torch.Tensor) -> torch.Tensor:
+        """Per-class score (C,) from the per-class sums of ``p * t``, ``p`` and ``t``."""
         raise NotImplementedError
+
+    def class_losses(self, scores: torch.Tensor) -> torch.Tensor:
+        """Per-class losses (C,) of per-class scores: ``1 - score``."""
+        return 1.0 - scores
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Loss of logits (B, C, H, W) against targets; a scalar."""
@@ -39,9 +44,7 @@ class _OverlapLoss(nn.Module):
                              f"{tuple(logits.shape)} ({logits.shape[1]} classes)")
         p, t, _ = probs_and_targets(logits, targets, self.mode, self.ignore_index)
         dims = (0, 2, 3)
-        inter = (p * t).sum(dims)
-        total = p.sum(dims) + t.sum(dims)
-        loss = 1.0 - self.score(inter, total)
+        loss = self.class_losses(self.score((p * t).sum(dims), p.sum(dims), t.sum(dims)))
         if self.class_weights is not None:
             return (loss * self.class_weights).sum() / self.class_weights.sum()
         return loss.mean()
@@ -61,30 +64,40 @@ class DiceLoss(_OverlapLoss):
             implies (``"Sigmoid"`` for binary/multilabel, ``"Softmax2d"`` for multiclass).
     """
 
-    def score(self, inter: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-        return (2 * inter + self.smooth) / (total + self.smooth).clamp_min(self.eps)
+    def score(self, inter: torch.Tensor, p_sum: torch.Tensor, t_sum: torch.Tensor) -> torch.Tensor:
+        """Soft Dice per class (C,)."""
+        return (2 * inter + self.smooth) / (p_sum + t_sum + self.smooth).clamp_min(self.eps)
 
 
 class IoULoss(_OverlapLoss):
     """Soft IoU (Jaccard) loss ``1 - (I + smooth) / (P + T - I + smooth)``; arguments as :class:`DiceLoss`."""
 
-    def score(self, inter: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-        return (inter + self.smooth) / (total - inter + self.smooth).clamp_min(self.eps)
+    def score(self, inter: torch.Tensor, p_sum: torch.Tensor, t_sum: torch.Tensor) -> torch.Tensor:
+        """Soft IoU per class (C,)."""
+        return (inter + self.smooth) / (p_sum + t_sum - inter + self.smooth).clamp_min(self.eps)
 
 
 class _BCEOverlapLoss(nn.Module):
-    def __init__(self, overlap: nn.Module, bce_weight: float, overlap_weight: float,
-                 ignore_index: int | None) -> None:
+    """The one body of the BCE + overlap losses: ``bce_weight * BCE + overlap_weight * overlap``.
+
+    ``overlap`` is the soft overlap loss class (:class:`DiceLoss`, :class:`IoULoss`) built in binary
+    mode with ``smooth`` / ``eps`` / ``ignore_index`` and the Catalyst 19.x arguments.
+    """
+
+    def __init__(self, overlap: type[_OverlapLoss], bce_weight: float, overlap_weight: float,
+                 ignore_index: int | None, smooth: float, eps: float, threshold: float | None,
+                 activation: str | None) -> None:
         super().__init__()
         if bce_weight == 0 and overlap_weight == 0:
             raise ValueError(f"{type(self).__name__}: the BCE and overlap weights cannot both be 0")
-        self.overlap = overlap
+        self.overlap = overlap("binary", smooth=smooth, eps=eps, ignore_index=ignore_index, threshold=threshold,
+                               activation=activation)
         self.bce_weight = bce_weight
         self.overlap_weight = overlap_weight
         self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of BCE-with-logits and the overlap loss; a scalar."""
+        """Weighted sum of BCE-with-logits and the overlap loss of logits (B, C, H, W); a scalar."""
         t, valid = prepare_targets(logits, targets, self.ignore_index)
         bce = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
         if valid is not None:
@@ -110,8 +123,7 @@ class BCEDiceLoss(_BCEOverlapLoss):
     def __init__(self, bce_weight: float = 0.5, dice_weight: float = 0.5, ignore_index: int | None = None,
                  smooth: float = 1.0, *, eps: float = 1e-7, threshold: float | None = None,
                  activation: str | None = "auto") -> None:
-        super().__init__(DiceLoss("binary", smooth=smooth, eps=eps, ignore_index=ignore_index, threshold=threshold,
-                                  activation=activation), bce_weight, dice_weight, ignore_index)
+        super().__init__(DiceLoss, bce_weight, dice_weight, ignore_index, smooth, eps, threshold, activation)
 
 
 class BCEIoULoss(_BCEOverlapLoss):
@@ -130,8 +142,7 @@ class BCEIoULoss(_BCEOverlapLoss):
     def __init__(self, bce_weight: float = 0.5, iou_weight: float = 0.5, ignore_index: int | None = None,
                  smooth: float = 1.0, *, eps: float = 1e-7, threshold: float | None = None,
                  activation: str | None = "auto") -> None:
-        super().__init__(IoULoss("binary", smooth=smooth, eps=eps, ignore_index=ignore_index, threshold=threshold,
-                                 activation=activation), bce_weight, iou_weight, ignore_index)
+        super().__init__(IoULoss, bce_weight, iou_weight, ignore_index, smooth, eps, threshold, activation)
 
 
 class TverskyLoss(_OverlapLoss):
@@ -168,20 +179,12 @@ class TverskyLoss(_OverlapLoss):
             raise ValueError(f"TverskyLoss gamma must be a number > 0, got {gamma!r}")
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Loss of logits (B, C, H, W) against targets; a scalar."""
-        if self.class_weights is not None and logits.dim() == 4 and logits.shape[1] != self.class_weights.numel():
-            raise ValueError(f"{self.class_weights.numel()} class_weights for logits of shape "
-                             f"{tuple(logits.shape)} ({logits.shape[1]} classes)")
-        p, t, _ = probs_and_targets(logits, targets, self.mode, self.ignore_index)
-        dims = (0, 2, 3)
-        inter = (p * t).sum(dims)
-        fp = p.sum(dims) - inter
-        fn = t.sum(dims) - inter
-        score = (inter + self.smooth) / (inter + self.alpha * fp + self.beta * fn + self.smooth).clamp_min(self.eps)
-        loss = 1.0 - score
-        if self.gamma != 1.0:  # floored: x ** gamma has an infinite slope at 0 for gamma < 1
-            loss = loss.clamp_min(self.eps) ** self.gamma
-        if self.class_weights is not None:
-            return (loss * self.class_weights).sum() / self.class_weights.sum()
-        return loss.mean()
+    def score(self, inter: torch.Tensor, p_sum: torch.Tensor, t_sum: torch.Tensor) -> torch.Tensor:
+        """Tversky index per class (C,): false positives ``p_sum - inter``, false negatives ``t_sum - inter``."""
+        fp, fn = p_sum - inter, t_sum - inter
+        return (inter + self.smooth) / (inter + self.alpha * fp + self.beta * fn + self.smooth).clamp_min(self.eps)
+
+    def class_losses(self, scores: torch.Tensor) -> torch.Tensor:
+        """``(1 - score) ** gamma`` per class (floored: ``x ** gamma`` has an infinite slope at 0 for gamma < 1)."""
+        loss = 1.0 - scores
+        return loss.clamp_min(self.eps) ** self.gamma if self.gamma != 1.0 else loss

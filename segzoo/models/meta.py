@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -101,6 +103,24 @@ class UnetMetaSpec(nn.Module):
         self._layout = resolve_layout(bool(value))
         self._layout_auto = False
         self._weight_format = None
+
+    def set_layout(self, channels_last: bool | str, source: str | None = None) -> None:
+        """Choose the layout from now on, with the constructor's meaning of ``channels_last``.
+
+        ``"auto"`` (the machine's choice per pass, the weights following ``train()`` / ``eval()``),
+        ``True`` / ``False`` (always / never channels_last). The 4-D weights move to the current
+        mode's layout at once. ``source`` replaces the choice's :attr:`~segzoo.hardware.LayoutChoice.source`
+        (who chose: ``"runner channels_last=True"``).
+
+        Raises:
+            ValueError: any other value, in one line.
+        """
+        choice = resolve_layout(channels_last)
+        self._layout = choice if source is None else dataclasses.replace(choice, source=source)
+        self._layout_auto = channels_last == "auto"
+        probe = self._probe_weight()
+        device = probe.device if probe is not None else torch.device("cpu")
+        self._set_weight_format(self._choice(device).for_mode(self.training))
 
     @property
     def layout_choice(self) -> LayoutChoice:

@@ -1,6 +1,6 @@
 """Building what a validated config names: loss, callbacks, model, optimizers and schedulers per stage, loaders.
 
-Names are resolved once, here, against :func:`registries`; unknown names raise
+Names are resolved once, here, against :func:`registries` (one :class:`~segzoo.registry.Registry` per kind); unknown names raise
 :class:`~segzoo.errors.NotFoundError` listing close matches, bad parameters a one-line
 :class:`~segzoo.errors.ConfigError` naming the config key.
 """
@@ -8,14 +8,14 @@ Names are resolved once, here, against :func:`registries`; unknown names raise
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from segzoo.errors import ConfigError, unknown_name_error
+from segzoo.errors import ConfigError
+from segzoo.registry import Registry
 from segzoo.training import preflight
 from segzoo.training.loop import seed_everything
 from segzoo.training.preflight import check_param_types
@@ -26,41 +26,47 @@ DEFAULT_LOSS = {"name": "BCEDiceLoss"}
 DEFAULT_OPTIMIZER = {"name": "Adam", "params": {"lr": 1e-3}}
 
 
-def build_named(section: dict[str, Any], registry: dict[str, Any], kind: str, *args: Any) -> Any:
+def build_named(section: dict[str, Any], registry: Registry, kind: str, *args: Any) -> Any:
     """``registry[section["name"]](*args, **section["params"])``, its parameters checked first.
+
+    ``kind`` names the config section in messages (the registry's own kind in an unknown-name error).
 
     Raises:
         NotFoundError: an unknown name (close matches listed).
         ConfigError: a parameter of the wrong type, or the constructor refused the parameters.
     """
     name = section.get("name")
-    if name not in registry:
-        raise unknown_name_error(kind, str(name), registry)
+    factory = registry[name]
     params = section.get("params") or {}
-    check_param_types(registry[name], params, f"{kind} {name} params")
+    check_param_types(factory, params, f"{kind} {name} params")
     try:
-        return registry[name](*args, **params)
+        return factory(*args, **params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{kind} {name}: {preflight.first_line(exc)}") from exc
 
 
-def _classes(module: Any, base: type) -> dict[str, type]:
-    return {n: c for n, c in vars(module).items()
-            if inspect.isclass(c) and issubclass(c, base) and c is not base and not n.startswith("_")}
+def registries() -> dict[str, Registry]:
+    """Everything a config can name, one :class:`~segzoo.registry.Registry` per kind: ``model``, ``loss``,
+    ``optimizer``, ``scheduler``, ``callback``.
 
-
-def registries() -> dict[str, dict[str, Any]]:
-    """Everything a config can name: ``model``, ``loss``, ``optimizer``, ``scheduler``, ``callback``."""
+    Models and callbacks are segzoo's registries; losses are :data:`segzoo.losses.LOSSES` and the
+    other ``torch.nn`` losses; optimizers and schedulers the classes of ``torch.optim``. Built at
+    each call, so that names registered since are found.
+    """
     from segzoo.losses import LOSSES
-    from segzoo.models.registry import list_models
+    from segzoo.models.registry import MODELS
     from segzoo.training import CALLBACKS
 
-    schedulers = _classes(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
-    schedulers["ReduceLROnPlateau"] = torch.optim.lr_scheduler.ReduceLROnPlateau
-    return {"model": dict.fromkeys(list_models()),
-            "loss": {**_classes(torch.nn.modules.loss, torch.nn.modules.loss._Loss), **LOSSES},
-            "optimizer": _classes(torch.optim, torch.optim.Optimizer),
-            "scheduler": schedulers, "callback": dict(CALLBACKS)}
+    losses = Registry("loss")
+    losses.include(LOSSES)
+    losses.register_classes(torch.nn.modules.loss, torch.nn.modules.loss._Loss)
+    optimizers = Registry("optimizer")
+    optimizers.register_classes(torch.optim, torch.optim.Optimizer)
+    schedulers = Registry("scheduler")
+    schedulers.register_classes(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)
+    if "ReduceLROnPlateau" not in schedulers:  # not an LRScheduler before torch 2.2
+        schedulers.register("ReduceLROnPlateau", torch.optim.lr_scheduler.ReduceLROnPlateau)
+    return {"model": MODELS, "loss": losses, "optimizer": optimizers, "scheduler": schedulers, "callback": CALLBACKS}
 
 
 def check_names(cfg: dict[str, Any]) -> None:
@@ -76,8 +82,8 @@ def check_names(cfg: dict[str, Any]) -> None:
     for stage in cfg.get("stages") or []:
         named += [("optimizer", stage.get("optimizer")), ("scheduler", stage.get("scheduler"))]
     for kind, section in named:
-        if section and "name" in section and section["name"] not in regs[kind]:
-            raise unknown_name_error(kind, str(section["name"]), regs[kind])
+        if section and "name" in section:
+            regs[kind][section["name"]]  # noqa: B018  (raises for an unknown name)
     for where, section in [("loss", cfg.get("loss")), ("optimizer", cfg.get("optimizer")),
                            ("scheduler", cfg.get("scheduler"))] + [(f"callbacks.{i}", c) for i, c in
                                                                      enumerate(cfg.get("callbacks") or [])]:
@@ -122,7 +128,7 @@ def num_classes(cfg: dict[str, Any]) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 1
 
 
-def check_callback_params(cfg: dict[str, Any], regs: dict[str, dict[str, Any]]) -> None:
+def check_callback_params(cfg: dict[str, Any], regs: dict[str, Registry]) -> None:
     """Check the parameter types of every callback, and Dice/IoU activations against the number of classes.
 
     Raises:
@@ -188,7 +194,7 @@ def stage_configs(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def build_stages(cfg: dict[str, Any], model: nn.Module, train_batches: int,
-                 regs: dict[str, dict[str, Any]]) -> tuple[list[Stage], list[str]]:
+                 regs: dict[str, Registry]) -> tuple[list[Stage], list[str]]:
     """One :class:`~segzoo.training.Stage` per :func:`stage_configs` item.
 
     Each stage gets a fresh optimizer and its scheduler, whose step count is checked against the

@@ -6,10 +6,11 @@ Schema (every key optional unless marked; unknown keys are rejected with the clo
     logdir: logs/run                     # required
     model:                               # required
       name: resnet18_unet                # a registry name (segzoo models)
-      params: {num_classes: 1, pretrained: false}
+      params: {num_classes: 1, pretrained: false}   # num_classes: stated here, once
     data:                                # required
       kind: procedural                   # procedural | folder
-      params: {image_size: 96, num_classes: 1}   # ProceduralSegmentation args (procedural)
+      params: {image_size: 96}           # ProceduralSegmentation / SegmentationFolder args; num_classes
+                                         # defaults to model.params.num_classes (if given, it must be equal)
       train_size: 512                    # procedural: samples (valid uses seed + 1)
       valid_size: 128
       train_images: data/train/images    # folder: the four folders
@@ -29,7 +30,8 @@ Schema (every key optional unless marked; unknown keys are rejected with the clo
       - {name: warmup, num_epochs: 1, optimizer: {params: {lr: 0.0003}}}
       - {name: train, num_epochs: 8}
     runner: {main_metric: dice, minimize_metric: false, verbose: true, amp: false,
-             channels_last: false, device: auto, resume: null}
+             channels_last: auto, device: auto, resume: null}   # channels_last: auto | true | false, as the
+                                         # models' own setting, which it sets (unset: the model's choice)
 
 Command-line overrides ``key.sub=value`` are parsed as YAML (``stages.1.num_epochs=2``,
 ``logdir=/tmp/x``, ``scheduler={name: StepLR, params: {step_size: 5}}``); ``~key.sub`` removes a
@@ -72,7 +74,7 @@ SCHEMA: dict[str, Any] = {
     "callbacks": list,
     "stages": list,
     "runner": {"main_metric": str, "minimize_metric": bool, "verbose": bool, "amp": (bool, str),
-               "channels_last": bool, "compile": bool, "device": str, "resume": (str, type(None)),
+               "channels_last": (bool, str), "compile": bool, "device": str, "resume": (str, type(None)),
                "nonfinite": str},
 }
 STAGE_SCHEMA = {"name": str, "num_epochs": int, "optimizer": {"name": str, "params": dict},
@@ -111,8 +113,11 @@ def _check(node: Any, schema: Any, where: str) -> None:
 def validate(cfg: dict[str, Any]) -> None:
     """Check the whole config before anything heavy runs.
 
+    ``data.params.num_classes`` is set to ``model.params.num_classes`` when the config leaves it out.
+
     Raises:
-        ConfigError: unknown key (closest valid named), wrong type, missing required section.
+        ConfigError: unknown key (closest valid named), wrong type, missing required section,
+            ``data.params.num_classes`` other than ``model.params.num_classes``.
     """
     _check(cfg, SCHEMA, "")
     missing = [k for k in REQUIRED if k not in cfg]
@@ -158,15 +163,31 @@ def validate(cfg: dict[str, Any]) -> None:
                              else ""))
     if cfg.get("stages") and "num_epochs" in cfg:
         raise ConfigError("give either num_epochs (one stage) or stages (each with its num_epochs), not both")
+    layout = (cfg.get("runner") or {}).get("channels_last")
+    if isinstance(layout, str) and layout != "auto":
+        raise ConfigError(f"runner.channels_last must be true, false or auto, got {short_repr(layout)}")
+    _check_num_classes(cfg)
+
+
+def _check_num_classes(cfg: dict[str, Any]) -> None:
+    """``model.params.num_classes`` is the number of classes; ``data.params.num_classes`` may repeat it (equal)
+    and is filled in from it when absent, so that the data and the model agree.
+
+    Raises:
+        ConfigError: the two are given and differ, or only the data's is given (other than 1).
+    """
     model_classes = (cfg["model"].get("params") or {}).get("num_classes")
-    data_classes = (cfg["data"].get("params") or {}).get("num_classes", 1)
-    if model_classes is not None and model_classes != data_classes:
+    data_params = cfg["data"].get("params") or {}
+    data_classes = data_params.get("num_classes")
+    if model_classes is not None and data_classes is not None and model_classes != data_classes:
         raise ConfigError(f"model.params.num_classes={short_repr(model_classes)} but data.params.num_classes="
-                          f"{short_repr(data_classes)}; they must match (1 = binary masks, K = K classes including "
-                          f"background)")
-    if data_classes != 1 and model_classes is None:
+                          f"{short_repr(data_classes)}; they must match: state it once, in model.params.num_classes "
+                          f"(1 = binary masks, K = K classes including background)")
+    if model_classes is None and data_classes not in (None, 1):
         raise ConfigError(f"data.params.num_classes={short_repr(data_classes)} but model.params.num_classes is not "
-                          f"set (the model would output its default); set model.params.num_classes to the same")
+                          f"set (the model would output its default); set model.params.num_classes instead")
+    if data_classes is None and isinstance(model_classes, int) and not isinstance(model_classes, bool):
+        cfg["data"]["params"] = {**data_params, "num_classes": model_classes}
 
 
 def _bound(dotted: str, value: Any, low: int, high: int | None) -> None:

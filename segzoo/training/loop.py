@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from segzoo.training import distributed as dist_utils
 from segzoo.training.callback import Callback, LoggerCallback
+from segzoo.training.layout import apply_layout
 from segzoo.training.state import RunnerState
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -57,10 +58,11 @@ def move_to(value: Any, device: torch.device, channels_last: bool = False) -> An
 
 
 def prepare_model(model: nn.Module, state: RunnerState, compile: bool | dict = False) -> nn.Module:
-    """``model`` on ``state.device`` (channels_last when ``state.channels_last``), in DDP when distributed,
-    compiled when ``compile`` (a dict gives ``torch.compile``'s options)."""
+    """``model`` on ``state.device`` in the layout the setting ``state.channels_last`` asks for
+    (:func:`segzoo.training.layout.apply_layout`), in DDP when distributed, compiled when ``compile``
+    (a dict gives ``torch.compile``'s options)."""
     model = model.to(state.device)
-    if state.channels_last:
+    if apply_layout(model, state):
         model = model.to(memory_format=torch.channels_last)
     if state.distributed:
         ids = [state.device.index] if state.device.type == "cuda" else None

@@ -238,7 +238,7 @@ class Runner(abc.ABC):
         """The run's state: device and processes, AMP, the prepared model, what checkpoints store."""
         state = RunnerState(logdir=logdir, main_metric=settings.main_metric,
                             minimize_metric=settings.minimize_metric, nonfinite=settings.nonfinite,
-                            valid_loader=settings.valid_loader, channels_last=bool(settings.channels_last),
+                            valid_loader=settings.valid_loader, channels_last=settings.channels_last,
                             max_batches=CHECK_BATCHES if settings.check else None)
         state.distributed, rank, state.world_size, state.device = dist_utils.setup(resolve_device(self.device))
         state.is_main_process = rank == 0
@@ -272,7 +272,7 @@ class Runner(abc.ABC):
 
     def infer(self, model: nn.Module | None, loaders: Mapping[str, Iterable],
               callbacks: list[Callback] | Mapping[Any, Callback] | None = None, verbose: bool = False,
-              resume: str | os.PathLike | None = None, amp: bool | str = False, channels_last: bool = False,
+              resume: str | os.PathLike | None = None, amp: bool | str = False, channels_last: bool | str | None = None,
               fp16: Any = None, check: bool = False, timeit: bool = False) -> RunnerState:
         """Run ``model`` over ``loaders`` in eval mode without gradients; callbacks see every batch.
 
@@ -315,7 +315,7 @@ class Runner(abc.ABC):
         resume = resume_of_callbacks(given, resume)
         amp = fp16_to_amp(fp16, amp)
         self.model = model
-        state = RunnerState(stage="infer", num_epochs=1, epoch=1, global_epoch=1, channels_last=bool(channels_last),
+        state = RunnerState(stage="infer", num_epochs=1, epoch=1, global_epoch=1, channels_last=channels_last,
                             max_batches=CHECK_BATCHES if check else None)
         state.device = resolve_device(self.device)
         state.amp_dtype = amp_dtype(amp, state.device)

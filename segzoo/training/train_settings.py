@@ -38,7 +38,9 @@ class TrainSettings:
         seed: seed python, numpy and torch first (reproducible CPU runs).
         amp: ``False``, ``True`` (fp16 on CUDA, bf16 elsewhere), ``"fp16"`` or ``"bf16"`` autocast;
             fp16 on CUDA uses a GradScaler.
-        channels_last: move the model and 4-D float inputs to channels_last.
+        channels_last: the layout: ``"auto"``, ``True``, ``False`` as a segzoo model's own setting, which
+            the runner sets (other modules: the model and 4-D float inputs converted for ``True``);
+            ``None`` leaves the model's choice (:mod:`segzoo.training.layout`).
         compile: wrap the model with ``torch.compile`` (a dict gives its options).
         normalization: ``{"mean": [...], "std": [...]}`` of the inputs, stored in checkpoints.
         nonfinite: on a NaN/inf loss ``"raise"`` (stop with an error naming the loss and where)
@@ -63,7 +65,7 @@ class TrainSettings:
     valid_loader: str = "valid"
     seed: int | None = None
     amp: bool | str = False
-    channels_last: bool = False
+    channels_last: bool | str | None = None
     compile: bool | dict = False
     normalization: Mapping[str, list[float]] | None = None
     nonfinite: str = "raise"
