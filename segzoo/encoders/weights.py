@@ -214,6 +214,14 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def _bridge_hint(own: Mapping[str, torch.Tensor], unexpected: list[str]) -> str:
+    """The fix for weights of a model saved with the bridge generic models once added to every encoder."""
+    if any(k.startswith("bridge.") for k in unexpected) and not any(k.startswith("bridge.") for k in own):
+        return (" (these weights have a bridge, which generic models no longer add to a timm or custom encoder "
+                "unless asked: build the model with bridge_params={})")
+    return ""
+
+
 def check_weights(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], what: str,
                   source: str | os.PathLike | None = None, ignore_prefixes: tuple[str, ...] = (),
                   hint: str = "") -> None:
@@ -249,7 +257,7 @@ def check_weights(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torc
                          f"{' ...' if len(unexpected) > 3 else ''}")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (checkpoint vs model) {shapes[:2]}")
-        raise CheckpointError(f"{origin} do not fit {what}: " + "; ".join(parts) + hint)
+        raise CheckpointError(f"{origin} do not fit {what}: " + "; ".join(parts) + _bridge_hint(own, unexpected) + hint)
     dtypes = [k for k in common if not lossless_cast(sd[k].dtype, own[k].dtype)]
     if dtypes:
         k = dtypes[0]

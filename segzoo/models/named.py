@@ -70,7 +70,8 @@ class GenericModel(UnetMetaSpec):
         num_blocks: encoder stages.
         encoder: an ``EncoderSpec`` instance replacing the default encoder.
         encoder_params: extra ``UnetEncoder`` arguments (e.g. ``complexity``).
-        bridge_params: ``UnetBridge`` arguments (see the bridge policy in :mod:`segzoo.architectures`).
+        bridge_params: ``UnetBridge`` arguments; not given, a bridge is added only to the default
+            ``UnetEncoder`` (see the bridge policy in :mod:`segzoo.architectures`): ``encoder=`` gets none.
         decoder_params: arguments of the architecture's decoder.
         head_params: arguments of the architecture's head (``upsample``, ``dropout``...).
         state_dict: path or dict of this whole model's weights, loaded after construction.
@@ -98,10 +99,15 @@ class GenericModel(UnetMetaSpec):
             raise TypeError(f"encoder must be an EncoderSpec instance, got {type(encoder).__name__}")
         elif encoder_params:
             raise ValueError("pass either encoder= (an instance) or encoder_params=, not both")
+        # the from-scratch design (a bridge, decoder widths mirroring the encoder's) is the UnetEncoder's
+        # default; any other encoder gets it only with bridge_params (which rebuilds a model saved before
+        # this policy), otherwise no layer it did not ask for and the decoder's default widths (as smp)
+        classic = isinstance(encoder, UnetEncoder)
         bridge, decoder, head = build_parts(
-            arch, encoder, num_classes, family_bridge=True, bridge_params=bridge_params,
+            arch, encoder, num_classes, family_bridge=classic, bridge_params=bridge_params,
             decoder_params=decoder_params, head_params=head_params,
-            decoder_defaults={"channels": encoder.out_channels} if arch.symmetric else None)
+            decoder_defaults={"channels": encoder.out_channels}
+            if arch.symmetric and (classic or bridge_params is not None) else None)
         super().__init__(encoder, decoder, bridge=bridge, head=head, size_mode=size_mode, channels_last=channels_last)
         _finish(self, self.architecture, given, state_dict)
 
@@ -155,7 +161,8 @@ class ResnetModel(UnetMetaSpec):
 
 
 class Unet(GenericModel):
-    """Classic Unet: UnetEncoder, UnetBridge, concat decoder with the encoder's widths, UnetHead.
+    """Classic Unet: UnetEncoder, UnetBridge, concat decoder with the encoder's widths, UnetHead
+    (with ``encoder=``: that encoder, no bridge unless ``bridge_params`` is given).
 
     Arguments as :class:`GenericModel`. Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
     """
