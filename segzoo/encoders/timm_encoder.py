@@ -10,8 +10,20 @@ from typing import Any
 import torch
 
 from segzoo.encoders.base import EncoderSpec, register_encoder
-from segzoo.encoders.weights import hub_offline, offline, timm_local_weights, timm_weights_hint
-from segzoo.errors import NotFoundError, WeightsUnavailableError, unknown_name_error
+from segzoo.encoders.weights import (
+    hub_offline,
+    offline,
+    timm_local_weights,
+    timm_missing_keys,
+    timm_weights_hint,
+)
+from segzoo.errors import (
+    CheckpointError,
+    NotFoundError,
+    WeightsUnavailableError,
+    short_repr,
+    unknown_name_error,
+)
 
 #: timm arguments that set the input size; given any of them, segzoo does not ask for a dynamic size
 SIZE_ARGUMENTS = ("img_size", "dynamic_img_size", "strict_img_size")
@@ -131,9 +143,16 @@ class TimmEncoder(EncoderSpec):
         cfg = None if source else timm.models.get_pretrained_cfg(timm.models.split_model_name_tag(name)[0])
         # a fixed img_size (Swin, ViT): ask for timm's dynamic size first, unless the caller chose the size
         dynamic = bool(cfg is not None and cfg.fixed_input_size and not any(k in timm_kwargs for k in SIZE_ARGUMENTS))
-        with hub_offline() if stay_offline else contextlib.nullcontext():
+        with hub_offline() if stay_offline else contextlib.nullcontext(), timm_missing_keys() as missing:
             model = self._create(name, kwargs, dynamic, where) if dynamic else None
-            self.model = model if model is not None else self._create(name, kwargs, False, where)
+            model = model if model is not None else self._create(name, kwargs, False, where)
+        kept = list(model.state_dict())  # the classifier timm drops for features_only is no loss
+        missing = [k for k in missing if any(m == k or m.endswith("." + k) for m in kept)]
+        if local_file and pretrained and missing:  # timm loads leniently: a wrong file would leave random weights
+            raise CheckpointError(f"weights file {local_file} does not fit timm model {name!r}: {len(missing)} of its "
+                                  f"weights are not there (e.g. {short_repr(missing[0], 60)}); pass a file saved "
+                                  f"from timm.create_model({name!r}), or pretrained=False")
+        self.model = model
         self.name = name
         self.in_channels = in_channels
         self._arguments = dict(out_indices=out_indices, **timm_kwargs)  # what dilated() rebuilds with

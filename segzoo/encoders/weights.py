@@ -13,7 +13,9 @@ hub is put offline for the call, so nothing is requested from the network.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -115,6 +117,43 @@ def timm_weights_hint(name: str, where: str) -> str:
     return (f"pretrained timm weights for {name!r} are not in {where}; copy them there, or pass a local file: "
             f"TimmEncoder({name!r}, pretrained=True, pretrained_cfg_overlay=dict(file='path/to/model.safetensors'))"
             f", or pretrained=False")
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def timm_missing_keys() -> Iterator[list[str]]:
+    """Within the block, collect the weight names timm's pretrained loading left at random init.
+
+    timm loads a ``features_only`` model's weights leniently and only logs (at INFO) the keys a file
+    lacked; the yielded list receives them. timm's log records are passed on to its parent loggers
+    as before (those its level lets through).
+    """
+    logger = logging.getLogger("timm.models._builder")
+    handler, missing = _Records(), []
+    level, propagate, effective = logger.level, logger.propagate, logger.getEffectiveLevel()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield missing
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        for record in handler.records:
+            match = re.match(r"Missing keys \((.*?)\) discovered", record.getMessage())
+            if match:
+                missing.extend(k.strip() for k in match.group(1).split(","))
+            if record.levelno >= effective and propagate and logger.parent is not None:
+                logger.parent.handle(record)
 
 
 @contextlib.contextmanager

@@ -220,3 +220,17 @@ def test_pretrained_from_a_local_torch_file(no_network, tmp_path):
     enc = TimmEncoder("test_resnet", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "w.pth")))
     ours = enc.model.state_dict()
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in ours.items()) and no_network == []
+
+
+def test_a_local_file_without_the_models_weights_is_refused(no_network, tmp_path):
+    import timm
+
+    from segzoo.errors import CheckpointError
+
+    weights = timm.create_model("test_resnet", pretrained=False).state_dict()
+    weights.pop("conv1.0.weight")  # timm would leave this one at random init and only log it
+    torch.save(weights, tmp_path / "partial.pth")
+    torch.save({"foo": torch.zeros(3)}, tmp_path / "foreign.pth")
+    for name in ("partial.pth", "foreign.pth"):
+        with pytest.raises(CheckpointError, match=f"{name} does not fit timm model 'test_resnet'.*conv1.0.weight"):
+            TimmEncoder("test_resnet", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / name)))
