@@ -255,7 +255,8 @@ def _name(dtype: torch.dtype) -> str:
 
 def _bridge_hint(own: Mapping[str, torch.Tensor], unexpected: list[str]) -> str:
     """The fix for weights of a model saved with the bridge generic models once added to every encoder."""
-    if any(k.startswith("bridge.") for k in unexpected) and not any(k.startswith("bridge.") for k in own):
+    if any(k.startswith("bridge.") for k in unexpected) and not any(k.startswith("bridge.") for k in own) \
+            and not any(k.startswith("encoder.stages.") for k in unexpected):  # not a UnetEncoder model's weights
         return (" (these weights have a bridge, which generic models no longer add to a timm or custom encoder "
                 "unless asked: build the model with bridge_params={})")
     return ""
