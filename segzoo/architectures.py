@@ -17,9 +17,14 @@ Bridge policy (the same for every architecture and encoder):
 - ``bridge_params`` given (a dict, even empty): a :class:`~segzoo.bridges.UnetBridge` with those
   arguments is added.
 - not given: a bridge is added when both the architecture (``Architecture.bridge``) and the
-  model family ask for one. The generic family does (its UnetEncoder, like Catalyst's Unet,
-  stops one stage early and the bridge is its deepest stage); the ResNet family does not
-  (a ResNet already reaches stride 32). PSP reads one feature map and asks for none.
+  model family ask for one. The generic family asks only for its from-scratch
+  :class:`~segzoo.encoders.UnetEncoder` (which, like Catalyst's Unet, stops one stage early: the
+  bridge is its deepest stage); a generic model on any other encoder (``TimmEncoder``, a
+  ``ResnetEncoder``, a custom ``EncoderSpec``) gets no layer it did not ask for, and works at
+  the encoder's own strides. The ResNet family asks for none (a ResNet already reaches stride 32).
+  PSP reads one feature map and asks for none.
+- weights saved before this policy (a timm or custom encoder with the then-default bridge) have
+  ``bridge.*`` keys: rebuild such a model with ``bridge_params={}`` (the loaders' error says so).
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ class Architecture:
         decoder_defaults: decoder keyword defaults (``decoder_params`` override them).
         head_defaults: head keyword defaults (``head_params`` override them).
         bridge: whether this architecture takes the family's default bridge (see the module docstring).
-        symmetric: generic family only: decoder ``channels`` default to the encoder's widths
+        symmetric: generic family with a bridge (its ``UnetEncoder``'s default, or ``bridge_params`` given):
+            decoder ``channels`` default to the encoder's widths
             (the classic symmetric Unet; 7,849,634 parameters for ``Unet(num_classes=2)``, as Catalyst's).
         resnet_encoder: ``ResnetEncoder`` keyword defaults (``encoder_params`` override them).
         title: a short description, shown by the named classes' docstrings and ``segzoo models``.

@@ -55,14 +55,32 @@ def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return [lowered[h] for h in hits]
 
 
-def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> NotFoundError:
-    """Build the error for an unknown ``name`` of ``kind``, naming close matches and all choices."""
+def unknown_name_error(kind: str, name: str, choices: Iterable[str], *, limit: int | None = None,
+                       more: Iterable[str] = (), listing: str = "") -> NotFoundError:
+    """Build the error for an unknown ``name`` of ``kind``, naming close matches and all choices.
+
+    Args:
+        kind: what was looked up (``"timm model"``).
+        name: the unknown name.
+        choices: the valid names.
+        limit: for long registries: name at most ``limit`` suggestions (close matches first, then
+            ``more``) and not the whole list, keeping the message one short line.
+        more: further suggestions when there are fewer than ``limit`` close matches (e.g. wildcard hits).
+        listing: with ``limit``, how to list every valid name (e.g. ``"timm.list_models()"``).
+    """
     choices = sorted(choices)
-    hint = close_matches(name, choices)
-    msg = f"unknown {kind} {name!r}"
+    if limit is None:
+        hint = close_matches(name, choices)
+    else:
+        hint = close_matches(name, choices, n=limit)
+        hint += [m for m in more if m not in hint][: max(limit - len(hint), 0)]
+    msg = f"unknown {kind} {short_repr(name, 60)}"
     if hint:
         msg += f"; did you mean {', '.join(repr(h) for h in hint)}?"
-    msg += f" Valid {kind} names: {', '.join(choices)}"
+    if limit is None:
+        msg += f" Valid {kind} names: {', '.join(choices)}"
+    else:
+        msg += f" ({len(choices)} valid names{': ' + listing if listing else ''})"
     return NotFoundError(msg)
 
 

@@ -43,9 +43,19 @@ class EncoderSpec(DeclaresFeatures):
     Shapes: (B, in_channels, H, W) -> [(B, out_channels[i], H / out_strides[i], W / out_strides[i])];
     ``out_channels`` / ``out_strides`` are declared as for every part (:class:`segzoo.parts.DeclaresFeatures`).
     ``in_channels`` (optional, ``None`` = unchecked) lets models reject wrong inputs early.
+    :attr:`size_multiple` (optional) says what input sizes the encoder needs.
     """
 
     in_channels: int | None = None
+
+    @property
+    def size_multiple(self) -> int:
+        """What input H and W must be multiples of (a model pads inputs to it and crops the logits back).
+
+        Default: the deepest of :attr:`out_strides`. An encoder with another constraint (attention
+        windows, a fixed input size) overrides it.
+        """
+        return max(self.out_strides)
 
     @abstractmethod
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

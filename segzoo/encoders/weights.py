@@ -13,7 +13,9 @@ hub is put offline for the call, so nothing is requested from the network.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -117,6 +119,43 @@ def timm_weights_hint(name: str, where: str) -> str:
             f", or pretrained=False")
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def timm_missing_keys() -> Iterator[list[str]]:
+    """Within the block, collect the weight names timm's pretrained loading left at random init.
+
+    timm loads a ``features_only`` model's weights leniently and only logs (at INFO) the keys a file
+    lacked; the yielded list receives them. timm's log records are passed on to its parent loggers
+    as before (those its level lets through).
+    """
+    logger = logging.getLogger("timm.models._builder")
+    handler, missing = _Records(), []
+    level, propagate, effective = logger.level, logger.propagate, logger.getEffectiveLevel()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield missing
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        for record in handler.records:
+            match = re.match(r"Missing keys \((.*?)\) discovered", record.getMessage())
+            if match:
+                missing.extend(k.strip() for k in match.group(1).split(","))
+            if record.levelno >= effective and propagate and logger.parent is not None:
+                logger.parent.handle(record)
+
+
 @contextlib.contextmanager
 def hub_offline() -> Iterator[None]:
     """Within the block the Hugging Face hub makes no request (``HF_HUB_OFFLINE``): cached files only.
@@ -214,6 +253,15 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def _bridge_hint(own: Mapping[str, torch.Tensor], unexpected: list[str]) -> str:
+    """The fix for weights of a model saved with the bridge generic models once added to every encoder."""
+    if any(k.startswith("bridge.") for k in unexpected) and not any(k.startswith("bridge.") for k in own) \
+            and not any(k.startswith("encoder.stages.") for k in unexpected):  # not a UnetEncoder model's weights
+        return (" (these weights have a bridge, which generic models no longer add to a timm or custom encoder "
+                "unless asked: build the model with bridge_params={})")
+    return ""
+
+
 def check_weights(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], what: str,
                   source: str | os.PathLike | None = None, ignore_prefixes: tuple[str, ...] = (),
                   hint: str = "") -> None:
@@ -249,7 +297,7 @@ def check_weights(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torc
                          f"{' ...' if len(unexpected) > 3 else ''}")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (checkpoint vs model) {shapes[:2]}")
-        raise CheckpointError(f"{origin} do not fit {what}: " + "; ".join(parts) + hint)
+        raise CheckpointError(f"{origin} do not fit {what}: " + "; ".join(parts) + _bridge_hint(own, unexpected) + hint)
     dtypes = [k for k in common if not lossless_cast(sd[k].dtype, own[k].dtype)]
     if dtypes:
         k = dtypes[0]

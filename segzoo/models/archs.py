@@ -38,7 +38,8 @@ def build_parts(arch: Architecture, encoder: EncoderSpec, num_classes: int, *, f
         arch: the architecture row.
         encoder: the built encoder.
         num_classes: output channels of the head.
-        family_bridge: whether the model family adds a bridge by default (see the module docstring).
+        family_bridge: whether the model family adds a bridge by default for this encoder (the generic
+            family: only for its ``UnetEncoder``; see the bridge policy in :mod:`segzoo.architectures`).
         bridge_params: ``UnetBridge`` arguments; given -> a bridge is added.
         decoder_params: decoder arguments over ``arch.decoder_defaults`` and ``decoder_defaults``.
         head_params: head arguments over ``arch.head_defaults``.

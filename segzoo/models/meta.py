@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn as nn
@@ -48,8 +49,9 @@ class UnetMetaSpec(nn.Module):
         decoder: a decoder built for the bridge's (or encoder's) outputs.
         bridge: optional part between encoder and decoder (``None``: identity).
         head: optional head (``None``: the decoder's feature list is returned as is, uncropped).
-        size_mode: ``"pad"`` (default): inputs of any H, W are zero-padded to a multiple of the
-            deepest stride and the logits cropped back to (H, W); ``"strict"``: H and W must be
+        size_mode: ``"pad"`` (default): inputs of any H, W are zero-padded to a multiple of
+            :attr:`size_multiple` (the deepest stride, or what the encoder needs:
+            :attr:`EncoderSpec.size_multiple`) and the logits cropped back to (H, W); ``"strict"``: H and W must be
             multiples of :attr:`size_multiple`, otherwise a ValueError names the nearest valid sizes.
         channels_last: ``"auto"`` (default): the layout measured fastest on this machine, per pass
             (:func:`segzoo.hardware.preferred_layout`: channels_last on AVX-512 CPUs and CUDA; on
@@ -82,8 +84,10 @@ class UnetMetaSpec(nn.Module):
         self.size_mode = size_mode
         self._layout = resolve_layout(channels_last)  # validates the argument
         self._layout_auto = channels_last == "auto"
-        strides = _declared(bridge or encoder)[1]
-        self.size_multiple = max(strides)
+        # inputs are padded to what the encoder needs (its deepest stride, or e.g. a transformer's window
+        # constraint: EncoderSpec.size_multiple) and to the bridge's deepest stride when there is one
+        self._deepest_stride = max(_declared(bridge or encoder)[1])
+        self.size_multiple = math.lcm(int(encoder.size_multiple), self._deepest_stride)
         self._has_bn = any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in self.modules())
         # weights in the activations' layout: convolution backward then writes weight gradients
         # without a layout copy per layer (measured ~4% of a resnet34 Unet train step on CPU)
@@ -195,11 +199,12 @@ class UnetMetaSpec(nn.Module):
             raise ValueError(f"expected {expected} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
         if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
             raise ValueError(f"empty input of shape {tuple(x.shape)}")
-        m = self.size_multiple
-        if self.training and x.shape[0] == 1 and -(-x.shape[2] // m) * -(-x.shape[3] // m) == 1 and self._has_bn:
-            raise ValueError(f"input of shape {tuple(x.shape)} leaves one value per channel at stride {m}, which "
-                             f"BatchNorm cannot train on; use a batch of 2 or more, an input larger than {m}x{m}, "
-                             f"or model.eval() for inference")
+        m, deep = self.size_multiple, self._deepest_stride
+        if self.training and x.shape[0] == 1 and self._has_bn \
+                and -(-x.shape[2] // m) * m // deep * (-(-x.shape[3] // m) * m // deep) == 1:
+            raise ValueError(f"input of shape {tuple(x.shape)} leaves one value per channel at stride {deep}, which "
+                             f"BatchNorm cannot train on; use a batch of 2 or more, an input larger than "
+                             f"{deep}x{deep}, or model.eval() for inference")
         if self.size_mode == "strict":
             h, w = x.shape[2], x.shape[3]
             if h % m or w % m:

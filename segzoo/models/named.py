@@ -55,6 +55,27 @@ def _finish(model: UnetMetaSpec, name: str, given: dict[str, Any], state_dict: S
     set_model_spec(model, name, {k: v for k, v in given.items() if not _is_default(v, params[k].default)})
 
 
+def dilate_encoder(encoder: EncoderSpec, output_stride: int) -> EncoderSpec:
+    """``encoder`` with its deepest features at ``output_stride`` (``encoder_output_stride`` of the generic models).
+
+    An encoder already there is returned as is; one with a ``dilated(output_stride)`` method
+    (:meth:`TimmEncoder.dilated <segzoo.encoders.TimmEncoder.dilated>`: timm's CNNs) is dilated with its weights.
+
+    Raises:
+        ValueError: not 8, 16 or 32, or an encoder that cannot reach it (one line naming its deepest stride).
+    """
+    if isinstance(output_stride, bool) or output_stride not in (8, 16, 32):
+        raise ValueError(f"encoder_output_stride must be 8, 16 or 32, got {output_stride!r}")
+    deepest = max(encoder.out_strides)
+    if deepest == output_stride:
+        return encoder
+    if callable(getattr(encoder, "dilated", None)):
+        return encoder.dilated(output_stride)
+    raise ValueError(f"{type(encoder).__name__} cannot dilate to output stride {output_stride} (its deepest stride "
+                     f"is {deepest}): pass an encoder built for it, e.g. TimmEncoder(name, output_stride="
+                     f"{output_stride}), or leave encoder_output_stride unset")
+
+
 def _is_default(value: Any, default: Any) -> bool:
     return value is default or (type(value) is type(default) and isinstance(value, (bool, int, float, str))
                                 and value == default)
@@ -70,13 +91,17 @@ class GenericModel(UnetMetaSpec):
         num_blocks: encoder stages.
         encoder: an ``EncoderSpec`` instance replacing the default encoder.
         encoder_params: extra ``UnetEncoder`` arguments (e.g. ``complexity``).
-        bridge_params: ``UnetBridge`` arguments (see the bridge policy in :mod:`segzoo.architectures`).
+        bridge_params: ``UnetBridge`` arguments; not given, a bridge is added only to the default
+            ``UnetEncoder`` (see the bridge policy in :mod:`segzoo.architectures`): ``encoder=`` gets none.
         decoder_params: arguments of the architecture's decoder.
         head_params: arguments of the architecture's head (``upsample``, ``dropout``...).
         state_dict: path or dict of this whole model's weights, loaded after construction.
         size_mode: ``"pad"`` (any size) or ``"strict"`` (see :class:`UnetMetaSpec`).
         channels_last: ``"auto"`` (the layout measured fastest here, per pass), ``True`` or ``False``
             (see :class:`UnetMetaSpec`).
+        encoder_output_stride: ``8``, ``16`` or ``32``: the encoder's deepest stride, dilating an encoder
+            that can (:func:`dilate_encoder`: a ``TimmEncoder`` of a CNN, weights kept), e.g. 16 for
+            DeepLabV3+ as smp; ``None`` (default): the encoder's own strides.
 
     Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
     """
@@ -86,11 +111,13 @@ class GenericModel(UnetMetaSpec):
     def __init__(self, num_classes: int = 1, in_channels: int = 3, num_channels: int = 32, num_blocks: int = 4,
                  encoder: EncoderSpec | None = None, encoder_params: Params = None, bridge_params: Params = None,
                  decoder_params: Params = None, head_params: Params = None, *,
-                 state_dict: StateDictSource | None = None, size_mode: str = "pad", channels_last: bool | str = "auto") -> None:
+                 state_dict: StateDictSource | None = None, size_mode: str = "pad", channels_last: bool | str = "auto",
+                 encoder_output_stride: int | None = None) -> None:
         given = dict(num_classes=num_classes, in_channels=in_channels, num_channels=num_channels,
                      num_blocks=num_blocks, encoder=encoder, encoder_params=encoder_params,
                      bridge_params=bridge_params, decoder_params=decoder_params, head_params=head_params,
-                     state_dict=state_dict, size_mode=size_mode, channels_last=channels_last)
+                     state_dict=state_dict, size_mode=size_mode, channels_last=channels_last,
+                     encoder_output_stride=encoder_output_stride)
         arch = ARCHITECTURES[self.architecture]
         if encoder is None:
             encoder = UnetEncoder(in_channels, num_channels, num_blocks, **part_params(encoder_params, "encoder_params"))
@@ -98,10 +125,17 @@ class GenericModel(UnetMetaSpec):
             raise TypeError(f"encoder must be an EncoderSpec instance, got {type(encoder).__name__}")
         elif encoder_params:
             raise ValueError("pass either encoder= (an instance) or encoder_params=, not both")
+        if encoder_output_stride is not None:
+            encoder = dilate_encoder(encoder, encoder_output_stride)
+        # the from-scratch design (a bridge, decoder widths mirroring the encoder's) is the UnetEncoder's
+        # default; any other encoder gets it only with bridge_params (which rebuilds a model saved before
+        # this policy), otherwise no layer it did not ask for and the decoder's default widths (as smp)
+        classic = isinstance(encoder, UnetEncoder)
         bridge, decoder, head = build_parts(
-            arch, encoder, num_classes, family_bridge=True, bridge_params=bridge_params,
+            arch, encoder, num_classes, family_bridge=classic, bridge_params=bridge_params,
             decoder_params=decoder_params, head_params=head_params,
-            decoder_defaults={"channels": encoder.out_channels} if arch.symmetric else None)
+            decoder_defaults={"channels": encoder.out_channels}
+            if arch.symmetric and (classic or bridge_params is not None) else None)
         super().__init__(encoder, decoder, bridge=bridge, head=head, size_mode=size_mode, channels_last=channels_last)
         _finish(self, self.architecture, given, state_dict)
 
@@ -155,7 +189,8 @@ class ResnetModel(UnetMetaSpec):
 
 
 class Unet(GenericModel):
-    """Classic Unet: UnetEncoder, UnetBridge, concat decoder with the encoder's widths, UnetHead.
+    """Classic Unet: UnetEncoder, UnetBridge, concat decoder with the encoder's widths, UnetHead
+    (with ``encoder=``: that encoder, no bridge unless ``bridge_params`` is given).
 
     Arguments as :class:`GenericModel`. Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
     """
@@ -185,8 +220,9 @@ class DeepLabV3Plus(GenericModel):
     """DeepLabV3+: ASPP on the deepest feature (the bridge's, stride 16 by default), fused with the stride-4
     skip (:class:`~segzoo.decoders.DeepLabV3PlusDecoder`), logits upsampled bilinearly.
 
-    With an encoder without dilation (``encoder=TimmEncoder(...)``, a custom one) ASPP runs on its deepest
-    feature, whatever its stride, with the atrous rates scaled to it. Arguments as :class:`GenericModel`.
+    With another encoder (``encoder=TimmEncoder(...)``, a custom one) ASPP runs on its deepest feature, with
+    the atrous rates scaled to its stride; ``encoder_output_stride=16`` (or ``TimmEncoder(name,
+    output_stride=16)``) dilates a timm CNN to stride 16 as smp does. Arguments as :class:`GenericModel`.
     """
 
     architecture = "deeplabv3plus"
