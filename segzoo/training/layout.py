@@ -37,8 +37,11 @@ def _segzoo_model(model: nn.Module) -> nn.Module | None:
     for _ in range(3):
         if isinstance(model, UnetMetaSpec):
             return model
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(model, nn.Module):
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's wrapper
+            model = model._orig_mod
+        else:
             return None
     return None
 
