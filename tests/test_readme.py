@@ -284,7 +284,8 @@ def test_all_extra_is_the_union_of_the_others():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     extras = {k: set(v.split()) for k, v in cfg["options.extras_require"].items()}
-    assert extras["all"] == extras["train"] | extras["export"] | extras["bench"] | extras["serve"]
+    assert extras["all"] == (extras["train"] | extras["export"] | extras["bench"] | extras["serve"] | extras["mlflow"]
+                             | extras["wandb"] | extras["tune"])
     assert extras["all"] <= extras["dev"]
     for name in extras:
         assert f'".[{name}]"' in README, f"README does not say what the [{name}] extra is for"

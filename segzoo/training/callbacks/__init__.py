@@ -17,6 +17,7 @@ from segzoo.training.callbacks.optimizer import NonFiniteLossError, OptimizerCal
 from segzoo.training.callbacks.predictions import PredictionSaverCallback
 from segzoo.training.callbacks.scheduler import SchedulerCallback
 from segzoo.training.callbacks.timer import TimerCallback
+from segzoo.training.callbacks.trackers import MLflowLogger, OptunaPruningCallback, WandbLogger
 
 
 def __getattr__(name: str):
@@ -27,4 +28,5 @@ def __getattr__(name: str):
 __all__ = ["CriterionCallback", "CriterionAggregatorCallback", "OptimizerCallback", "SchedulerCallback",
            "CheckpointCallback", "EarlyStoppingCallback", "DiceCallback", "IouCallback", "MetricCallback",
            "ConsoleLogger", "TensorboardLogger", "ProgressBarLogger", "PredictionSaverCallback",
-           "NonFiniteLossError", "InferCallback", "TimerCallback", "VerboseLogger", "CSVLogger"]
+           "NonFiniteLossError", "InferCallback", "TimerCallback", "VerboseLogger", "CSVLogger",
+           "MLflowLogger", "WandbLogger", "OptunaPruningCallback"]
