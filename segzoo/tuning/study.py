@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from segzoo.tuning.space import PRUNERS, SAMPLERS, SearchSpace, check_space_keys
 HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats in the storage
 GRACE_PERIOD = 120  # a RUNNING trial without a heartbeat for this long is marked FAIL (its process died)
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+STORAGE_ATTEMPTS = 5  # opening a storage that another process is creating
 
 
 def trial_dir(logdir: str | os.PathLike, number: int) -> Path:
@@ -52,14 +54,21 @@ def make_storage(url: str) -> Any:
     import optuna
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
-                                              grace_period=GRACE_PERIOD)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy / driver errors of a bad URL
-        raise ConfigError(f"--storage {short_repr(url)}: cannot open it ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
+                                                  grace_period=GRACE_PERIOD)
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy / driver errors of a bad URL
+            # two processes creating a new storage's tables at once: the loser finds them on the next attempt
+            if attempt < STORAGE_ATTEMPTS and type(exc).__name__ in ("IntegrityError", "OperationalError"):
+                time.sleep(0.5 * attempt)
+                continue
+            raise ConfigError(f"--storage {short_repr(url)}: cannot open it ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def _named(settings: dict[str, Any] | None, names: dict[str, str], module: Any, what: str) -> Any:
