@@ -254,7 +254,7 @@ def test_bash_blocks_then_deploy_snippet(readme_dir):
             args = _segzoo_args(command)
             if args is None:
                 continue
-            if args[:3] == ["train", "--config", "configs/demo.yml"]:
+            if args[:3] == ["train", "--config", "configs/demo.yml"] or args[0] == "tune":
                 args = args + DEMO_SPEEDUP
             ran.append(args[0])
             if args[0] == "serve":

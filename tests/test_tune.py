@@ -200,3 +200,17 @@ def test_tune_help_imports_neither_torch_nor_the_engines():
     assert proc.returncode == 0, proc.stderr
     assert "--space" in proc.stdout and "--storage" in proc.stdout
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_readme_sweep_example_files_are_valid():
+    from segzoo.tuning import check_space_keys, read_space
+
+    space = read_space(ROOT / "configs" / "space.yml")
+    assert [p.key for p in space.params] == ["optimizer.params.lr", "loss.name"] and space.pruner["name"] == "median"
+    check_space_keys(space, ROOT / "configs" / "sweep.yml")
+
+
+def test_a_key_an_override_cannot_carry_is_refused(tmp_path, capsys):
+    cfg, spc = _files(tmp_path, {"optimizer.params.lr=1": {"type": "float", "low": 0.1, "high": 1}})
+    assert main(["tune", "--config", str(cfg), "--space", str(spc), "--trials", "1"]) == 2
+    assert "a key must be a dotted config key" in capsys.readouterr().err

@@ -157,6 +157,7 @@ def write_report(study: Any, logdir: str | os.PathLike) -> tuple[str, list[Path]
     """
     folder = Path(logdir)
     check_outputs(folder)
+    folder.mkdir(parents=True, exist_ok=True)  # a study on another storage whose trials all failed early
     rows = trial_rows(study)
     files: dict[str, bytes | str] = {"trials.csv": csv_text(rows).encode(),
                                      "trials.md": markdown_text(rows, f"study {study.study_name}").encode()}

@@ -22,6 +22,7 @@ import inspect
 import json
 import math
 import os
+import re
 from typing import Any
 
 from segzoo.errors import ConfigError, close_matches, short_repr
@@ -32,6 +33,7 @@ PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "hyperban
            "successive_halving": "SuccessiveHalvingPruner", "threshold": "ThresholdPruner", "none": "NopPruner"}
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}
 RESERVED = ("pruner", "sampler")  # study settings, not config keys
+_KEY = re.compile(r"[^\s.=~]+(?:\.[^\s.=~]+)*")  # dotted, without what an override line gives a meaning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +104,7 @@ def _number(path: Any, key: str, spec: dict[str, Any], name: str, integer: bool)
 
 
 def _param(path: Any, key: Any, spec: Any) -> Param:
-    if not isinstance(key, str) or not key.strip() or not all(key.split(".")):
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise _fail(path, short_repr(key), "a key must be a dotted config key such as optimizer.params.lr")
     if not isinstance(spec, dict):
         raise _fail(path, key, f"must be a mapping such as {{type: float, low: 0.001, high: 0.1}}, got "

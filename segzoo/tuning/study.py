@@ -129,7 +129,7 @@ def make_objective(config: str | os.PathLike, space: SearchSpace, overrides: lis
     """
     import optuna
 
-    from segzoo.training.callbacks.trackers import OptunaPruningCallback, TrialPrunedStop, reporting_to
+    from segzoo.training.callbacks.pruning import OptunaPruningCallback, TrialPrunedStop, reporting_to
     from segzoo.training.config import load_config, train_from_config, validate
 
     def objective(trial: Any) -> float:
@@ -153,6 +153,8 @@ def make_objective(config: str | os.PathLike, space: SearchSpace, overrides: lis
                 pruned = pruner_cb is not None and pruner_cb.pruned_at is not None
                 if state.best_valid_metric is not None:
                     trial.set_user_attr("best", float(state.best_valid_metric))
+                elif not pruned:
+                    raise ValueError(f"the run recorded no finite valid {state.main_metric}")
         except BaseException as exc:
             reason = _fail_reason(exc)
             trial.set_user_attr("reason", reason)
@@ -236,7 +238,8 @@ def run_study(config: str | os.PathLike, space: SearchSpace, trials: int, storag
     check_outputs(logdir)
     pruner_obj, sampler = pruner_and_sampler(space, pruner)
     study_name = study_name or logdir.resolve().name
-    logdir.mkdir(parents=True, exist_ok=True)
+    if storage is None:  # the default storage is a file in the study's folder
+        logdir.mkdir(parents=True, exist_ok=True)
     study = open_study(study_name, storage or default_storage(logdir), direction, main_metric, pruner_obj, sampler)
     if on_open is not None:
         on_open(study)

@@ -15,9 +15,10 @@ from segzoo.training.callbacks.loggers import (
 from segzoo.training.callbacks.metrics import DiceCallback, IouCallback, MetricCallback
 from segzoo.training.callbacks.optimizer import NonFiniteLossError, OptimizerCallback
 from segzoo.training.callbacks.predictions import PredictionSaverCallback
+from segzoo.training.callbacks.pruning import OptunaPruningCallback
 from segzoo.training.callbacks.scheduler import SchedulerCallback
 from segzoo.training.callbacks.timer import TimerCallback
-from segzoo.training.callbacks.trackers import MLflowLogger, OptunaPruningCallback, WandbLogger
+from segzoo.training.callbacks.trackers import MLflowLogger, WandbLogger
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Experiment trackers: :class:`MLflowLogger`, :class:`WandbLogger`, and :class:`OptunaPruningCallback`.
+"""Experiment trackers: :class:`MLflowLogger` and :class:`WandbLogger`.
 
 Each tracker logs, from rank 0 only:
 
@@ -30,12 +30,12 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from segzoo.errors import install_hint
-from segzoo.training.callback import Callback, CallbackOrder, LoggerCallback, register_callback
+from segzoo.training.callback import LoggerCallback, register_callback
+from segzoo.training.callbacks.pruning import TrialPrunedStop
 from segzoo.training.run_files import CONFIG_NAME, is_segzoo_config
 from segzoo.training.run_settings import flatten
 from segzoo.training.state import RunnerState
@@ -389,60 +389,3 @@ class WandbLogger(TrackerLogger):
         if status != "RUNNING":
             self.run.finish(exit_code={"FINISHED": 0, "KILLED": 255}.get(status, 1))
             self.run = None
-
-
-# ---- Optuna: report each epoch's metric to the trial that `segzoo tune` runs ---------------------
-
-_TRIAL: dict[str, Any] = {"trial": None}
-
-
-@contextlib.contextmanager
-def reporting_to(trial: Any) -> Iterator[None]:
-    """Within the block, :class:`OptunaPruningCallback` reports to ``trial`` (an ``optuna.Trial``)."""
-    previous, _TRIAL["trial"] = _TRIAL["trial"], trial
-    try:
-        yield
-    finally:
-        _TRIAL["trial"] = previous
-
-
-class TrialPrunedStop(Exception):
-    """Raised by :func:`raise_if_pruned` after a run that Optuna pruned (its stage stopped early)."""
-
-
-@register_callback("OptunaPruningCallback")
-class OptunaPruningCallback(Callback):
-    """Report the valid main metric to the Optuna trial of ``segzoo tune`` at each epoch end, and stop a
-    trial its pruner prunes: the epoch is completed (checkpoints, logs), then training ends.
-
-    ``segzoo tune`` adds it to each trial's config; outside a trial (a trial's config trained again
-    with ``segzoo train``) it does nothing. After training, :attr:`pruned_at` holds the global epoch
-    the trial was pruned at (``None``: not pruned).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(CallbackOrder.Other)
-        self.pruned_at: int | None = None
-
-    def on_stage_start(self, state: RunnerState) -> None:
-        """A pruned trial starts no further stage."""
-        if self.pruned_at is not None:
-            state.stop_training = True
-
-    def on_epoch_start(self, state: RunnerState) -> None:
-        """A pruned trial trains no further epoch (of a later stage)."""
-        if self.pruned_at is not None:
-            raise TrialPrunedStop(f"pruned at epoch {self.pruned_at}")
-
-    def on_epoch_end(self, state: RunnerState) -> None:
-        """Report ``state.valid_metrics[main_metric]`` at step ``global_epoch``; ask the pruner."""
-        trial = _TRIAL["trial"]
-        if trial is None or not state.is_main_process:
-            return
-        value = state.valid_metrics.get(state.main_metric)
-        if value is None or not math.isfinite(value):
-            return
-        trial.report(float(value), state.global_epoch)
-        if trial.should_prune():
-            self.pruned_at = state.global_epoch
-            state.stop_training = True
