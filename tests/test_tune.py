@@ -214,3 +214,24 @@ def test_a_key_an_override_cannot_carry_is_refused(tmp_path, capsys):
     cfg, spc = _files(tmp_path, {"optimizer.params.lr=1": {"type": "float", "low": 0.1, "high": 1}})
     assert main(["tune", "--config", str(cfg), "--space", str(spc), "--trials", "1"]) == 2
     assert "a key must be a dotted config key" in capsys.readouterr().err
+
+
+def test_storage_errors_hide_the_password_and_a_missing_space_file_is_named(tmp_path, capsys):
+    cfg, spc = _files(tmp_path)
+    args = ["tune", "--config", str(cfg), "--space", str(spc), "--trials", "1"]
+    assert main([*args, "--storage", "postgresql://user:s3cret@localhost:1/db"]) == 2
+    err = capsys.readouterr().err
+    assert "--storage" in err and "s3cret" not in err and "user:***@" in err
+    assert main(["tune", "--config", str(cfg), "--space", str(tmp_path / "nope.yml"), "--trials", "1"]) == 2
+    assert "space file not found" in capsys.readouterr().err
+
+
+def test_a_logdir_holding_another_studys_trials_is_refused(tmp_path, capsys):
+    from segzoo.tuning.report import MARKDOWN_HEADER
+
+    cfg, spc = _files(tmp_path)
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "trials.md").write_text(MARKDOWN_HEADER + "# study first\n")
+    assert main(["tune", "--config", str(cfg), "--space", str(spc), "--trials", "1", "--study", "second"]) == 2
+    assert "holds the trials of study 'first'" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["trials.md"]

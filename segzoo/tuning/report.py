@@ -26,6 +26,7 @@ from segzoo.fileio import write_bytes_atomic
 COLUMNS = ("number", "state", "best", "params", "logdir", "reason")
 MARKDOWN_HEADER = "<!-- segzoo tune: the trials of a study (rewritten by segzoo tune) -->\n"
 PNG_SOFTWARE = "segzoo tune"
+TITLE = "# study "  # the Markdown table's title line: the study the folder's trials belong to
 OUTPUTS = ("trials.csv", "trials.md", "history.png", "importances.png")
 
 
@@ -45,8 +46,20 @@ def _is_ours(path: Path) -> bool:
         return False
 
 
-def check_outputs(logdir: str | os.PathLike) -> None:
-    """Refuse a study folder that is a training run's, or holds a summary file ``segzoo tune`` did not write.
+def _study_of(folder: Path) -> str | None:
+    """The study whose summary ``folder/trials.md`` shows (None: no such file)."""
+    path = folder / "trials.md"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [f.readline() for _ in range(3)]
+    title = next((line for line in lines if line.startswith(TITLE)), "")
+    return title[len(TITLE):].rstrip("\n") or None
+
+
+def check_outputs(logdir: str | os.PathLike, study_name: str | None = None) -> None:
+    """Refuse a study folder that is a training run's, holds a summary file ``segzoo tune`` did not write,
+    or is another study's (its trial folders would collide with this one's).
 
     Raises:
         ConfigError: naming the folder or the file.
@@ -64,6 +77,10 @@ def check_outputs(logdir: str | os.PathLike) -> None:
         if os.path.lexists(path) and (not path.is_file() or path.is_symlink() or not _is_ours(path)):
             raise ConfigError(f"{path} exists and was not written by segzoo tune; move it away or choose "
                               f"another logdir=...")
+    other = _study_of(folder)
+    if study_name is not None and other is not None and other != study_name:
+        raise ConfigError(f"logdir {folder} holds the trials of study {other!r}; choose another logdir=... for "
+                          f"study {study_name!r} (or --study {other})")
 
 
 def _best(trial: Any, minimize: bool) -> float | None:
@@ -107,12 +124,12 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def markdown_text(rows: list[dict[str, Any]], title: str) -> str:
-    """The rows as a Markdown table under ``title``."""
+def markdown_text(rows: list[dict[str, Any]], study_name: str) -> str:
+    """The rows as a Markdown table under the title ``# study NAME``."""
     def cell(value: Any) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
 
-    lines = [MARKDOWN_HEADER, f"# {cell(title)}\n", "| " + " | ".join(COLUMNS) + " |",
+    lines = [MARKDOWN_HEADER + f"{TITLE}{study_name}\n", "| " + " | ".join(COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(r[k]) for k in COLUMNS) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -156,11 +173,11 @@ def write_report(study: Any, logdir: str | os.PathLike) -> tuple[str, list[Path]
         ConfigError: a summary file appeared meanwhile that ``segzoo tune`` did not write.
     """
     folder = Path(logdir)
-    check_outputs(folder)
+    check_outputs(folder, study.study_name)
     folder.mkdir(parents=True, exist_ok=True)  # a study on another storage whose trials all failed early
     rows = trial_rows(study)
     files: dict[str, bytes | str] = {"trials.csv": csv_text(rows).encode(),
-                                     "trials.md": markdown_text(rows, f"study {study.study_name}").encode()}
+                                     "trials.md": markdown_text(rows, study.study_name).encode()}
     files.update(plots(study))
     written = []
     notes = []

@@ -165,6 +165,8 @@ def read_space(path: str | os.PathLike) -> SearchSpace:
     """
     from segzoo.training.yaml_io import read_yaml_file
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"space file not found: {path}")
     data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"space file {path} must be a mapping of config keys to ranges, got "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 import time
 import warnings
@@ -67,8 +68,13 @@ def make_storage(url: str) -> Any:
             if attempt < STORAGE_ATTEMPTS and type(exc).__name__ in ("IntegrityError", "OperationalError"):
                 time.sleep(0.5 * attempt)
                 continue
-            raise ConfigError(f"--storage {short_repr(url)}: cannot open it ({type(exc).__name__}: "
+            raise ConfigError(f"--storage {short_repr(hide_password(url))}: cannot open it ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def hide_password(url: str) -> str:
+    """``url`` with the password of ``scheme://user:password@host`` replaced by ``***`` (for messages)."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _named(settings: dict[str, Any] | None, names: dict[str, str], module: Any, what: str) -> Any:
@@ -183,7 +189,7 @@ def open_study(name: str, storage: str, direction: str, main_metric: str, pruner
     if stored is None:
         study.set_user_attr("main_metric", main_metric)
     elif stored != main_metric or study.direction.name.lower() != direction:
-        raise ConfigError(f"study {name!r} in {storage} optimises {stored} "
+        raise ConfigError(f"study {name!r} in {hide_password(storage)} optimises {stored} "
                           f"({study.direction.name.lower()}), not {main_metric} ({direction}); "
                           f"choose another --study or runner.main_metric / runner.minimize_metric")
     return study
@@ -235,9 +241,11 @@ def run_study(config: str | os.PathLike, space: SearchSpace, trials: int, storag
     main_metric = runner.get("main_metric", "loss")
     direction = "minimize" if runner.get("minimize_metric", True) else "maximize"
     logdir = Path(base["logdir"])
-    check_outputs(logdir)
-    pruner_obj, sampler = pruner_and_sampler(space, pruner)
     study_name = study_name or logdir.resolve().name
+    if not study_name.strip() or not study_name.isprintable():
+        raise ConfigError(f"--study must be a printable name, got {short_repr(study_name)}")
+    check_outputs(logdir, study_name)
+    pruner_obj, sampler = pruner_and_sampler(space, pruner)
     if storage is None:  # the default storage is a file in the study's folder
         logdir.mkdir(parents=True, exist_ok=True)
     study = open_study(study_name, storage or default_storage(logdir), direction, main_metric, pruner_obj, sampler)
