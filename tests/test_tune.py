@@ -182,10 +182,11 @@ def test_two_processes_share_one_study_on_sqlite(tmp_path):
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     assert len(trials) >= 4 and {t.state.name for t in trials} == {"COMPLETE"}
     assert sorted(t.number for t in trials) == list(range(len(trials)))
-    # each process ran some of them, each in its own folder
+    # no trial ran twice: what each process ran (usually both run some; on a busy machine the first may
+    # finish them all before the second starts one) adds up to the study, each in its own folder
     ran = [{int(line.split(":")[0].split()[1]) for line in o[0].splitlines() if "COMPLETE dice=" in line}
            for o in outs]
-    assert ran[0] and ran[1] and not ran[0] & ran[1]
+    assert not ran[0] & ran[1] and ran[0] | ran[1] == {t.number for t in trials}
     folders = sorted(p.name for p in (tmp_path / "study").glob("trial-*"))
     assert folders == [f"trial-{n:04d}" for n in range(len(trials))]
 
