@@ -16,7 +16,7 @@ The tracker run's id is part of the callback's state, stored in the run's full c
 (``logdir/checkpoints/last_full.pth``), so a resumed run (``runner.resume=LOGDIR``) continues the
 same MLflow run / W&B run id instead of starting another.
 
-The engines are optional extras (``pip install segzoo[mlflow]`` / ``segzoo[wandb]``) imported
+The engines are the optional extras ``mlflow`` and ``wandb`` of setup.cfg, imported
 when a run starts, never at import time.
 """
 
@@ -229,7 +229,7 @@ _MLFLOW_NAME = re.compile(r"[^\w\-. /]")
 
 @register_callback("MLflowLogger")
 class MLflowLogger(TrackerLogger):
-    """Log a run to MLflow (``pip install segzoo[mlflow]``): params, epoch metrics, learning rate, artifacts.
+    """Log a run to MLflow (the ``mlflow`` extra): params, epoch metrics, learning rate, artifacts.
 
     The store is ``tracking_uri``, else the ``MLFLOW_TRACKING_URI`` environment variable, else a
     SQLite file in the log directory, ``sqlite:///LOGDIR/mlflow.db`` (artifacts in
@@ -326,7 +326,7 @@ class MLflowLogger(TrackerLogger):
 
 @register_callback("WandbLogger")
 class WandbLogger(TrackerLogger):
-    """Log a run to Weights & Biases (``pip install segzoo[wandb]``): config, epoch metrics, learning rate, files.
+    """Log a run to Weights & Biases (the ``wandb`` extra): config, epoch metrics, learning rate, files.
 
     ``WANDB_MODE=offline`` (or ``mode="offline"``) writes the run under ``dir/wandb/`` without a
     network or a login (``wandb sync`` uploads it later). Metrics are ``{loader}/{metric}`` and ``lr``
