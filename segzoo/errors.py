@@ -109,7 +109,7 @@ def short_repr(value: object, limit: int = 80) -> str:
 
 
 #: the optional extras of setup.cfg (``pip install "segzoo[train]"``)
-EXTRAS = ("train", "export", "bench", "serve", "all", "dev")
+EXTRAS = ("train", "export", "bench", "serve", "mlflow", "wandb", "tune", "all", "dev")
 
 
 def install_hint(extra: str) -> str:

@@ -196,6 +196,9 @@ def test_torch_free_choices_equal_their_sources():
     assert cli_args.DEFAULT_INPUT_SIZE == export.DEFAULT_INPUT_SIZE
     assert cli_args.BENCHMARK_ARCHS == bench.ARCHS
     assert cli_args.BENCHMARK_DTYPES == tuple(DTYPES)
+    from segzoo.tuning.space import PRUNERS
+
+    assert cli_args.TUNE_PRUNERS == tuple(PRUNERS)
 
 
 def test_every_command_has_torch_free_arguments():
@@ -212,8 +215,8 @@ def test_command_modules_import_the_library_only_when_they_run():
     from segzoo.cli import COMMANDS
 
     modules = sorted({module for module, _ in COMMANDS.values()})
-    assert modules == sorted(f"segzoo.cli.{c}" for c in ("models", "train", "export", "predict", "benchmark",
-                                                          "serve"))
+    assert modules == sorted(f"segzoo.cli.{c}" for c in ("models", "train", "tune", "export", "predict",
+                                                          "benchmark", "serve"))
     code = ("import importlib, json, sys\n"
             f"mods = [importlib.import_module(m) for m in {modules!r}]\n"
             "assert all(callable(m.run) for m in mods)\n"

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "segzoo"
 # ARCHITECTURE.md's layer table, top (command line) to bottom (utilities); the longest prefix wins.
 LAYERS: dict[str, int] = {
     "segzoo.cli": 9,
-    "segzoo.serve": 8, "segzoo.predict": 8, "segzoo.benchmark": 8,
+    "segzoo.serve": 8, "segzoo.predict": 8, "segzoo.benchmark": 8, "segzoo.tuning": 8,
     "segzoo.compat": 8,  # Catalyst names of models, losses and callbacks
     "segzoo.training": 7,
     "segzoo.export": 6,

@@ -254,7 +254,7 @@ def test_bash_blocks_then_deploy_snippet(readme_dir):
             args = _segzoo_args(command)
             if args is None:
                 continue
-            if args[:3] == ["train", "--config", "configs/demo.yml"]:
+            if args[:3] == ["train", "--config", "configs/demo.yml"] or args[0] == "tune":
                 args = args + DEMO_SPEEDUP
             ran.append(args[0])
             if args[0] == "serve":
@@ -284,7 +284,8 @@ def test_all_extra_is_the_union_of_the_others():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     extras = {k: set(v.split()) for k, v in cfg["options.extras_require"].items()}
-    assert extras["all"] == extras["train"] | extras["export"] | extras["bench"] | extras["serve"]
+    assert extras["all"] == (extras["train"] | extras["export"] | extras["bench"] | extras["serve"] | extras["mlflow"]
+                             | extras["wandb"] | extras["tune"])
     assert extras["all"] <= extras["dev"]
     for name in extras:
         assert f'".[{name}]"' in README, f"README does not say what the [{name}] extra is for"

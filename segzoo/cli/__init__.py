@@ -1,4 +1,4 @@
-"""The ``segzoo`` command: ``segzoo models | train | trace | export | predict | benchmark | serve``.
+"""The ``segzoo`` command: ``segzoo models | train | tune | trace | export | predict | benchmark | serve``.
 
 Each subcommand's arguments are declared in :mod:`segzoo.cli.args`, which does not import
 torch, so ``--help``, usage errors and ``segzoo models`` answer at once. Each command's
@@ -25,6 +25,7 @@ __all__ = ["COMMANDS", "USER_ERRORS", "OneLineErrorParser", "build_parser", "mai
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("segzoo.cli.models", "list the registered models (--parts: encoders, decoders, ...)"),
     "train": ("segzoo.cli.train", "train a model from a YAML config"),
+    "tune": ("segzoo.cli.tune", "search config values with an Optuna study (one training run per trial)"),
     "trace": ("segzoo.cli.export", "trace a checkpoint to TorchScript"),
     "export": ("segzoo.cli.export", "export a checkpoint to ONNX, TorchScript or torch.export (.pt2)"),
     "predict": ("segzoo.cli.predict", "predict masks for images with a trained model"),

@@ -59,6 +59,28 @@ def add_train_arguments(parser: argparse.ArgumentParser, command: str = "train")
                         help="replace the previous run in logdir (only the files segzoo train wrote there)")
 
 
+# ---- `segzoo tune` ----------------------------------------------------------------------------
+
+#: segzoo.tuning.space.PRUNERS (checked equal by a test)
+TUNE_PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "threshold", "none")
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser, command: str = "tune") -> None:
+    """Arguments of ``segzoo tune``."""
+    parser.add_argument("--config", "-C", required=True, help="YAML config; its logdir holds one folder per trial")
+    parser.add_argument("--space", required=True,
+                        help="YAML search space: dotted config keys -> {type: float|int|categorical, ...}")
+    parser.add_argument("--trials", type=_at_least(int, "--trials"), required=True,
+                        help="finished trials the study should have (counting earlier runs and other processes)")
+    parser.add_argument("--storage", default=None,
+                        help="Optuna storage URL shared by every process of the study (default "
+                             "sqlite:///LOGDIR/study.db; postgresql://... or mysql://... across machines)")
+    parser.add_argument("--study", default=None, help="study name (default: the logdir's folder name)")
+    parser.add_argument("--pruner", choices=TUNE_PRUNERS, default=None,
+                        help="prune bad trials by their epoch metric (default: the space file's pruner:, else median)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of every trial's config")
+
+
 # ---- `segzoo trace` / `segzoo export` ----------------------------------------------------------
 
 #: segzoo.export.DEFAULT_INPUT_SIZE, TRACE_MODES, FORMATS (checked equal by a test)
@@ -265,6 +287,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, command: str = "ben
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser, str], None]] = {
     "models": add_models_arguments,
     "train": add_train_arguments,
+    "tune": add_tune_arguments,
     "trace": add_export_arguments,
     "export": add_export_arguments,
     "predict": add_predict_arguments,

@@ -15,8 +15,10 @@ from segzoo.training.callbacks.loggers import (
 from segzoo.training.callbacks.metrics import DiceCallback, IouCallback, MetricCallback
 from segzoo.training.callbacks.optimizer import NonFiniteLossError, OptimizerCallback
 from segzoo.training.callbacks.predictions import PredictionSaverCallback
+from segzoo.training.callbacks.pruning import OptunaPruningCallback
 from segzoo.training.callbacks.scheduler import SchedulerCallback
 from segzoo.training.callbacks.timer import TimerCallback
+from segzoo.training.callbacks.trackers import MLflowLogger, WandbLogger
 
 
 def __getattr__(name: str):
@@ -27,4 +29,5 @@ def __getattr__(name: str):
 __all__ = ["CriterionCallback", "CriterionAggregatorCallback", "OptimizerCallback", "SchedulerCallback",
            "CheckpointCallback", "EarlyStoppingCallback", "DiceCallback", "IouCallback", "MetricCallback",
            "ConsoleLogger", "TensorboardLogger", "ProgressBarLogger", "PredictionSaverCallback",
-           "NonFiniteLossError", "InferCallback", "TimerCallback", "VerboseLogger", "CSVLogger"]
+           "NonFiniteLossError", "InferCallback", "TimerCallback", "VerboseLogger", "CSVLogger",
+           "MLflowLogger", "WandbLogger", "OptunaPruningCallback"]
