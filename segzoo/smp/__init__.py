@@ -11,7 +11,4 @@ from __future__ import annotations
 
 from segzoo.smp import encoders, losses, metrics
 
-
-
-
 __all__ = ["encoders", "losses", "metrics"]

@@ -229,7 +229,10 @@ def fbeta_score(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.
     """F-beta score ``(1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP)`` of :func:`get_stats` counts, reduced as smp.
 
     Args:
-        tp, fp, fn, tn: (N, C) counts from :func:`get_stats`.
+        tp: (N, C) true positives from :func:`get_stats`.
+        fp: (N, C) false positives.
+        fn: (N, C) false negatives.
+        tn: (N, C) true negatives.
         beta: weight of recall against precision.
         reduction: see the module docstring (``None``: the (N, C) scores).
         class_weights: per-class weights (``"weighted"`` reductions need them).
