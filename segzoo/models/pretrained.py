@@ -157,7 +157,6 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained_config(cls, config: dict[str, Any], classes: int | None, source: Path) -> nn.Module:
         """Build the (untrained) model ``config`` describes, with ``classes`` outputs if given."""
-        import segzoo.models.named  # noqa: F401  (registers the built-in models)
         from segzoo.models.registry import model_from_spec
 
         if config.get("builder") != "segzoo.models":
