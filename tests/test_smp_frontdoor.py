@@ -246,3 +246,14 @@ def test_onnx_from_a_batch_of_one_declares_batch_height_width_dynamic(tmp_path):
     dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (graph.input[0],
                                                                                       graph.output[0])]
     assert dims == [["batch", 3, "height", "width"], ["batch", 2, "height", "width"]]
+
+
+def test_torch_jit_script_in_training_mode_leaves_batchnorm_statistics_alone():
+    from segzoo.models import create_model
+
+    model = create_model("resnet18_unet", num_classes=2, pretrained=False).train()
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(model)
+    assert all(torch.equal(before[k], v) for k, v in model.named_buffers())

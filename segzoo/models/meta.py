@@ -232,10 +232,14 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
         The input checks of :meth:`check_input` are not in the graph."""
         m, c = self.size_multiple, self.in_channels or 3
         example = torch.zeros(2, c, 2 * m, 2 * m, device=next(self.parameters()).device)
-        with warnings.catch_warnings():
+        buffers = {name: b.clone() for name, b in self.named_buffers()}  # a training-mode trace updates BN stats
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace")  # the caller's script warns already
-            return _Traced(torch.jit.trace(self, example, check_trace=False))
+            traced = torch.jit.trace(self, example, check_trace=False)
+            for name, b in self.named_buffers():
+                b.copy_(buffers[name])
+        return _Traced(traced)
 
     def freeze_encoder(self) -> None:
         """Stop training the encoder; its BatchNorm layers stay in eval mode."""
