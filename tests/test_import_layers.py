@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "segzoo.cli": 9,
     "segzoo.serve": 8, "segzoo.predict": 8, "segzoo.benchmark": 8, "segzoo.tuning": 8,
     "segzoo.compat": 8,  # Catalyst names of models, losses and callbacks
+    "segzoo.smp": 8,  # smp 0.6 names of models, losses, metrics and preprocessing
     "segzoo.training": 7,
     "segzoo.export": 6,
     "segzoo.inference": 5,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from segzoo.encoders.base import EncoderSpec
 from segzoo.hardware import LayoutChoice, preferred_layout, resolve_layout
 from segzoo.heads.base import HeadSpec
+from segzoo.models.pretrained import PretrainedMixin
 from segzoo.parts import FeaturePart
 
 SIZE_MODES = ("pad", "strict")
@@ -37,7 +39,19 @@ def nearest_valid_sizes(size: int, multiple: int) -> tuple[int, int]:
     return below, above
 
 
-class UnetMetaSpec(nn.Module):
+class _Traced(nn.Module):
+    """A traced model as a scriptable module (what :meth:`UnetMetaSpec.__prepare_scriptable__` returns)."""
+
+    def __init__(self, traced: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The traced model's output."""
+        return self.traced(x)
+
+
+class UnetMetaSpec(PretrainedMixin, nn.Module):
     """``head(decoder(bridge(encoder(x))))`` with input checks and any-size support.
 
     Every named model (the rows of ``segzoo.models.ARCHITECTURES`` in the generic and ResNet families) is this
@@ -235,6 +249,21 @@ class UnetMetaSpec(nn.Module):
             return features
         logits = self.head(features)
         return logits[..., :h, :w].contiguous()
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script(model)`` compiles: the model traced in its current mode (any batch and H, W:
+        traced graphs always pad, and the crop follows the input's size), in a one-line scriptable wrapper.
+        The input checks of :meth:`check_input` are not in the graph."""
+        m, c = self.size_multiple, self.in_channels or 3
+        example = torch.zeros(2, c, 2 * m, 2 * m, device=next(self.parameters()).device)
+        buffers = {name: b.clone() for name, b in self.named_buffers()}  # a training-mode trace updates BN stats
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace")  # the caller's script warns already
+            traced = torch.jit.trace(self, example, check_trace=False)
+            for name, b in self.named_buffers():
+                b.copy_(buffers[name])
+        return _Traced(traced)
 
     def freeze_encoder(self) -> None:
         """Stop training the encoder; its BatchNorm layers stay in eval mode."""
