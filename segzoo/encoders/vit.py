@@ -32,7 +32,8 @@ def is_plain_vit(name: str) -> bool:
         module = timm.models.model_entrypoint(str(name).partition(".")[0]).__module__
     except (RuntimeError, KeyError, ValueError):
         return False
-    return module in VIT_MODULES
+    # a distilled DeiT adds a distillation token with its own position handling: TimmEncoder keeps it
+    return module in VIT_MODULES and "distilled" not in str(name)
 
 
 def uniform_block_indices(depth: int, count: int) -> list[int]:
@@ -74,6 +75,9 @@ class ViTEncoder(EncoderSpec):
 
         if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
             raise unknown_name_error("timm model", str(name), timm.list_models("*vit*"))
+        if not is_plain_vit(name):
+            raise ValueError(f"timm model {name!r} is not a plain ViT (no token maps at one stride); ViTEncoder "
+                             f"takes vit_*/deit_* models, e.g. 'vit_small_patch16_224' (a CNN fits TimmEncoder)")
         if readout not in READOUTS:
             raise ValueError(f"ViTEncoder: readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         for key in ("features_only", "dynamic_img_size", "num_classes"):
