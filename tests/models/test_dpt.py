@@ -148,3 +148,41 @@ def test_dpt_needs_fewer_flops_than_smp_dpt_on_the_same_vit():
     ours = DPT(num_classes=2, encoder_params={"name": "vit_tiny_patch16_224"})
     assert flops(ours) <= flops(theirs)
     assert sum(p.numel() for p in ours.parameters()) <= sum(p.numel() for p in theirs.parameters())
+
+
+def _dpt_config(tmp_path, encoder_params):
+    import yaml
+
+    cfg = {"seed": 3, "logdir": str(tmp_path / "run"),
+           "model": {"name": "dpt", "params": {"num_classes": 1, "encoder_params": encoder_params}},
+           "data": {"kind": "procedural", "params": {"image_size": 48, "num_classes": 1},
+                    "train_size": 8, "valid_size": 4, "batch_size": 4},
+           "loss": {"name": "BCEDiceLoss"}, "optimizer": {"name": "Adam", "params": {"lr": 0.001}},
+           "callbacks": [{"name": "DiceCallback", "params": {"threshold": 0.5}}], "num_epochs": 1,
+           "runner": {"main_metric": "dice", "minimize_metric": False, "device": "cpu"}}
+    path = tmp_path / "dpt.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_segzoo_train_runs_a_dpt_config_and_rebuilds_it(tmp_path):
+    from segzoo.checkpoint import load_checkpoint
+    from segzoo.cli import main
+    from segzoo.models import model_from_spec
+
+    assert main(["train", "--config", str(_dpt_config(tmp_path, TINY_VIT))]) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pth")
+    assert ckpt["model_spec"] == {"name": "dpt", "kwargs": {"encoder_params": TINY_VIT}}
+    model = model_from_spec(ckpt["model_spec"])
+    assert isinstance(model, DPT) and isinstance(model.encoder, ViTEncoder)
+    model.load_state_dict(ckpt["model_state_dict"])
+
+
+def test_segzoo_train_with_a_cnn_for_dpt_is_one_line_exit_2(tmp_path, capsys):
+    from segzoo.cli import main
+
+    assert main(["train", "--config", str(_dpt_config(tmp_path, {"name": "test_resnet"}))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'test_resnet' is not a plain ViT" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
