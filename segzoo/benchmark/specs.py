@@ -109,6 +109,15 @@ def build_model(spec: dict[str, Any], num_classes: int = 1) -> nn.Module:
     raise unknown_name_error("benchmark library", str(lib), ("segzoo", "smp", "torchvision"))
 
 
+def _is_vit(encoder: str) -> bool:
+    """Whether a benchmark encoder (``resnet34``, ``timm:<name>``) is a plain ViT, the encoder DPT takes."""
+    if not encoder.startswith("timm:"):
+        return False
+    from segzoo.encoders.vit import is_plain_vit
+
+    return is_plain_vit(encoder[5:])
+
+
 def default_suite(encoders: Sequence[str] = ("resnet18", "resnet34", "resnet50", "timm:efficientnet_b0"),
                   archs: Sequence[str] = ARCHS, with_smp: bool | None = None,
                   with_body: bool = True) -> list[dict[str, Any]]:
@@ -117,13 +126,13 @@ def default_suite(encoders: Sequence[str] = ("resnet18", "resnet34", "resnet50",
     with_smp = smp_available() if with_smp is None else with_smp
     specs: list[dict[str, Any]] = []
     tokens = [arch for arch in archs if ARCHITECTURES[arch].encoder_kind == "tokens"]
-    vits = [enc for enc in encoders if enc.startswith(("timm:vit", "timm:deit"))]
+    vits = [enc for enc in encoders if _is_vit(enc)]
     if tokens and not vits:  # DPT runs on a plain ViT only: the issue's small one
         encoders = [*encoders, VIT_ENCODER]
     for enc in encoders:
         if with_body and not enc.startswith("timm:"):
             specs.append(body_spec(enc))
-        is_vit = enc.startswith(("timm:vit", "timm:deit"))
+        is_vit = _is_vit(enc)
         for arch in archs:
             if (arch in tokens) != is_vit:  # an encoder of the other kind cannot serve it
                 continue

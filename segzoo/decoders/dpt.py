@@ -81,9 +81,11 @@ class DPTDecoder(DecoderSpec):
             raise ValueError(f"DPTDecoder needs token maps at one stride (a plain ViT), got strides {self.in_strides}")
         patch = self.in_strides[0]
         n = len(self.in_channels)
-        if patch % 4 or n > 4:
-            raise ValueError(f"DPTDecoder reassembles up to 4 token maps at strides p/4..2p: the patch size p must "
-                             f"be a multiple of 4 and at most 4 maps given, got p={patch} and {n} maps")
+        if patch % 4:
+            raise ValueError(f"DPTDecoder reassembles the token maps at strides p/4..2p: the patch size p must be a "
+                             f"multiple of 4, got p={patch} (use a ViT with patch 8, 16 or 32)")
+        if n > 4:
+            raise ValueError(f"DPTDecoder takes at most 4 token maps (strides p/4..2p), got {n}")
         channels = [int(c) for c in channels]
         if len(channels) < n or any(c <= 0 for c in channels[:n]):
             raise ValueError(f"DPTDecoder: channels needs {n} positive widths (one per token map), got {channels}")

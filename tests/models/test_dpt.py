@@ -11,7 +11,7 @@ from _models import TINY_VIT, tiny_model
 from torch.export import Dim
 
 import segzoo
-from segzoo import DPT, Unet, create_model
+from segzoo import DPT, create_model
 from segzoo.architectures import model_names
 from segzoo.encoders import ResnetEncoder, TimmEncoder, ViTEncoder, create_encoder
 
