@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         for arch in args.archs:
             specs = [segzoo_spec(arch, enc)] + [{**segzoo_spec(arch, enc, **kw), "variant": name}
                                                 for name, kw in variants.items()]
-            if with_smp:
-                specs.append(smp_spec(arch, enc))
+            if with_smp:  # smp's ViTs take other sizes than their pretraining one only with dynamic_img_size
+                specs.append(smp_spec(arch, enc, **({"dynamic_img_size": True} if "vit" in enc else {})))
             for spec in specs:
                 row = train_and_score(spec, train, valid, args.steps, args.batch_size, args.lr, args.seed)
                 row["pair"], row["variant"] = spec["pair"], spec.get("variant")

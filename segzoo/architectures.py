@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Architecture", "ARCHITECTURES", "RESNET_ENCODERS", "CATALYST_MODELS", "model_names", "model_classes",
-           "smp_twins"]
+           "resnet_architectures", "smp_twins"]
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,13 @@ class Architecture:
         resnet_encoder: ``ResnetEncoder`` keyword defaults (``encoder_params`` override them).
         title: a short description, shown by the named classes' docstrings and ``segzoo models``.
         generic_class: public class name of the generic family (``segzoo.Unet``); ``""``: none exported.
-        resnet_class: public class name of the ResNet family (``segzoo.ResnetUnet``); ``""``: none exported.
+        resnet_class: public class name of the ResNet family (``segzoo.ResnetUnet``); ``""``: the row has no
+            ResNet family (no class, no ``resnetD_NAME`` names: DPT, whose plain-ViT encoder a ResNet is not).
         smp: the segmentation_models_pytorch 0.6 class it is benchmarked against (``"Unet"``), or ``None``.
+        encoder_kind: what the architecture needs from its encoder: ``"pyramid"`` (features at several
+            strides: ResNets, timm CNNs, UnetEncoder) or ``"tokens"`` (the token maps of a plain ViT, all at
+            one stride; the generic family's default encoder is then ``ViTEncoder("vit_small_patch16_224")``).
+            A model built on an encoder of the other kind is refused in one line naming what fits.
     """
 
     decoder: str
@@ -68,9 +73,11 @@ class Architecture:
     generic_class: str = ""
     resnet_class: str = ""
     smp: str | None = None
+    encoder_kind: str = "pyramid"
 
 
-#: registry name -> row; each row is registered as ``NAME`` (generic family) and ``resnetD_NAME``
+#: registry name -> row; each row is registered as ``NAME`` (generic family) and ``resnetD_NAME`` (if it has a
+#: ResNet family)
 ARCHITECTURES: dict[str, Architecture] = {
     "unet": Architecture("unet", decoder_defaults={"block": "concat"}, symmetric=True,
                          title="Unet: concat skip decoder",
@@ -89,6 +96,10 @@ ARCHITECTURES: dict[str, Architecture] = {
                                   smp="DeepLabV3Plus"),
     "upernet": Architecture("upernet", title="UPerNet: PPM + FPN, levels fused at the finest stride",
                             generic_class="UPerNet", resnet_class="ResnetUPerNet", smp="UPerNet"),
+    # a ResNet has no single-stride token maps: no ResNet family, no resnet*_dpt names
+    "dpt": Architecture("dpt", bridge=False, encoder_kind="tokens",
+                        title="DPT: ViT token maps reassembled at 4 strides, fused coarse to fine",
+                        generic_class="DPT", smp="DPT"),
 }
 
 #: the torchvision ResNets of the ResNet family (the keys of segzoo.encoders.RESNET_CHANNELS, checked by a test)
@@ -102,9 +113,14 @@ CATALYST_MODELS: dict[str, str | None] = {"MobileUnet": "mobilenetv2_unet", "Res
 def model_names() -> list[str]:
     """Every built-in registry name, sorted as :func:`segzoo.list_models` sorts them: each row as ``NAME``
     and ``resnetD_NAME``, and the names the Catalyst models add."""
-    names = [*ARCHITECTURES, *(f"{enc}_{arch}" for enc in RESNET_ENCODERS for arch in ARCHITECTURES),
+    names = [*ARCHITECTURES, *(f"{enc}_{arch}" for enc in RESNET_ENCODERS for arch in resnet_architectures()),
              *(name for name in CATALYST_MODELS.values() if name)]
     return sorted(names)
+
+
+def resnet_architectures() -> list[str]:
+    """The rows that have a ResNet family (``resnet_class`` set), in table order."""
+    return [name for name, row in ARCHITECTURES.items() if row.resnet_class]
 
 
 def model_classes() -> list[str]:

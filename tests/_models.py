@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 import segzoo
+from segzoo.architectures import ARCHITECTURES
 
 TINY = {"num_channels": 8, "num_blocks": 2}
+TINY_VIT = {"name": "test_vit"}  # 371k parameters, embed dim 64, patch 16
 
 
 def tiny_model(name: str = "unet", num_classes: int = 2, **kwargs) -> torch.nn.Module:
@@ -15,6 +17,8 @@ def tiny_model(name: str = "unet", num_classes: int = 2, **kwargs) -> torch.nn.M
         kwargs.setdefault("pretrained", False)
     elif name.startswith("mobilenetv2"):
         kwargs.setdefault("width_mult", 0.5)
+    elif name in ARCHITECTURES and ARCHITECTURES[name].encoder_kind == "tokens":  # DPT: the smallest timm ViT
+        kwargs = {"encoder_params": TINY_VIT, **kwargs}
     else:
         kwargs = {**TINY, **kwargs}
     torch.manual_seed(0)

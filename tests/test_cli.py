@@ -7,10 +7,10 @@ from segzoo.cli import main
 
 
 def test_models_lists_registry(capsys):
-    from segzoo.models import ARCHITECTURES
+    from segzoo.architectures import resnet_architectures
 
     assert main(["models", "resnet18_*"]) == 0
-    assert capsys.readouterr().out.split() == sorted(f"resnet18_{arch}" for arch in ARCHITECTURES)
+    assert capsys.readouterr().out.split() == sorted(f"resnet18_{arch}" for arch in resnet_architectures())
     assert main(["models", "--parts", "*net*"]) == 0
     assert {"decoder: upernet", "encoder: resnet", "head: unet"} <= set(capsys.readouterr().out.splitlines())
 

@@ -17,6 +17,8 @@ __all__ = ["SMP_ARCHS", "ARCHS", "segzoo_spec", "smp_spec", "body_spec", "spec_l
 SMP_ARCHS = smp_twins()
 # every architecture of the table (those without an smp twin are benchmarked alone)
 ARCHS = tuple(ARCHITECTURES)
+# the plain ViT the token-map architectures (DPT) are benchmarked on, segzoo's and smp's alike
+VIT_ENCODER = "timm:vit_small_patch16_224"
 
 
 def segzoo_spec(arch: str, encoder: str = "resnet34", **kwargs: Any) -> dict[str, Any]:
@@ -107,6 +109,15 @@ def build_model(spec: dict[str, Any], num_classes: int = 1) -> nn.Module:
     raise unknown_name_error("benchmark library", str(lib), ("segzoo", "smp", "torchvision"))
 
 
+def _is_vit(encoder: str) -> bool:
+    """Whether a benchmark encoder (``resnet34``, ``timm:<name>``) is a plain ViT, the encoder DPT takes."""
+    if not encoder.startswith("timm:"):
+        return False
+    from segzoo.encoders.vit import is_plain_vit
+
+    return is_plain_vit(encoder[5:])
+
+
 def default_suite(encoders: Sequence[str] = ("resnet18", "resnet34", "resnet50", "timm:efficientnet_b0"),
                   archs: Sequence[str] = ARCHS, with_smp: bool | None = None,
                   with_body: bool = True) -> list[dict[str, Any]]:
@@ -114,11 +125,19 @@ def default_suite(encoders: Sequence[str] = ("resnet18", "resnet34", "resnet50",
     installed, or when ``with_smp`` is True) and, per ResNet, the encoder body alone."""
     with_smp = smp_available() if with_smp is None else with_smp
     specs: list[dict[str, Any]] = []
+    tokens = [arch for arch in archs if ARCHITECTURES[arch].encoder_kind == "tokens"]
+    vits = [enc for enc in encoders if _is_vit(enc)]
+    if tokens and not vits:  # DPT runs on a plain ViT only: the issue's small one
+        encoders = [*encoders, VIT_ENCODER]
     for enc in encoders:
         if with_body and not enc.startswith("timm:"):
             specs.append(body_spec(enc))
+        is_vit = _is_vit(enc)
         for arch in archs:
+            if (arch in tokens) != is_vit:  # an encoder of the other kind cannot serve it
+                continue
             specs.append(segzoo_spec(arch, enc))
             if with_smp and arch in SMP_ARCHS:
-                specs.append(smp_spec(arch, enc))
+                # smp's ViT encoders take only their pretraining size without dynamic_img_size
+                specs.append(smp_spec(arch, enc, **({"dynamic_img_size": True} if is_vit else {})))
     return specs

@@ -33,9 +33,9 @@ MODEL_NAMES = tuple(_table.model_names())
 #: prints them; equal to segzoo.encoders.ENCODERS, .bridges.BRIDGES, .decoders.DECODERS and
 #: .heads.HEADS (checked by a test).
 PART_NAMES: dict[str, tuple[str, ...]] = {
-    "encoder": ("mobilenetv2", "resnet", "timm", "unet"),
+    "encoder": ("mobilenetv2", "resnet", "timm", "timm_vit", "unet"),
     "bridge": ("unet",),
-    "decoder": ("deeplabv3plus", "fpn", "psp", "unet", "upernet"),
+    "decoder": ("deeplabv3plus", "dpt", "fpn", "psp", "unet", "upernet"),
     "head": ("fpn", "unet"),
 }
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from segzoo.encoders.base import EncoderSpec, register_encoder
+from segzoo.encoders.vit import ViTEncoder, is_plain_vit
 from segzoo.encoders.weights import (
     hub_offline,
     offline,
@@ -113,8 +114,18 @@ class TimmEncoder(EncoderSpec):
             ``features_only`` support.
         WeightsUnavailableError: pretrained weights that cannot be had (see ``pretrained``).
 
+    A plain ViT (``vit_*``, ``deit_*``: one stride, no pyramid) gives a :class:`~segzoo.encoders.ViTEncoder`
+    (token maps of 4 blocks, any input size), the encoder DPT takes.
+
     Shapes: (B, in_channels, H, W) -> [(B, out_channels[i], H / out_strides[i], W / out_strides[i])].
     """
+
+    def __new__(cls, name: str = "", pretrained: bool = False, in_channels: int = 3,
+                out_indices: list[int] | None = None, **timm_kwargs: Any) -> EncoderSpec:
+        if cls is TimmEncoder and isinstance(name, str) and is_plain_vit(name):
+            return ViTEncoder(name, pretrained=pretrained, in_channels=in_channels, out_indices=out_indices,
+                              **timm_kwargs)
+        return super().__new__(cls)
 
     def __init__(self, name: str, pretrained: bool = False, in_channels: int = 3,
                  out_indices: list[int] | None = None, **timm_kwargs: Any) -> None:

@@ -12,11 +12,15 @@ from typing import Any
 from segzoo.architectures import ARCHITECTURES, Architecture
 from segzoo.bridges import create_bridge
 from segzoo.decoders import create_decoder
-from segzoo.encoders import EncoderSpec
+from segzoo.encoders import EncoderSpec, UnetEncoder, ViTEncoder
 from segzoo.heads import create_head
 from segzoo.parts import FeaturePart
 
-__all__ = ["ARCHITECTURES", "Architecture", "part_params", "build_parts"]
+__all__ = ["ARCHITECTURES", "Architecture", "part_params", "build_parts", "check_encoder_fits", "default_encoder"]
+
+ENCODER_KINDS = ("pyramid", "tokens")
+#: the generic family's default ViT for a "tokens" row (no pretrained weights, as every generic default)
+DEFAULT_VIT = "vit_small_patch16_224"
 
 
 def part_params(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
@@ -26,6 +30,47 @@ def part_params(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"{what} must be a dict or None, got {type(value).__name__}")
     return dict(value)
+
+
+def check_encoder_fits(arch: Architecture, encoder: EncoderSpec) -> None:
+    """Refuse, in one line naming why and what fits, an encoder of the wrong kind for ``arch``.
+
+    ``"tokens"`` rows (DPT) need token maps at one stride (a plain ViT); ``"pyramid"`` rows need features at
+    several strides: several maps at one stride (a ViT) are refused there. One feature map passes (PSP
+    reads one).
+
+    Raises:
+        ValueError: the encoder cannot serve the architecture.
+    """
+    if arch.encoder_kind not in ENCODER_KINDS:
+        raise ValueError(f"Architecture.encoder_kind must be one of {ENCODER_KINDS}, got {arch.encoder_kind!r}")
+    strides = [int(s) for s in encoder.out_strides]
+    one_stride = len(set(strides)) == 1
+    name = arch.generic_class or arch.decoder
+    who = type(encoder).__name__
+    if arch.encoder_kind == "tokens" and not one_stride:
+        raise ValueError(f"{name} needs a plain ViT encoder (one stride, e.g. TimmEncoder('{DEFAULT_VIT}')); "
+                         f"{who} has strides {strides}")
+    if arch.encoder_kind == "pyramid" and one_stride and len(strides) > 1:
+        raise ValueError(f"{name} needs a multi-scale encoder (features at several strides, e.g. ResnetEncoder "
+                         f"or TimmEncoder('resnet34')); {who} has one stride {strides}; use DPT for a plain ViT")
+
+
+def default_encoder(arch: Architecture, in_channels: int, num_channels: int, num_blocks: int,
+                    encoder_params: Mapping[str, Any] | None) -> EncoderSpec:
+    """The generic family's encoder when none is given: a UnetEncoder, or for a ``"tokens"`` row a
+    :class:`~segzoo.encoders.ViTEncoder` (``encoder_params`` are its arguments, ``name`` the timm ViT).
+
+    Raises:
+        ValueError: ``num_channels`` / ``num_blocks`` changed for a ViT default (they shape a UnetEncoder).
+    """
+    params = part_params(encoder_params, "encoder_params")
+    if arch.encoder_kind != "tokens":
+        return UnetEncoder(in_channels, num_channels, num_blocks, **params)
+    if (num_channels, num_blocks) != (32, 4):
+        raise ValueError(f"{arch.generic_class or arch.decoder}'s default encoder is a ViT: num_channels and "
+                         f"num_blocks do not apply; pass encoder_params=dict(name='{DEFAULT_VIT}', ...) or encoder=")
+    return ViTEncoder(**{"name": DEFAULT_VIT, "in_channels": in_channels, **params})
 
 
 def build_parts(arch: Architecture, encoder: EncoderSpec, num_classes: int, *, family_bridge: bool,
@@ -48,6 +93,7 @@ def build_parts(arch: Architecture, encoder: EncoderSpec, num_classes: int, *, f
     Returns:
         ``(bridge, decoder, head)``.
     """
+    check_encoder_fits(arch, encoder)
     bridge = None
     if bridge_params is not None or (family_bridge and arch.bridge):
         bridge = create_bridge("unet", encoder.out_channels, encoder.out_strides,

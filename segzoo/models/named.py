@@ -18,7 +18,7 @@ from segzoo.checkpoint import clean_state_dict
 from segzoo.encoders import EncoderSpec, ResnetEncoder, UnetEncoder
 from segzoo.encoders.weights import StateDictSource, load_into, read_state_dict
 from segzoo.errors import CheckpointError
-from segzoo.models.archs import ARCHITECTURES, build_parts, part_params
+from segzoo.models.archs import ARCHITECTURES, build_parts, default_encoder, part_params
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.registry import register_model, set_model_spec
 
@@ -90,7 +90,8 @@ class GenericModel(UnetMetaSpec):
         num_channels: width of the first encoder stage (doubles per stage).
         num_blocks: encoder stages.
         encoder: an ``EncoderSpec`` instance replacing the default encoder.
-        encoder_params: extra ``UnetEncoder`` arguments (e.g. ``complexity``).
+        encoder_params: extra ``UnetEncoder`` arguments (e.g. ``complexity``); for DPT, ``ViTEncoder``'s
+            (``name``: the timm ViT, default ``"vit_small_patch16_224"``; ``num_channels``/``num_blocks`` do not apply).
         bridge_params: ``UnetBridge`` arguments; not given, a bridge is added only to the default
             ``UnetEncoder`` (see the bridge policy in :mod:`segzoo.architectures`): ``encoder=`` gets none.
         decoder_params: arguments of the architecture's decoder.
@@ -120,7 +121,7 @@ class GenericModel(UnetMetaSpec):
                      encoder_output_stride=encoder_output_stride)
         arch = ARCHITECTURES[self.architecture]
         if encoder is None:
-            encoder = UnetEncoder(in_channels, num_channels, num_blocks, **part_params(encoder_params, "encoder_params"))
+            encoder = default_encoder(arch, in_channels, num_channels, num_blocks, encoder_params)
         elif not isinstance(encoder, EncoderSpec):
             raise TypeError(f"encoder must be an EncoderSpec instance, got {type(encoder).__name__}")
         elif encoder_params:
@@ -297,6 +298,8 @@ def _family_classes(family: type, column: str) -> dict[str, type]:
     named = {cls.architecture: cls for cls in family.__subclasses__() if cls.architecture}
     classes = {}
     for name, row in ARCHITECTURES.items():
+        if family is ResnetModel and not row.resnet_class:  # a row without a ResNet family (DPT)
+            continue
         cls_name = getattr(row, column) or f"{family.__name__}_{name}"
         cls = named.get(name) or type(cls_name, (family,), {
             "architecture": name, "__doc__": f"{row.title}. Arguments as :class:`{family.__name__}`."})

@@ -17,14 +17,14 @@ import torch
 from _models import tiny_model
 from torch.export import Dim
 
-from segzoo.architectures import CATALYST_MODELS
+from segzoo.architectures import CATALYST_MODELS, resnet_architectures
 from segzoo.models import ARCHITECTURES
 
 TINY_ARCHS = list(ARCHITECTURES)  # every architecture of the table, tiny generic encoder
 OTHER = [n for n in CATALYST_MODELS.values() if n]  # registered outside the two families (Catalyst 19.x's MobileUnet, width 0.5)
 # the ResNet family on the same table; unet and pspnet (stage-cut encoder) run fast, the rest are marked slow
 RESNET = [pytest.param(f"resnet18_{arch}", marks=() if arch in ("unet", "pspnet") else pytest.mark.slow)
-          for arch in ARCHITECTURES]
+          for arch in resnet_architectures()]
 
 
 def _assert_matches(fn, model, shapes, atol=1e-5, rtol=1e-4):

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from _models import TINY_VIT
 
 import segzoo
 from segzoo import (
@@ -17,13 +18,15 @@ from segzoo import (
     list_models,
     model_from_spec,
 )
-from segzoo.architectures import CATALYST_MODELS
+from segzoo.architectures import CATALYST_MODELS, resnet_architectures
 from segzoo.encoders import EncoderSpec, TimmEncoder
 from segzoo.models import ARCHITECTURES
 
 # every architecture of the table, in both families: a new row is tested here without editing this file
 GENERIC = list(ARCHITECTURES)
-RESNET = [f"resnet18_{arch}" for arch in ARCHITECTURES]
+RESNET = [f"resnet18_{arch}" for arch in resnet_architectures()]
+# the rows whose encoder is a feature pyramid (DPT's is a plain ViT: tests/models/test_dpt.py)
+PYRAMID = [arch for arch in ARCHITECTURES if ARCHITECTURES[arch].encoder_kind == "pyramid"]
 OTHER = [n for n in CATALYST_MODELS.values() if n]  # registered outside the two families (Catalyst 19.x's MobileUnet)
 
 
@@ -54,6 +57,8 @@ class TinyEncoder(EncoderSpec):
 def _tiny(name):
     if name.startswith("mobilenetv2"):
         return dict(width_mult=0.5)
+    if name in ARCHITECTURES and ARCHITECTURES[name].encoder_kind == "tokens":
+        return dict(encoder_params=TINY_VIT)
     return dict(pretrained=False) if name.startswith("resnet") else dict(num_channels=8, num_blocks=3)
 
 
@@ -73,14 +78,14 @@ def test_generic_default_encoder(name):
     _forward_backward(create_model(name, num_classes=2, **_tiny(name)))
 
 
-@pytest.mark.parametrize("name", GENERIC)
+@pytest.mark.parametrize("name", PYRAMID)
 def test_generic_custom_encoder(name):
     model = create_model(name, num_classes=2, encoder=TinyEncoder())
     _forward_backward(model)
     assert model.segzoo_spec is None  # not rebuildable from plain data: trace needs a factory
 
 
-@pytest.mark.parametrize("name", GENERIC)
+@pytest.mark.parametrize("name", PYRAMID)
 def test_generic_timm_encoder(name):
     _forward_backward(create_model(name, num_classes=2, encoder=TimmEncoder("test_resnet")))
 
@@ -229,7 +234,7 @@ def test_unet_and_generic_models_keep_their_parameter_counts():
 
 def test_bridge_policy_is_uniform():
     """bridge_params given: a bridge, for every architecture and family; not given: the family's default."""
-    for name in GENERIC + RESNET:
+    for name in PYRAMID + RESNET:
         given = create_model(name, **_tiny(name), bridge_params={"out_channels": 16})
         assert given.bridge is not None and given.bridge.out_channels[-1] == 16, name
         default = create_model(name, **_tiny(name))

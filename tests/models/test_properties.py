@@ -22,7 +22,8 @@ def _decoder_options(arch: str, upsample: str, complexity: int) -> dict:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    arch=st.sampled_from(list(ARCHITECTURES)),
+    # the UnetEncoder / ResNet rows (DPT's ViT: tests/models/test_dpt.py)
+    arch=st.sampled_from([a for a in ARCHITECTURES if ARCHITECTURES[a].encoder_kind == "pyramid"]),
     resnet=st.booleans(),
     h=st.integers(1, 80),
     w=st.integers(1, 80),
