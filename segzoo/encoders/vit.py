@@ -83,6 +83,9 @@ class ViTEncoder(EncoderSpec):
         for key in ("features_only", "dynamic_img_size", "num_classes"):
             if key in timm_kwargs:
                 raise ValueError(f"ViTEncoder sets timm's {key} itself; remove {key}= from its arguments")
+        if "output_stride" in timm_kwargs:
+            raise ValueError(f"timm model {name!r} is a plain ViT: it cannot dilate (output_stride="
+                             f"{timm_kwargs['output_stride']!r}); its tokens are at one stride, its patch size")
         self.model = self._create(timm, name, pretrained, in_channels, timm_kwargs)
         model = self.model
         if type(model)._pos_embed is not VisionTransformer._pos_embed or type(model.patch_embed) is not PatchEmbed:
@@ -137,6 +140,9 @@ class ViTEncoder(EncoderSpec):
                 # dynamic_img_size: the patch embedding takes any size and returns (B, H/p, W/p, C)
                 return timm.create_model(name, pretrained=pretrained, in_chans=in_channels, num_classes=0,
                                          dynamic_img_size=True, **timm_kwargs)
+        except TypeError as exc:  # an argument the ViT's constructor does not take
+            raise ValueError(f"timm model {name!r} does not take these arguments: {', '.join(sorted(timm_kwargs))} "
+                             f"({exc})") from exc
         except RuntimeError as exc:
             if pretrained:
                 raise WeightsUnavailableError(
