@@ -138,14 +138,16 @@ class DeepLabV3Decoder(DecoderSpec):
         in_strides: feature strides.
         out_channels: ASPP and output width.
         atrous_rates: dilations of the ASPP 3x3 branches at stride 16.
-        separable: depthwise-separable 3x3 ASPP branches (smp's DeepLabV3 default is plain convs).
+        separable: depthwise-separable 3x3 ASPP branches (default, as DeepLabV3+'s). ``False`` gives the
+            paper's and smp's DeepLabV3 plain 3x3 convs: on a resnet34 at 4x3x256x256, 218 GFLOP and
+            26.0 M parameters instead of 192 GFLOP and 22.9 M.
         aspp_dropout: Dropout2d rate on the ASPP output.
 
     Shapes: [..., (B, C, H / s, W / s)] -> [(B, out_channels, H / s, W / s)], s the deepest stride.
     """
 
     def __init__(self, in_channels: list[int], in_strides: list[int], out_channels: int = 256,
-                 atrous_rates: Sequence[int] = (6, 12, 18), separable: bool = False,
+                 atrous_rates: Sequence[int] = (6, 12, 18), separable: bool = True,
                  aspp_dropout: float = 0.5) -> None:
         super().__init__(in_channels, in_strides)
         self.aspp = ASPP(self.in_channels[-1], out_channels, scaled_rates(atrous_rates, self.in_strides[-1]),
