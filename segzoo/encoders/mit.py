@@ -93,8 +93,20 @@ def mit_keys_from_smp(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
-def _smp_format(state_dict: dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith("patch_embed1.") for k in state_dict)
+_STEMS = ("stages.0.embed.proj.weight", "patch_embed1.proj.weight")  # segzoo's, smp's / NVlabs' first key
+
+
+def encoder_part(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The MiT weights of a whole model's state dict: the keys under the prefix of its stem, prefix removed.
+
+    A segzoo ``Segformer``'s (``encoder.stages...``), an smp ``Segformer``'s (``encoder.patch_embed1...``) or an
+    mmsegmentation SegFormer's (``backbone.patch_embed1...``) state dict gives its encoder's weights (the
+    decoder's are not used); an encoder's own state dict is returned as it is.
+    """
+    prefix = next((k[:-len(stem)] for k in state_dict for stem in _STEMS if k.endswith(stem)), "")
+    if not prefix:
+        return state_dict
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def tokens_to_map(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -234,8 +246,9 @@ class MixTransformerEncoder(EncoderSpec):
             :func:`segzoo.encoders.weights.adapt_stem_weight`).
         weights: ``None`` (random) or a local file / dict of weights: segzoo's keys, or smp 0.6's / NVlabs
             SegFormer's (renamed by :func:`mit_keys_from_smp`), e.g. a
-            ``torch.save(smp.encoders.get_encoder("mit_b0").state_dict(), path)`` file. A missing,
-            damaged or other-variant file is one error naming it.
+            ``torch.save(smp.encoders.get_encoder("mit_b0").state_dict(), path)`` file; a whole segmentation
+            model's file gives its encoder's weights (see :func:`encoder_part`). A missing, damaged or
+            other-variant file is one error naming it.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this rate (0.1 as published).
 
     Shapes: (B, in_channels, H, W) -> [(B, widths[i], H / s_i, W / s_i)], s = 4, 8, 16, 32 (sizes rounded up).
@@ -244,11 +257,12 @@ class MixTransformerEncoder(EncoderSpec):
     def __init__(self, variant: str = "mit_b0", in_channels: int = 3, weights: StateDictSource | None = None,
                  drop_path_rate: float = 0.1) -> None:
         super().__init__()
-        if variant not in MIT_VARIANTS:
+        if not isinstance(variant, str) or variant not in MIT_VARIANTS:
             raise unknown_name_error("MiT variant", str(variant), MIT_VARIANTS)
         if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
             raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
-        if not 0.0 <= float(drop_path_rate) < 1.0:
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
+                or not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         spec = MIT_VARIANTS[variant]
         self.variant = variant
@@ -276,7 +290,7 @@ class MixTransformerEncoder(EncoderSpec):
                 nn.init.zeros_(m.bias)
 
     def load_weights(self, weights: StateDictSource) -> None:
-        """Load a file or dict of MiT weights (segzoo's or smp's / NVlabs' keys) strictly.
+        """Load a file or dict of MiT weights (segzoo's or smp's / NVlabs' keys; see :func:`encoder_part`) strictly.
 
         Raises:
             FileNotFoundError: no such file.
@@ -284,8 +298,8 @@ class MixTransformerEncoder(EncoderSpec):
                 (missing keys, other shapes); the message names the file.
         """
         source = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else None
-        sd = read_state_dict(weights)
-        if _smp_format(sd):
+        sd = encoder_part(read_state_dict(weights))
+        if _STEMS[1] in sd:
             sd = mit_keys_from_smp(sd)
         stem = "stages.0.embed.proj.weight"
         if self.in_channels != 3 and stem in sd and sd[stem].dim() == 4 and sd[stem].shape[1] == 3:

@@ -125,3 +125,38 @@ def test_bad_weights_files_are_one_error_naming_the_file(tmp_path):
     torch.save(MixTransformerEncoder("mit_b2").state_dict(), deeper)
     with pytest.raises(CheckpointError, match=r"b2\.pth.*unexpected keys"):
         MixTransformerEncoder("mit_b1", weights=deeper)
+
+
+def test_a_whole_models_file_gives_its_encoders_weights(tmp_path):
+    """A trained segzoo Segformer's, an smp Segformer's or an mmsegmentation file: the encoder part is loaded."""
+    model = segzoo.Segformer(num_classes=2, encoder=MixTransformerEncoder("mit_b0"))
+    path = tmp_path / "segformer.pth"
+    torch.save(model.state_dict(), path)
+    enc = MixTransformerEncoder("mit_b0", weights=path)
+    assert all(torch.equal(a, b) for a, b in zip(enc.state_dict().values(), model.encoder.state_dict().values()))
+    smp_keys = {f"backbone.{k}": v for k, v in _as_smp(model.encoder.state_dict()).items()}
+    smp_keys["decode_head.conv_seg.weight"] = torch.zeros(2, 256, 1, 1)
+    again = MixTransformerEncoder("mit_b0", weights=smp_keys)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.encoder.state_dict().values()))
+
+
+def _as_smp(sd):
+    """segzoo MiT keys -> smp's (the inverse of mit_keys_from_smp, for the test)."""
+    import re
+
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^stages\.(\d)\.embed\.", lambda m: f"patch_embed{int(m.group(1)) + 1}.", k)
+        k = re.sub(r"^stages\.(\d)\.norm\.", lambda m: f"norm{int(m.group(1)) + 1}.", k)
+        k = re.sub(r"^stages\.(\d)\.blocks\.", lambda m: f"block{int(m.group(1)) + 1}.", k)
+        k = k.replace(".attn.reduce_norm.", ".attn.norm.").replace(".attn.reduce.", ".attn.sr.")
+        k = k.replace(".ffn.dwconv.", ".mlp.dwconv.dwconv.").replace(".ffn.", ".mlp.")
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("bad", [dict(variant=["mit_b0"]), dict(drop_path_rate="0.1"), dict(drop_path_rate=1.0),
+                                 dict(in_channels=0)])
+def test_bad_arguments_are_clear_errors(bad):
+    with pytest.raises((ValueError, KeyError)):
+        MixTransformerEncoder(**{"variant": "mit_b0", **bad})
