@@ -96,6 +96,14 @@ ARCHITECTURES: dict[str, Architecture] = {
                                   smp="DeepLabV3Plus"),
     "upernet": Architecture("upernet", title="UPerNet: PPM + FPN, levels fused at the finest stride",
                             generic_class="UPerNet", resnet_class="ResnetUPerNet", smp="UPerNet"),
+    # DeepLabV3 reads the deepest feature only: the ResNet is dilated to output stride 8 (smp's default)
+    "deeplabv3": Architecture("deeplabv3", resnet_encoder={"output_stride": 8, "layers_indices": [4]},
+                              title="DeepLabV3: ASPP on the deepest feature (ResNet dilated to stride 8)",
+                              generic_class="DeepLabV3", resnet_class="ResnetDeepLabV3", smp="DeepLabV3"),
+    # no bridge: Segformer(encoder=MixTransformerEncoder(...)) is SegFormer itself (strides 4..32)
+    "segformer": Architecture("segformer", bridge=False, resnet_encoder={"layers_indices": [1, 2, 3, 4]},
+                              title="Segformer: all-MLP decoder over the stride >= 4 levels",
+                              generic_class="Segformer", resnet_class="ResnetSegformer", smp="Segformer"),
     # a ResNet has no single-stride token maps: no ResNet family, no resnet*_dpt names
     "dpt": Architecture("dpt", bridge=False, encoder_kind="tokens",
                         title="DPT: ViT token maps reassembled at 4 strides, fused coarse to fine",

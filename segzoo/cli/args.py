@@ -33,9 +33,10 @@ MODEL_NAMES = tuple(_table.model_names())
 #: prints them; equal to segzoo.encoders.ENCODERS, .bridges.BRIDGES, .decoders.DECODERS and
 #: .heads.HEADS (checked by a test).
 PART_NAMES: dict[str, tuple[str, ...]] = {
-    "encoder": ("mobilenetv2", "resnet", "timm", "timm_vit", "unet"),
+    "encoder": ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mobilenetv2", "resnet", "timm", "timm_vit",
+                "unet"),
     "bridge": ("unet",),
-    "decoder": ("deeplabv3plus", "dpt", "fpn", "psp", "unet", "upernet"),
+    "decoder": ("deeplabv3", "deeplabv3plus", "dpt", "fpn", "psp", "segformer", "unet", "upernet"),
     "head": ("fpn", "unet"),
 }
 

@@ -1,13 +1,16 @@
-"""Decoders: ``DecoderSpec``, the decoder registry and the Unet/Linknet, FPN, PSP, DeepLabV3+, UPerNet and DPT decoders."""
+"""Decoders: ``DecoderSpec``, the decoder registry and the Unet/Linknet, FPN, PSP, DeepLabV3(+), UPerNet, Segformer
+and DPT decoders."""
 
 from segzoo.decoders.base import DECODERS, DecoderSpec, create_decoder, list_decoders, register_decoder
-from segzoo.decoders.deeplab import ASPP, DeepLabV3PlusDecoder
+from segzoo.decoders.deeplab import ASPP, DeepLabV3Decoder, DeepLabV3PlusDecoder
 from segzoo.decoders.dpt import DPTDecoder
 from segzoo.decoders.fpn import FPNDecoder
 from segzoo.decoders.psp import PSPDecoder, adaptive_avg_pool, pyramid_avg_pool
+from segzoo.decoders.segformer import SegformerDecoder
 from segzoo.decoders.unet import DecoderConcatBlock, DecoderSumBlock, UNetDecoder
 from segzoo.decoders.upernet import UPerNetDecoder
 
-__all__ = ["DecoderSpec", "UNetDecoder", "FPNDecoder", "PSPDecoder", "DeepLabV3PlusDecoder", "UPerNetDecoder", "DPTDecoder", "ASPP",
+__all__ = ["DecoderSpec", "UNetDecoder", "FPNDecoder", "PSPDecoder", "DeepLabV3PlusDecoder", "UPerNetDecoder", "ASPP",
+           "DeepLabV3Decoder", "SegformerDecoder", "DPTDecoder",
            "DecoderConcatBlock", "DecoderSumBlock", "adaptive_avg_pool", "pyramid_avg_pool",
            "DECODERS", "register_decoder", "create_decoder", "list_decoders"]

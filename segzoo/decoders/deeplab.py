@@ -1,4 +1,7 @@
-"""DeepLabV3+ decoder: atrous spatial pyramid pooling (ASPP) on the deepest feature, fused with a stride-4 skip."""
+"""DeepLab decoders: atrous spatial pyramid pooling (ASPP) on the deepest feature.
+
+DeepLabV3 stops there (ASPP and a 3x3 conv, at the deepest stride); DeepLabV3+ fuses it with a stride-4 skip.
+"""
 
 from __future__ import annotations
 
@@ -111,3 +114,47 @@ class DeepLabV3PlusDecoder(DecoderSpec):
         """ASPP on the deepest feature, fused with the low-level skip."""
         context = self.up(self.aspp(features[-1]))
         return [self.fuse(torch.cat([context, self.reduce(features[self.skip])], dim=1))]
+
+
+@register_decoder("deeplabv3")
+class DeepLabV3Decoder(DecoderSpec):
+    """DeepLabV3 (Chen et al. 2017): ASPP on the deepest feature, then a 3x3 conv, at the deepest stride.
+
+    No skip: the head upsamples the logits from the deepest stride (8 for ``ResnetDeepLabV3``, whose
+    ResNet is dilated to output stride 8 as smp's DeepLabV3 is). The atrous rates are given for stride
+    16, as for :class:`DeepLabV3PlusDecoder`, and scaled to the real stride (:func:`scaled_rates`): the
+    default (6, 12, 18) is the DeepLabV3 paper's at stride 16 and becomes (12, 24, 36), smp's, at stride 8.
+
+    Args:
+        in_channels: feature channels, shallow to deep (only the last is used).
+        in_strides: feature strides.
+        out_channels: ASPP and output width.
+        atrous_rates: dilations of the ASPP 3x3 branches at stride 16.
+        separable: depthwise-separable 3x3 ASPP branches (default, as DeepLabV3+'s). ``False`` gives the
+            paper's and smp's DeepLabV3 plain 3x3 convs: on a resnet34 at 4x3x256x256, 218 GFLOP and
+            26.0 M parameters instead of 192 GFLOP and 22.9 M.
+        aspp_dropout: Dropout2d rate on the ASPP output.
+
+    Shapes: [..., (B, C, H / s, W / s)] -> [(B, out_channels, H / s, W / s)], s the deepest stride.
+    """
+
+    def __init__(self, in_channels: list[int], in_strides: list[int], out_channels: int = 256,
+                 atrous_rates: Sequence[int] = (6, 12, 18), separable: bool = True,
+                 aspp_dropout: float = 0.5) -> None:
+        super().__init__(in_channels, in_strides)
+        self.aspp = ASPP(self.in_channels[-1], out_channels, scaled_rates(atrous_rates, self.in_strides[-1]),
+                         separable, aspp_dropout)
+        self.conv = ConvBnAct(out_channels, out_channels, 3)
+        self._out = out_channels
+
+    @property
+    def out_channels(self) -> list[int]:
+        return [self._out]
+
+    @property
+    def out_strides(self) -> list[int]:
+        return [self.in_strides[-1]]
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """ASPP and a 3x3 conv on the deepest feature."""
+        return [self.conv(self.aspp(features[-1]))]

@@ -127,7 +127,8 @@ def test_onnx_opset_out_of_range(tmp_path, logdir, cli, opset):
 
 # ---- TorchScript -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["unet", "mobilenetv2_unet", pytest.param("pspnet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("arch", ["unet", "mobilenetv2_unet",
+                                  *(pytest.param(a, marks=pytest.mark.slow) for a in ARCHS if a != "unet")])
 def test_torchscript_matches_eager(tmp_path, cli, arch):
     logdir, model = _arch_log(tmp_path, arch)
     out = tmp_path / "model.pt"
@@ -142,7 +143,7 @@ def test_torchscript_matches_eager(tmp_path, cli, arch):
 # ---- torch.export ------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["unet", "pspnet"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_export_program_dynamic_batch_and_size(tmp_path, cli, arch):
     """.pt2 promises dynamic batch and H, W that are multiples of model.size_multiple (>= 2 m)."""
     logdir, model = _arch_log(tmp_path, arch)
