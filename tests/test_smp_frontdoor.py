@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import segzoo.smp as front
-from segzoo.architectures import smp_twins
+from segzoo.architectures import ARCHITECTURES, smp_twins
 from segzoo.errors import CheckpointError
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
@@ -80,7 +80,9 @@ def test_front_door_has_a_class_per_table_row_with_smps_signature():
 
 @pytest.mark.parametrize("name", sorted(smp_twins().values()))
 def test_every_constructor_builds_and_applies_the_activation(name):
-    model = getattr(front, name)("resnet18", encoder_weights=None, in_channels=1, classes=3,
+    tokens = {row.smp for row in ARCHITECTURES.values() if row.encoder_kind == "tokens"}
+    encoder = "tu-test_vit" if name in tokens else "resnet18"  # DPT takes a plain ViT
+    model = getattr(front, name)(encoder, encoder_weights=None, in_channels=1, classes=3,
                                  activation="sigmoid").eval()
     with torch.no_grad():
         y = model(torch.rand(2, 1, 64, 48))

@@ -175,8 +175,10 @@ def test_registry_lists_and_rejects():
     names = list_models()
     assert {"unet", "linknet", "fpn_unet", "pspnet", "deeplabv3plus", "upernet", "resnet34_unet", "resnet152_pspnet",
             "resnet34_deeplabv3plus", "resnet50_upernet"} <= set(names)
-    assert list_models("resnet18_*") == ["resnet18_deeplabv3plus", "resnet18_fpn_unet", "resnet18_linknet",
-                                         "resnet18_pspnet", "resnet18_unet", "resnet18_upernet"]
+    resnet18 = list_models("resnet18_*")
+    assert resnet18 == sorted(resnet18) and all(name.startswith("resnet18_") for name in resnet18)
+    assert {"resnet18_deeplabv3plus", "resnet18_fpn_unet", "resnet18_linknet", "resnet18_pspnet", "resnet18_unet",
+            "resnet18_upernet", "resnet18_deeplabv3", "resnet18_segformer"} <= set(resnet18)
     with pytest.raises(KeyError, match="resnet34_unet"):
         create_model("resnet34_unett")
     with pytest.raises(TypeError, match="unknown argument"):
