@@ -35,7 +35,7 @@ MODEL_NAMES = tuple(_table.model_names())
 PART_NAMES: dict[str, tuple[str, ...]] = {
     "encoder": ("mobilenetv2", "resnet", "timm", "unet"),
     "bridge": ("unet",),
-    "decoder": ("deeplabv3plus", "fpn", "psp", "unet", "upernet"),
+    "decoder": ("deeplabv3plus", "fpn", "manet", "pan", "psp", "unet", "unetplusplus", "upernet"),
     "head": ("fpn", "unet"),
 }
 
