@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from segzoo.blocks import ConvBnAct, get_block, make_activation, make_norm, make_upsample
+from segzoo.blocks import ConvBnAct, get_block, make_activation, make_upsample
 from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
 
 
@@ -65,8 +65,9 @@ class FusionAttention(nn.Module):
 
     1. the deeper feature through a 3x3 Conv-BN-ReLU to ``out_channels``, at its own (coarse) resolution;
     2. gated by ``gate(deep) + gate(skip)`` (two squeeze-and-excitation gates, as MA-Net's);
-    3. ``conv1x1(cat(up(gated), skip))`` computed as ``up(conv1x1(gated)) + conv1x1(skip)`` (a 1x1 conv commutes
-       with interpolation, so the deeper part runs at the coarse resolution), BN, ReLU;
+    3. ``conv1x1(cat(up(gated), skip))`` computed as ``up(bn(conv1x1(gated))) + bn(conv1x1(skip))`` (a 1x1 conv
+       and a norm commute with interpolation, so the deeper part runs at the coarse resolution; a norm per part
+       folds into its conv for inference), ReLU;
     4. ``1 + complexity`` 3x3 Conv-BN-ReLU of ``out_channels``.
 
     Shapes: (B, deep_channels, h, w), (B, skip_channels, h*s, w*s) -> (B, out_channels, h*s, w*s).
@@ -79,10 +80,9 @@ class FusionAttention(nn.Module):
         self.high = ConvBnAct(deep_channels, out_channels, 3, activation=activation, norm=norm)
         self.gate_high = ChannelGate(out_channels, out_channels, reduction)
         self.gate_low = ChannelGate(skip_channels, out_channels, reduction)
-        self.fuse_high = nn.Conv2d(out_channels, out_channels, 1, bias=False)
-        self.fuse_low = nn.Conv2d(skip_channels, out_channels, 1, bias=False)
+        self.fuse_high = ConvBnAct(out_channels, out_channels, 1, activation=None, norm=norm)
+        self.fuse_low = ConvBnAct(skip_channels, out_channels, 1, activation=None, norm=norm)
         self.up = make_upsample(upsample, out_channels, scale)
-        self.norm = make_norm(norm, out_channels)
         self.act = make_activation(activation)
         self.block = get_block(out_channels, out_channels, complexity=complexity, activation=activation, norm=norm)
 
@@ -91,7 +91,7 @@ class FusionAttention(nn.Module):
         high = self.high(x)
         gated = high * (self.gate_high(high) + self.gate_low(skip))
         y = self.up(self.fuse_high(gated)) + self.fuse_low(skip)
-        return self.block(self.act(self.norm(y)))
+        return self.block(self.act(y))
 
 
 @register_decoder("manet")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from segzoo.blocks import get_block, make_activation, make_norm, make_upsample
+from segzoo.blocks import ConvBnAct, get_block, make_activation, make_upsample
 from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
 from segzoo.decoders.unet import default_width
 
@@ -15,11 +15,11 @@ from segzoo.decoders.unet import default_width
 class NestedNode(nn.Module):
     """One node X(i, j) of the nested decoder: fuse the level's earlier nodes with the upsampled deeper node.
 
-    ``X(i, j) = block(act(norm(conv1x1(cat(X(i, 0), ..., X(i, j-1))) + up(conv1x1(X(i+1, j-1))))))``,
+    ``X(i, j) = block(act(norm(conv1x1(cat(X(i, 0), ..., X(i, j-1)))) + up(norm(conv1x1(X(i+1, j-1))))))``,
     ``block`` being ``1 + complexity`` 3x3 Conv-Norm-Act layers. That is a 1x1 convolution over the
-    concatenation of UNet++'s node inputs (split in two parts: a 1x1 conv commutes with interpolation, so the
-    deeper node's part runs at its own, 4x smaller, resolution before the upsampling), then the 3x3 conv(s) on
-    the node's width only.
+    concatenation of UNet++'s node inputs, split in two parts: a 1x1 conv (and a norm) commutes with
+    interpolation, so the deeper node's part runs at its own, 4x smaller, resolution before the upsampling; each
+    part has its own norm, so both fold into their conv for inference. Then the 3x3 conv(s) on the node's width.
 
     Args:
         same_channels: total channels of the same-level inputs ``X(i, 0..j-1)``.
@@ -37,17 +37,16 @@ class NestedNode(nn.Module):
     def __init__(self, same_channels: int, deep_channels: int, out_channels: int, scale: int,
                  upsample: str = "bilinear", complexity: int = 0, activation: str = "relu", norm: str = "bn") -> None:
         super().__init__()
-        self.same = nn.Conv2d(same_channels, out_channels, 1, bias=False)
-        self.deep = nn.Conv2d(deep_channels, out_channels, 1, bias=False)
+        self.same = ConvBnAct(same_channels, out_channels, 1, activation=None, norm=norm)
+        self.deep = ConvBnAct(deep_channels, out_channels, 1, activation=None, norm=norm)
         self.up = make_upsample(upsample, out_channels, scale)
-        self.norm = make_norm(norm, out_channels)
         self.act = make_activation(activation)
         self.block = get_block(out_channels, out_channels, complexity=complexity, activation=activation, norm=norm)
 
     def forward(self, same: list[torch.Tensor], deep: torch.Tensor) -> torch.Tensor:
         """Fuse ``same`` (this level's earlier nodes) with ``deep`` (the deeper node)."""
         x = same[0] if len(same) == 1 else torch.cat(same, dim=1)
-        return self.block(self.act(self.norm(self.same(x) + self.up(self.deep(deep)))))
+        return self.block(self.act(self.same(x) + self.up(self.deep(deep))))
 
 
 @register_decoder("unetplusplus")
