@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from segzoo.blocks import ConvBnAct, get_block, make_activation, make_upsample
-from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
+from segzoo.decoders.base import DecoderSpec, check_positive_int, register_decoder, stride_ratio
 
 
 class PositionAttention(nn.Module):
@@ -126,6 +126,8 @@ class MAnetDecoder(DecoderSpec):
                  attention_channels: int = 256, key_channels: int = 64, reduction: int = 16, complexity: int = 0,
                  upsample: str = "bilinear", min_stride: int = 4, activation: str = "relu", norm: str = "bn") -> None:
         super().__init__(in_channels, in_strides)
+        for name, value in [("key_channels", key_channels), ("reduction", reduction), ("min_stride", min_stride)]:
+            check_positive_int(value, name, "MAnetDecoder")
         last = len(self.in_channels) - 1
         self.first = next((i for i, s in enumerate(self.in_strides) if s >= min_stride), last)
         skips = list(range(self.first, last))

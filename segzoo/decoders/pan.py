@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segzoo.blocks import ConvBnAct
-from segzoo.decoders.base import DecoderSpec, register_decoder
+from segzoo.decoders.base import DecoderSpec, check_positive_int, register_decoder
 from segzoo.decoders.psp import adaptive_avg_pool
 
 
@@ -103,6 +103,7 @@ class PANDecoder(DecoderSpec):
     def __init__(self, in_channels: list[int], in_strides: list[int], channels: int = 64, pyramid_size: int = 4,
                  min_stride: int = 4) -> None:
         super().__init__(in_channels, in_strides)
+        check_positive_int(min_stride, "min_stride", "PANDecoder")
         last = len(self.in_channels) - 1
         self.first = next((i for i, s in enumerate(self.in_strides) if s >= min_stride), last)
         self.fpa = FeaturePyramidAttention(self.in_channels[-1], channels, pyramid_size)

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from segzoo.blocks import ConvBnAct, get_block, make_activation, make_upsample
-from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
+from segzoo.decoders.base import DecoderSpec, check_positive_int, register_decoder, stride_ratio
 from segzoo.decoders.unet import default_width
 
 
@@ -81,6 +81,7 @@ class UnetPlusPlusDecoder(DecoderSpec):
                  complexity: int = 0, upsample: str = "bilinear", min_stride: int = 1, activation: str = "relu",
                  norm: str = "bn") -> None:
         super().__init__(in_channels, in_strides)
+        check_positive_int(min_stride, "min_stride", "UnetPlusPlusDecoder")
         self.first = next((i for i, s in enumerate(self.in_strides) if s >= min_stride), len(self.in_strides))
         skips = list(range(self.first, len(self.in_channels) - 1))
         if not skips:

@@ -73,6 +73,13 @@ def test_decoder_arguments_are_checked():
         PANDecoder([16, 32, 64], [2, 4, 8], pyramid_size=6)
     with pytest.raises(ValueError, match="no skip"):
         UnetPlusPlusDecoder([16, 32], [2, 4], min_stride=8)
+    # a clear ValueError naming the argument, not a ZeroDivisionError / TypeError from deep inside
+    for decoder, params in [(MAnetDecoder, dict(reduction=0)), (MAnetDecoder, dict(key_channels=0)),
+                            (MAnetDecoder, dict(reduction=2.5)), (PANDecoder, dict(min_stride=None)),
+                            (UnetPlusPlusDecoder, dict(min_stride="4"))]:
+        name = next(iter(params))
+        with pytest.raises(ValueError, match=f"{decoder.__name__}: {name} must be an int >= 1"):
+            decoder([16, 32, 64], [2, 4, 8], **params)
 
 
 def test_nested_decoder_wiring():
