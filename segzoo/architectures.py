@@ -108,6 +108,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "dpt": Architecture("dpt", bridge=False, encoder_kind="tokens",
                         title="DPT: ViT token maps reassembled at 4 strides, fused coarse to fine",
                         generic_class="DPT", smp="DPT"),
+    "unetplusplus": Architecture("unetplusplus", title="UNet++: nested dense skip pathways, narrow split-1x1 nodes",
+                                 generic_class="UnetPlusPlus", resnet_class="ResnetUnetPlusPlus", smp="UnetPlusPlus"),
+    "manet": Architecture("manet", title="MA-Net: position attention at the deepest stride, fusion attention per skip",
+                          generic_class="MAnet", resnet_class="ResnetMAnet", smp="MAnet"),
+    "pan": Architecture("pan", title="PAN: feature pyramid attention, global attention upsampling, any input size",
+                        generic_class="PAN", resnet_class="ResnetPAN", smp="PAN"),
 }
 
 #: the torchvision ResNets of the ResNet family (the keys of segzoo.encoders.RESNET_CHANNELS, checked by a test)

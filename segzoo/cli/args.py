@@ -36,7 +36,8 @@ PART_NAMES: dict[str, tuple[str, ...]] = {
     "encoder": ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mobilenetv2", "resnet", "timm", "timm_vit",
                 "unet"),
     "bridge": ("unet",),
-    "decoder": ("deeplabv3", "deeplabv3plus", "dpt", "fpn", "psp", "segformer", "unet", "upernet"),
+    "decoder": ("deeplabv3", "deeplabv3plus", "dpt", "fpn", "manet", "pan", "psp", "segformer", "unet", "unetplusplus",
+                "upernet"),
     "head": ("fpn", "unet"),
 }
 
