@@ -217,7 +217,7 @@ def test_command_modules_import_the_library_only_when_they_run():
 
     modules = sorted({module for module, _ in COMMANDS.values()})
     assert modules == sorted(f"segzoo.cli.{c}" for c in ("models", "train", "tune", "export", "predict",
-                                                          "benchmark", "serve"))
+                                                          "benchmark", "serve", "hardware"))
     code = ("import importlib, json, sys\n"
             f"mods = [importlib.import_module(m) for m in {modules!r}]\n"
             "assert all(callable(m.run) for m in mods)\n"
@@ -281,10 +281,10 @@ def test_help_texts_show_no_rest_markup():
         texts[name] = sub.choices[name].format_help()
     from segzoo.cli import hardware
 
-    parser_help = subprocess.run([sys.executable, "-m", "segzoo.hardware", "--help"], capture_output=True,
+    parser_help = subprocess.run([sys.executable, "-m", "segzoo", "hardware", "--help"], capture_output=True,
                                  text=True, cwd=ROOT, timeout=120,
                                  env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
-    texts["segzoo.hardware"] = parser_help
+    texts["segzoo hardware"] = parser_help
     assert hardware.main.__doc__ and "calibrate" in parser_help
     for name, text in texts.items():
         for markup in ("``", ":func:", ":class:", ":mod:", ":data:", ":meth:"):

@@ -285,6 +285,16 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, command: str = "ben
     parser.add_argument("--name", default="benchmark", help="output file stem")
 
 
+def add_hardware_arguments(parser: argparse.ArgumentParser, command: str = "hardware") -> None:
+    """Arguments of ``segzoo hardware``."""
+    parser.add_argument("--calibrate", action="store_true",
+                        help="measure both layouts here and cache the choice (only if no other process is busy)")
+    parser.add_argument("--size", type=int, default=128, help="input size of the timed model (default 128)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per layout (default 7)")
+    parser.add_argument("--max-seconds", type=float, default=60.0,
+                        help="no further timed repeat starts after this many seconds (default 60)")
+
+
 #: command name -> its add_arguments(parser, command) (every command of segzoo.cli.COMMANDS)
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser, str], None]] = {
     "models": add_models_arguments,
@@ -295,4 +305,5 @@ ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser, str], None]] = {
     "predict": add_predict_arguments,
     "benchmark": add_benchmark_arguments,
     "serve": add_serve_arguments,
+    "hardware": add_hardware_arguments,
 }
