@@ -21,7 +21,7 @@ list_encoders = ENCODERS.names
 
 #: constructor arguments that say where an encoder's weights come from: an encoder's
 #: :attr:`~EncoderSpec.encoder_spec` leaves them out (``pretrained`` is recorded as ``False``)
-WEIGHT_ARGUMENTS = ("pretrained", "state_dict", "weights")
+WEIGHT_ARGUMENTS = ("pretrained", "state_dict", "weights", "checkpoint_path")  # the last: timm's
 
 
 def _is_plain(value: Any) -> bool:

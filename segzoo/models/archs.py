@@ -146,12 +146,21 @@ def model_encoder(arch: Architecture, encoder: EncoderSpec | str | Mapping[str, 
     fixed = sorted(set(fixed_by_name) & set(params))
     if fixed:
         raise ValueError(f"encoder {name!r} fixes {fixed} by its name; remove them from its params")
-    accepted = inspect.signature(ENCODERS[name]).parameters
+    factory = ENCODERS[name]
+    if isinstance(factory, type):  # a class: its __init__ says what it needs (TimmEncoder's __new__ defaults all)
+        accepted = dict(list(inspect.signature(factory.__init__).parameters.items())[1:])
+    else:
+        accepted = dict(inspect.signature(factory).parameters)
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             raise TypeError(f"encoder {name!r} got unknown argument(s) {unknown}; valid: "
                             f"{sorted(set(accepted) - set(fixed_by_name))}")
+    missing = [n for n, p in accepted.items() if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD,
+               p.KEYWORD_ONLY) and n not in params and n not in fixed_by_name and n != "in_channels"]
+    if missing:
+        raise TypeError(f"encoder {name!r} needs the argument(s) {missing} in its params, e.g. "
+                        f"{{'name': {name!r}, 'params': {{{missing[0]!r}: ...}}}}")
     if "in_channels" in accepted:
         if in_channels != 3 and params.get("in_channels", in_channels) != in_channels:
             raise ValueError(f"in_channels={in_channels!r} but the encoder's params set in_channels="

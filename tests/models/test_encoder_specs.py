@@ -77,6 +77,7 @@ def test_a_timm_name_as_encoder_points_at_the_timm_encoder():
     (dict(encoder={"params": {}}), ValueError, "takes the keys 'name'"),
     (dict(encoder={"name": "timm", "params": "test_resnet"}), TypeError, "encoder['params'] must be a dict"),
     (dict(encoder=3), TypeError, "registered encoder name"),
+    (dict(encoder={"name": "timm"}), TypeError, "encoder 'timm' needs the argument(s) ['name']"),
     (dict(encoder={"name": "mit_b0"}, encoder_params={"drop_path_rate": 0.0}), ValueError, "not also in encoder_params"),
     (dict(encoder="mit_b0", encoder_params={"dropout": 0.1}), TypeError, "unknown argument(s) ['dropout']"),
     (dict(encoder="mit_b0", encoder_params={"variant": "mit_b2"}), ValueError, "fixes ['variant'] by its name"),
@@ -216,6 +217,31 @@ def test_weights_file_of_the_encoder_is_not_read_at_rebuild(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_an_old_scripts_factory_still_rebuilds_a_run_that_now_has_a_spec(tmp_path):
+    """A factory taking no ``encoder=`` (written when such checkpoints had no spec) gets the arguments it takes."""
+    model = segzoo.Unet(num_classes=2, encoder=TimmEncoder("test_resnet"))
+    _save_run(model, tmp_path / "run")
+
+    def build(num_classes=1):
+        return segzoo.Unet(num_classes=num_classes, encoder=TimmEncoder("test_resnet"))
+
+    for factory in (build, lambda: build(2)):
+        loaded = segzoo.load_model(tmp_path / "run", model_factory=factory)
+        x = torch.rand(1, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))
+        assert get_model_spec(loaded) == get_model_spec(model)
+
+
+def test_a_timm_checkpoint_path_is_not_recorded(tmp_path):
+    import timm
+
+    path = tmp_path / "w.pth"
+    torch.save(timm.create_model("test_resnet", features_only=True).state_dict(), path)
+    assert TimmEncoder("test_resnet", checkpoint_path=str(path)).encoder_spec == \
+        {"name": "timm", "params": {"name": "test_resnet"}}
 
 
 @pytest.mark.slow
