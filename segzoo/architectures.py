@@ -59,7 +59,8 @@ class Architecture:
         encoder_kind: what the architecture needs from its encoder: ``"pyramid"`` (features at several
             strides: ResNets, timm CNNs, UnetEncoder) or ``"tokens"`` (the token maps of a plain ViT, all at
             one stride; the generic family's default encoder is then ``ViTEncoder("vit_small_patch16_224")``).
-            A model built on an encoder of the other kind is refused in one line naming what fits.
+            A model built on an encoder of the other kind is refused in one line naming what fits. ``"any"``: every
+            encoder fits (PSP reads one feature map: a pyramid's or a ViT's deepest).
     """
 
     decoder: str
@@ -87,7 +88,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "fpn_unet": Architecture("fpn", head="fpn", title="FPN: feature pyramid, per-level head branches",
                              generic_class="FPNUnet", resnet_class="ResnetFPNUnet", smp="FPN"),
     # PSP reads stride 8 only: the ResNet's layer3/layer4 are neither built nor run
-    "pspnet": Architecture("psp", bridge=False, resnet_encoder={"layers_indices": [2]},
+    "pspnet": Architecture("psp", bridge=False, resnet_encoder={"layers_indices": [2]}, encoder_kind="any",
                            title="PSPNet: pyramid pooling on one feature",
                            generic_class="PSPnet", resnet_class="ResnetPSPnet", smp="PSPNet"),
     "deeplabv3plus": Architecture("deeplabv3plus", resnet_encoder={"output_stride": 16},

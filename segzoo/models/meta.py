@@ -112,13 +112,17 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
     def channels_last(self) -> bool:
         """Whether the network runs in channels_last in the current mode (see ``channels_last=``).
 
-        Assigning a bool fixes the layout of both modes (the weights are not moved).
+        Assigning a bool fixes the layout of both modes (the weights are not moved); assigning ``"auto"``
+        is :meth:`set_layout` ``("auto")``. Any other value is refused (a ValueError), as by the constructor.
         """
         return self._layout.for_mode(self.training)
 
     @channels_last.setter
-    def channels_last(self, value: bool) -> None:
-        self._layout = resolve_layout(bool(value))
+    def channels_last(self, value: bool | str) -> None:
+        if isinstance(value, str) and value == "auto":
+            self.set_layout("auto")
+            return
+        self._layout = resolve_layout(value)  # True / False; anything else ("false", 1) is one ValueError
         self._layout_auto = False
         self._weight_format = None
 
