@@ -99,8 +99,9 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
         self._layout = resolve_layout(channels_last)  # validates the argument
         self._layout_auto = channels_last == "auto"
         # inputs are padded to what the encoder needs (its deepest stride, or e.g. a transformer's window
-        # constraint: EncoderSpec.size_multiple) and to the bridge's deepest stride when there is one
-        self._deepest_stride = max(_declared(bridge or encoder)[1])
+        # constraint: EncoderSpec.size_multiple), to the bridge's deepest stride when there is one, and to a
+        # decoder's own deeper level when it declares one (DPT resamples a ViT's tokens to twice their stride)
+        self._deepest_stride = max(*_declared(bridge or encoder)[1], int(getattr(decoder, "deepest_stride", 1)))
         self.size_multiple = math.lcm(int(encoder.size_multiple), self._deepest_stride)
         self._has_bn = any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in self.modules())
         # weights in the activations' layout: convolution backward then writes weight gradients
