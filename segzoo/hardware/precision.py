@@ -31,7 +31,7 @@ import torch
 
 from segzoo.hardware.cache import read_cache
 
-__all__ = ["PRECISIONS", "PrecisionChoice", "measure_bf16_speedup", "native_bf16", "precision_key",
+__all__ = ["PRECISIONS", "PrecisionChoice", "forced_precision", "measure_bf16_speedup", "native_bf16", "precision_key",
            "preferred_precision"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -171,6 +171,20 @@ def _cpu_choice(path: str, key: str) -> PrecisionChoice:
 _MEASURE: list[Callable[[], dict]] = [measure_bf16_speedup]
 
 
+def forced_precision() -> str | None:
+    """The precision ``SEGZOO_PRECISION`` forces on ``"auto"`` (``None``: unset or ``auto``).
+
+    Raises:
+        ValueError: another value, naming the variable.
+    """
+    forced = os.environ.get(ENV, "").strip().lower()
+    if not forced or forced == "auto":
+        return None
+    if forced not in PRECISIONS:
+        raise ValueError(f"{ENV}={os.environ[ENV]!r}: must be one of {', '.join(PRECISIONS)} or auto")
+    return forced
+
+
 def preferred_precision(device: str | torch.device = "cpu") -> PrecisionChoice:
     """What ``precision="auto"`` runs in on ``device`` (see the module docstring for the order).
 
@@ -178,10 +192,8 @@ def preferred_precision(device: str | torch.device = "cpu") -> PrecisionChoice:
     """
     from segzoo.hardware import cache_path
 
-    forced = os.environ.get(ENV, "").strip().lower()
-    if forced and forced != "auto":
-        if forced not in PRECISIONS:
-            raise ValueError(f"{ENV}={os.environ[ENV]!r}: must be one of {', '.join(PRECISIONS)} or auto")
+    forced = forced_precision()
+    if forced is not None:
         return PrecisionChoice(forced, f"{ENV}={forced}")
     device = torch.device(device)
     if device.type == "cuda":

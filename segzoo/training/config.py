@@ -173,7 +173,27 @@ def validate(cfg: dict[str, Any]) -> None:
         if isinstance(value, str) and value not in allowed:
             shown = ("true, false or " if key != "precision" else "") + ", ".join(allowed)
             raise ConfigError(f"runner.{key} must be {shown}, got {short_repr(value)}")
+    _check_precision(runner)
     _check_num_classes(cfg)
+
+
+def _check_precision(runner: dict[str, Any]) -> None:
+    """``runner.amp`` and ``runner.precision`` agree, and ``SEGZOO_PRECISION`` is valid: before any folder is made.
+
+    Raises:
+        ConfigError: naming both keys (or the variable) and their values.
+    """
+    from segzoo.hardware.precision import forced_precision
+
+    amp, precision = runner.get("amp"), runner.get("precision", "auto")
+    named = {False: ("fp32",), True: ("fp16", "bf16"), "fp16": ("fp16",), "bf16": ("bf16",)}.get(amp)
+    if amp is not None and precision != "auto" and named is not None and precision not in named:
+        raise ConfigError(f"runner.amp={short_repr(amp)} means {' or '.join(named)}, but runner.precision="
+                          f"{short_repr(precision)}; give one of them (precision is the newer spelling)")
+    try:
+        forced_precision()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_num_classes(cfg: dict[str, Any]) -> None:

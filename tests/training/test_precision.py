@@ -188,10 +188,22 @@ def test_config_keys(tmp_path):
         validate(cfg(**runner))
     for runner, message in (({"precision": "fp8"}, "runner.precision must be auto, fp32, bf16, fp16, got 'fp8'"),
                             ({"compile": "yes"}, "runner.compile must be true, false or auto"),
-                            ({"precision": True}, "runner.precision must be str")):
+                            ({"precision": True}, "runner.precision must be str"),
+                            ({"amp": False, "precision": "bf16"}, "runner.amp=False means fp32, but runner.precision"),
+                            ({"amp": True, "precision": "fp32"}, "means fp16 or bf16, but runner.precision='fp32'")):
         with pytest.raises(ConfigError, match=message):
             validate(cfg(**runner))
     assert "runner.precision" in RESUME_MAY_CHANGE and "runner.amp" in RESUME_MAY_CHANGE
+
+
+def test_a_bad_segzoo_precision_is_a_config_error(tmp_path, monkeypatch):
+    """Refused when the config is validated, before the run's folder or config.yml exist."""
+    from segzoo.training.config import validate
+
+    monkeypatch.setenv("SEGZOO_PRECISION", "half")
+    with pytest.raises(ConfigError, match="SEGZOO_PRECISION='half'"):
+        validate({"logdir": str(tmp_path / "run"), "model": {"name": "resnet18_unet"}, "data": {"kind": "procedural"}})
+    assert not (tmp_path / "run").exists()
 
 
 def test_first_log_line_says_what_was_chosen(tmp_path, capsys):
