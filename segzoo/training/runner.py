@@ -218,9 +218,7 @@ class Runner(abc.ABC):
         if settings.seed is not None:
             seed_everything(settings.seed)
 
-        threads, threads_before = apply_threads()
         state = self._train_state(model, logdir, settings)
-        state.checkpoint_data["threads"] = {"threads": threads.threads, "source": threads.source}
         if settings.compile == "auto":
             auto_compile(state, loaders, stages, self.batch_to_dict, self.forward)
         state.run_settings = describe_run(model, criterion, optimizer, scheduler, stages, loaders, seed=settings.seed,
@@ -235,7 +233,9 @@ class Runner(abc.ABC):
         else:
             claim = LogdirClaim(logdir, resume=resume, overwrite=settings.overwrite_logdir)
         loop = TrainingLoop(state, self.batch_to_dict, self.forward, loaders)
-        with claim, restored_threads(threads_before):
+        threads, threads_before = apply_threads()  # given back when train() ends, also on an error
+        state.checkpoint_data["threads"] = {"threads": threads.threads, "source": threads.source}
+        with restored_threads(threads_before), claim:
             if state.is_main_process:
                 log_startup(state)
             for index in range(start_stage, len(stages)):

@@ -98,3 +98,19 @@ def test_a_run_keeps_the_users_threads(monkeypatch, tmp_path):
     state = train(TinyNet(), make_loaders(), tmp_path / "run")
     assert torch.get_num_threads() == before
     assert state.checkpoint_data["threads"]["source"] == "set by the user (OMP_NUM_THREADS=1)"
+
+
+class Boom(Callback):
+    def __init__(self):
+        super().__init__(CallbackOrder.External)
+
+    def on_batch_start(self, state):
+        raise RuntimeError("boom")
+
+
+def test_threads_are_given_back_when_the_run_fails(torch_default_threads, monkeypatch, tmp_path):
+    default = torch_default_threads
+    monkeypatch.setattr(run_choices, "choose_threads", lambda: th.ThreadChoice(max(1, default - 1), "test"))
+    with pytest.raises(RuntimeError, match="boom"):
+        train(TinyNet(), make_loaders(), tmp_path / "run", callbacks=[Boom()])
+    assert torch.get_num_threads() == default
