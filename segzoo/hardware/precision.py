@@ -129,8 +129,9 @@ def _warn(path: Path, reason: str) -> None:
           file=sys.stderr)
 
 
-def _measured_choice(measure: Callable[[], dict], path: Path) -> PrecisionChoice:
-    """The cached measurement for this machine, else a new one (cached when the machine was quiet)."""
+def _measured_choice(measure: Callable[[], dict] | None, path: Path) -> PrecisionChoice:
+    """The cached measurement for this machine, else a new one (cached when the machine was quiet);
+    ``measure`` ``None``: bf16 (the rule) when nothing is cached."""
     from segzoo.hardware.load import busy_threshold
 
     key = precision_key()
@@ -140,6 +141,8 @@ def _measured_choice(measure: Callable[[], dict], path: Path) -> PrecisionChoice
     entry = entries.get(key)
     if isinstance(entry, dict) and entry.get("precision") in ("fp32", "bf16"):
         return PrecisionChoice(entry["precision"], f"measured (cached in {path})")
+    if measure is None:
+        return PrecisionChoice("bf16", "rule (not measured)")
     result = measure()
     chosen = "bf16" if result["bf16_ms"] < result["fp32_ms"] * (1 - MARGIN) else "fp32"
     times = f"fp32 {result['fp32_ms']:.1f} ms, bf16 {result['bf16_ms']:.1f} ms"
@@ -159,11 +162,11 @@ def _measured_choice(measure: Callable[[], dict], path: Path) -> PrecisionChoice
 
 
 @functools.lru_cache(maxsize=8)
-def _cpu_choice(path: str, key: str) -> PrecisionChoice:
+def _cpu_choice(path: str, key: str, measure: bool = True) -> PrecisionChoice:
     native, why = native_bf16("cpu")
     if not native:
         return PrecisionChoice("fp32", f"rule: {why}")
-    choice = _measured_choice(_MEASURE[0], Path(path))
+    choice = _measured_choice(_MEASURE[0] if measure else None, Path(path))
     return PrecisionChoice(choice.precision, f"{why}, {choice.source}")
 
 
@@ -185,10 +188,11 @@ def forced_precision() -> str | None:
     return forced
 
 
-def preferred_precision(device: str | torch.device = "cpu") -> PrecisionChoice:
+def preferred_precision(device: str | torch.device = "cpu", measure: bool = True) -> PrecisionChoice:
     """What ``precision="auto"`` runs in on ``device`` (see the module docstring for the order).
 
-    The CPU measurement runs at most once per process and machine key (and once per machine when cached).
+    The CPU measurement runs at most once per process and machine key (and once per machine when cached);
+    ``measure=False`` (the processes of a distributed run, which must agree) takes a cached one or the rule.
     """
     from segzoo.hardware import cache_path
 
@@ -201,4 +205,4 @@ def preferred_precision(device: str | torch.device = "cpu") -> PrecisionChoice:
         return PrecisionChoice("bf16" if native else "fp32", f"rule: {why}")
     if device.type != "cpu":
         return PrecisionChoice("fp32", f"rule: {device.type} device")
-    return _cpu_choice(str(cache_path()), precision_key())
+    return _cpu_choice(str(cache_path()), precision_key(), measure)

@@ -41,12 +41,14 @@ MAX_COMPILE_SAVING = 0.5
 ASSUMED_COMPILE_SECONDS = 20.0
 
 
-def resolve_precision(precision: str, amp: bool | str | None, device: torch.device) -> PrecisionChoice:
+def resolve_precision(precision: str, amp: bool | str | None, device: torch.device,
+                      measure: bool = True) -> PrecisionChoice:
     """The run's precision from the ``precision`` and ``amp`` settings.
 
     ``amp`` (``None``: not given) wins when given: ``False`` is fp32, ``True`` fp16 on CUDA and bf16
     elsewhere, ``"fp16"`` / ``"bf16"`` as named. Otherwise ``precision``: ``"fp32"``, ``"bf16"``,
-    ``"fp16"`` as named, ``"auto"`` (:func:`~segzoo.hardware.precision.preferred_precision`).
+    ``"fp16"`` as named, ``"auto"`` (:func:`~segzoo.hardware.precision.preferred_precision`; ``measure=False``:
+    a cached measurement or the rule, as the processes of a distributed run must agree).
 
     Raises:
         ValueError: an unknown value, or ``amp`` and ``precision`` naming different precisions.
@@ -68,7 +70,7 @@ def resolve_precision(precision: str, amp: bool | str | None, device: torch.devi
         return PrecisionChoice(named, f"amp={amp!r}")
     if precision != "auto":
         return PrecisionChoice(precision, f"precision={precision!r}")
-    return preferred_precision(device)
+    return preferred_precision(device, measure=measure)
 
 
 def apply_threads() -> tuple[ThreadChoice, int]:

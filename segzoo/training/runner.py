@@ -259,7 +259,7 @@ class Runner(abc.ABC):
         state.is_main_process = rank == 0
         state.checkpoint_data = {"normalization": dict(settings.normalization) if settings.normalization else None,
                                  **dict(settings.checkpoint_data or {})}
-        precision = resolve_precision(settings.precision, settings.amp, state.device)
+        precision = resolve_precision(settings.precision, settings.amp, state.device, measure=not state.distributed)
         state.checkpoint_data["precision"] = {"precision": precision.precision, "source": precision.source}
         state.amp_dtype = AMP_DTYPES[precision.precision]
         if state.amp_dtype == torch.float16 and state.device.type == "cuda":

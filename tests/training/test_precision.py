@@ -94,6 +94,12 @@ def test_measurement_runs_and_is_cached(tmp_path, monkeypatch):
     assert result["fp32_ms"] > 0 and result["bf16_ms"] > 0
 
 
+def test_distributed_processes_take_the_rule_or_the_cache_without_measuring(auto_env):
+    """Each process of a torchrun run resolves auto itself: a measurement could differ between them."""
+    choice = resolve_precision("auto", None, CPU, measure=False)
+    assert choice.precision == "bf16" and "not measured" in choice.source and auto_env == []
+
+
 def test_an_unusable_cache_is_left_alone(auto_env, tmp_path, capsys):
     cache = tmp_path / "cache"
     cache.mkdir()
