@@ -7,8 +7,10 @@ threads are therefore ``available - load``, at least 1, where
 
 - *available* is the CPUs of the process's affinity mask (``os.sched_getaffinity``), capped by
   a cgroup CPU quota (``cpu.max`` of cgroup v2, ``cpu.cfs_quota_us / cpu.cfs_period_us`` of v1);
-- *load* is the 1-minute load average at start (the runnable processes of the whole machine),
-  scaled to the share of the machine's CPUs the process may use.
+- *load* is the CPU time other processes take at start, sampled for :data:`LOAD_SAMPLE_SECONDS`
+  (:class:`segzoo.hardware.load.LoadProbe`: the machine's busy time minus this process's own, so the
+  run's own past work does not count), scaled to the share of the machine's CPUs the process may
+  use; where ``/proc/stat`` is missing, the 1-minute load average.
 
 A user who set ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` or called ``torch.set_num_threads`` keeps
 their choice (:func:`user_set_threads`).
@@ -23,9 +25,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ThreadChoice", "available_cpus", "cgroup_cpu_limit", "choose_threads", "user_set_threads"]
+__all__ = ["ThreadChoice", "available_cpus", "cgroup_cpu_limit", "choose_threads", "other_cpus_now",
+           "user_set_threads"]
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: Seconds the other processes' CPU use is sampled when a run starts.
+LOAD_SAMPLE_SECONDS = 0.3
 
 
 @dataclass(frozen=True)
@@ -93,13 +98,28 @@ def choose_threads(load: float | None = None, cpus: tuple[int, str] | None = Non
     """The intra-op threads for a run starting now: free CPUs = available - load, at least 1.
 
     Args:
-        load: runnable processes of the machine (default: the 1-minute load average; 0 where unknown).
+        load: CPUs other processes use (default: sampled now, :func:`other_cpus_now`).
         cpus: ``(available CPUs, description)`` (default :func:`available_cpus`).
     """
     cpus = cpus or available_cpus()
     total = os.cpu_count() or cpus[0]
+    how = "load"
     if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        load, how = other_cpus_now()
     share = load * min(1.0, cpus[0] / max(total, 1))  # the load that falls on the CPUs we may use
     threads = max(1, min(cpus[0], int(math.floor(cpus[0] - share + 0.5))))
-    return ThreadChoice(threads, f"{cpus[1]}, load {load:.2f}")
+    return ThreadChoice(threads, f"{cpus[1]}, {how} {load:.2f}")
+
+
+def other_cpus_now(seconds: float = LOAD_SAMPLE_SECONDS) -> tuple[float, str]:
+    """``(CPUs other processes used over the next seconds, what it is)``; the 1-minute load average off Linux."""
+    import time
+
+    from segzoo.hardware.load import LoadProbe
+
+    probe = LoadProbe().start()
+    time.sleep(seconds)
+    others = probe.other_cpus()
+    if others is not None:
+        return others, "other processes' CPUs"
+    return (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), "load average"

@@ -21,6 +21,17 @@ def test_free_cpus_are_the_available_ones_minus_the_load():
     assert "load 2.70" in th.choose_threads(load=2.7, cpus=two).source
 
 
+def test_the_load_is_what_other_processes_take_now(monkeypatch):
+    """Sampled at start (this process's own CPU time left out), not the load average its own work raised."""
+    real = th.other_cpus_now
+    monkeypatch.setattr(th, "other_cpus_now", lambda: (1.2, "other processes' CPUs"))
+    choice = th.choose_threads(cpus=(4, "affinity 4"))
+    assert choice.source == "affinity 4, other processes' CPUs 1.20"
+    assert choice.threads == round(4 - 1.2 * min(1.0, 4 / (os.cpu_count() or 4)))
+    others, what = real(0.01)
+    assert others >= 0.0 and what in ("other processes' CPUs", "load average")
+
+
 def test_cgroup_quota(tmp_path):
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert th.cgroup_cpu_limit(tmp_path) == 1.5
