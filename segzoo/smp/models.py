@@ -40,6 +40,7 @@ from segzoo.models.archs import build_parts
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.pretrained import read_config, resolve_folder
 from segzoo.smp.encoders import get_encoder_names
+from segzoo.smp.structure import smp_structure
 
 __all__ = ["SmpModel", "MODEL_CLASSES", "create_model", "from_pretrained"]
 
@@ -173,10 +174,7 @@ class SmpModel(UnetMetaSpec):
                                  f"(leave it at smp's default {defaults.get(key)!r})")
             part, target, convert = MAPPINGS[name][key]
             parts[part][target] = convert(value)
-        if structure != "segzoo":
-            from segzoo.smp.statedict import smp_structure  # the table of smp's exact structures
-
-            parts = smp_structure(name, structure, args_, parts)
+        parts = smp_structure(name, structure, args_, parts)
         encoder = _encoder(name, row, args_, defaults, parts["encoder"])
         bridge, decoder, head = build_parts(row, encoder, args_["classes"], family_bridge=False,
                                             decoder_params=parts["decoder"], head_params=parts["head"])

@@ -25,58 +25,12 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
+from segzoo.smp.models import MODEL_CLASSES, SmpModel
+from segzoo.smp.structure import SMP_STRUCTURES
 
-__all__ = ["from_smp", "load_smp_state_dict", "read_smp_state_dict", "smp_to_segzoo_keys", "SMP_STRUCTURES"]
+__all__ = ["from_smp", "load_smp_state_dict", "read_smp_state_dict", "smp_to_segzoo_keys"]
 
 _MAPS = "smp's Unet on a ResNet encoder (resnet18 ... resnet152) maps"
-_NORMS = {"batchnorm": "bn", True: "bn", "identity": "identity", False: "identity"}
-
-
-def _unet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """segzoo's decoder/head arguments that compute smp's Unet (``args``: the smp arguments)."""
-    widths = [int(c) for c in args["decoder_channels"]]
-    if len(widths) != args["encoder_depth"]:
-        raise ValueError(f"segzoo.smp.Unet: decoder_channels {widths} must give one width per encoder stage "
-                         f"(encoder_depth={args['encoder_depth']}), as smp")
-    if args["decoder_use_norm"] not in _NORMS:
-        raise ValueError(f"segzoo.smp.Unet(structure='smp'): decoder_use_norm={args['decoder_use_norm']!r} "
-                         f"is not available: use one of {list(_NORMS)}")
-    norm, mode = _NORMS[args["decoder_use_norm"]], str(args["decoder_interpolation"])
-    if mode not in ("nearest", "bilinear"):
-        raise ValueError(f"segzoo.smp.Unet(structure='smp'): decoder_interpolation={mode!r} is not available: "
-                         f"use 'nearest' or 'bilinear'")
-    decoder = {"channels": widths[:-1][::-1], "complexity": 1, "upsample": mode, "norm": norm}
-    # smp's last block (no skip, at full resolution) is segzoo's head upsample block; smp's head is a 3x3 conv
-    head = {"num_upsample_blocks": 1, "block_channels": widths[-1], "block_convs": 2, "kernel_size": 3,
-            "norm": norm, "upsample": mode}
-    return {"encoder": {}, "decoder": decoder, "head": head}
-
-
-#: smp class -> the segzoo part arguments of ``structure="smp"`` (from the smp arguments)
-SMP_STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {"Unet": _unet_structure}
-
-
-def smp_structure(name: str, structure: str, args: Mapping[str, Any],
-                  parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The part arguments of the front door's ``structure=`` (``"segzoo"``: ``parts`` unchanged; ``"smp"``).
-
-    Raises:
-        ValueError: an unknown ``structure``, or ``"smp"`` for an architecture or encoder without it.
-    """
-    if structure == "segzoo":
-        return parts
-    if structure != "smp":
-        raise ValueError(f"segzoo.smp.{name}: structure must be 'segzoo' or 'smp', got {structure!r}")
-    if name not in SMP_STRUCTURES:
-        raise ValueError(f"segzoo.smp.{name}: structure='smp' is not available for {name} yet "
-                         f"(it is for {sorted(SMP_STRUCTURES)})")
-    encoder = args.get("encoder_name")
-    if not (isinstance(encoder, str) and re.fullmatch(r"resnet(18|34|50|101|152)", encoder)):
-        raise ValueError(f"segzoo.smp.{name}: structure='smp' needs a ResNet encoder (resnet18 ... resnet152), "
-                         f"got encoder_name={encoder!r}")
-    return SMP_STRUCTURES[name](args)
-
-
 def _resnet_key(key: str, depth: int) -> str | None:
     """segzoo's key of an smp ResNet encoder key, ``""`` for a key to drop, ``None`` if it does not map."""
     rules = ((r"encoder\.conv1\.(.+)", "encoder.stages.0.0.{}", 0), (r"encoder\.bn1\.(.+)", "encoder.stages.0.1.{}", 0),
@@ -170,8 +124,6 @@ def load_smp_state_dict(model: nn.Module, state_dict: str | os.PathLike | Mappin
         ValueError: ``model`` is not a ``segzoo.smp`` model with ``structure="smp"``.
         CheckpointError: a key that does not map (the first one is named), or weights that do not fit.
     """
-    from segzoo.smp.models import SmpModel
-
     if not isinstance(model, SmpModel) or getattr(model, "structure", None) != "smp":
         raise ValueError(f"load_smp_state_dict needs a segzoo.smp model built with structure='smp' (e.g. "
                          f"segzoo.smp.Unet(..., structure='smp')), got {type(model).__name__}; or use from_smp")
@@ -241,8 +193,6 @@ def from_smp(source: str | os.PathLike | Mapping[str, Any] | nn.Module, arch: st
             that does not), or weights that do not fit the arguments given.
         KeyError: ``arch`` is not a class of ``segzoo.smp``.
     """
-    from segzoo.smp.models import MODEL_CLASSES
-
     sd = read_smp_state_dict(source)
     config: dict[str, Any] = {}
     if isinstance(source, nn.Module):
