@@ -27,6 +27,7 @@ def _smp_unet(encoder="resnet18", seed=0, **kwargs):
 def _assert_same_outputs(reference, twin):
     twin.eval()
     for shape in SIZES:
+        shape = (shape[0], twin.in_channels, *shape[2:])
         x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             expected, got = reference(x), twin(x)
@@ -34,10 +35,11 @@ def _assert_same_outputs(reference, twin):
         assert (got - expected).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("encoder", ["resnet18", "resnet34"])
-@pytest.mark.parametrize("kwargs", [{}, {"encoder_depth": 4, "decoder_channels": (64, 32, 32, 16)},
-                                    {"decoder_use_norm": "identity", "decoder_interpolation": "bilinear"}],
-                         ids=["default", "depth4", "nonorm-bilinear"])
+@pytest.mark.parametrize(("encoder", "kwargs"), [
+    ("resnet18", {}), ("resnet34", {}), ("resnet34", {"encoder_depth": 4, "decoder_channels": (64, 32, 32, 16)}),
+    ("resnet18", {"encoder_depth": 3, "decoder_channels": (32, 16, 16), "in_channels": 1}),
+    ("resnet18", {"decoder_use_norm": "identity", "decoder_interpolation": "bilinear", "activation": "sigmoid"})],
+    ids=["r18", "r34", "r34-depth4", "r18-depth3-gray", "r18-nonorm-bilinear-sigmoid"])
 def test_from_smp_model_gives_smps_outputs(encoder, kwargs):
     reference = _smp_unet(encoder, **kwargs)
     twin = zsmp.from_smp(reference)
@@ -121,3 +123,8 @@ def test_structure_survives_save_pretrained(tmp_path):
     again.set_layout(False)
     assert again.structure == "smp"
     _assert_same_outputs(reference, again)
+
+
+def test_a_decoder_norm_without_twin_names_its_key():
+    sd = smp.Unet("resnet18", encoder_weights=None, decoder_use_norm="layernorm").state_dict()
+    _one_line_error(sd, "'decoder.blocks.0.conv1.1.weight'.*neither 'batchnorm' nor 'identity'")

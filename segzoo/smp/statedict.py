@@ -147,7 +147,14 @@ def _infer_unet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     if not blocks:
         return {}
     widths = [int(sd[f"decoder.blocks.{i}.conv1.0.weight"].shape[0]) for i in blocks]
-    norm = "identity" if "decoder.blocks.0.conv1.0.bias" in sd else "batchnorm"
+    if "decoder.blocks.0.conv1.1.running_mean" in sd:
+        norm = "batchnorm"
+    elif "decoder.blocks.0.conv1.0.bias" in sd:
+        norm = "identity"
+    else:  # smp's layernorm / instancenorm / inplace: no segzoo twin
+        key = next((k for k in sd if k.startswith("decoder.blocks.0.conv1.1.")), "decoder.blocks.0.conv1.1")
+        raise CheckpointError(f"smp Unet key {key!r} does not map onto segzoo: its decoder_use_norm is neither "
+                              f"'batchnorm' nor 'identity' ({_MAPS} with those)")
     return {"encoder_depth": len(widths), "decoder_channels": widths, "decoder_use_norm": norm}
 
 
