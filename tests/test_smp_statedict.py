@@ -138,7 +138,7 @@ def test_unet_head_options_keep_the_default_and_check_values():
         "blocks.1.0.weight", "blocks.1.1.weight", "classifier.weight"]  # segzoo's own layout, unchanged
     assert default.classifier.kernel_size == (1, 1) and default.blocks[1][0].out_channels == 16
     smp_like = UnetHead([32], 3, [2], num_upsample_blocks=1, block_channels=16, block_convs=2, kernel_size=3)
-    assert smp_like(torch.zeros(1, 32, 8, 8)).shape == (1, 3, 16, 16) and len(smp_like.blocks) == 3
+    assert smp_like([torch.zeros(1, 32, 8, 8)]).shape == (1, 3, 16, 16) and len(smp_like.blocks) == 3
     for bad in ({"block_convs": 0}, {"kernel_size": 2}):
         with pytest.raises(ValueError, match="block_convs must be"):
             UnetHead([32], 3, [2], **bad)
