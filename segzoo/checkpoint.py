@@ -77,22 +77,15 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike, *, overwrit
     return write_bytes_atomic(path, checkpoint_bytes(obj), overwrite=overwrite)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``.
+def read_torch_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict a torch file holds, read as :func:`load_checkpoint` reads (checksums, ``weights_only=True``).
 
-    Args:
-        path: the ``.pth`` file.
-        map_location: where tensors are loaded (default CPU).
-
-    Returns:
-        The checkpoint dict. A bare state dict (a file with only tensors) is returned
-        as ``{"model_state_dict": ...}``.
+    For files of other layouts (e.g. smp training scripts' ``{"state_dict": ...}``); segzoo checkpoints
+    go through :func:`load_checkpoint`.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        CheckpointError: the file is truncated, damaged (a record does not match its
-            checksum), not a torch file, holds objects other than plain data (refused,
-            never unpickled), or is not a dict.
+        CheckpointError: damaged, not a torch file, objects other than plain data, or not a dict.
     """
     path = Path(path)
     size = stat_input_file(path, "checkpoint", CheckpointError, expected="expected a .pth file").st_size  # no FIFO...
@@ -124,6 +117,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                               ) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: the ``.pth`` file.
+        map_location: where tensors are loaded (default CPU).
+
+    Returns:
+        The checkpoint dict. A bare state dict (a file with only tensors) is returned
+        as ``{"model_state_dict": ...}``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: the file is truncated, damaged (a record does not match its
+            checksum), not a torch file, holds objects other than plain data (refused,
+            never unpickled), or is not a dict.
+    """
+    path = Path(path)
+    obj = read_torch_dict(path, map_location)
     if "model_state_dict" not in obj:
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return {"model_state_dict": obj}

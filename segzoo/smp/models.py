@@ -14,6 +14,9 @@ with smp's signature. What the arguments build:
   smp's); another value maps onto segzoo's equivalent (e.g. Unet's ``decoder_channels``, deep to shallow,
   without smp's last full-resolution block) or, where segzoo has none, is refused in one line.
 - ``aux_params`` (a classification head): only ``None`` for now.
+- ``structure="smp"`` (segzoo's keyword, default ``"segzoo"``): build smp's exact decoder and head (Unet: smp's
+  widths, two convs per block, the full-resolution block, the 3x3 head), so that smp's weights load
+  (:func:`segzoo.smp.from_smp`, :func:`segzoo.smp.load_smp_state_dict`); architectures without it refuse it.
 
 The models are :class:`~segzoo.models.UnetMetaSpec` (any input size, ``save_pretrained`` /
 ``from_pretrained``, ``torch.jit.script``).
@@ -37,6 +40,7 @@ from segzoo.models.archs import build_parts
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.pretrained import read_config, resolve_folder
 from segzoo.smp.encoders import get_encoder_names
+from segzoo.smp.structure import smp_structure
 
 __all__ = ["SmpModel", "MODEL_CLASSES", "create_model", "from_pretrained"]
 
@@ -146,6 +150,7 @@ class SmpModel(UnetMetaSpec):
         if kwargs.get("decoder_use_batchnorm") is not None and "decoder_use_norm" not in kwargs:
             kwargs["decoder_use_norm"] = kwargs.pop("decoder_use_batchnorm")  # smp's older spelling
         kwargs.pop("decoder_use_batchnorm", None)
+        structure = kwargs.pop("structure", "segzoo")
         try:
             bound = _signature(name).bind(*args, **kwargs)
         except TypeError as exc:
@@ -169,12 +174,14 @@ class SmpModel(UnetMetaSpec):
                                  f"(leave it at smp's default {defaults.get(key)!r})")
             part, target, convert = MAPPINGS[name][key]
             parts[part][target] = convert(value)
+        parts = smp_structure(name, structure, args_, parts)
         encoder = _encoder(name, row, args_, defaults, parts["encoder"])
         bridge, decoder, head = build_parts(row, encoder, args_["classes"], family_bridge=False,
                                             decoder_params=parts["decoder"], head_params=parts["head"])
         super().__init__(encoder, decoder, bridge=bridge, head=head)
         self.activation = _activation(args_["activation"])
         object.__setattr__(self, "smp_arguments", {k: _plain(v) for k, v in args_.items()})
+        object.__setattr__(self, "structure", structure)
 
     @property
     def segmentation_head(self) -> nn.Module:
@@ -195,7 +202,8 @@ class SmpModel(UnetMetaSpec):
         if arguments.get("activation") is not None and not isinstance(arguments["activation"], str):
             raise ValueError(f"activation={arguments['activation']!r} is not storable in config.json: pass its "
                              f"name (e.g. 'sigmoid') or apply it after the model")
-        return {"builder": "segzoo.smp", "smp_class": self.smp_name, "arguments": arguments}
+        config = {"builder": "segzoo.smp", "smp_class": self.smp_name, "arguments": arguments}
+        return config if self.structure == "segzoo" else {**config, "structure": self.structure}
 
     @classmethod
     def from_pretrained_config(cls, config: dict[str, Any], classes: int | None, source: Path) -> nn.Module:
@@ -212,7 +220,7 @@ class SmpModel(UnetMetaSpec):
         if classes is not None:
             arguments["classes"] = classes
         try:
-            return target(**arguments)
+            return target(**arguments, structure=config.get("structure", "segzoo"))
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: cannot rebuild segzoo.smp.{name}: {exc}") from None
 

@@ -7,10 +7,14 @@ them in ``runner.callbacks`` / ``runner.loggers`` as Catalyst 19.x's SupervisedE
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from torch.utils.data import ConcatDataset, Subset
+
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD
 from segzoo.training.callback import Callback, LoggerCallback, sort_callbacks
 from segzoo.training.callbacks.checkpoint import CheckpointCallback
 from segzoo.training.callbacks.criterion import CriterionCallback
@@ -106,3 +110,57 @@ def with_default_callbacks(callbacks: list[Callback], state: RunnerState, criter
     if verbose and not has(ProgressBarLogger):
         cbs.append(ProgressBarLogger())
     return sort_callbacks(cbs)
+
+
+def _dataset_mean_std(dataset: Any) -> tuple[list[float], list[float]] | None:
+    """The ``mean`` / ``std`` a dataset normalizes with (segzoo's datasets), through Subset/ConcatDataset.
+
+    Raises:
+        ValueError: the datasets of a ConcatDataset normalize differently.
+    """
+    for _ in range(32):  # Subset of Subset ...: a bounded walk
+        if isinstance(dataset, Subset):
+            dataset = dataset.dataset
+            continue
+        if isinstance(dataset, ConcatDataset):
+            found = [_dataset_mean_std(d) for d in dataset.datasets]
+            if any(f != found[0] for f in found):
+                raise ValueError(f"the train loader's ConcatDataset mixes normalizations {found}: pass "
+                                 f"normalization={{'mean': [...], 'std': [...]}} to train() for the one to record")
+            return found[0] if found else None
+        break
+    mean, std = getattr(dataset, "mean", None), getattr(dataset, "std", None)
+    try:
+        return [float(v) for v in mean], [float(v) for v in std]
+    except TypeError:  # no mean/std, or not sequences of numbers
+        return None
+
+
+def run_normalization(given: Mapping[str, Any] | None, loaders: Mapping[str, Any], valid_loader: str,
+                      in_channels: int | None) -> dict[str, list[float]] | None:
+    """The input normalization a run records in its checkpoints (what ``segzoo predict`` then uses).
+
+    ``given`` (``normalization=``) if set; else the train loader's dataset's ``mean`` / ``std`` (segzoo's
+    datasets; looked up through ``Subset`` / ``ConcatDataset``; the train loader is ``"train"``, or the first
+    loader other than ``valid_loader``); else ImageNet's, with one warning saying it was assumed. A model
+    with other than 3 input channels gets no assumed value (``None``, and the warning says so).
+
+    Raises:
+        ValueError: a ConcatDataset whose datasets normalize differently.
+    """
+    if given:
+        return dict(given)
+    names = [k for k in loaders if k != valid_loader]
+    name = "train" if "train" in loaders else (names[0] if names else valid_loader)
+    found = _dataset_mean_std(getattr(loaders[name], "dataset", None))
+    if found is not None:
+        return {"mean": found[0], "std": found[1]}
+    if in_channels not in (None, 3):
+        warnings.warn(f"the {name!r} loader's dataset has no mean/std and normalization= was not given: no input "
+                      f"normalization recorded in the checkpoints (pass normalization={{'mean': [...], 'std': [...]}})",
+                      stacklevel=3)
+        return None
+    warnings.warn(f"the {name!r} loader's dataset has no mean/std and normalization= was not given: recording "
+                  f"ImageNet's mean {list(IMAGENET_MEAN)} / std {list(IMAGENET_STD)} as the inputs' normalization "
+                  f"(pass normalization={{'mean': [...], 'std': [...]}} to train() if yours differs)", stacklevel=3)
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}

@@ -37,6 +37,7 @@ from segzoo.training.defaults import (
     CHECK_EPOCHS,
     callback_items,
     name_run_callbacks,
+    run_normalization,
     with_default_callbacks,
 )
 from segzoo.training.logdir import LogdirClaim, check_logdir_path
@@ -218,7 +219,9 @@ class Runner(abc.ABC):
         if settings.seed is not None:
             seed_everything(settings.seed)
 
-        state = self._train_state(model, logdir, settings)
+        normalization = run_normalization(settings.normalization, loaders, settings.valid_loader,
+                                          getattr(model, "in_channels", None))
+        state = self._train_state(model, logdir, dataclasses.replace(settings, normalization=normalization))
         if settings.compile == "auto":
             auto_compile(state, loaders, stages, self.batch_to_dict, self.forward)
         state.run_settings = describe_run(model, criterion, optimizer, scheduler, stages, loaders, seed=settings.seed,
