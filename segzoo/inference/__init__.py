@@ -123,8 +123,14 @@ class Predictor:
             raise ValueError(f"segzoo reads RGB images: the model must take 1 or 3 channels, not {channels}")
         multiple = int(getattr(model, "size_multiple", 1) or 1)
         backend = B.prepare_eager(model, _example(channels, multiple), fold=fold)
-        return cls(backend, normalization, channels, getattr(model, "num_classes", None), multiple,
-                   {"kind": "module", "architecture": type(model).__name__, **(info or {})})
+        predictor = cls(backend, normalization, channels, getattr(model, "num_classes", None), multiple,
+                        {"kind": "module", "architecture": type(model).__name__, **(info or {})})
+        # a segzoo model says whether it has labels (aux_params); another module is taken to have none
+        predictor._know_aux(getattr(model, "aux_classes", None))
+        return predictor
+
+    def _know_aux(self, aux_classes: int | None) -> None:
+        self._probed, self._aux_classes = True, int(aux_classes) if aux_classes is not None else None
 
     @property
     def num_classes(self) -> int:
@@ -304,6 +310,8 @@ def from_loaded(loaded: LoadedModel, backend: str = "eager", normalization: Mapp
         session = B.ort_session(B.onnx_bytes(model, example), threads)
         built = B.OnnxBackend(session)
     predictor = Predictor(built, eager.normalization, channels, eager._num_classes, eager.size_multiple, info)
+    if eager._probed:
+        predictor._know_aux(eager._aux_classes)
     got, labels = predictor._forward(example)
     _check_against(reference, got, built.name, TOLERANCES[built.name])
     if ref_labels is not None:  # aux_params: the labels too
@@ -325,6 +333,8 @@ def _quantized(fp32: Predictor, model_bytes: bytes, calibration: Any, count: int
     session = B.ort_session(Q.quantize_onnx(model_bytes, inputs), threads)
     int8 = Predictor(B.OnnxBackend(session, "onnxruntime-int8"), fp32.normalization, fp32.in_channels,
                      fp32._num_classes, fp32.size_multiple, {**fp32.info, "calibration": str(calibration)})
+    if fp32._probed:
+        int8._know_aux(fp32._aux_classes)
     report = Q.agreement(fp32, int8, inputs)
     int8.info["int8_agreement"] = report
     log(f"segzoo: int8 calibrated on {report['images']} image(s) of {show_path(calibration)}: masks agree with "
@@ -393,6 +403,8 @@ def load_predictor(source: str | os.PathLike, backend: str | None = None, checkp
     info = {"source": str(source), "kind": kind, "model_spec": meta.get("model_spec"),
             "architecture": (meta.get("model_spec") or {}).get("name"), "normalization_source": norm_source}
     predictor = Predictor(built, norm, int(channels), meta.get("num_classes"), meta.get("size_multiple", 1), info)
+    if "segzoo_version" in meta:  # segzoo's metadata names aux_classes when the model has labels
+        predictor._know_aux(meta.get("aux_classes"))
     if backend == "onnxruntime-int8":
         return _quantized(predictor, Path(source).read_bytes(), calibration, calibration_count, threads, log)
     return predictor
