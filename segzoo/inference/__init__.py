@@ -11,9 +11,8 @@ files; otherwise ``normalization=`` or, with a warning, ImageNet's), the number 
 and classes. Images of any H x W are taken: the models pad to their size multiple and crop back;
 ``tile=`` runs overlapping, blended windows instead, as ``segzoo predict --tile`` does.
 
-A model built with ``aux_params`` also gives image-level labels (B, K'):
-:meth:`Predictor.logits_and_labels` and ``predict(..., labels=True)`` return them (with tiles: the
-mean of the windows' labels); :attr:`Predictor.aux_classes` is K' (``None`` for a model without them).
+A model built with ``aux_params`` also gives labels (B, K'): :meth:`Predictor.logits_and_labels`,
+``predict(..., labels=True)``; :attr:`Predictor.aux_classes` is K' (``None`` without).
 
 Sources: a trainer log directory or a checkpoint (all four backends: TorchScript and ONNX are
 made from the rebuilt model in memory and checked against it), a TorchScript file
@@ -45,7 +44,7 @@ from segzoo.inference.processing import (
     check_normalization,
     logits_to_masks,
     logits_to_probabilities,
-    tiled_logits,
+    tiled_logits_and_labels,
     to_input,
 )
 from segzoo.loading import LoadedModel, ModelFactoryLike, load_model_info
@@ -129,8 +128,8 @@ class Predictor:
         predictor._know_aux(getattr(model, "aux_classes", None))
         return predictor
 
-    def _know_aux(self, aux_classes: int | None) -> None:
-        self._probed, self._aux_classes = True, int(aux_classes) if aux_classes is not None else None
+    def _know_aux(self, aux: int | None) -> None:
+        self._probed, self._aux_classes = True, int(aux) if aux is not None else None
 
     @property
     def num_classes(self) -> int:
@@ -193,18 +192,9 @@ class Predictor:
         without); with ``tile``, the labels are the mean of the windows' labels."""
         if tile is None:
             return self._forward(x)
-        batch, found = x.shape[0], []
-
-        def run(crops: torch.Tensor) -> torch.Tensor:
-            logits, labels = self._forward(crops)
-            if labels is not None:  # crops are window after window, each of the batch's B images
-                found.append(labels.reshape(-1, batch, labels.shape[1]))
-            return logits
-
         overlap = tile // 4 if tile_overlap is None else tile_overlap
         align = math.lcm(self.size_multiple, self.backend.pad_multiple)
-        logits = tiled_logits(run, x, tile, overlap, tiles_per_pass, align=align)
-        return logits, (torch.cat(found).mean(0) if found else None)
+        return tiled_logits_and_labels(self._forward, x, tile, overlap, tiles_per_pass, align)
 
     def logits(self, x: torch.Tensor, tile: int | None = None, tile_overlap: int | None = None,
                tiles_per_pass: int = 1) -> torch.Tensor:
