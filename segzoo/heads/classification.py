@@ -54,6 +54,7 @@ def check_aux_params(aux_params: Any) -> dict[str, Any] | None:
         raise ValueError("aux_params: missing key 'classes' (the number of image-level labels, e.g. "
                          "aux_params=dict(classes=4))")
     params = {"pooling": "avg", "dropout": 0.0, "activation": None, **aux_params}
+    params["dropout"] = 0.0 if params["dropout"] is None else params["dropout"]  # smp: None (falsy) = none
     classes = params["classes"]
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
         raise ValueError(f"aux_params: 'classes' must be an int >= 1, got {classes!r}")

@@ -108,5 +108,7 @@ def test_front_door_matches_smps_shapes_and_keys(tmp_path):
     again = segzoo.smp.Unet.from_pretrained(ours.save_pretrained(tmp_path / "smp")).eval()
     with torch.no_grad():
         assert torch.allclose(again(x)[1], ours(x)[1], atol=1e-5)
+    porting = segzoo.smp.Unet("resnet18", encoder_weights=None, aux_params=dict(classes=2, dropout=None))
+    assert isinstance(porting.classification_head[2], torch.nn.Identity)  # smp: dropout=None is no dropout
     with pytest.raises(ValueError, match=r"segzoo.smp.Unet: aux_params: unknown key\(s\) \['foo'\]"):
         segzoo.smp.Unet("resnet18", encoder_weights=None, aux_params=dict(classes=2, foo=1))

@@ -121,3 +121,15 @@ def test_train_config_with_aux_loss_logs_label_accuracy(tmp_path, capsys):
     assert "label_accuracy" in ckpt["valid_metrics"] and "loss/aux" in ckpt["valid_metrics"]
     assert ckpt["model_spec"]["kwargs"]["aux_params"] == {"classes": 2}
     assert "classification_head.3.weight" in ckpt["model_state_dict"]
+
+
+def test_preflight_checks_the_mask_loss_of_an_aux_model():
+    from _models import tiny_model
+
+    from segzoo.errors import ConfigError
+    from segzoo.training import preflight
+
+    model = tiny_model("unet", num_classes=3, aux_params={"classes": 2})
+    sample = {"features": torch.rand(3, 32, 32), "targets": torch.rand(1, 32, 32)}  # binary targets, 3 classes
+    with pytest.raises(ConfigError, match="does not fit the model's output"):
+        preflight.check_one_batch(model, nn.BCEWithLogitsLoss(), sample, "BCEWithLogitsLoss")
