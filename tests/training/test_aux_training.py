@@ -87,6 +87,13 @@ def test_runner_splits_the_pair_and_accuracy_reads_the_labels():
     runner = SupervisedRunner(model=tiny_model("unet", num_classes=2, aux_params={"classes": 2}), device="cpu")
     out = runner.predict_batch(torch.rand(2, 3, 32, 32))
     assert out["logits"].shape == (2, 2, 32, 32) and out["label_logits"].shape == (2, 2)
+
+    class DeepSupervision(nn.Module):  # a user's model returning a pair for its own criterion: kept whole
+        def forward(self, x):
+            return x[:, :2], x[:, 2:]
+
+    pair = SupervisedRunner(model=DeepSupervision(), device="cpu").predict_batch(torch.rand(2, 3, 8, 8))
+    assert list(pair) == ["logits"] and isinstance(pair["logits"], tuple)
     logits = torch.tensor([[3.0, -3.0], [-3.0, -3.0]])
     assert float(label_accuracy(logits, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))) == 0.75
     assert float(label_accuracy(logits, torch.tensor([0, 1]))) == 0.5
