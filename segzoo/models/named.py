@@ -52,7 +52,9 @@ def _finish(model: UnetMetaSpec, name: str, given: dict[str, Any], state_dict: S
     if state_dict is not None:
         load_into(model, clean_state_dict(read_state_dict(state_dict)), type(model).__name__)
     params = inspect.signature(type(model).__init__).parameters
-    set_model_spec(model, name, {k: v for k, v in given.items() if not _is_default(v, params[k].default)})
+    # a subclass may not take every argument (Catalyst's ResNetUnet has no aux_params): its default is None
+    set_model_spec(model, name, {k: v for k, v in given.items()
+                                 if not _is_default(v, params[k].default if k in params else None)})
 
 
 def dilate_encoder(encoder: EncoderSpec, output_stride: int) -> EncoderSpec:
