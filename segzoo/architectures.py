@@ -59,7 +59,8 @@ class Architecture:
         encoder_kind: what the architecture needs from its encoder: ``"pyramid"`` (features at several
             strides: ResNets, timm CNNs, UnetEncoder) or ``"tokens"`` (the token maps of a plain ViT, all at
             one stride; the generic family's default encoder is then ``ViTEncoder("vit_small_patch16_224")``).
-            A model built on an encoder of the other kind is refused in one line naming what fits.
+            A model built on an encoder of the other kind is refused in one line naming what fits. ``"any"``: every
+            encoder fits (PSP reads one feature map: a pyramid's or a ViT's deepest).
     """
 
     decoder: str
@@ -87,7 +88,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "fpn_unet": Architecture("fpn", head="fpn", title="FPN: feature pyramid, per-level head branches",
                              generic_class="FPNUnet", resnet_class="ResnetFPNUnet", smp="FPN"),
     # PSP reads stride 8 only: the ResNet's layer3/layer4 are neither built nor run
-    "pspnet": Architecture("psp", bridge=False, resnet_encoder={"layers_indices": [2]},
+    "pspnet": Architecture("psp", bridge=False, resnet_encoder={"layers_indices": [2]}, encoder_kind="any",
                            title="PSPNet: pyramid pooling on one feature",
                            generic_class="PSPnet", resnet_class="ResnetPSPnet", smp="PSPNet"),
     "deeplabv3plus": Architecture("deeplabv3plus", resnet_encoder={"output_stride": 16},
@@ -108,6 +109,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     "dpt": Architecture("dpt", bridge=False, encoder_kind="tokens",
                         title="DPT: ViT token maps reassembled at 4 strides, fused coarse to fine",
                         generic_class="DPT", smp="DPT"),
+    "unetplusplus": Architecture("unetplusplus", title="UNet++: nested dense skip pathways, narrow split-1x1 nodes",
+                                 generic_class="UnetPlusPlus", resnet_class="ResnetUnetPlusPlus", smp="UnetPlusPlus"),
+    "manet": Architecture("manet", title="MA-Net: position attention at the deepest stride, fusion attention per skip",
+                          generic_class="MAnet", resnet_class="ResnetMAnet", smp="MAnet"),
+    "pan": Architecture("pan", title="PAN: feature pyramid attention, global attention upsampling, any input size",
+                        generic_class="PAN", resnet_class="ResnetPAN", smp="PAN"),
 }
 
 #: the torchvision ResNets of the ResNet family (the keys of segzoo.encoders.RESNET_CHANNELS, checked by a test)

@@ -32,7 +32,7 @@ import os
 import random
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -41,8 +41,29 @@ from segzoo.checkpoint import clean_state_dict, load_checkpoint
 from segzoo.errors import CheckpointError, short_repr
 from segzoo.models.registry import get_model_spec
 
-if TYPE_CHECKING:
-    from segzoo.training.state import RunnerState
+
+class TrainingState(Protocol):
+    """What the checkpoint writers read of a training run's state (:class:`segzoo.training.RunnerState` has it;
+    this layer does not import the training layer above it)."""
+
+    model: torch.nn.Module
+    stage: str
+    stage_index: int
+    epoch: int
+    global_epoch: int
+    valid_metrics: dict[str, float]
+    epoch_metrics: dict[str, dict[str, float]]
+    main_metric: str
+    minimize_metric: bool
+    best_valid_metric: float | None
+    best_name: str | None
+    stop_training: bool
+    checkpoint_data: dict[str, Any]
+    optimizer: Any
+    scheduler: Any
+    criterion: Any
+    scaler: Any
+    run_settings: Any
 
 FORMAT_KEY = "format_version"
 FORMAT_VERSION = 1
@@ -188,7 +209,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 # ---- writing --------------------------------------------------------------------------------------------
 
-def model_checkpoint(state: RunnerState) -> dict[str, Any]:
+def model_checkpoint(state: TrainingState) -> dict[str, Any]:
     """The light checkpoint: weights, model spec, metrics, position, extra data (plain data only)."""
     return {
         "model_state_dict": clean_state_dict(state.model.state_dict()),
@@ -218,7 +239,7 @@ def _state_dict_of(obj: Any) -> Any:
     return obj.state_dict() if hasattr(obj, "state_dict") else None
 
 
-def full_checkpoint(state: RunnerState, cb_states: dict[str, Any]) -> dict[str, Any]:
+def full_checkpoint(state: TrainingState, cb_states: dict[str, Any]) -> dict[str, Any]:
     """The light checkpoint plus optimizer, scheduler, criterion, scaler, callback and RNG state, and the
     run's settings (``state.run_settings``, checked when resuming).
 

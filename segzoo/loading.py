@@ -10,6 +10,7 @@ executed, and no code dumped into the log directory is used; an older format is 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -87,14 +88,27 @@ def import_factory(path: str) -> Callable[..., nn.Module]:
     return obj
 
 
+def _accepted(factory: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``kwargs`` that ``factory``'s signature takes (all when it takes ``**kwargs`` or has no signature)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in kwargs.items() if k in named}
+
+
 def rebuild_model(spec: Mapping[str, Any] | None, model_factory: ModelFactoryLike | None = None) -> nn.Module:
     """Rebuild the untrained model of a checkpoint from its spec or from a factory.
 
     Args:
         spec: ``{"name", "kwargs"}`` from a checkpoint, or ``None``.
         model_factory: a callable or ``"package.module:factory"``; called with the spec's
-            ``kwargs`` when there is a spec, with no arguments otherwise. Takes precedence
-            over the registry name of the spec.
+            ``kwargs`` that its signature takes (all of them if it has ``**kwargs``), with no
+            arguments when there is no spec. Takes precedence over the registry name of the spec:
+            ``lambda: Unet(encoder=MyEncoder())`` rebuilds a checkpoint whose spec records an encoder.
 
     Raises:
         CheckpointError: no spec and no factory.
@@ -109,15 +123,15 @@ def rebuild_model(spec: Mapping[str, Any] | None, model_factory: ModelFactoryLik
     factory = import_factory(model_factory) if isinstance(model_factory, str) else model_factory
     if not callable(factory):
         raise TypeError(f"model_factory must be a callable or 'package.module:factory', got {type(factory).__name__}")
-    kwargs = dict(spec.get("kwargs") or {}) if spec else {}
+    kwargs = _accepted(factory, dict(spec.get("kwargs") or {}) if spec else {})
     try:
         model = factory(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"model factory {model_factory!r} failed with arguments {sorted(kwargs)}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise TypeError(f"model factory {model_factory!r} returned a {type(model).__name__}, expected an nn.Module")
-    if spec and "name" in spec:
-        set_model_spec(model, spec["name"], kwargs)
+    if spec and "name" in spec:  # the checkpoint's spec (the weights load strictly: it describes this model)
+        set_model_spec(model, spec["name"], dict(spec.get("kwargs") or {}))
     return model
 
 

@@ -17,6 +17,9 @@ import torch  # noqa: E402
 
 # tests never download: a missing weights file must raise, not fetch
 os.environ.setdefault("SEGZOO_OFFLINE", "1")
+# precision="auto" (the trainer's default) is fp32 in tests, as the numbers they check were: it would time
+# a step and write the user's cache otherwise (tests/training/test_precision.py tests auto itself)
+os.environ.setdefault("SEGZOO_PRECISION", "fp32")
 _threads = os.environ["OMP_NUM_THREADS"]
 torch.set_num_threads(max(1, int(_threads)) if _threads.isdigit() else 1)
 

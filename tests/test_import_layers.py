@@ -45,8 +45,8 @@ CLI = LAYERS["segzoo.cli"]
 # checkpoint-format module)
 PENDING_LOOPS: list[list[str]] = []
 
-# ``python -m X`` entry points: not library code, they may import the command line.
-ENTRY_POINTS = {"segzoo.__main__", "segzoo.benchmark.__main__", "segzoo.hardware.__main__"}
+# ``python -m segzoo``: not library code, it may import the command line (every command is a subcommand of it)
+ENTRY_POINTS = {"segzoo.__main__"}
 
 
 def module_name(path: Path) -> str:
@@ -197,3 +197,10 @@ def test_no_import_runs_back_up_a_layer():
 def test_entry_points_are_entry_points(module):
     """The modules allowed to import the command line are ``__main__`` modules that exist."""
     assert module.endswith(".__main__") and module in MODULES
+
+
+def test_the_only_python_m_entry_point_is_segzoo_itself():
+    """``python -m segzoo.hardware`` / ``python -m segzoo.benchmark`` imported the command line from inside the
+    library (imports running back up); their commands are ``segzoo hardware`` / ``segzoo benchmark`` now."""
+    mains = {name for name in MODULES if name.endswith(".__main__") and not name.startswith("segzoo.cli.")}
+    assert mains == ENTRY_POINTS  # python -m segzoo.cli lives in the command line itself

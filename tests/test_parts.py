@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from segzoo.architectures import ARCHITECTURES
 from segzoo.bridges import create_bridge, list_bridges
 from segzoo.decoders import (
     DeepLabV3PlusDecoder,
@@ -20,6 +21,8 @@ from segzoo.heads import UnetHead, create_head, list_heads
 from segzoo.registry import Registry
 
 SIZE = 64
+# decoders of architectures that read a plain ViT's one-stride token maps (the table's encoder_kind)
+TOKEN_DECODERS = {row.decoder for row in ARCHITECTURES.values() if row.encoder_kind == "tokens"}
 
 
 def _check(part, features, size=SIZE):
@@ -30,7 +33,7 @@ def _check(part, features, size=SIZE):
 
 # arguments an encoder needs to be built small and offline; every registered encoder is built, with these or none
 ENCODER_ARGS = {"unet": dict(in_channels=3, num_channels=8, num_blocks=4), "resnet": dict(pretrained=False),
-                "timm": dict(name="test_resnet")}
+                "timm": dict(name="test_resnet"), "timm_vit": dict(name="test_vit")}
 # variants beyond the registered defaults (stage cuts, dilation)
 ENCODER_VARIANTS = {
     "resnet50_l123": lambda: ResnetEncoder("resnet50", pretrained=False, layers_indices=[1, 2, 3]),
@@ -76,8 +79,11 @@ def test_bridge_declares_truth(encoded, name):
 
 
 @pytest.mark.parametrize("make", list(DECODERS.values()), ids=list(DECODERS))
-def test_decoders_and_heads_declare_truth(encoded, make):
+def test_decoders_and_heads_declare_truth(encoded, make, request):
     enc, feats = encoded
+    decoder = request.node.callspec.id.split("-")[-1]
+    if (decoder in TOKEN_DECODERS) != (len(set(enc.out_strides)) == 1 and len(enc.out_strides) > 1):
+        pytest.skip("the fit check refuses this pairing (a ViT's one-stride token maps vs a pyramid)")
     dec = make(enc.out_channels, enc.out_strides).eval()
     with torch.no_grad():
         out = dec(feats)

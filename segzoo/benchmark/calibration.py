@@ -2,7 +2,7 @@
 
 The policy the models read (:func:`segzoo.hardware.preferred_layout`, the cache, the rules) sits
 below the models; measuring builds a model, so it lives here, above them (issue 20). Run it with
-``python -m segzoo.hardware --calibrate`` (:mod:`segzoo.cli.hardware`), on an idle machine.
+``segzoo hardware --calibrate`` (:mod:`segzoo.cli.hardware`), on an idle machine.
 """
 
 from __future__ import annotations

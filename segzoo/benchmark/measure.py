@@ -305,7 +305,7 @@ def _allocated_peak_bytes(step: Callable[[], Any]) -> int:
 
 def _memory_in_subprocess(spec: dict[str, Any], cfg: BenchConfig) -> dict[str, float]:
     payload = json.dumps({"spec": spec, "config": asdict(cfg)})
-    proc = subprocess.run([sys.executable, "-m", "segzoo.benchmark", "--memory-worker", payload],
+    proc = subprocess.run([sys.executable, "-m", "segzoo.benchmark.worker", payload],
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement of {spec_label(spec)} failed: {proc.stderr.strip()[-500:]}")

@@ -1,4 +1,4 @@
-"""The ``segzoo`` command: ``segzoo models | train | tune | trace | export | predict | benchmark | serve``.
+"""The ``segzoo`` command: ``segzoo models | train | tune | trace | export | predict | benchmark | serve | hardware``.
 
 Each subcommand's arguments are declared in :mod:`segzoo.cli.args`, which does not import
 torch, so ``--help``, usage errors and ``segzoo models`` answer at once. Each command's
@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("segzoo.cli.predict", "predict masks for images with a trained model"),
     "benchmark": ("segzoo.cli.benchmark", "measure speed and memory of models"),
     "serve": ("segzoo.cli.serve", "serve a model over HTTP (FastAPI + uvicorn)"),
+    "hardware": ("segzoo.cli.hardware", "show (or --calibrate: measure and cache) this machine's layout choice"),
 }
 
 # errors a user can cause; anything else is a bug and keeps its traceback

@@ -36,7 +36,8 @@ PART_NAMES: dict[str, tuple[str, ...]] = {
     "encoder": ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "mobilenetv2", "resnet", "timm", "timm_vit",
                 "unet"),
     "bridge": ("unet",),
-    "decoder": ("deeplabv3", "deeplabv3plus", "dpt", "fpn", "psp", "segformer", "unet", "upernet"),
+    "decoder": ("deeplabv3", "deeplabv3plus", "dpt", "fpn", "manet", "pan", "psp", "segformer", "unet", "unetplusplus",
+                "upernet"),
     "head": ("fpn", "unet"),
 }
 
@@ -284,6 +285,16 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, command: str = "ben
     parser.add_argument("--name", default="benchmark", help="output file stem")
 
 
+def add_hardware_arguments(parser: argparse.ArgumentParser, command: str = "hardware") -> None:
+    """Arguments of ``segzoo hardware``."""
+    parser.add_argument("--calibrate", action="store_true",
+                        help="measure both layouts here and cache the choice (only if no other process is busy)")
+    parser.add_argument("--size", type=int, default=128, help="input size of the timed model (default 128)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per layout (default 7)")
+    parser.add_argument("--max-seconds", type=float, default=60.0,
+                        help="no further timed repeat starts after this many seconds (default 60)")
+
+
 #: command name -> its add_arguments(parser, command) (every command of segzoo.cli.COMMANDS)
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser, str], None]] = {
     "models": add_models_arguments,
@@ -294,4 +305,5 @@ ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser, str], None]] = {
     "predict": add_predict_arguments,
     "benchmark": add_benchmark_arguments,
     "serve": add_serve_arguments,
+    "hardware": add_hardware_arguments,
 }

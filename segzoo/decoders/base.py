@@ -27,3 +27,10 @@ def stride_ratio(deep: int, shallow: int, who: str) -> int:
     if deep % shallow:
         raise ValueError(f"{who}: stride {deep} is not a multiple of stride {shallow}")
     return deep // shallow
+
+
+def check_positive_int(value: object, name: str, who: str) -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``who``'s argument ``name`` (bools are refused)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{who}: {name} must be an int >= 1, got {value!r}")
+    return value

@@ -108,6 +108,12 @@ class DPTDecoder(DecoderSpec):
     def out_strides(self) -> list[int]:
         return [self.in_strides[0] // 4]
 
+    @property
+    def deepest_stride(self) -> int:
+        """The coarsest stride it reassembles to (p/4 * 2**(n-1): 2p for four maps): models pad inputs to it,
+        so that level is an exact half of the token grid and never one value per channel."""
+        return self.in_strides[0] // 4 * 2 ** (len(self.in_strides) - 1)
+
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Reassemble the token maps, fuse from the coarsest level to the finest."""
         levels = [block(f) for block, f in zip(self.reassemble, features)]

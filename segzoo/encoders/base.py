@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -14,6 +18,111 @@ ENCODERS = Registry("encoder")
 register_encoder = ENCODERS.register
 create_encoder = ENCODERS.create
 list_encoders = ENCODERS.names
+
+#: constructor arguments that say where an encoder's weights come from: an encoder's
+#: :attr:`~EncoderSpec.encoder_spec` leaves them out (``pretrained`` is recorded as ``False``)
+WEIGHT_ARGUMENTS = ("pretrained", "state_dict", "weights", "checkpoint_path")  # the last: timm's
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+def _plain_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_copy(v) for v in value]
+    return value
+
+
+def _structure(module: nn.Module) -> int:
+    """A fingerprint of ``module``'s layers and weight shapes: what a rebuild from its spec must reproduce."""
+    layers = tuple((name, type(m).__qualname__) for name, m in module.named_modules())
+    shapes = tuple((name, tuple(t.shape)) for name, t in module.state_dict().items())
+    return hash((layers, shapes))
+
+
+_MISSING = object()
+
+
+def _registered_name(cls: type, arguments: dict[str, Any]) -> str | None:
+    """The encoder registry name whose factory is ``cls`` and whose bound defaults ``arguments`` agree with."""
+    for name in ENCODERS:
+        if ENCODERS[name] is cls and all(arguments.get(k, _MISSING) == v for k, v in ENCODERS.defaults(name).items()):
+            return name
+    return None
+
+
+def _spec_of(encoder: EncoderSpec, cls: type, init: Callable[..., None], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """``{"name", "params"}`` rebuilding ``encoder`` (built by ``cls.__init__(*args, **kwargs)``), or ``None``."""
+    sig = inspect.signature(init)
+    try:
+        bound = sig.bind(encoder, *args, **kwargs)
+    except TypeError:
+        return None
+    params = list(sig.parameters.values())
+
+    def flat(arguments: dict[str, Any]) -> dict[str, Any] | None:
+        out = {}
+        for p in params[1:]:
+            if p.name not in arguments:
+                continue
+            if p.kind is p.VAR_POSITIONAL:
+                if arguments[p.name]:
+                    return None  # positional extras have no name to record them under
+            elif p.kind is p.VAR_KEYWORD:
+                out.update(arguments[p.name])
+            else:
+                out[p.name] = arguments[p.name]
+        return out
+
+    given = flat(dict(bound.arguments))
+    bound.apply_defaults()
+    full = flat(dict(bound.arguments))
+    name = _registered_name(cls, full) if given is not None and full is not None else None
+    if name is None:
+        return None
+    fixed = ENCODERS.defaults(name)
+    spec = {k: v for k, v in given.items() if k not in fixed and k not in WEIGHT_ARGUMENTS}
+    if "pretrained" in sig.parameters and sig.parameters["pretrained"].default is not False:
+        spec["pretrained"] = False  # the weights come from the model's checkpoint, never downloaded again
+    if full.get("requires_grad", False) is None:  # "None: not pretrained" would change meaning without the weights
+        spec["requires_grad"] = not encoder.frozen
+    return {"name": name, "params": _plain_copy(spec)} if _is_plain(spec) else None
+
+
+def _recording(cls: type, init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` that also records the spec of the instances of exactly ``cls`` (not of a user's subclass)."""
+
+    @functools.wraps(init)
+    def __init__(self: EncoderSpec, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self) is cls:
+            spec = _spec_of(self, cls, init, args, kwargs)
+            object.__setattr__(self, "encoder_spec", spec)
+            object.__setattr__(self, "_spec_structure", _structure(self) if spec is not None else None)
+
+    return __init__
+
+
+def encoder_rebuild_spec(encoder: nn.Module) -> dict[str, Any] | None:
+    """A copy of ``encoder``'s :attr:`~EncoderSpec.encoder_spec` when it still describes it, else ``None``.
+
+    ``None`` for an encoder of a user's class, one built from non-plain arguments (a dict of weights), or
+    one whose layers or weight shapes were changed after it was built (a rebuild would differ).
+    """
+    spec = getattr(encoder, "encoder_spec", None)
+    if spec is None or getattr(encoder, "_spec_structure", None) != _structure(encoder):
+        return None
+    return _plain_copy(spec)
 
 
 class EncoderSpec(DeclaresFeatures):
@@ -47,6 +156,19 @@ class EncoderSpec(DeclaresFeatures):
     """
 
     in_channels: int | None = None
+    #: segzoo's registered encoder classes record ``{"name": registry name, "params": {...}}`` (plain data) on each
+    #: instance: ``create_encoder(name, **params)`` rebuilds its architecture. Weight sources are left out
+    #: (:data:`WEIGHT_ARGUMENTS`; ``pretrained`` is recorded as ``False``): a model holding the encoder records it
+    #: in its spec, and its weights come from its checkpoint. ``None``: a user's class (which keeps today's
+    #: behaviour: rebuild such a model with your own factory), or arguments that are not plain data.
+    encoder_spec: dict[str, Any] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap the ``__init__`` of segzoo's own encoder classes so that instances record :attr:`encoder_spec`."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and cls.__module__.split(".")[0] == "segzoo":
+            cls.__init__ = _recording(cls, init)
 
     @property
     def size_multiple(self) -> int:

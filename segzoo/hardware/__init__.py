@@ -22,7 +22,7 @@ answers, in this order:
 CUDA devices get channels_last in both passes (tensor cores want NHWC).
 
 The calibration cache is ``$SEGZOO_CACHE_DIR/layout.json``, else ``$XDG_CACHE_HOME/segzoo/layout.json``,
-else ``~/.cache/segzoo/layout.json``. Create it with ``python -m segzoo.hardware --calibrate``, on an
+else ``~/.cache/segzoo/layout.json``. Create it with ``segzoo hardware --calibrate``, on an
 idle machine: a calibration during which other processes took CPU time is not cached. A cache
 file that cannot be used (not a regular file, too large, too deeply nested, not a cache) is
 ignored with one warning line naming it (:mod:`segzoo.hardware.cache`), never waited for.
@@ -50,7 +50,7 @@ CACHE_FILE = "layout.json"
 _MOVED = {"calibrate": "segzoo.benchmark.calibration.calibrate",
           "MachineBusyError": "segzoo.benchmark.calibration.MachineBusyError",
           "LOAD_SAMPLE_SECONDS": "segzoo.benchmark.calibration.LOAD_SAMPLE_SECONDS",
-          "main": "segzoo.cli.hardware.main (python -m segzoo.hardware)"}
+          "main": "segzoo.cli.hardware.main (the command: segzoo hardware)"}
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
     entries, reason = read_cache(path)
     if reason is not None:
         print(f"segzoo: warning: ignoring the layout cache {path}: {reason}; the built-in rules apply "
-              f"(remove it; python -m segzoo.hardware --calibrate makes a new one)", file=sys.stderr)
+              f"(remove it; segzoo hardware --calibrate makes a new one)", file=sys.stderr)
     return entries
 
 

@@ -120,8 +120,9 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
         self._layout = resolve_layout(channels_last)  # validates the argument
         self._layout_auto = channels_last == "auto"
         # inputs are padded to what the encoder needs (its deepest stride, or e.g. a transformer's window
-        # constraint: EncoderSpec.size_multiple) and to the bridge's deepest stride when there is one
-        self._deepest_stride = max(_declared(bridge or encoder)[1])
+        # constraint: EncoderSpec.size_multiple), to the bridge's deepest stride when there is one, and to a
+        # decoder's own deeper level when it declares one (DPT resamples a ViT's tokens to twice their stride)
+        self._deepest_stride = max(*_declared(bridge or encoder)[1], int(getattr(decoder, "deepest_stride", 1)))
         self.size_multiple = math.lcm(int(encoder.size_multiple), self._deepest_stride)
         self._has_bn = any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in self.modules())
         # weights in the activations' layout: convolution backward then writes weight gradients
@@ -133,13 +134,17 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
     def channels_last(self) -> bool:
         """Whether the network runs in channels_last in the current mode (see ``channels_last=``).
 
-        Assigning a bool fixes the layout of both modes (the weights are not moved).
+        Assigning a bool fixes the layout of both modes (the weights are not moved); assigning ``"auto"``
+        is :meth:`set_layout` ``("auto")``. Any other value is refused (a ValueError), as by the constructor.
         """
         return self._layout.for_mode(self.training)
 
     @channels_last.setter
-    def channels_last(self, value: bool) -> None:
-        self._layout = resolve_layout(bool(value))
+    def channels_last(self, value: bool | str) -> None:
+        if isinstance(value, str) and value == "auto":
+            self.set_layout("auto")
+            return
+        self._layout = resolve_layout(value)  # True / False; anything else ("false", 1) is one ValueError
         self._layout_auto = False
         self._weight_format = None
 

@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 from segzoo.architectures import RESNET_ENCODERS, model_classes
 from segzoo.checkpoint import clean_state_dict
 from segzoo.encoders import EncoderSpec, ResnetEncoder, UnetEncoder
+from segzoo.encoders.base import encoder_rebuild_spec
 from segzoo.encoders.weights import StateDictSource, load_into, read_state_dict
 from segzoo.errors import CheckpointError
-from segzoo.models.archs import ARCHITECTURES, build_parts, default_encoder, part_params
+from segzoo.models.archs import ARCHITECTURES, build_parts, model_encoder, part_params
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.registry import register_model, set_model_spec
 
@@ -91,9 +92,15 @@ class GenericModel(UnetMetaSpec):
         in_channels: input image channels.
         num_channels: width of the first encoder stage (doubles per stage).
         num_blocks: encoder stages.
-        encoder: an ``EncoderSpec`` instance replacing the default encoder.
+        encoder: replaces the default encoder: an ``EncoderSpec`` instance, a registered encoder name
+            (``"mit_b0"``, ``"timm"``...: ``segzoo.encoders.list_encoders()``; its arguments in ``encoder_params``)
+            or ``{"name": ..., "params": {...}}`` (``{"name": "timm", "params": {"name": "resnet18"}}``); a named
+            encoder takes the model's ``in_channels`` (see :func:`~segzoo.models.archs.model_encoder`). An
+            instance of segzoo's encoder classes is recorded as data in the model's spec
+            (:attr:`EncoderSpec.encoder_spec`), so its checkpoints rebuild without a factory.
         encoder_params: extra ``UnetEncoder`` arguments (e.g. ``complexity``); for DPT, ``ViTEncoder``'s
-            (``name``: the timm ViT, default ``"vit_small_patch16_224"``; ``num_channels``/``num_blocks`` do not apply).
+            (``name``: the timm ViT, default ``"vit_small_patch16_224"``; ``num_channels``/``num_blocks`` do not apply);
+            with ``encoder=`` a name, that encoder's arguments.
         bridge_params: ``UnetBridge`` arguments; not given, a bridge is added only to the default
             ``UnetEncoder`` (see the bridge policy in :mod:`segzoo.architectures`): ``encoder=`` gets none.
         decoder_params: arguments of the architecture's decoder.
@@ -114,7 +121,7 @@ class GenericModel(UnetMetaSpec):
     architecture: ClassVar[str] = ""
 
     def __init__(self, num_classes: int = 1, in_channels: int = 3, num_channels: int = 32, num_blocks: int = 4,
-                 encoder: EncoderSpec | None = None, encoder_params: Params = None, bridge_params: Params = None,
+                 encoder: EncoderSpec | str | dict[str, Any] | None = None, encoder_params: Params = None, bridge_params: Params = None,
                  decoder_params: Params = None, head_params: Params = None, *,
                  state_dict: StateDictSource | None = None, size_mode: str = "pad", channels_last: bool | str = "auto",
                  encoder_output_stride: int | None = None, aux_params: Params = None) -> None:
@@ -124,12 +131,11 @@ class GenericModel(UnetMetaSpec):
                      state_dict=state_dict, size_mode=size_mode, channels_last=channels_last,
                      encoder_output_stride=encoder_output_stride)
         arch = ARCHITECTURES[self.architecture]
-        if encoder is None:
-            encoder = default_encoder(arch, in_channels, num_channels, num_blocks, encoder_params)
-        elif not isinstance(encoder, EncoderSpec):
-            raise TypeError(f"encoder must be an EncoderSpec instance, got {type(encoder).__name__}")
-        elif encoder_params:
-            raise ValueError("pass either encoder= (an instance) or encoder_params=, not both")
+        if isinstance(encoder, EncoderSpec) and (spec := encoder_rebuild_spec(encoder)) is not None:
+            # segzoo's encoder classes record their arguments: the model's spec holds the encoder as data (its
+            # in_channels inside), so load_model / export rebuild it without a factory
+            given.update(encoder=spec, in_channels=3, num_channels=32, num_blocks=4)
+        encoder = model_encoder(arch, encoder, in_channels, num_channels, num_blocks, encoder_params)
         if encoder_output_stride is not None:
             encoder = dilate_encoder(encoder, encoder_output_stride)
         # the from-scratch design (a bridge, decoder widths mirroring the encoder's) is the UnetEncoder's

@@ -3,8 +3,9 @@
 Every registered model records a *spec* — ``{"name": registry name, "kwargs": {...}}``
 made of plain data — on the instance as ``model.segzoo_spec``. The trainer stores it in
 checkpoints, and :func:`model_from_spec` rebuilds the model from it (no pickled code).
-Models built around a user's own encoder instance have no spec (``None``): rebuild
-them through the user's own factory.
+Models built around an instance of segzoo's encoder classes record it as data
+(:attr:`segzoo.encoders.EncoderSpec.encoder_spec`); models built around a user's own encoder
+instance have no spec (``None``): rebuild them through the user's own factory.
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def model_from_spec(spec: dict[str, Any], for_checkpoint: bool = True) -> nn.Mod
     Args:
         spec: ``{"name": registry name, "kwargs": {...}}``.
         for_checkpoint: drop weight sources (``pretrained``, ``state_dict``, also inside
-            ``encoder_params``) because the weights will come from a checkpoint; nothing
-            is downloaded or read from other files.
+            ``encoder_params`` and an ``encoder={"name", "params"}``, with an encoder's ``weights``)
+            because the weights will come from a checkpoint; nothing is downloaded or read from other files.
 
     Raises:
         ConfigError: the spec is malformed.
@@ -138,11 +139,25 @@ def model_from_spec(spec: dict[str, Any], for_checkpoint: bool = True) -> nn.Mod
             kwargs.pop(key, None)
         if "pretrained" in accepted:
             kwargs["pretrained"] = False
+        encoder = kwargs.get("encoder")
+        if isinstance(encoder, dict) and isinstance(encoder.get("params"), dict):
+            kwargs["encoder"] = {**encoder, "params": _encoder_params_for_checkpoint(encoder["params"],
+                                                                                     encoder.get("name"))}
         enc = kwargs.get("encoder_params")
         if isinstance(enc, dict):
-            enc = {k: v for k, v in enc.items() if k not in _WEIGHT_SOURCES}
-            if "pretrained" in (kwargs.get("encoder_params") or {}):
-                enc["pretrained"] = False
-            kwargs["encoder_params"] = enc
+            kwargs["encoder_params"] = _encoder_params_for_checkpoint(enc, encoder if isinstance(encoder, str) else None)
     return create_model(spec["name"], **kwargs)
+
+
+def _encoder_params_for_checkpoint(params: dict[str, Any], name: Any) -> dict[str, Any]:
+    """An encoder's arguments without their weight sources; ``pretrained=False`` when given, or when the
+    registered encoder ``name`` takes it (``"resnet"``'s default is ``True``)."""
+    from segzoo.encoders import ENCODERS
+    from segzoo.encoders.base import WEIGHT_ARGUMENTS
+
+    out = {k: v for k, v in params.items() if k not in WEIGHT_ARGUMENTS}
+    takes = isinstance(name, str) and name in ENCODERS and "pretrained" in inspect.signature(ENCODERS[name]).parameters
+    if "pretrained" in params or takes:
+        out["pretrained"] = False
+    return out
 

@@ -40,12 +40,13 @@ _TRAIN_ONLY: dict[type, str] = {
 }
 
 
-def fp16_to_amp(fp16: Any, amp: bool | str, stacklevel: int = 3) -> bool | str:
+def fp16_to_amp(fp16: Any, amp: bool | str | None, stacklevel: int = 3) -> bool | str | None:
     """The ``amp`` option for Catalyst's ``fp16=`` (apex) argument; warns once that native AMP is used.
 
     ``None`` / ``False``: ``amp`` unchanged. ``True`` is ``{"opt_level": "O1"}``. ``opt_level``
     ``"O1"`` / ``"O2"`` become ``amp=True`` (torch.autocast: float16 with a GradScaler on CUDA,
-    bfloat16 on CPU); ``"O0"`` is float32 (``amp`` unchanged). ``stacklevel``: the user's call, for the warning.
+    bfloat16 on CPU); ``"O0"`` is float32 (``amp=False`` when ``amp`` is unset, else ``amp`` unchanged).
+    ``stacklevel``: the user's call, for the warning.
 
     Raises:
         ValueError: ``"O3"`` (pure float16 weights), unknown keys or levels, or ``amp`` set too.
@@ -72,7 +73,7 @@ def fp16_to_amp(fp16: Any, amp: bool | str, stacklevel: int = 3) -> bool | str:
     if amp:
         raise ValueError(f"give either amp={amp!r} or fp16={dict(fp16)!r}, not both")
     if level == "O0":
-        return amp
+        return False if amp is None else amp
     warnings.warn(f"fp16={dict(fp16)!r} runs with native torch.autocast, as amp=True (float16 with a "
                   f"GradScaler on CUDA, bfloat16 on CPU); apex is not used", UserWarning, stacklevel=stacklevel)
     return True

@@ -32,9 +32,12 @@ Schema (every key optional unless marked; unknown keys are rejected with the clo
     stages:
       - {name: warmup, num_epochs: 1, optimizer: {params: {lr: 0.0003}}}
       - {name: train, num_epochs: 8}
-    runner: {main_metric: dice, minimize_metric: false, verbose: true, amp: false,
-             channels_last: auto, device: auto, resume: null}   # channels_last: auto | true | false, as the
-                                         # models' own setting, which it sets (unset: the model's choice)
+    runner: {main_metric: dice, minimize_metric: false, verbose: true, precision: auto,
+             channels_last: auto, compile: false, device: auto, resume: null}
+                                         # precision: auto (bf16 where native, else fp32) | fp32 | bf16 | fp16
+                                         # (amp: true | false | fp16 | bf16, the older spelling, still read);
+                                         # channels_last: auto | true | false, as the models' own setting,
+                                         # which it sets (unset: the model's choice); compile: auto | true | false
 
 Command-line overrides ``key.sub=value`` are parsed as YAML (``stages.1.num_epochs=2``,
 ``logdir=/tmp/x``, ``scheduler={name: StepLR, params: {step_size: 5}}``); ``~key.sub`` removes a
@@ -78,7 +81,7 @@ SCHEMA: dict[str, Any] = {
     "callbacks": list,
     "stages": list,
     "runner": {"main_metric": str, "minimize_metric": bool, "verbose": bool, "amp": (bool, str),
-               "channels_last": (bool, str), "compile": bool, "device": str, "resume": (str, type(None)),
+               "precision": str, "channels_last": (bool, str), "compile": (bool, str), "device": str, "resume": (str, type(None)),
                "nonfinite": str},
 }
 STAGE_SCHEMA = {"name": str, "num_epochs": int, "optimizer": {"name": str, "params": dict},
@@ -167,10 +170,34 @@ def validate(cfg: dict[str, Any]) -> None:
                              else ""))
     if cfg.get("stages") and "num_epochs" in cfg:
         raise ConfigError("give either num_epochs (one stage) or stages (each with its num_epochs), not both")
-    layout = (cfg.get("runner") or {}).get("channels_last")
-    if isinstance(layout, str) and layout != "auto":
-        raise ConfigError(f"runner.channels_last must be true, false or auto, got {short_repr(layout)}")
+    runner = cfg.get("runner") or {}
+    for key, allowed in (("channels_last", ("auto",)), ("compile", ("auto",)), ("amp", ("fp16", "bf16")),
+                         ("precision", ("auto", "fp32", "bf16", "fp16"))):
+        value = runner.get(key)
+        if isinstance(value, str) and value not in allowed:
+            shown = ("true, false or " if key != "precision" else "") + ", ".join(allowed)
+            raise ConfigError(f"runner.{key} must be {shown}, got {short_repr(value)}")
+    _check_precision(runner)
     _check_num_classes(cfg)
+
+
+def _check_precision(runner: dict[str, Any]) -> None:
+    """``runner.amp`` and ``runner.precision`` agree, and ``SEGZOO_PRECISION`` is valid: before any folder is made.
+
+    Raises:
+        ConfigError: naming both keys (or the variable) and their values.
+    """
+    from segzoo.hardware.precision import forced_precision
+
+    amp, precision = runner.get("amp"), runner.get("precision", "auto")
+    named = {False: ("fp32",), True: ("fp16", "bf16"), "fp16": ("fp16",), "bf16": ("bf16",)}.get(amp)
+    if amp is not None and precision != "auto" and named is not None and precision not in named:
+        raise ConfigError(f"runner.amp={short_repr(amp)} means {' or '.join(named)}, but runner.precision="
+                          f"{short_repr(precision)}; give one of them (precision is the newer spelling)")
+    try:
+        forced_precision()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_num_classes(cfg: dict[str, Any]) -> None:

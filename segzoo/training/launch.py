@@ -40,7 +40,7 @@ from segzoo.training.yaml_io import read_yaml_file
 # epochs, and settings that do not change what is trained (where it runs, how it is shown, data loading speed)
 RESUME_MAY_CHANGE = ("logdir", "num_epochs", "stages.N.num_epochs", "stages appended at the end", "runner.resume",
                      "runner.verbose", "runner.device", "runner.compile", "runner.channels_last", "runner.nonfinite",
-                     "data.num_workers")
+                     "runner.precision", "runner.amp", "data.num_workers")
 DEFAULT_SEED = 42
 
 

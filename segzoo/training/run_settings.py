@@ -14,7 +14,8 @@ A changed setting is refused (:func:`check_run_settings`), never applied: the sa
 scheduler and criterion state would override it (the learning rate, ``T_max``... of the old run
 would win), and a changed model, loss, data or seed would mix two runs in one checkpoint history.
 What does not change what is trained may differ: epochs, stages appended at the end, device,
-verbosity, data-loading workers, ``compile``, ``channels_last``, ``nonfinite``. Checkpoints
+verbosity, data-loading workers, ``compile``, ``channels_last``, ``nonfinite``, the precision (``amp`` /
+``precision``: the autocast dtype; weights and optimizer state are float32 in all). Checkpoints
 written before ``run_settings`` existed resume as before (optimizer settings and ``config.yml``
 checked where present).
 """
@@ -44,6 +45,9 @@ MAX_ITEMS = 64        # longer containers are described by their length and a di
 MAX_TENSOR = 1024     # larger tensors / arrays by their shape and dtype
 MAX_DEPTH = 6
 _SKIP = object()
+# described, not compared: how fast the run computes, not what it trains (precision="auto" may pick another
+# precision on another machine; weights, optimizer state and losses are float32 in every precision)
+MAY_CHANGE = ("amp", "precision")
 
 
 def _qualname(obj: Any) -> str:
@@ -333,7 +337,7 @@ def check_run_settings(saved: Any, current: Mapping[str, Any] | None, path: str 
     """Refuse to resume when what ``train()`` was given differs from what the checkpoint's run was given.
 
     Compared: model spec (without weight sources; a setting named on one side only differs, but
-    for :data:`FORMER_DEFAULTS`), seed, ``amp``, ``main_metric``, ``minimize_metric``,
+    for :data:`FORMER_DEFAULTS`), seed (not ``amp`` / ``precision``: :data:`MAY_CHANGE`), ``main_metric``, ``minimize_metric``,
     ``valid_loader``, the loaders (names, batch size, dataset type, length and settings), and each
     stage the saved run had (name, optimizer, scheduler, criterion); epochs are not compared and
     stages appended at the end are new. ``saved`` ``None`` (a checkpoint written before run
@@ -353,7 +357,7 @@ def check_run_settings(saved: Any, current: Mapping[str, Any] | None, path: str 
     new = current["train"]
     former = {k.replace("model.params.", "model.kwargs.", 1): v for k, v in FORMER_DEFAULTS.items()}
     diffs: list[tuple[str, Any, Any]] = []
-    for key in sorted(set(old) & set(new) - {"stages"}):
+    for key in sorted(set(old) & set(new) - {"stages", *MAY_CHANGE}):
         if key == "loaders" and set(old[key]) != set(new[key]):
             diffs.append(("loaders", sorted(old[key], key=str), sorted(new[key], key=str)))
         diffs += differences(old[key], new[key], key, strict=key == "model", former=former)
@@ -363,7 +367,7 @@ def check_run_settings(saved: Any, current: Mapping[str, Any] | None, path: str 
         section = section.split(".")[0].split("[")[0]
         raise ValueError(f"cannot resume from {path} with a changed {section}: {format_differences(diffs)}; "
                          f"only epochs, stages appended at the end, device, verbosity, workers, compile, "
-                         f"channels_last and nonfinite may change on resume (the saved state would override a "
+                         f"channels_last, precision and nonfinite may change on resume (the saved state would override a "
                          f"new optimizer, scheduler or criterion setting, other changes would mix two runs). "
                          f"Resume with the run's settings, or start a new run in a new logdir")
 

@@ -42,6 +42,15 @@ from segzoo.training.defaults import (
 from segzoo.training.logdir import LogdirClaim, check_logdir_path
 from segzoo.training.loop import Hooks, TrainingLoop, amp_dtype, prepare_model, seed_everything
 from segzoo.training.resume import load_resume, restore_after_resume, start_point
+from segzoo.training.run_choices import (
+    AMP_DTYPES,
+    apply_threads,
+    auto_compile,
+    compile_now,
+    log_startup,
+    resolve_precision,
+    restored_threads,
+)
 from segzoo.training.run_settings import describe_run, optimizer_hparams
 from segzoo.training.state import RunnerState
 from segzoo.training.train_settings import TrainSettings
@@ -163,7 +172,7 @@ class Runner(abc.ABC):
             stages: list of :class:`Stage` for multi-stage training.
             settings: how the run runs (:class:`~segzoo.training.train_settings.TrainSettings`: ``num_epochs``,
                 ``main_metric``, ``minimize_metric``, ``verbose``, ``resume``, ``valid_loader``, ``seed``,
-                ``amp``, ``channels_last``, ``compile``, ``normalization``, ``nonfinite``,
+                ``amp``, ``precision``, ``channels_last``, ``compile``, ``normalization``, ``nonfinite``,
                 ``checkpoint_data``, ``check``, ``timeit``, ``overwrite_logdir``, ``run_config``).
             **options: the same settings as keywords (``num_epochs=10, main_metric="dice"``), when
                 ``settings`` is not given; and Catalyst 19.x's ``fp16``: ``None``/``False`` off, ``True``
@@ -210,6 +219,8 @@ class Runner(abc.ABC):
             seed_everything(settings.seed)
 
         state = self._train_state(model, logdir, settings)
+        if settings.compile == "auto":
+            auto_compile(state, loaders, stages, self.batch_to_dict, self.forward)
         state.run_settings = describe_run(model, criterion, optimizer, scheduler, stages, loaders, seed=settings.seed,
                                           amp=settings.amp, main_metric=settings.main_metric,
                                           minimize_metric=settings.minimize_metric,
@@ -222,7 +233,11 @@ class Runner(abc.ABC):
         else:
             claim = LogdirClaim(logdir, resume=resume, overwrite=settings.overwrite_logdir)
         loop = TrainingLoop(state, self.batch_to_dict, self.forward, loaders)
-        with claim:
+        threads, threads_before = apply_threads()  # given back when train() ends, also on an error
+        state.checkpoint_data["threads"] = {"threads": threads.threads, "source": threads.source}
+        with restored_threads(threads_before), claim:
+            if state.is_main_process:
+                log_startup(state)
             for index in range(start_stage, len(stages)):
                 stage = stages[index]
                 stage = dataclasses.replace(stage, optimizer=_default(stage.optimizer, optimizer),
@@ -244,11 +259,15 @@ class Runner(abc.ABC):
         state.is_main_process = rank == 0
         state.checkpoint_data = {"normalization": dict(settings.normalization) if settings.normalization else None,
                                  **dict(settings.checkpoint_data or {})}
-        state.amp_dtype = amp_dtype(settings.amp, state.device)
+        precision = resolve_precision(settings.precision, settings.amp, state.device, measure=not state.distributed)
+        state.checkpoint_data["precision"] = {"precision": precision.precision, "source": precision.source}
+        state.amp_dtype = AMP_DTYPES[precision.precision]
         if state.amp_dtype == torch.float16 and state.device.type == "cuda":
             state.scaler = torch.amp.GradScaler("cuda")
         self.state = state
-        state.model = prepare_model(model, state, settings.compile)
+        state.model = prepare_model(model, state, compile_now(settings.compile))
+        state.checkpoint_data["compile"] = {"compiled": bool(compile_now(settings.compile)),
+                                            "source": f"compile={settings.compile!r}"}
         return state
 
     def _start_stage(self, state: RunnerState, stage: Stage, index: int, items: list[tuple[Any, Callback]],

@@ -36,12 +36,18 @@ class TrainSettings:
             ``CheckpointCallback(resume=...)`` is used when this is ``None``.
         valid_loader: name of the validation loader.
         seed: seed python, numpy and torch first (reproducible CPU runs).
-        amp: ``False``, ``True`` (fp16 on CUDA, bf16 elsewhere), ``"fp16"`` or ``"bf16"`` autocast;
-            fp16 on CUDA uses a GradScaler.
+        amp: ``None`` (not given: ``precision`` decides), ``False`` (fp32), ``True`` (fp16 on CUDA, bf16
+            elsewhere), ``"fp16"`` or ``"bf16"`` autocast; fp16 on CUDA uses a GradScaler. The older
+            spelling of ``precision``: giving both with different meanings raises.
+        precision: ``"auto"`` (bf16 autocast where the device computes bf16 natively, fp32 elsewhere:
+            :mod:`segzoo.hardware.precision`), ``"fp32"``, ``"bf16"`` or ``"fp16"``. Losses, metrics and
+            the optimizer state stay float32; the choice is stored in checkpoints (``"precision"``).
         channels_last: the layout: ``"auto"``, ``True``, ``False`` as a segzoo model's own setting, which
             the runner sets (other modules: the model and 4-D float inputs converted for ``True``);
             ``None`` leaves the model's choice (:mod:`segzoo.training.layout`).
-        compile: wrap the model with ``torch.compile`` (a dict gives its options).
+        compile: wrap the model with ``torch.compile`` (a dict gives its options); ``"auto"`` compiles only
+            when the measured compile time is repaid over the run's planned steps, and trains eagerly
+            after one warning line if compiling fails (:func:`~segzoo.training.run_choices.choose_compile`).
         normalization: ``{"mean": [...], "std": [...]}`` of the inputs, stored in checkpoints.
         nonfinite: on a NaN/inf loss ``"raise"`` (stop with an error naming the loss and where)
             or ``"skip"`` (skip the batch; counted in ``state.skipped_batches``).
@@ -64,9 +70,10 @@ class TrainSettings:
     resume: str | os.PathLike | None = None
     valid_loader: str = "valid"
     seed: int | None = None
-    amp: bool | str = False
+    amp: bool | str | None = None
+    precision: str = "auto"
     channels_last: bool | str | None = None
-    compile: bool | dict = False
+    compile: bool | str | dict = False
     normalization: Mapping[str, list[float]] | None = None
     nonfinite: str = "raise"
     checkpoint_data: Mapping[str, Any] | None = None

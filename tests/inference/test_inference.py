@@ -51,8 +51,8 @@ def test_backend_list_matches_the_cli_choices():
 
 
 # BatchNorms that follow no single convolution, per architecture (pinned on purpose; a new row is expected to have
-# none): DeepLabV3+'s ASPP normalises the sum of its two projections (branches and image pooling)
-UNFOLDABLE = {"deeplabv3plus": ["decoder.aspp.norm"]}
+# none): the ASPP of DeepLabV3+ and DeepLabV3 normalises the sum of its two projections (branches and image pooling)
+UNFOLDABLE = {"deeplabv3plus": ["decoder.aspp.norm"], "deeplabv3": ["decoder.aspp.norm"]}
 
 
 # every architecture of the table and every model registered outside the two families: a new row is tested here

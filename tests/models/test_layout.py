@@ -210,7 +210,7 @@ def test_calibration_into_an_unwritable_cache_is_one_error_line(tmp_path, monkey
     monkeypatch.setenv("SEGZOO_CACHE_DIR", str(blocker / "sub"))  # a folder below a file
     assert hardware_cli.main(["--calibrate", "--size", "32", "--repeats", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m segzoo.hardware: error:") and len(err.strip().splitlines()) == 1
+    assert err.startswith("segzoo hardware: error:") and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("name", ["resnet18_unet", "unet"])
@@ -305,7 +305,7 @@ def test_a_folder_or_an_unreadable_cache_is_ignored(own_cache, capsys):
 
 @pytest.mark.slow
 def test_the_command_line_with_a_fifo_cache_answers(own_cache):
-    """python -m segzoo.hardware hung on a FIFO cache; now it prints the rule and one warning."""
+    """The hardware command hung on a FIFO cache; now it prints the rule and one warning."""
     import subprocess
 
     if not hasattr(os, "mkfifo"):
@@ -314,10 +314,10 @@ def test_the_command_line_with_a_fifo_cache_answers(own_cache):
     os.mkfifo(own_cache)
     env = {**os.environ, "SEGZOO_CACHE_DIR": str(own_cache.parent)}
     try:
-        proc = subprocess.run([sys.executable, "-m", "segzoo.hardware"], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "segzoo", "hardware"], capture_output=True, text=True,
                               env=env, timeout=120)
     except subprocess.TimeoutExpired:
-        pytest.fail("python -m segzoo.hardware blocked on a FIFO cache")
+        pytest.fail("segzoo hardware blocked on a FIFO cache")
     assert proc.returncode == 0 and '"source": "rule' in proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1 and "not a regular file" in proc.stderr
 

@@ -11,7 +11,8 @@ from segzoo.training.callbacks import DiceCallback, PredictionSaverCallback, Ten
 
 def test_console_logger_writes_one_line_per_loader_and_epoch(tiny, loaders, tmp_path, capsys):
     train(tiny, loaders, tmp_path, num_epochs=2, callbacks=[DiceCallback()])
-    lines = (tmp_path / "log.txt").read_text().splitlines()
+    first, *lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert first.startswith("segzoo: threads ")  # the run's choices (threads, precision, layout, compile) come first
     assert len(lines) == 4
     assert lines[0].startswith("[train 1/2] train: loss=") and "dice=" in lines[0]
     assert lines[1].startswith("[train 1/2] valid: loss=") and lines[1].endswith("*best*")
