@@ -4,7 +4,9 @@ One mask PNG is written per input image, at the image's size, named ``{stem}.png
 class indices (uint8, or 16-bit beyond 256 classes) for multi-class models, 0/255 for
 one-class (binary) models, whose sigmoid probability is compared with ``threshold``.
 ``overlay=True`` also writes ``{stem}_overlay.png``: the image with predicted classes
-blended in colour (background left as is).
+blended in colour (background left as is). A model built with ``aux_params`` (a classification
+head) also gets ``{stem}_labels.json`` per image: ``{"image": "<input file name>", "labels": [K' numbers]}``,
+the head's output (its ``activation`` applied as built; with tiles, the mean over the windows).
 
 Images are read as in training (:func:`segzoo.data.read_image`): 8-bit files divided by 255,
 16-bit grey ones by 65535, alpha dropped; a folder's other files are listed, not read.
@@ -40,7 +42,7 @@ from tqdm import tqdm
 from segzoo.data.folder import IMAGE_SUFFIXES, MAX_PIXELS, DataError, read_image, show_path  # noqa: F401  (names of segzoo.predict)
 from segzoo.data.listing import given_path, join_names, list_images, scan_input  # noqa: F401  (public names of segzoo.predict)
 from segzoo.device import resolve_device
-from segzoo.fileio import atomic_path, check_not_input
+from segzoo.fileio import atomic_path, check_not_input, write_json_atomic
 from segzoo.inference import BACKENDS, Predictor, from_loaded, load_predictor, source_kind
 from segzoo.inference.processing import (  # noqa: F401  (public names of segzoo.predict)
     OVERLAY_ALPHA,
@@ -97,8 +99,9 @@ def _input_index(images: Sequence[Path]) -> tuple[dict[str, Path], dict[tuple[in
 
 
 def plan_outputs(images: Sequence[Path], output: str | os.PathLike, overlay: bool = False,
-                 force: bool = False) -> list[tuple[Path, ...]]:
-    """Output paths per image: ``(mask,)`` or ``(mask, overlay)`` inside ``output``, all checked first.
+                 force: bool = False, labels: bool = False) -> list[tuple[Path, ...]]:
+    """Output paths per image: ``(mask,)`` or ``(mask, overlay)`` inside ``output``, all checked first;
+    ``labels=True`` adds ``{stem}_labels.json`` last (a model built with ``aux_params``).
 
     Refused before anything is written: two inputs whose outputs would have the same name (also
     when the names differ only in case, which is one file on case-insensitive file systems), an
@@ -116,7 +119,8 @@ def plan_outputs(images: Sequence[Path], output: str | os.PathLike, overlay: boo
     taken: dict[str, tuple[Path, str]] = {}
     plans = []
     for path in images:
-        names = [f"{path.stem}.png"] + ([f"{path.stem}_overlay.png"] if overlay else [])
+        names = [f"{path.stem}.png"] + ([f"{path.stem}_overlay.png"] if overlay else []) \
+            + ([f"{path.stem}_labels.json"] if labels else [])
         outs = []
         for name in names:
             size = len(os.fsencode(name))
@@ -197,9 +201,12 @@ def check_model_tile(model: nn.Module, tile: int | None) -> None:
                          f"use --tile {multiple} or more")
 
 
-def _save_png(array: np.ndarray, path: Path, overwrite: bool) -> None:
-    """Write ``array`` as a PNG atomically; replace an existing ``path`` only if ``overwrite``."""
+def _save_png(array: np.ndarray | dict, path: Path, overwrite: bool) -> None:
+    """Write ``array`` as a PNG (a dict: as JSON) atomically; replace an existing ``path`` only if ``overwrite``."""
     try:
+        if isinstance(array, dict):
+            write_json_atomic(array, path, overwrite=overwrite)
+            return
         with atomic_path(path, overwrite=overwrite) as tmp:
             Image.fromarray(array).save(tmp, format="PNG")
     except FileExistsError:  # planned outputs were free (or --force'd): this one appeared during the run
@@ -234,7 +241,7 @@ def predict_images(model: nn.Module | Predictor, images: Sequence[str | os.PathL
         max_pixels: refuse images with more pixels (read from the header, before decoding).
 
     Returns:
-        The mask paths, in input order.
+        The mask paths, in input order (a model built with ``aux_params`` also writes ``{stem}_labels.json``).
 
     Raises:
         ValueError, OSError: see :func:`plan_outputs`, :func:`check_options`, :func:`check_images`;
@@ -253,7 +260,8 @@ def predict_images(model: nn.Module | Predictor, images: Sequence[str | os.PathL
             raise ValueError(f"predict reads RGB images: the model must take 1 or 3 channels, not {channels}")
         check_normalization(normalization, channels)
     images = [Path(p) for p in images]
-    plans = plan_outputs(images, output, with_overlay, force)
+    labels = (model.aux_classes if isinstance(model, Predictor) else getattr(model, "aux_classes", None)) is not None
+    plans = plan_outputs(images, output, with_overlay, force, labels)
     existed = {o for plan in plans for o in plan if os.path.lexists(o)}  # only these may be replaced (force)
     check_images(images, max_pixels)
     if not isinstance(model, Predictor):
@@ -276,12 +284,15 @@ def predict_images(model: nn.Module | Predictor, images: Sequence[str | os.PathL
                     break
                 group.append((i + len(group), nxt))
             x = torch.stack([predictor.preprocess(img) for _, img in group])
-            logits = predictor.logits(x, tile, overlap, tiles_per_pass)
+            logits, found = predictor.logits_and_labels(x, tile, overlap, tiles_per_pass)
             masks = logits_to_masks(logits, threshold)
-            for (k, img), mask in zip(group, masks):
+            for j, ((k, img), mask) in enumerate(zip(group, masks)):
                 _save_png(mask, plans[k][0], force and plans[k][0] in existed)
                 if with_overlay:
                     _save_png(overlay(img, mask, logits.shape[1]), plans[k][1], force and plans[k][1] in existed)
+                if labels and found is not None:
+                    _save_png({"image": images[k].name, "labels": [float(v) for v in found[j]]}, plans[k][-1],
+                              force and plans[k][-1] in existed)
             bar.update(len(group))
             i += len(group)
     except BaseException:

@@ -91,7 +91,7 @@ def test_every_constructor_builds_and_applies_the_activation(name):
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"encoder_name": "efficientnet-b0"}, "not an encoder segzoo has"),
-    ({"aux_params": {"classes": 2}}, "aux_params not supported yet"),
+    ({"aux_params": {"pooling": "avg"}}, "aux_params: missing key .classes."),
     ({"decoder_attention_type": "scse"}, "decoder_attention_type='scse' is not supported"),
     ({"encoder_weights": "ssl"}, "encoder_weights='ssl'"),
     ({"activation": "softplus"}, "activation='softplus'"),

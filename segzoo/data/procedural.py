@@ -72,14 +72,21 @@ class ProceduralSegmentation(Dataset):
         mean: normalization mean (RGB, 0..1 scale).
         std: normalization std.
         transforms: optional albumentations-style callable ``transforms(image=uint8 HWC, mask=HW)``.
+        labels: also give an image-level target ``"label"``: float32 (K,) with 1 where foreground class k + 1
+            appears in the (transformed) mask, K = :attr:`label_classes` = ``max(num_classes - 1, 1)`` (binary:
+            whether any shape is visible); the target of a model's ``aux_params=dict(classes=K)`` head with
+            ``BCEWithLogitsLoss``.
 
     Items: ``{"features": float32 (3, H, W) normalized, "targets": float32 (1, H, W) in {0, 1}}``
-    for binary, or ``"targets": int64 (H, W)`` class indices when ``num_classes > 1``.
+    for binary, or ``"targets": int64 (H, W)`` class indices when ``num_classes > 1``; with ``labels=True``
+    also ``"label": float32 (K,)``.
     """
 
     def __init__(self, num_samples: int, image_size: int | Sequence[int] = 64, num_classes: int = 1, seed: int = 0,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 transforms: Callable | None = None) -> None:
+                 transforms: Callable | None = None, labels: bool = False) -> None:
+        if not isinstance(labels, bool):
+            raise ValueError(f"labels must be true or false, got {labels!r}")
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -90,6 +97,9 @@ class ProceduralSegmentation(Dataset):
         self.seed = int(seed)
         self.mean, self.std = check_mean_std(mean, std)
         self.transforms = transforms
+        self.labels = labels
+        #: number of image-level labels of the ``"label"`` target (``labels=True``)
+        self.label_classes = max(num_classes - 1, 1)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -122,4 +132,13 @@ class ProceduralSegmentation(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, mask = self.sample(index)
-        return to_item(image, mask, self.num_classes, self.mean, self.std, self.transforms)
+        item = to_item(image, mask, self.num_classes, self.mean, self.std, self.transforms)
+        if self.labels:
+            targets = item["targets"]
+            if self.num_classes == 1:
+                item["label"] = (targets > 0).any().float().reshape(1)
+            else:
+                present = torch.zeros(self.num_classes, dtype=torch.bool)
+                present[targets.unique().clamp(0, self.num_classes - 1)] = True
+                item["label"] = present[1:].float()
+        return item

@@ -11,6 +11,9 @@ files; otherwise ``normalization=`` or, with a warning, ImageNet's), the number 
 and classes. Images of any H x W are taken: the models pad to their size multiple and crop back;
 ``tile=`` runs overlapping, blended windows instead, as ``segzoo predict --tile`` does.
 
+A model built with ``aux_params`` also gives labels (B, K'): :meth:`Predictor.logits_and_labels`,
+``predict(..., labels=True)``; :attr:`Predictor.aux_classes` is K' (``None`` without).
+
 Sources: a trainer log directory or a checkpoint (all four backends: TorchScript and ONNX are
 made from the rebuilt model in memory and checked against it), a TorchScript file
 (``torchscript``), a ``torch.export`` ``.pt2`` file (``eager``), an ONNX file (``onnxruntime`` or
@@ -41,7 +44,7 @@ from segzoo.inference.processing import (
     check_normalization,
     logits_to_masks,
     logits_to_probabilities,
-    tiled_logits,
+    tiled_logits_and_labels,
     to_input,
 )
 from segzoo.loading import LoadedModel, ModelFactoryLike, load_model_info
@@ -107,6 +110,8 @@ class Predictor:
         self.size_multiple = int(size_multiple or 1)
         self.info = dict(info or {})
         self._num_classes = int(num_classes) if num_classes else None
+        self._aux_classes: int | None = None
+        self._probed = False
 
     @classmethod
     def from_module(cls, model: nn.Module, normalization: Mapping[str, Sequence[float]] | None = None,
@@ -117,8 +122,14 @@ class Predictor:
             raise ValueError(f"segzoo reads RGB images: the model must take 1 or 3 channels, not {channels}")
         multiple = int(getattr(model, "size_multiple", 1) or 1)
         backend = B.prepare_eager(model, _example(channels, multiple), fold=fold)
-        return cls(backend, normalization, channels, getattr(model, "num_classes", None), multiple,
-                   {"kind": "module", "architecture": type(model).__name__, **(info or {})})
+        predictor = cls(backend, normalization, channels, getattr(model, "num_classes", None), multiple,
+                        {"kind": "module", "architecture": type(model).__name__, **(info or {})})
+        # a segzoo model says whether it has labels (aux_params); another module is taken to have none
+        predictor._know_aux(getattr(model, "aux_classes", None))
+        return predictor
+
+    def _know_aux(self, aux: int | None) -> None:
+        self._probed, self._aux_classes = True, int(aux) if aux is not None else None
 
     @property
     def num_classes(self) -> int:
@@ -126,6 +137,14 @@ class Predictor:
         if self._num_classes is None:
             self._num_classes = self._probe_classes()
         return self._num_classes
+
+    @property
+    def aux_classes(self) -> int | None:
+        """K', the image-level labels of a model built with ``aux_params`` (``None`` without; one small forward
+        pass finds out)."""
+        if not self._probed:
+            self._probe_classes()
+        return self._aux_classes
 
     @property
     def name(self) -> str:
@@ -137,7 +156,8 @@ class Predictor:
         from segzoo import __version__
 
         spec = self.info.get("model_spec")
-        return {"architecture": (spec or {}).get("name") or self.info.get("architecture"),
+        aux = {"aux_classes": self.aux_classes} if self.aux_classes is not None else {}  # aux_params models only
+        return {**aux, "architecture": (spec or {}).get("name") or self.info.get("architecture"),
                 "model_spec": spec, "num_classes": self.num_classes, "in_channels": self.in_channels,
                 "normalization": {**self.normalization, "source": self.info.get("normalization_source")},
                 "size_multiple": self.size_multiple, "backend": self.name, "source": self.info.get("source"),
@@ -149,13 +169,32 @@ class Predictor:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized (B, C, H, W) -> logits (B, K, H, W) float32 on the CPU (padded for the backend and cropped)."""
+        return self._forward(x)[0]
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits (B, K, H, W), labels (B, K') or ``None`` without ``aux_params``)."""
         h, w = x.shape[-2:]
         m, least = self.backend.pad_multiple, self.backend.min_size
         ph, pw = max(least, -(-h // m) * m) - h, max(least, -(-w // m) * m) - w
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
         out = self.backend(x)
-        return out[..., :h, :w] if ph or pw else out
+        labels = None
+        if isinstance(out, (tuple, list)):
+            out, labels = out[0], out[1]
+        if not self._probed:
+            self._probed, self._aux_classes = True, int(labels.shape[1]) if labels is not None else None
+        return (out[..., :h, :w] if ph or pw else out), labels
+
+    def logits_and_labels(self, x: torch.Tensor, tile: int | None = None, tile_overlap: int | None = None,
+                          tiles_per_pass: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`logits` and the image-level labels (B, K') of a model built with ``aux_params`` (``None``
+        without); with ``tile``, the labels are the mean of the windows' labels."""
+        if tile is None:
+            return self._forward(x)
+        overlap = tile // 4 if tile_overlap is None else tile_overlap
+        align = math.lcm(self.size_multiple, self.backend.pad_multiple)
+        return tiled_logits_and_labels(self._forward, x, tile, overlap, tiles_per_pass, align)
 
     def logits(self, x: torch.Tensor, tile: int | None = None, tile_overlap: int | None = None,
                tiles_per_pass: int = 1) -> torch.Tensor:
@@ -165,19 +204,18 @@ class Predictor:
         of the model's size multiple and are blended (:func:`~segzoo.inference.processing.tiled_logits`);
         an image no larger than the tile is run whole. ``tiles_per_pass`` windows run at once.
         """
-        if tile is None:
-            return self(x)
-        overlap = tile // 4 if tile_overlap is None else tile_overlap
-        align = math.lcm(self.size_multiple, self.backend.pad_multiple)
-        return tiled_logits(self, x, tile, overlap, tiles_per_pass, align=align)
+        return self.logits_and_labels(x, tile, tile_overlap, tiles_per_pass)[0]
 
     def predict(self, images: Sequence[np.ndarray], output: str = "mask", threshold: float = 0.5,
-                batch_size: int = 1, tile: int | None = None, tile_overlap: int | None = None) -> list[Any]:
+                batch_size: int = 1, tile: int | None = None, tile_overlap: int | None = None,
+                labels: bool = False) -> list[Any]:
         """Predict each (H, W, 3) image: a mask (H, W), or probabilities / logits (K, H, W), in input order.
 
         Images of the same size (consecutive or not) share a forward pass, up to ``batch_size``.
         Masks are 0/255 uint8 for one class (sigmoid > ``threshold``), else argmax class indices
-        (uint8, uint16 beyond 256 classes).
+        (uint8, uint16 beyond 256 classes). ``labels=True``: each result is a pair ``(value, labels)``,
+        ``labels`` the model's image-level output (K',) float32 (``aux_params``; its activation applied
+        as built), or ``None`` for a model without them.
         """
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
@@ -189,15 +227,15 @@ class Predictor:
             for start in range(0, len(indices), max(1, batch_size if tile is None else 1)):
                 chunk = indices[start:start + max(1, batch_size if tile is None else 1)]
                 x = torch.stack([self.preprocess(images[i]) for i in chunk])
-                logits = self.logits(x, tile, tile_overlap, max(1, batch_size))
+                logits, found = self.logits_and_labels(x, tile, tile_overlap, max(1, batch_size))
                 if output == "mask":
                     values = list(logits_to_masks(logits, threshold))
                 elif output == "probabilities":
                     values = list(logits_to_probabilities(logits).numpy())
                 else:
                     values = list(logits.numpy())
-                for i, value in zip(chunk, values):
-                    results[i] = value
+                for j, (i, value) in enumerate(zip(chunk, values)):
+                    results[i] = (value, found[j].numpy() if found is not None else None) if labels else value
         return results
 
     def _probe_classes(self) -> int:
@@ -206,7 +244,7 @@ class Predictor:
         dims = getattr(self.backend, "dims", None)  # a .pt2 program's accepted sizes: one exported for one size
         if dims is not None and len(dims) == 4 and dims[2].low == dims[2].high and dims[3].low == dims[3].high:
             h, w = dims[2].low, dims[3].low
-        return int(self(torch.zeros(1, self.in_channels, h, w)).shape[1])
+        return int(self(torch.zeros(1, self.in_channels, h, w)).shape[1])  # also sets the aux classes
 
 
 def _example(channels: int, multiple: int, batch: int = 1) -> torch.Tensor:
@@ -253,7 +291,7 @@ def from_loaded(loaded: LoadedModel, backend: str = "eager", normalization: Mapp
     if backend == "eager":
         return eager
     example = _example(channels, eager.size_multiple)
-    reference = eager(example)
+    reference, ref_labels = eager._forward(example)
     if backend == "torchscript":
         built = B.trace_backend(model, example)
     else:
@@ -262,7 +300,13 @@ def from_loaded(loaded: LoadedModel, backend: str = "eager", normalization: Mapp
         session = B.ort_session(B.onnx_bytes(model, example), threads)
         built = B.OnnxBackend(session)
     predictor = Predictor(built, eager.normalization, channels, eager._num_classes, eager.size_multiple, info)
-    _check_against(reference, predictor(example), built.name, TOLERANCES[built.name])
+    if eager._probed:
+        predictor._know_aux(eager._aux_classes)
+    got, labels = predictor._forward(example)
+    _check_against(reference, got, built.name, TOLERANCES[built.name])
+    if ref_labels is not None:  # aux_params: the labels too
+        _check_against(ref_labels, labels if labels is not None else torch.full_like(ref_labels, math.inf),
+                       built.name, TOLERANCES[built.name])
     if backend == "onnxruntime-int8":
         return _quantized(predictor, B.onnx_bytes(model, example), calibration, calibration_count, threads, log)
     return predictor
@@ -279,6 +323,8 @@ def _quantized(fp32: Predictor, model_bytes: bytes, calibration: Any, count: int
     session = B.ort_session(Q.quantize_onnx(model_bytes, inputs), threads)
     int8 = Predictor(B.OnnxBackend(session, "onnxruntime-int8"), fp32.normalization, fp32.in_channels,
                      fp32._num_classes, fp32.size_multiple, {**fp32.info, "calibration": str(calibration)})
+    if fp32._probed:
+        int8._know_aux(fp32._aux_classes)
     report = Q.agreement(fp32, int8, inputs)
     int8.info["int8_agreement"] = report
     log(f"segzoo: int8 calibrated on {report['images']} image(s) of {show_path(calibration)}: masks agree with "
@@ -347,6 +393,8 @@ def load_predictor(source: str | os.PathLike, backend: str | None = None, checkp
     info = {"source": str(source), "kind": kind, "model_spec": meta.get("model_spec"),
             "architecture": (meta.get("model_spec") or {}).get("name"), "normalization_source": norm_source}
     predictor = Predictor(built, norm, int(channels), meta.get("num_classes"), meta.get("size_multiple", 1), info)
+    if "segzoo_version" in meta:  # segzoo's metadata names aux_classes when the model has labels
+        predictor._know_aux(meta.get("aux_classes"))
     if backend == "onnxruntime-int8":
         return _quantized(predictor, Path(source).read_bytes(), calibration, calibration_count, threads, log)
     return predictor

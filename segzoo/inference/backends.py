@@ -1,5 +1,7 @@
 """Inference backends: one callable each, normalized (B, C, H, W) float32 -> logits (B, K, H, W) float32.
 
+A model built with ``aux_params`` gives ``(logits (B, K, H, W), labels (B, K'))`` on every backend.
+
 - ``eager``: the PyTorch module in eval mode under ``torch.inference_mode``, channels_last, with
   every BatchNorm that directly follows a convolution folded into it (:func:`fold_conv_bn`).
 - ``torchscript``: a TorchScript file, or the eager model traced and frozen.
@@ -70,6 +72,8 @@ class TorchBackend(Backend):
             if self.channels_last_input:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = self.module(x)
+            if isinstance(out, (tuple, list)):  # aux_params: (logits, labels)
+                return tuple(o.float().cpu().contiguous() for o in out)
             return out.float().cpu().contiguous()
 
 
@@ -82,8 +86,10 @@ class OnnxBackend(Backend):
         self.input_name = session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
-        return torch.from_numpy(out).float()
+        outs = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})
+        if len(outs) > 1:  # aux_params: outputs mask and label
+            return tuple(torch.from_numpy(o).float() for o in outs)
+        return torch.from_numpy(outs[0]).float()
 
 
 # ---- eager: Conv + BatchNorm folding ------------------------------------------------------
@@ -152,8 +158,10 @@ def fold_conv_bn(model: nn.Module, example: torch.Tensor, atol: float = 1e-4) ->
         setattr(parent, name, nn.Identity())
     with torch.no_grad():
         folded = model.forward(example)
-    scale = float(reference.detach().abs().max()) if reference.numel() else 0.0
-    if not torch.allclose(folded, reference, atol=atol * max(1.0, scale), rtol=0):
+    # a model built with aux_params returns (logits, labels): both must be kept
+    pairs_out = list(zip(reference, folded)) if isinstance(reference, tuple) else [(reference, folded)]
+    if not all(torch.allclose(f, r, atol=atol * max(1.0, float(r.detach().abs().max()) if r.numel() else 0.0),
+                              rtol=0) for r, f in pairs_out):
         for conv, weight, bias, bn in undo:  # an unusual graph (a conv output used twice): leave it as it was
             conv.weight, conv.bias = weight, bias
             parent, name = parents[id(bn)]
@@ -331,7 +339,8 @@ def require_onnxruntime() -> Any:
 
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = ONNX_OPSET) -> bytes:
-    """Export ``model`` to ONNX in memory: input ``input`` (B, C, H, W), output ``logits``, dynamic B, H, W.
+    """Export ``model`` to ONNX in memory: input ``input`` (B, C, H, W), output ``logits``, dynamic B, H, W
+    (with ``aux_params``: outputs ``mask`` and ``label``, as :func:`segzoo.export.onnx.export_onnx`).
 
     A CPU copy of the model in NCHW layout is exported (onnxruntime chooses its own layouts).
     """
@@ -339,12 +348,14 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = ONNX_OPSET)
     if hasattr(clone, "channels_last"):
         clone.channels_last = False
     clone.to(memory_format=torch.contiguous_format)
+    aux = getattr(model, "aux_classes", None) is not None
+    names = ["mask", "label"] if aux else ["logits"]
+    dynamic = {"input": _AXES, names[0]: _AXES, **({"label": {0: "batch"}} if aux else {})}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(clone, (example.cpu(),), buf, dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": _AXES, "logits": _AXES},
-                          opset_version=opset)
+                          output_names=names, dynamic_axes=dynamic, opset_version=opset)
     return buf.getvalue()
 
 

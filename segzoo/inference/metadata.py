@@ -9,7 +9,8 @@ does not unless segzoo puts it there. The same JSON object is stored in all thre
 - ``.pt2``: extra file ``segzoo.json`` (``torch.export.save(..., extra_files=...)``).
 
 Keys: ``normalization`` ({"mean", "std"} or null), ``model_spec`` (registry name + kwargs or
-null), ``num_classes``, ``in_channels``, ``size_multiple``, ``segzoo_version``.
+null), ``num_classes``, ``in_channels``, ``size_multiple``, ``segzoo_version``; for a model built with
+``aux_params`` also ``aux_classes`` (its image-level labels; the file then has two outputs).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def model_metadata(model: nn.Module, normalization: Mapping[str, Any] | None = N
     spec = model_spec if model_spec is not None else get_model_spec(model)
     num_classes = getattr(model, "num_classes", None)
     in_channels = getattr(model, "in_channels", None)
+    aux = getattr(model, "aux_classes", None)
     return {
+        **({"aux_classes": int(aux)} if aux is not None else {}),
         "normalization": ({"mean": [float(v) for v in normalization["mean"]],
                            "std": [float(v) for v in normalization["std"]]} if normalization else None),
         "model_spec": json.loads(json.dumps(spec, default=str)) if spec else None,

@@ -131,6 +131,23 @@ def tiled_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return out / total
 
 
+def tiled_logits_and_labels(forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
+                            x: torch.Tensor, tile: int, overlap: int, batch_size: int = 1,
+                            align: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`tiled_logits` of a model ``forward`` returning ``(logits, labels (B', K') or None)`` (``aux_params``),
+    and the labels (B, K'): for each image, the mean of its windows' labels (``None`` without labels)."""
+    batch, found = x.shape[0], []
+
+    def run(crops: torch.Tensor) -> torch.Tensor:
+        logits, labels = forward(crops)
+        if labels is not None:  # crops are window after window, each of the batch's B images
+            found.append(labels.reshape(-1, batch, labels.shape[1]))
+        return logits
+
+    logits = tiled_logits(run, x, tile, overlap, batch_size, align)
+    return logits, (torch.cat(found).mean(0) if found else None)
+
+
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Logits (B, K, H, W) -> probabilities (B, K, H, W): sigmoid if K == 1, else softmax over classes."""
     logits = logits.float()

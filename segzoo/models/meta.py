@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from segzoo.encoders.base import EncoderSpec
 from segzoo.hardware import LayoutChoice, preferred_layout, resolve_layout
 from segzoo.heads.base import HeadSpec
+from segzoo.heads.classification import create_aux_head
 from segzoo.models.pretrained import PretrainedMixin
 from segzoo.parts import FeaturePart
 
@@ -51,6 +52,18 @@ class _Traced(nn.Module):
         return self.traced(x)
 
 
+class _TracedAux(nn.Module):
+    """A traced model with ``aux_params`` (``(mask, labels)`` outputs) as a scriptable module."""
+
+    def __init__(self, traced: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.traced = traced
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The traced model's ``(mask logits, labels)``."""
+        return self.traced(x)
+
+
 class UnetMetaSpec(PretrainedMixin, nn.Module):
     """``head(decoder(bridge(encoder(x))))`` with input checks and any-size support.
 
@@ -75,12 +88,17 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
             mode (``"auto"`` moves them at ``train()`` / ``eval()`` when the choice differs, unless
             the caller has converted the model's layout itself). Inputs and outputs stay in the
             caller's NCHW layout; results match within float tolerance whatever the layout.
+        aux_params: ``None`` (default) or ``dict(classes=K, pooling="avg"|"max", dropout=0.0, activation=None)``:
+            a :class:`~segzoo.heads.ClassificationHead` on the deepest feature map (the bridge's, or the
+            encoder's without a bridge), as smp's ``aux_params``; ``forward`` then returns ``(logits, labels)``.
 
-    Shapes: (B, C_in, H, W) float -> logits (B, num_classes, H, W).
+    Shapes: (B, C_in, H, W) float -> logits (B, num_classes, H, W); with ``aux_params``:
+    ``(logits (B, num_classes, H, W), labels (B, K))``.
     """
 
     def __init__(self, encoder: EncoderSpec, decoder: FeaturePart, bridge: FeaturePart | None = None,
-                 head: HeadSpec | None = None, size_mode: str = "pad", channels_last: bool | str = "auto") -> None:
+                 head: HeadSpec | None = None, size_mode: str = "pad", channels_last: bool | str = "auto",
+                 aux_params: dict | None = None) -> None:
         super().__init__()
         if not isinstance(encoder, EncoderSpec):
             raise TypeError(f"encoder must be an EncoderSpec instance, got {type(encoder).__name__}")
@@ -95,6 +113,9 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
             _check_link(bridge, decoder)
         if head is not None:
             _check_link(decoder, head)
+        aux_head = create_aux_head(aux_params, _declared(bridge or encoder)[0][-1])
+        if aux_head is not None:  # no attribute otherwise: models without aux_params stay as they were
+            self.classification_head = aux_head
         self.size_mode = size_mode
         self._layout = resolve_layout(channels_last)  # validates the argument
         self._layout_auto = channels_last == "auto"
@@ -197,6 +218,15 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
         """Number of output channels (``None`` without a head)."""
         return self.head.out_channels if self.head is not None else None
 
+    @property
+    def aux_classes(self) -> int | None:
+        """Number of image-level labels of the ``aux_params`` head (``None`` without one)."""
+        aux = self._aux_head()
+        return aux.classes if aux is not None else None
+
+    def _aux_head(self) -> nn.Module | None:
+        return self._modules.get("classification_head")
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error for inputs the model cannot take (before any heavy work).
 
@@ -233,8 +263,9 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
                                  f"nearest valid sizes: H in ({hb}, {ha}), W in ({wb}, {wa}); "
                                  f"or use size_mode='pad'")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes, H, W) for an input (B, C_in, H, W)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, num_classes, H, W) for an input (B, C_in, H, W); with ``aux_params``,
+        ``(logits, labels (B, K))``."""
         self.check_input(x)
         h, w = x.shape[-2], x.shape[-1]
         m = self.size_multiple
@@ -249,11 +280,13 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
         features = self.encoder(x)
         if self.bridge is not None:
             features = self.bridge(features)
+        aux = self._aux_head()
+        labels = aux(features[-1]) if aux is not None else None
         features = self.decoder(features)
         if self.head is None:
-            return features
-        logits = self.head(features)
-        return logits[..., :h, :w].contiguous()
+            return features if labels is None else (features, labels)
+        logits = self.head(features)[..., :h, :w].contiguous()
+        return logits if labels is None else (logits, labels)
 
     def __prepare_scriptable__(self) -> nn.Module:
         """What ``torch.jit.script(model)`` compiles: the model traced in its current mode (any batch and H, W:
@@ -268,7 +301,7 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
             traced = torch.jit.trace(self, example, check_trace=False)
             for name, b in self.named_buffers():
                 b.copy_(buffers[name])
-        return _Traced(traced)
+        return _Traced(traced) if self._aux_head() is None else _TracedAux(traced)
 
     def freeze_encoder(self) -> None:
         """Stop training the encoder; its BatchNorm layers stay in eval mode."""

@@ -53,7 +53,9 @@ def _finish(model: UnetMetaSpec, name: str, given: dict[str, Any], state_dict: S
     if state_dict is not None:
         load_into(model, clean_state_dict(read_state_dict(state_dict)), type(model).__name__)
     params = inspect.signature(type(model).__init__).parameters
-    set_model_spec(model, name, {k: v for k, v in given.items() if not _is_default(v, params[k].default)})
+    # a subclass may not take every argument (Catalyst's ResNetUnet has no aux_params): its default is None
+    set_model_spec(model, name, {k: v for k, v in given.items()
+                                 if not _is_default(v, params[k].default if k in params else None)})
 
 
 def dilate_encoder(encoder: EncoderSpec, output_stride: int) -> EncoderSpec:
@@ -110,8 +112,10 @@ class GenericModel(UnetMetaSpec):
         encoder_output_stride: ``8``, ``16`` or ``32``: the encoder's deepest stride, dilating an encoder
             that can (:func:`dilate_encoder`: a ``TimmEncoder`` of a CNN, weights kept), e.g. 16 for
             DeepLabV3+ as smp; ``None`` (default): the encoder's own strides.
+        aux_params: ``dict(classes=K, pooling="avg", dropout=0.0, activation=None)``: a classification head on
+            the deepest features (see :class:`UnetMetaSpec`); the model then returns ``(logits, labels (B, K))``.
 
-    Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
+    Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W) (with ``aux_params``: and (B, K)).
     """
 
     architecture: ClassVar[str] = ""
@@ -120,8 +124,8 @@ class GenericModel(UnetMetaSpec):
                  encoder: EncoderSpec | str | dict[str, Any] | None = None, encoder_params: Params = None, bridge_params: Params = None,
                  decoder_params: Params = None, head_params: Params = None, *,
                  state_dict: StateDictSource | None = None, size_mode: str = "pad", channels_last: bool | str = "auto",
-                 encoder_output_stride: int | None = None) -> None:
-        given = dict(num_classes=num_classes, in_channels=in_channels, num_channels=num_channels,
+                 encoder_output_stride: int | None = None, aux_params: Params = None) -> None:
+        given = dict(aux_params=aux_params, num_classes=num_classes, in_channels=in_channels, num_channels=num_channels,
                      num_blocks=num_blocks, encoder=encoder, encoder_params=encoder_params,
                      bridge_params=bridge_params, decoder_params=decoder_params, head_params=head_params,
                      state_dict=state_dict, size_mode=size_mode, channels_last=channels_last,
@@ -143,7 +147,8 @@ class GenericModel(UnetMetaSpec):
             decoder_params=decoder_params, head_params=head_params,
             decoder_defaults={"channels": encoder.out_channels}
             if arch.symmetric and (classic or bridge_params is not None) else None)
-        super().__init__(encoder, decoder, bridge=bridge, head=head, size_mode=size_mode, channels_last=channels_last)
+        super().__init__(encoder, decoder, bridge=bridge, head=head, size_mode=size_mode, channels_last=channels_last,
+                         aux_params=aux_params)
         _finish(self, self.architecture, given, state_dict)
 
 
@@ -165,8 +170,10 @@ class ResnetModel(UnetMetaSpec):
             ResNet file is refused with the call that loads it: ``encoder_params=dict(state_dict=...)``.
         size_mode: ``"pad"`` (any size) or ``"strict"``.
         channels_last: ``"auto"``, ``True`` or ``False`` (see :class:`UnetMetaSpec`).
+        aux_params: ``dict(classes=K, pooling="avg", dropout=0.0, activation=None)``: a classification head on
+            the deepest features (see :class:`UnetMetaSpec`); the model then returns ``(logits, labels (B, K))``.
 
-    Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W).
+    Shapes: (B, in_channels, H, W) -> (B, num_classes, H, W) (with ``aux_params``: and (B, K)).
     """
 
     architecture: ClassVar[str] = ""
@@ -174,8 +181,8 @@ class ResnetModel(UnetMetaSpec):
     def __init__(self, num_classes: int = 1, arch: str = "resnet18", pretrained: bool = True,
                  encoder_params: Params = None, bridge_params: Params = None, decoder_params: Params = None,
                  head_params: Params = None, state_dict: StateDictSource | None = None, *, size_mode: str = "pad",
-                 channels_last: bool | str = "auto") -> None:
-        given = dict(num_classes=num_classes, pretrained=pretrained, encoder_params=encoder_params,
+                 channels_last: bool | str = "auto", aux_params: Params = None) -> None:
+        given = dict(aux_params=aux_params, num_classes=num_classes, pretrained=pretrained, encoder_params=encoder_params,
                      bridge_params=bridge_params, decoder_params=decoder_params, head_params=head_params,
                      state_dict=state_dict, size_mode=size_mode, channels_last=channels_last)
         row = ARCHITECTURES[self.architecture]
@@ -191,7 +198,8 @@ class ResnetModel(UnetMetaSpec):
         bridge, decoder, head = build_parts(row, encoder, num_classes, family_bridge=False,
                                             bridge_params=bridge_params, decoder_params=decoder_params,
                                             head_params=head_params)
-        super().__init__(encoder, decoder, bridge=bridge, head=head, size_mode=size_mode, channels_last=channels_last)
+        super().__init__(encoder, decoder, bridge=bridge, head=head, size_mode=size_mode, channels_last=channels_last,
+                         aux_params=aux_params)
         _finish(self, f"{arch}_{self.architecture}", given, state_dict)
 
 

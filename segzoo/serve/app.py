@@ -10,6 +10,9 @@ Endpoints:
   ``?format=json`` gives ``{"height", "width", "num_classes", "mask_rle": {"values", "lengths"},
   "class_pixels": {class: count}}`` (run lengths in row-major order); ``?overlay=true`` gives the
   image with the classes blended in; ``?threshold=`` sets one-class models' probability threshold.
+  A model built with ``aux_params`` also answers its image-level labels: ``"labels": [K' numbers]`` in
+  the JSON, and the header ``X-Segzoo-Labels`` (the same JSON list) with a PNG; ``GET /v1/model`` then
+  shows ``aux_classes``. Models without them answer exactly as before.
 - ``GET /docs``: OpenAPI documentation.
 
 Every answer that is not 200, whatever its status (404, 405 and 500 included), has the body
@@ -97,13 +100,18 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _answer(image: np.ndarray, mask: np.ndarray, fmt: str, with_overlay: bool, num_classes: int) -> Response:
+def _answer(image: np.ndarray, mask: np.ndarray, fmt: str, with_overlay: bool, num_classes: int,
+            labels: np.ndarray | None = None) -> Response:
+    found = [float(v) for v in labels] if labels is not None else None
+    headers = {"X-Segzoo-Labels": json.dumps(found)} if found is not None else None
     if with_overlay:
-        return Response(_png(overlay(image, mask, num_classes)), media_type="image/png")
+        return Response(_png(overlay(image, mask, num_classes)), media_type="image/png", headers=headers)
     if fmt == "png":
-        return Response(_png(mask), media_type="image/png")
+        return Response(_png(mask), media_type="image/png", headers=headers)
     body = {"height": int(mask.shape[0]), "width": int(mask.shape[1]), "num_classes": num_classes,
             "mask_rle": run_lengths(mask), "class_pixels": {str(k): v for k, v in class_counts(mask, num_classes).items()}}
+    if found is not None:
+        body["labels"] = found
     return Response(json.dumps(body), media_type="application/json")
 
 
@@ -115,17 +123,20 @@ class _Item:
     threshold: float
 
 
-def _masks(predictor: Predictor, settings: ServeSettings, items: list[_Item]) -> list[np.ndarray]:
-    """Masks (H, W) of same-size ``items``: one forward pass; every torch call of a request happens here.
+def _masks(predictor: Predictor, settings: ServeSettings, items: list[_Item]) -> list[tuple[np.ndarray, Any]]:
+    """``(mask (H, W), labels (K',) or None)`` of same-size ``items``: one forward pass; every torch call of a
+    request happens here.
 
     Run in the batcher's worker thread only, so torch's intra-op threads serve one caller
     instead of competing with the threads that decode and encode PNGs.
     """
     x = torch.stack([predictor.preprocess(item.image) for item in items])
-    logits = predictor.logits(x, settings.tile, settings.tile_overlap, max(1, settings.max_batch))
+    logits, labels = predictor.logits_and_labels(x, settings.tile, settings.tile_overlap, max(1, settings.max_batch))
     if len({item.threshold for item in items}) == 1:
-        return list(logits_to_masks(logits, items[0].threshold))
-    return [logits_to_masks(logits[j:j + 1], item.threshold)[0] for j, item in enumerate(items)]
+        masks = list(logits_to_masks(logits, items[0].threshold))
+    else:
+        masks = [logits_to_masks(logits[j:j + 1], item.threshold)[0] for j, item in enumerate(items)]
+    return [(mask, labels[j].numpy() if labels is not None else None) for j, mask in enumerate(masks)]
 
 
 def _padding(predictor: Predictor) -> tuple[int, int]:
@@ -165,7 +176,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     multiple, least = _padding(predictor)
     tiles_per_pass = max(1, settings.max_batch)
 
-    def run_batch(items: list[_Item]) -> list[np.ndarray]:
+    def run_batch(items: list[_Item]) -> list[tuple[np.ndarray, Any]]:
         return run_grouped(lambda group: _masks(predictor, settings, group), items, lambda item: item.image.shape)
 
     dims = getattr(predictor.backend, "dims", None)  # a .pt2 program's accepted sizes per input dimension
@@ -276,12 +287,12 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
                     image = await run_in_threadpool(decode, body, settings.max_pixels)
                     del body
                     try:
-                        mask = await batcher.submit(_Item(image, 0.5 if threshold is None else threshold))
+                        mask, labels = await batcher.submit(_Item(image, 0.5 if threshold is None else threshold))
                     except ShuttingDownError as exc:
                         return error_response(503, str(exc), retry)
                     except Exception as exc:  # this image made the model fail; the rest of its batch was answered
                         return model_failure(exc, image.shape, settings.retry_after)
-                    return await run_in_threadpool(_answer, image, mask, format, overlay, num_classes)
+                    return await run_in_threadpool(_answer, image, mask, format, overlay, num_classes, labels)
         except (QueueFullError, M.BudgetFullError) as exc:
             return error_response(503, str(exc), retry)
         except M.OverBudgetError as exc:

@@ -13,7 +13,9 @@ with smp's signature. What the arguments build:
 - decoder arguments at smp's defaults build segzoo's architecture with segzoo's defaults (widths differ from
   smp's); another value maps onto segzoo's equivalent (e.g. Unet's ``decoder_channels``, deep to shallow,
   without smp's last full-resolution block) or, where segzoo has none, is refused in one line.
-- ``aux_params`` (a classification head): only ``None`` for now.
+- ``aux_params`` (a classification head on the deepest encoder feature, as smp:
+  ``dict(classes=K, pooling="avg"|"max", dropout=0.2, activation=None|"sigmoid"|"softmax"|...)``; ``dropout``
+  defaults to smp's 0.2): ``forward`` then returns ``(masks, labels (B, K))``.
 - ``structure="smp"`` (segzoo's keyword, default ``"segzoo"``): build smp's exact decoder and head (Unet: smp's
   widths, two convs per block, the full-resolution block, the 3x3 head), so that smp's weights load
   (:func:`segzoo.smp.from_smp`, :func:`segzoo.smp.load_smp_state_dict`); architectures without it refuse it.
@@ -161,8 +163,9 @@ class SmpModel(UnetMetaSpec):
             raise TypeError(f"segzoo.smp.{name}: unexpected argument(s) {sorted(extra)}")
         args_ = {p.name: p.default for p in _signature(name).parameters.values() if p.kind != p.VAR_KEYWORD}
         args_.update(bound.arguments)
-        if args_.pop("aux_params") is not None:
-            raise ValueError(f"segzoo.smp.{name}: aux_params not supported yet (no classification head)")
+        aux_params = args_.pop("aux_params")
+        if isinstance(aux_params, dict):
+            aux_params = {"dropout": 0.2, **aux_params}  # smp's ClassificationHead default
         defaults = dict(SIGNATURES.get(name, _GENERIC))
         parts: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "head": {}}
         fixed = {"encoder_name", "encoder_weights", "encoder_depth", "in_channels", "classes", "activation"}
@@ -178,9 +181,17 @@ class SmpModel(UnetMetaSpec):
         encoder = _encoder(name, row, args_, defaults, parts["encoder"])
         bridge, decoder, head = build_parts(row, encoder, args_["classes"], family_bridge=False,
                                             decoder_params=parts["decoder"], head_params=parts["head"])
-        super().__init__(encoder, decoder, bridge=bridge, head=head)
+        try:
+            super().__init__(encoder, decoder, bridge=bridge, head=head, aux_params=aux_params)
+        except (TypeError, ValueError) as exc:
+            if "aux_params" not in str(exc):
+                raise
+            raise type(exc)(f"segzoo.smp.{name}: {exc}") from None
         self.activation = _activation(args_["activation"])
-        object.__setattr__(self, "smp_arguments", {k: _plain(v) for k, v in args_.items()})
+        arguments = {k: _plain(v) for k, v in args_.items()}
+        if aux_params is not None:
+            arguments["aux_params"] = dict(aux_params)
+        object.__setattr__(self, "smp_arguments", arguments)
         object.__setattr__(self, "structure", structure)
 
     @property
@@ -188,9 +199,13 @@ class SmpModel(UnetMetaSpec):
         """smp's name of the head."""
         return self.head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``activation(logits)`` (B, classes, H, W) for an input (B, in_channels, H, W)."""
-        return self.activation(super().forward(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``activation(logits)`` (B, classes, H, W) for an input (B, in_channels, H, W); with ``aux_params``,
+        ``(activation(logits), labels (B, K))`` as smp."""
+        out = super().forward(x)
+        if isinstance(out, tuple):
+            return self.activation(out[0]), out[1]
+        return self.activation(out)
 
     def pretrained_config(self) -> dict[str, Any]:
         """``config.json``'s content: the smp class and its arguments (``encoder_weights`` is not re-fetched).

@@ -8,13 +8,14 @@ Names are resolved once, here, against :func:`registries` (one :class:`~segzoo.r
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from segzoo.errors import ConfigError
+from segzoo.errors import ConfigError, short_repr
 from segzoo.registry import Registry
 from segzoo.training import preflight
 from segzoo.training.loop import seed_everything
@@ -76,7 +77,7 @@ def check_names(cfg: dict[str, Any]) -> None:
         KeyError: (``NotFoundError``) an unknown name, with close matches and the valid names.
     """
     regs = registries()
-    named = [("model", cfg["model"]), ("loss", cfg.get("loss")), ("optimizer", cfg.get("optimizer")),
+    named = [("model", cfg["model"]), ("loss", cfg.get("loss")), ("loss", cfg.get("aux_loss")), ("optimizer", cfg.get("optimizer")),
              ("scheduler", cfg.get("scheduler"))]
     named += [("callback", c) for c in cfg.get("callbacks") or []]
     for stage in cfg.get("stages") or []:
@@ -84,7 +85,8 @@ def check_names(cfg: dict[str, Any]) -> None:
     for kind, section in named:
         if section and "name" in section:
             regs[kind][section["name"]]  # noqa: B018  (raises for an unknown name)
-    for where, section in [("loss", cfg.get("loss")), ("optimizer", cfg.get("optimizer")),
+    for where, section in [("loss", cfg.get("loss")), ("aux_loss", cfg.get("aux_loss")),
+                           ("optimizer", cfg.get("optimizer")),
                            ("scheduler", cfg.get("scheduler"))] + [(f"callbacks.{i}", c) for i, c in
                                                                      enumerate(cfg.get("callbacks") or [])]:
         if section is not None and "name" not in section:
@@ -218,3 +220,45 @@ def build_stages(cfg: dict[str, Any], model: nn.Module, train_batches: int,
                                             "scheduler")
         stages.append(Stage(s["name"], s["num_epochs"], optimizer=opt, scheduler=sched))
     return stages, sched_names
+
+
+def aux_callbacks(cfg: dict[str, Any], model: Any, callbacks: list[Any], regs: dict[str, Registry],
+                  sample: Any) -> list[Any]:
+    """The callbacks of ``aux_loss`` (none without it): a CriterionCallback adding the labels' loss, and
+    :class:`~segzoo.training.callbacks.LabelAccuracyCallback` (``label_accuracy``).
+
+    Args:
+        cfg: the config.
+        model: the built model (its ``aux_classes`` must be set: ``model.params.aux_params``).
+        callbacks: the config's callbacks (a CriterionCallback there cannot take a loss object).
+        regs: :func:`registries`.
+        sample: ``dataset[0]`` of the valid data, which must hold ``aux_loss.target_key``.
+
+    Raises:
+        ConfigError: one line naming the missing setting.
+    """
+    from segzoo.training.callbacks import CriterionCallback, LabelAccuracyCallback
+
+    aux = cfg.get("aux_loss")
+    if aux is None:
+        return []
+    classes = getattr(model, "aux_classes", None)
+    if classes is None:
+        raise ConfigError("aux_loss needs a model with a classification head: set model.params.aux_params: "
+                          "{classes: K}")
+    key = aux.get("target_key", "label")
+    if isinstance(sample, dict) and key not in sample:
+        raise ConfigError(f"aux_loss: the data's items have no {key!r} target (keys: {sorted(sample)}); "
+                          f"procedural data gives one with data.params.labels: true")
+    target = sample.get(key) if isinstance(sample, dict) else None
+    if isinstance(target, torch.Tensor) and target.is_floating_point() and target.shape[-1:] != (classes,):
+        raise ConfigError(f"aux_loss: the data gives {tuple(target.shape)} labels per image but "
+                          f"model.params.aux_params.classes is {classes}")
+    if any(isinstance(cb, CriterionCallback) for cb in callbacks):
+        raise ConfigError("aux_loss: remove the CriterionCallback from callbacks (aux_loss adds its own)")
+    criterion = build_named(aux, regs["loss"], "aux_loss")
+    weight = aux.get("weight", 0.4)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        raise ConfigError(f"aux_loss.weight must be a finite number, got {short_repr(weight)}")
+    return [CriterionCallback(aux_criterion=criterion, aux_weight=weight, aux_target_key=key),
+            LabelAccuracyCallback(input_key=key)]

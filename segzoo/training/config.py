@@ -21,6 +21,9 @@ Schema (every key optional unless marked; unknown keys are rejected with the clo
       batch_size: 16
       num_workers: 0
     loss: {name: BCEDiceLoss, params: {}}                 # segzoo.losses.LOSSES
+    aux_loss: {name: BCEWithLogitsLoss, params: {}, weight: 0.4, target_key: label}  # a model with
+                                         # aux_params: loss of its labels (batch key target_key), added
+                                         # with weight; logs loss/aux and label_accuracy
     optimizer: {name: Adam, params: {lr: 0.001}}          # any torch.optim class
     scheduler: {name: CosineAnnealingLR, params: {T_max: 10}}   # any torch.optim.lr_scheduler class
     callbacks:                           # segzoo.training.CALLBACKS names
@@ -72,6 +75,7 @@ SCHEMA: dict[str, Any] = {
              "train_masks": str, "valid_images": str, "valid_masks": str, "image_size": (int, list),
              "batch_size": int, "num_workers": int},
     "loss": {"name": str, "params": dict},
+    "aux_loss": {"name": str, "params": dict, "weight": (int, float), "target_key": str},
     "optimizer": {"name": str, "params": dict},
     "scheduler": {"name": str, "params": dict},
     "callbacks": list,

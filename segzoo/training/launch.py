@@ -19,6 +19,7 @@ from segzoo.training import preflight
 from segzoo.training.build import (
     DEFAULT_LOSS,
     FOLDER_KEYS,
+    aux_callbacks,
     build_loaders,
     build_named,
     build_stages,
@@ -177,6 +178,7 @@ def train_from_config(cfg: dict[str, Any], force: bool = False, config_path: str
     criterion = build_named(loss_cfg, regs["loss"], "loss")
     callbacks = [build_named(c, regs["callback"], "callback") for c in cfg.get("callbacks") or []]
     loaders, normalization = build_loaders(cfg["data"], seed)
+    callbacks += aux_callbacks(cfg, model, callbacks, regs, loaders["valid"].dataset[0])
     stages, sched_names = build_stages(cfg, model, len(loaders["train"]), regs)
     preflight.check_metrics(callbacks, runner_cfg.get("main_metric", "loss"), sched_names)
     preflight.check_one_batch(model, criterion, loaders["valid"].dataset[0], loss_cfg["name"])

@@ -200,6 +200,8 @@ def check_one_batch(model: nn.Module, criterion: Any, sample: Any, loss_name: st
     try:
         with torch.no_grad():
             logits = model(x[None].float())
+        if isinstance(logits, tuple) and len(logits) == 2:  # aux_params: (mask logits, labels); the loss takes the mask
+            logits = logits[0]
         if isinstance(logits, Mapping) or not isinstance(logits, torch.Tensor):
             return
         logits = logits.detach().requires_grad_(True)

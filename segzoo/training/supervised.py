@@ -14,10 +14,11 @@ import torch.nn as nn
 
 from segzoo.device import resolve_device
 from segzoo.training.callback import Callback, CallbackOrder
-from segzoo.training.callbacks.criterion import CriterionCallback
+from segzoo.training.callbacks.criterion import AUX_OUTPUT_KEY, CriterionCallback
 from segzoo.training.loop import move_to
 from segzoo.training.runner import Runner
 from segzoo.training.state import RunnerState
+from segzoo.unwrap import unwrap_model
 
 
 class SupervisedRunner(Runner):
@@ -61,8 +62,16 @@ class SupervisedRunner(Runner):
                         + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
 
     def forward(self, state: RunnerState, model: nn.Module) -> dict[str, Any]:
-        """``{output_key: model(features)}``, features (B, C, H, W) -> logits (B, K, H, W)."""
-        return {self.output_key: model(state.input[self.input_key])}
+        """``{output_key: model(features)}``, features (B, C, H, W) -> logits (B, K, H, W).
+
+        A segzoo model built with ``aux_params`` returns ``(logits, labels)``: the labels (B, K') go to
+        ``output["label_logits"]`` (:data:`~segzoo.training.callbacks.criterion.AUX_OUTPUT_KEY`). Another
+        model's tuple stays whole under ``output_key``, for the user's own criterion, as before.
+        """
+        out = model(state.input[self.input_key])
+        if isinstance(out, tuple) and getattr(unwrap_model(model), "aux_classes", None) is not None:
+            return {self.output_key: out[0], AUX_OUTPUT_KEY: out[1]}
+        return {self.output_key: out}
 
     def criterion_callback(self) -> Callback:
         """CriterionCallback wired to this runner's keys."""

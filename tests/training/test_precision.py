@@ -23,6 +23,8 @@ from segzoo.training.run_choices import resolve_precision
 
 CPU = torch.device("cpu")
 
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
 
 @pytest.fixture
 def auto_env(tmp_path, monkeypatch):
@@ -161,7 +163,8 @@ def test_amp_and_fp16_spellings_keep_working(auto_env, tmp_path):
     assert state.amp_dtype == torch.bfloat16
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        state = train(TinyNet(), make_loaders(), tmp_path / "c", fp16=dict(opt_level="O0"))
+        state = train(TinyNet(), make_loaders(), tmp_path / "c", fp16=dict(opt_level="O0"),
+                      normalization=IMAGENET)  # given: no "assumed ImageNet's" warning
     assert state.amp_dtype is None  # O0 is float32, also where auto would pick bf16
     with pytest.raises(ValueError, match="but precision='fp32'"), pytest.warns(UserWarning, match="autocast"):
         train(TinyNet(), make_loaders(), tmp_path / "d", precision="fp32", fp16=True)

@@ -12,7 +12,7 @@ from segzoo.training.callbacks.loggers import (
     TensorboardLogger,
     VerboseLogger,
 )
-from segzoo.training.callbacks.metrics import DiceCallback, IouCallback, MetricCallback
+from segzoo.training.callbacks.metrics import DiceCallback, IouCallback, LabelAccuracyCallback, MetricCallback
 from segzoo.training.callbacks.optimizer import NonFiniteLossError, OptimizerCallback
 from segzoo.training.callbacks.predictions import PredictionSaverCallback
 from segzoo.training.callbacks.pruning import OptunaPruningCallback
@@ -30,4 +30,4 @@ __all__ = ["CriterionCallback", "CriterionAggregatorCallback", "OptimizerCallbac
            "CheckpointCallback", "EarlyStoppingCallback", "DiceCallback", "IouCallback", "MetricCallback",
            "ConsoleLogger", "TensorboardLogger", "ProgressBarLogger", "PredictionSaverCallback",
            "NonFiniteLossError", "InferCallback", "TimerCallback", "VerboseLogger", "CSVLogger",
-           "MLflowLogger", "WandbLogger", "OptunaPruningCallback"]
+           "MLflowLogger", "WandbLogger", "OptunaPruningCallback", "LabelAccuracyCallback"]

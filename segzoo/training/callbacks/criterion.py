@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 
 from segzoo.errors import unknown_name_error
 from segzoo.training.callback import Callback, CallbackOrder, outputs_and_targets, register_callback
 from segzoo.training.state import RunnerState
 
+#: the key of a model's image-level labels in ``state.output`` (models built with ``aux_params``)
+AUX_OUTPUT_KEY = "label_logits"
+
 
 @register_callback("CriterionCallback")
 class CriterionCallback(Callback):
     """Compute ``criterion(output[output_key], input[input_key]) * multiplier`` into ``state.loss[prefix]``.
+
+    With ``aux_criterion`` (a model built with ``aux_params``, whose labels the runner puts in
+    ``output[aux_output_key]``), ``aux_weight * aux_criterion(output[aux_output_key], input[aux_target_key])``
+    is added; the two parts are logged as ``{prefix}/mask`` and ``{prefix}/aux``.
 
     Args:
         input_key: target key of the batch.
@@ -19,13 +29,36 @@ class CriterionCallback(Callback):
         prefix: name of the loss (and of its batch metric).
         criterion_key: key when ``state.criterion`` is a dict of criteria.
         multiplier: scale of the loss.
+        aux_criterion: loss of the image-level labels (B, K), e.g. ``nn.BCEWithLogitsLoss()`` for multi-hot
+            float targets (B, K) or ``nn.CrossEntropyLoss()`` for class indices (B,); ``None``: none.
+        aux_weight: its weight in the total.
+        aux_target_key: batch key of the image-level targets.
+        aux_output_key: output key of the model's labels.
     """
 
     def __init__(self, input_key: str = "targets", output_key: str = "logits", prefix: str = "loss",
-                 criterion_key: str | None = None, multiplier: float = 1.0) -> None:
+                 criterion_key: str | None = None, multiplier: float = 1.0, aux_criterion: Any = None,
+                 aux_weight: float = 0.4, aux_target_key: str = "label",
+                 aux_output_key: str = AUX_OUTPUT_KEY) -> None:
         super().__init__(CallbackOrder.Criterion)
+        if aux_criterion is not None and not callable(aux_criterion):
+            raise TypeError(f"aux_criterion must be a loss (callable), got {type(aux_criterion).__name__}")
+        if isinstance(aux_weight, bool) or not isinstance(aux_weight, (int, float)) or not math.isfinite(aux_weight):
+            raise ValueError(f"aux_weight must be a finite number, got {aux_weight!r}")
         self.input_key, self.output_key, self.prefix = input_key, output_key, prefix
         self.criterion_key, self.multiplier = criterion_key, multiplier
+        self.aux_criterion, self.aux_weight = aux_criterion, float(aux_weight)
+        self.aux_target_key, self.aux_output_key = aux_target_key, aux_output_key
+
+    def _aux_loss(self, state: RunnerState) -> torch.Tensor:
+        if self.aux_output_key not in state.output:
+            raise KeyError(f"CriterionCallback: aux_criterion needs the model's labels (output {self.aux_output_key!r}): "
+                           f"build the model with aux_params=dict(classes=K); outputs: {sorted(state.output)}")
+        if self.aux_target_key not in state.input:
+            raise KeyError(f"CriterionCallback: aux_criterion needs an image-level target {self.aux_target_key!r} in "
+                           f"each batch (ProceduralSegmentation(labels=True) gives 'label'); "
+                           f"batch keys: {sorted(state.input)}")
+        return self.aux_criterion(state.output[self.aux_output_key], state.input[self.aux_target_key])
 
     def on_batch_end(self, state: RunnerState) -> None:
         criterion = state.criterion
@@ -39,6 +72,11 @@ class CriterionCallback(Callback):
         loss = criterion(outputs, targets)
         if self.multiplier != 1 or not loss.is_floating_point():  # float x * 1.0 is x: no op added to the graph
             loss = loss * self.multiplier
+        if self.aux_criterion is not None:
+            aux = self._aux_loss(state)
+            state.batch_metrics[f"{self.prefix}/mask"] = float(loss.item())
+            state.batch_metrics[f"{self.prefix}/aux"] = float(aux.item())
+            loss = loss + self.aux_weight * aux
         state.loss[self.prefix] = loss
         state.batch_metrics[self.prefix] = float(loss.item())
 

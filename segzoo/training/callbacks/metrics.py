@@ -136,3 +136,32 @@ class IouCallback(_OverlapCallback):
                  eps: float = 1e-7, threshold: float | None = None, activation: str | None = "Sigmoid",
                  ignore_index: int | None = None, class_names: list[str] | None = None) -> None:
         super().__init__(input_key, output_key, prefix, eps, threshold, activation, ignore_index, class_names)
+
+
+def label_accuracy(outputs: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Accuracy of image-level labels: logits (B, K) against class indices (B,) (arg-max), or against
+    multi-hot targets (B, K) (``sigmoid > threshold``, the mean over all B*K decisions)."""
+    if targets.dim() == 1 and not targets.is_floating_point():
+        return (outputs.argmax(1) == targets).float().mean()
+    if targets.shape != outputs.shape:
+        raise ValueError(f"label targets of shape {tuple(targets.shape)} do not fit the labels {tuple(outputs.shape)}: "
+                         f"give (B,) class indices or (B, K) multi-hot targets")
+    return ((outputs.sigmoid() > threshold) == (targets > 0.5)).float().mean()
+
+
+@register_callback("LabelAccuracyCallback")
+class LabelAccuracyCallback(MetricCallback):
+    """Accuracy of the image-level labels of a model built with ``aux_params`` (see :func:`label_accuracy`).
+
+    Args:
+        prefix: metric name.
+        input_key: batch key of the image-level targets.
+        output_key: output key of the labels (B, K).
+        threshold: on the sigmoid, for multi-hot targets.
+    """
+
+    def __init__(self, prefix: str = "label_accuracy", input_key: str = "label", output_key: str = "label_logits",
+                 threshold: float = 0.5) -> None:
+        if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a number in [0, 1], got {short_repr(threshold)}")
+        super().__init__(prefix, label_accuracy, input_key=input_key, output_key=output_key, threshold=threshold)
