@@ -118,3 +118,24 @@ class Registry(Mapping[str, Factory]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self)} names)"
+
+
+def is_plain_data(value: Any) -> bool:
+    """Whether ``value`` is plain data a spec may record (None, bool, int, float, str; lists, tuples and
+    str-keyed dicts of them), so that it survives a checkpoint read with ``weights_only=True``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(is_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_plain_data(v) for k, v in value.items())
+    return False
+
+
+def plain_copy(value: Any) -> Any:
+    """A deep copy of plain data (:func:`is_plain_data`), tuples as lists (as YAML and JSON give them back)."""
+    if isinstance(value, dict):
+        return {k: plain_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_copy(v) for v in value]
+    return value

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from segzoo.parts import DeclaresFeatures
-from segzoo.registry import Registry
+from segzoo.registry import Registry, is_plain_data, plain_copy
 
 ENCODERS = Registry("encoder")
 register_encoder = ENCODERS.register
@@ -22,24 +22,6 @@ list_encoders = ENCODERS.names
 #: constructor arguments that say where an encoder's weights come from: an encoder's
 #: :attr:`~EncoderSpec.encoder_spec` leaves them out (``pretrained`` is recorded as ``False``)
 WEIGHT_ARGUMENTS = ("pretrained", "state_dict", "weights", "checkpoint_path")  # the last: timm's
-
-
-def _is_plain(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
-    return False
-
-
-def _plain_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_copy(v) for v in value]
-    return value
 
 
 def _structure(module: nn.Module) -> int:
@@ -96,7 +78,7 @@ def _spec_of(encoder: EncoderSpec, cls: type, init: Callable[..., None], args: t
         spec["pretrained"] = False  # the weights come from the model's checkpoint, never downloaded again
     if full.get("requires_grad", False) is None:  # "None: not pretrained" would change meaning without the weights
         spec["requires_grad"] = not encoder.frozen
-    return {"name": name, "params": _plain_copy(spec)} if _is_plain(spec) else None
+    return {"name": name, "params": plain_copy(spec)} if is_plain_data(spec) else None
 
 
 def _recording(cls: type, init: Callable[..., None]) -> Callable[..., None]:
@@ -122,7 +104,7 @@ def encoder_rebuild_spec(encoder: nn.Module) -> dict[str, Any] | None:
     spec = getattr(encoder, "encoder_spec", None)
     if spec is None or getattr(encoder, "_spec_structure", None) != _structure(encoder):
         return None
-    return _plain_copy(spec)
+    return plain_copy(spec)
 
 
 class EncoderSpec(DeclaresFeatures):

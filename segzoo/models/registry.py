@@ -17,7 +17,7 @@ from typing import Any
 import torch.nn as nn
 
 from segzoo.errors import ConfigError
-from segzoo.registry import Registry
+from segzoo.registry import Registry, is_plain_data, plain_copy
 from segzoo.unwrap import unwrap_model
 
 #: a callable building a model from keyword arguments (what the registry holds)
@@ -84,35 +84,17 @@ def _check_kwargs(name: str, factory: ModelFactory, params: dict[str, Any]) -> N
                         f"valid: {sorted(sig.parameters)}")
 
 
-def _is_plain(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
-    return False
-
-
 def set_model_spec(model: nn.Module, name: str, kwargs: dict[str, Any]) -> None:
     """Record ``{"name", "kwargs"}`` on ``model``, or ``None`` if kwargs are not plain data."""
-    spec = {"name": name, "kwargs": _plain_copy(kwargs)} if _is_plain(kwargs) else None
+    spec = {"name": name, "kwargs": plain_copy(kwargs)} if is_plain_data(kwargs) else None
     # object.__setattr__: nn.Module would refuse nothing here, but keep it out of state_dict
     object.__setattr__(model, "segzoo_spec", spec)
-
-
-def _plain_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_copy(v) for v in value]
-    return value
 
 
 def get_model_spec(model: nn.Module) -> dict[str, Any] | None:
     """Return the spec recorded on ``model`` (unwrapping DDP / torch.compile), or ``None``."""
     spec = getattr(unwrap_model(model), "segzoo_spec", None)
-    return _plain_copy(spec) if spec else None
+    return plain_copy(spec) if spec else None
 
 
 def model_from_spec(spec: dict[str, Any], for_checkpoint: bool = True) -> nn.Module:
@@ -131,7 +113,7 @@ def model_from_spec(spec: dict[str, Any], for_checkpoint: bool = True) -> nn.Mod
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
             or not isinstance(spec.get("kwargs", {}), dict):
         raise ConfigError(f"malformed model spec {spec!r}: expected {{'name': str, 'kwargs': dict}}")
-    kwargs = _plain_copy(spec.get("kwargs", {}))
+    kwargs = plain_copy(spec.get("kwargs", {}))
     if for_checkpoint:
         factory, _ = _lookup(spec["name"])
         accepted = inspect.signature(factory).parameters
