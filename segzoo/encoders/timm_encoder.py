@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from typing import Any
 
 import torch
 
 from segzoo.encoders.base import EncoderSpec, register_encoder
 from segzoo.encoders.vit import ViTEncoder, is_plain_vit
-from segzoo.encoders.weights import (
-    hub_offline,
-    offline,
-    timm_local_weights,
-    timm_missing_keys,
-    timm_weights_hint,
-)
+from segzoo.encoders.weights import timm_missing_keys, timm_weights_access, timm_weights_hint
 from segzoo.errors import (
     CheckpointError,
     NotFoundError,
@@ -139,22 +131,11 @@ class TimmEncoder(EncoderSpec):
         kwargs = dict(features_only=True, pretrained=pretrained, in_chans=in_channels, **timm_kwargs)
         if out_indices is not None:
             kwargs["out_indices"] = tuple(out_indices)
-        where = "the Hugging Face / torch hub caches"
-        overlay = timm_kwargs.get("pretrained_cfg_overlay")
-        local_file = overlay.get("file") if isinstance(overlay, dict) else None
-        if pretrained and local_file and not os.path.isfile(local_file):
-            raise FileNotFoundError(f"no such weights file: {local_file} (pretrained_cfg_overlay file of timm "
-                                    f"model {name!r})")
-        # an hf-hub: model's config comes from the hub even without weights: offline, from the cache only
-        stay_offline = (pretrained or source == "hf-hub") and offline()
-        if stay_offline and source is None:  # look in the caches first: no network request, no retries
-            local, where = timm_local_weights(name, timm_kwargs)
-            if not local:
-                raise WeightsUnavailableError(timm_weights_hint(name, where) + " (SEGZOO_OFFLINE is set)")
+        access, where, local_file = timm_weights_access(name, pretrained, timm_kwargs, source)
         cfg = None if source else timm.models.get_pretrained_cfg(timm.models.split_model_name_tag(name)[0])
         # a fixed img_size (Swin, ViT): ask for timm's dynamic size first, unless the caller chose the size
         dynamic = bool(cfg is not None and cfg.fixed_input_size and not any(k in timm_kwargs for k in SIZE_ARGUMENTS))
-        with hub_offline() if stay_offline else contextlib.nullcontext(), timm_missing_keys() as missing:
+        with access, timm_missing_keys() as missing:
             model = self._create(name, kwargs, dynamic, where) if dynamic else None
             model = model if model is not None else self._create(name, kwargs, False, where)
         kept = list(model.state_dict())  # the classifier timm drops for features_only is no loss

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segzoo.encoders.base import EncoderSpec, register_encoder
-from segzoo.encoders.weights import hub_offline, offline, timm_local_weights, timm_weights_hint
+from segzoo.encoders.weights import timm_weights_access, timm_weights_hint
 from segzoo.errors import WeightsUnavailableError, unknown_name_error
 
 READOUTS = ("ignore", "add", "cat")
@@ -123,20 +121,10 @@ class ViTEncoder(EncoderSpec):
 
     @staticmethod
     def _create(timm: Any, name: str, pretrained: bool, in_channels: int, timm_kwargs: dict[str, Any]) -> nn.Module:
-        """``timm.create_model`` with TimmEncoder's offline rules for pretrained weights."""
-        overlay = timm_kwargs.get("pretrained_cfg_overlay")
-        local_file = overlay.get("file") if isinstance(overlay, dict) else None
-        if pretrained and local_file and not os.path.isfile(local_file):
-            raise FileNotFoundError(f"no such weights file: {local_file} (pretrained_cfg_overlay file of timm "
-                                    f"model {name!r})")
-        where = "the Hugging Face / torch hub caches"
-        stay_offline = pretrained and offline()
-        if stay_offline:
-            local, where = timm_local_weights(name, timm_kwargs)
-            if not local:
-                raise WeightsUnavailableError(timm_weights_hint(name, where) + " (SEGZOO_OFFLINE is set)")
+        """``timm.create_model`` with TimmEncoder's rules for pretrained weights (:func:`timm_weights_access`)."""
+        access, where, _ = timm_weights_access(name, pretrained, timm_kwargs)
         try:
-            with hub_offline() if stay_offline else contextlib.nullcontext():
+            with access:
                 # dynamic_img_size: the patch embedding takes any size and returns (B, H/p, W/p, C)
                 return timm.create_model(name, pretrained=pretrained, in_chans=in_channels, num_classes=0,
                                          dynamic_img_size=True, **timm_kwargs)

@@ -119,6 +119,43 @@ def timm_weights_hint(name: str, where: str) -> str:
             f", or pretrained=False")
 
 
+def timm_weights_access(name: str, pretrained: bool, timm_kwargs: Mapping[str, object],
+                        source: str | None = None) -> tuple[contextlib.AbstractContextManager, str, str | None]:
+    """segzoo's rules for where a timm model's weights may come from, checked before it is built.
+
+    A local weights file (``pretrained_cfg_overlay=dict(file=...)``) must exist; with ``SEGZOO_OFFLINE``
+    set, a registry model's pretrained weights must already be in a cache (one error naming where it
+    looked and the local-file form), and an ``hf-hub:`` model (``source``) is read from the cache only.
+
+    Args:
+        name: the timm model name.
+        pretrained: whether pretrained weights are asked for.
+        timm_kwargs: the other ``timm.create_model`` arguments.
+        source: timm's source of the name (``"hf-hub"``, ``"local-dir"``) or ``None`` for a registry name.
+
+    Returns:
+        ``(context, where, local_file)``: the context to build the model in (no network when offline),
+        where the weights were looked for (for messages), and the local weights file or ``None``.
+
+    Raises:
+        FileNotFoundError: the local weights file does not exist.
+        WeightsUnavailableError: offline, and the weights are in no cache.
+    """
+    where = "the Hugging Face / torch hub caches"
+    overlay = timm_kwargs.get("pretrained_cfg_overlay")
+    local_file = overlay.get("file") if isinstance(overlay, dict) else None
+    if pretrained and local_file and not os.path.isfile(local_file):
+        raise FileNotFoundError(f"no such weights file: {local_file} (pretrained_cfg_overlay file of timm "
+                                f"model {name!r})")
+    # an hf-hub: model's config comes from the hub even without weights: offline, from the cache only
+    stay_offline = (pretrained or source == "hf-hub") and offline()
+    if stay_offline and source is None:  # look in the caches first: no network request, no retries
+        local, where = timm_local_weights(name, timm_kwargs)
+        if not local:
+            raise WeightsUnavailableError(timm_weights_hint(name, where) + " (SEGZOO_OFFLINE is set)")
+    return (hub_offline() if stay_offline else contextlib.nullcontext()), where, local_file
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
