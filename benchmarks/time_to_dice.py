@@ -45,6 +45,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 CONTENDERS = ("segzoo", "smp", "smp-tuned")
+#: besides the protocol's three: segzoo's trainer with ``precision="fp32"`` forced (the issue's "no slower than today")
+EXTRA_CONTENDERS = ("segzoo-fp32",)
 FILES = ("time_to_dice.json", "time_to_dice.png")
 
 
@@ -116,8 +118,9 @@ def plain_loop(model: nn.Module, data: dict[str, torch.Tensor], args: argparse.N
 
 
 def segzoo_run(model: nn.Module, data: dict[str, torch.Tensor], args: argparse.Namespace,
-               seed: int) -> tuple[list[tuple[float, float]], dict[str, Any]]:
-    """segzoo's trainer with its defaults. Returns ``[(seconds, dice)]`` and what it chose (threads, precision...)."""
+               seed: int, **settings: Any) -> tuple[list[tuple[float, float]], dict[str, Any]]:
+    """segzoo's trainer with its defaults (``settings``: train() keywords that override them, e.g.
+    ``precision="fp32"``). Returns ``[(seconds, dice)]`` and what it chose (threads, precision...)."""
     from segzoo.losses import BCEDiceLoss
     from segzoo.training import Callback, CallbackOrder, SupervisedRunner
     from segzoo.training.callbacks import DiceCallback
@@ -136,14 +139,15 @@ def segzoo_run(model: nn.Module, data: dict[str, torch.Tensor], args: argparse.N
     with tempfile.TemporaryDirectory(prefix="time_to_dice_") as logdir, contextlib.redirect_stdout(io.StringIO()):
         state = SupervisedRunner().train(model, BCEDiceLoss(), optimizer, loaders(data, args.batch_size, seed),
                                          Path(logdir) / "run", callbacks=[DiceCallback(threshold=0.5), Clock()],
-                                         num_epochs=args.epochs, main_metric="dice", minimize_metric=False)
+                                         num_epochs=args.epochs, main_metric="dice", minimize_metric=False,
+                                         **settings)
     chosen = {k: state.checkpoint_data.get(k) for k in ("threads", "precision", "layout", "compile")}
     return curve, chosen
 
 
 def build(contender: str, arch: str) -> nn.Module:
     """The contender's U-Net (B, 3, H, W) -> (B, 1, H, W), random weights."""
-    if contender == "segzoo":
+    if contender.startswith("segzoo"):
         from segzoo.models import create_model
 
         return create_model(f"{arch}_unet", num_classes=1, pretrained=False)
@@ -162,16 +166,19 @@ def run_all(args: argparse.Namespace, log: Callable[[str], None] = print) -> dic
     data = make_data(args.n_train, args.n_valid, args.size)
     runs = []
     default_threads = torch.get_num_threads()
+    contenders = tuple(args.contenders)
     for repeat in range(args.repeats):
-        order = CONTENDERS[repeat % 3:] + CONTENDERS[:repeat % 3]
+        shift = repeat % len(contenders)
+        order = contenders[shift:] + contenders[:shift]
         for contender in order:
             torch.set_num_threads(default_threads)  # each starts from torch's threads, as a user's script
             seed = args.seed + repeat
             torch.manual_seed(seed)
             model = build(contender, args.arch)
             chosen = None
-            if contender == "segzoo":
-                curve, chosen = segzoo_run(model, data, args, seed)
+            if contender.startswith("segzoo"):
+                forced = {"precision": "fp32"} if contender == "segzoo-fp32" else {}
+                curve, chosen = segzoo_run(model, data, args, seed, **forced)
             else:
                 curve = plain_loop(model, data, args, seed, tuned=contender == "smp-tuned")
             run = {"contender": contender, "repeat": repeat, "seed": seed, "curve": curve,
@@ -181,7 +188,7 @@ def run_all(args: argparse.Namespace, log: Callable[[str], None] = print) -> dic
             log(f"{contender:10s} repeat {repeat}: Dice {args.target} {shown}, final Dice {run['final_dice']:.4f} "
                 f"after {curve[-1][0]:.1f} s")
     summary = {}
-    for contender in CONTENDERS:
+    for contender in contenders:
         mine = [r for r in runs if r["contender"] == contender]
         reached = [r["time_to_target_s"] for r in mine if r["time_to_target_s"] is not None]
         summary[contender] = {
@@ -199,7 +206,7 @@ def plot(runs: list[dict[str, Any]], target: float) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(CONTENDERS, ("tab:green", "tab:red", "tab:blue")))
+    colours = dict(zip(CONTENDERS + EXTRA_CONTENDERS, ("tab:green", "tab:red", "tab:blue", "tab:olive")))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in runs:
         t, d = zip(*run["curve"])
@@ -215,13 +222,14 @@ def plot(runs: list[dict[str, Any]], target: float) -> bytes:
 
 
 def table(summary: dict[str, dict[str, Any]], target: float) -> str:
-    """The summary as a markdown table (for BENCHMARKS.md), with the speed-ups against smp's plain loop."""
-    base = summary["smp"]["median_time_to_target_s"]
-    lines = [f"| contender | time to Dice {target} (s) | vs smp | final Dice | s / epoch |", "|---|---|---|---|---|"]
+    """The summary as a markdown table (for BENCHMARKS.md), with the speed-ups against smp's plain and tuned loops."""
+    bases = [summary.get(name, {}).get("median_time_to_target_s") for name in ("smp", "smp-tuned")]
+    lines = [f"| contender | time to Dice {target} (s) | vs smp | vs smp-tuned | final Dice | s / epoch |",
+             "|---|---|---|---|---|---|"]
     for name, s in summary.items():
         t = s["median_time_to_target_s"]
-        ratio = f"{base / t:.2f}x" if t and base else "-"
-        lines.append(f"| {name} | {'not reached' if t is None else f'{t:.1f}'} | {ratio} | "
+        ratios = [f"{base / t:.2f}x" if t and base else "-" for base in bases]
+        lines.append(f"| {name} | {'not reached' if t is None else f'{t:.1f}'} | {ratios[0]} | {ratios[1]} | "
                      f"{s['median_final_dice']:.4f} | {s['median_epoch_s']:.2f} |")
     return "\n".join(lines)
 
@@ -239,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=0.95, help="the valid Dice to reach")
     p.add_argument("--repeats", type=int, default=2, help="runs per contender (medians reported)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS + EXTRA_CONTENDERS,
+                   help="who runs (default: the protocol's three; segzoo-fp32: segzoo's trainer, precision fp32)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: resnet18, 64 px, 16 + 8 images, batch 8, 1 epoch, 1 repeat")
     p.add_argument("--out", default="benchmarks/results", help="output folder")

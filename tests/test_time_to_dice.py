@@ -15,7 +15,33 @@ def test_time_to_target_and_table():
     summary = {name: {"median_time_to_target_s": t, "median_final_dice": 0.97, "median_epoch_s": 9.0, "reached": "2/2"}
                for name, t in (("segzoo", 40.0), ("smp", 100.0), ("smp-tuned", None))}
     text = ttd.table(summary, 0.95)
-    assert "| segzoo | 40.0 | 2.50x |" in text and "| smp-tuned | not reached | - |" in text
+    assert "| segzoo | 40.0 | 2.50x | - |" in text and "| smp-tuned | not reached | - | - |" in text
+    summary["smp-tuned"]["median_time_to_target_s"] = 60.0
+    assert "| segzoo | 40.0 | 2.50x | 1.50x |" in ttd.table(summary, 0.95)
+
+
+def test_segzoo_fp32_contender_forces_fp32_and_order_rotates(monkeypatch):
+    calls = []
+
+    def fake_segzoo(model, data, args, seed, **settings):
+        calls.append(("segzoo", settings))
+        return [(1.0, 0.96)], {"precision": settings.get("precision", "auto")}
+
+    def fake_plain(model, data, args, seed, tuned):
+        calls.append(("smp", {"tuned": tuned}))
+        return [(2.0, 0.9)]
+
+    monkeypatch.setattr(ttd, "segzoo_run", fake_segzoo)
+    monkeypatch.setattr(ttd, "plain_loop", fake_plain)
+    monkeypatch.setattr(ttd, "build", lambda contender, arch: None)
+    monkeypatch.setattr(ttd, "make_data", lambda *a: {})
+    args = ttd.argparse.Namespace(n_train=1, n_valid=1, size=32, repeats=2, seed=0, arch="resnet18", target=0.95,
+                                  contenders=["segzoo-fp32", "smp"])
+    result = ttd.run_all(args, log=lambda line: None)
+    assert [r["contender"] for r in result["runs"]] == ["segzoo-fp32", "smp", "smp", "segzoo-fp32"]
+    assert calls[0] == ("segzoo", {"precision": "fp32"}) and calls[1] == ("smp", {"tuned": False})
+    assert set(result["summary"]) == {"segzoo-fp32", "smp"}
+    assert result["summary"]["smp"]["median_time_to_target_s"] is None
 
 
 def test_same_data_and_batch_order_for_every_contender():
