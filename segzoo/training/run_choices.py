@@ -285,4 +285,12 @@ def startup_line(state: RunnerState) -> str:
             f"precision {precision.get('precision', '?')} ({precision.get('source', '?')}); "
             f"layout train={shown.get(layout.get('train'), '?')} forward={shown.get(layout.get('forward'), '?')} "
             f"({layout.get('source', '?')}); compile {'on' if compiled.get('compiled') else 'off'} "
-            f"({compiled.get('source', '?')})")
+            f"({compiled.get('source', '?')})" + _kernel_text(data.get("optimizer_kernel")))
+
+
+def _kernel_text(kernel: Any) -> str:
+    if isinstance(kernel, dict):
+        return f"; optimizer step {kernel.get('kernel', '?')}"
+    if isinstance(kernel, list) and kernel:
+        return "; optimizer steps " + ", ".join(str(k.get("kernel", "?")) for k in kernel if isinstance(k, dict))
+    return ""

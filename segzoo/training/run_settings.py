@@ -34,6 +34,7 @@ import torch
 from segzoo.checkpoint_format import FORMER_DEFAULTS, RUN_SETTINGS_KEY
 from segzoo.errors import CheckpointError, short_repr
 from segzoo.models.registry import _WEIGHT_SOURCES, get_model_spec
+from segzoo.training.optimizer_kernel import switched_by_segzoo
 
 FORMAT = 1
 
@@ -142,9 +143,11 @@ def optimizer_hparams(optimizer: Any) -> Any:
         return {k: optimizer_hparams(v) for k, v in optimizer.items()}
     if not hasattr(optimizer, "param_groups"):
         return None
-    groups = []
+    groups, switched = [], switched_by_segzoo(optimizer)
     for group in optimizer.param_groups:
         hp = {k: _plain_hparam(v) for k, v in group.items() if k not in ("params", "initial_lr", "param_names")}
+        if switched:  # the user's setting, not the fused step segzoo chose (segzoo.training.optimizer_kernel)
+            hp["fused"] = None
         if "initial_lr" in group:
             hp["lr"] = _plain_hparam(group["initial_lr"])
         groups.append(hp)

@@ -42,6 +42,7 @@ from segzoo.training.defaults import (
 )
 from segzoo.training.logdir import LogdirClaim, check_logdir_path
 from segzoo.training.loop import Hooks, TrainingLoop, amp_dtype, prepare_model, seed_everything
+from segzoo.training.optimizer_kernel import choose_run_kernels
 from segzoo.training.resume import load_resume, restore_after_resume, start_point
 from segzoo.training.run_choices import (
     AMP_DTYPES,
@@ -236,6 +237,8 @@ class Runner(abc.ABC):
         else:
             claim = LogdirClaim(logdir, resume=resume, overwrite=settings.overwrite_logdir)
         loop = TrainingLoop(state, self.batch_to_dict, self.forward, loaders)
+        # before a resumed run loads its optimizer state: it steps as the uninterrupted run did
+        state.checkpoint_data["optimizer_kernel"] = choose_run_kernels([optimizer, *(s.optimizer for s in stages)])
         threads, threads_before = apply_threads()  # given back when train() ends, also on an error
         state.checkpoint_data["threads"] = {"threads": threads.threads, "source": threads.source}
         with restored_threads(threads_before), claim:
