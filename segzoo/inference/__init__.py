@@ -105,7 +105,12 @@ def from_loaded(loaded: LoadedModel, backend: str = "eager", normalization: Mapp
 
     The TorchScript and ONNX backends are built from the model in memory and checked against it
     on a random input (:data:`TOLERANCES`); int8 reports its mask agreement on the calibration images.
+    ``backend="auto"`` (one line on ``log`` says what and why) or ``None`` (the same, said only when a
+    precision report exists): what the checkpoint's precision report allows
+    (:func:`segzoo.inference.precision_check.auto_backend`), else ``eager``.
     """
+    if backend in ("auto", None):
+        return _auto(loaded, normalization, threads, fold, log, announce=backend == "auto")
     model = loaded.model
     channels = int(getattr(model, "in_channels", None) or 3)
     norm, norm_source = _resolve_normalization(loaded.normalization, normalization, loaded.path, log)
@@ -114,6 +119,8 @@ def from_loaded(loaded: LoadedModel, backend: str = "eager", normalization: Mapp
     eager = Predictor.from_module(model, norm, fold=fold, info=info)
     if backend == "eager":
         return eager
+    if backend == "torch-bf16":
+        return _bf16(eager, log)
     example = _example(channels, eager.size_multiple)
     reference, ref_labels = eager._forward(example)
     if backend == "torchscript":
@@ -144,16 +151,70 @@ def _quantized(fp32: Predictor, model_bytes: bytes, calibration: Any, count: int
         raise ValueError("the onnxruntime-int8 backend needs calibration images: pass --calibration FOLDER "
                          "(some of your own images, e.g. 16)")
     inputs = Q.calibration_inputs(calibration, fp32.preprocess, count or Q.DEFAULT_CALIBRATION_COUNT)
-    session = B.ort_session(Q.quantize_onnx(model_bytes, inputs), threads)
-    int8 = Predictor(B.OnnxBackend(session, "onnxruntime-int8"), fp32.normalization, fp32.in_channels,
-                     fp32._num_classes, fp32.size_multiple, {**fp32.info, "calibration": str(calibration)})
-    if fp32._probed:
-        int8._know_aux(fp32._aux_classes)
+    return quantize_inputs(fp32, model_bytes, inputs, show_path(calibration), threads, log)[0]
+
+
+def quantize_inputs(fp32: Predictor, model_bytes: bytes, inputs: Sequence[Any], where: str, threads: int | None,
+                    log: Callable[[str], None] = _stderr) -> tuple[Predictor, bytes]:
+    """An ``onnxruntime-int8`` predictor of ``fp32`` (an onnxruntime predictor of ``model_bytes``), statically
+    quantized on ``inputs`` (normalized (1, C, H, W) float32 arrays; ``where`` names them), and its model bytes.
+
+    Logs the int8 masks' Dice agreement with float32 on ``inputs``.
+    """
+    from segzoo.inference import quantize as Q
+
+    int8_bytes = Q.quantize_onnx(model_bytes, inputs)
+    int8 = _int8_predictor(fp32, B.ort_session(int8_bytes, threads), where)
     report = Q.agreement(fp32, int8, inputs)
     int8.info["int8_agreement"] = report
-    log(f"segzoo: int8 calibrated on {report['images']} image(s) of {show_path(calibration)}: masks agree with "
+    log(f"segzoo: int8 calibrated on {report['images']} image(s) of {where}: masks agree with "
         f"float32 at Dice {report['mask_dice_vs_fp32']:.4f} (largest logit change {report['max_abs_logit_diff']:.3g})")
+    return int8, int8_bytes
+
+
+def _int8_predictor(fp32: Predictor, session: Any, calibration: str) -> Predictor:
+    int8 = Predictor(B.OnnxBackend(session, "onnxruntime-int8"), fp32.normalization, fp32.in_channels,
+                     fp32._num_classes, fp32.size_multiple, {**fp32.info, "calibration": calibration})
+    if fp32._probed:
+        int8._know_aux(fp32._aux_classes)
     return int8
+
+
+def _bf16(eager: Predictor, log: Callable[[str], None]) -> Predictor:
+    """``torch-bf16``: the eager predictor's (folded) module under bf16 autocast; a warning where bf16 is emulated."""
+    from segzoo.hardware.precision import native_bf16
+
+    backend = eager.backend
+    native, why = native_bf16(backend.device)
+    if not native:
+        log(f"segzoo: warning: torch-bf16 on {backend.device}: {why}, so bf16 is emulated here (slower than eager); "
+            f"--backend auto never picks it")
+    built = B.TorchBackend(backend.module, "torch-bf16", backend.device, backend.channels_last_input,
+                           autocast=torch.bfloat16)
+    bf16 = Predictor(built, eager.normalization, eager.in_channels, eager._num_classes, eager.size_multiple,
+                     {**eager.info, "native_bf16": native, "bf16_reason": why})
+    if eager._probed:
+        bf16._know_aux(eager._aux_classes)
+    example = _example(eager.in_channels, eager.size_multiple)
+    if not all(bool(torch.isfinite(t).all()) for t in bf16._forward(example) if t is not None):
+        raise BackendMismatchError("the torch-bf16 backend gives non-finite logits (bf16 overflow); use --backend eager")
+    return bf16
+
+
+def _auto(loaded: LoadedModel, normalization: Mapping[str, Any] | None, threads: int | None, fold: bool,
+          log: Callable[[str], None], announce: bool) -> Predictor:
+    """``--backend auto``: the backend the checkpoint's precision report allows (:mod:`segzoo.inference.precision_check`)."""
+    from segzoo.inference.precision_check import auto_backend, report_path
+
+    device = next(loaded.model.parameters(), torch.empty(0)).device
+    if not announce and not os.path.lexists(report_path(loaded.path)):  # the default, and nothing measured: eager
+        return from_loaded(loaded, "eager", normalization, threads, fold=fold, log=log)
+    choice = auto_backend(loaded.path, device)
+    log(f"segzoo: --backend auto: {choice.reason}")
+    if choice.int8_model is None:
+        return from_loaded(loaded, choice.backend, normalization, threads, fold=fold, log=log)
+    eager = from_loaded(loaded, "eager", normalization, threads, fold=fold, log=log)
+    return _int8_predictor(eager, B.ort_session(choice.int8_model, threads), "the precision check's")
 
 
 def load_predictor(source: str | os.PathLike, backend: str | None = None, checkpoint: str = "best",
@@ -165,8 +226,9 @@ def load_predictor(source: str | os.PathLike, backend: str | None = None, checkp
 
     Args:
         source: the model (see the module docstring).
-        backend: one of :data:`BACKENDS` (``None``: ``eager`` for checkpoints and ``.pt2`` files,
-            ``torchscript`` for TorchScript files, ``onnxruntime`` for ONNX files).
+        backend: one of :data:`BACKENDS` or ``auto`` (``None``: ``auto``, quietly when nothing was measured,
+            for checkpoints: see :func:`from_loaded`; ``eager`` for ``.pt2`` files, ``torchscript`` for
+            TorchScript files, ``onnxruntime`` for ONNX files).
         checkpoint: ``best`` | ``last`` | ``STAGE.EPOCH`` | a path, for log directories.
         model_factory: ``"package.module:factory"`` for checkpoints of models outside the registry.
         device: ``cpu`` | ``cuda[:N]`` (torch backends only).
@@ -184,11 +246,14 @@ def load_predictor(source: str | os.PathLike, backend: str | None = None, checkp
         BackendMismatchError: a backend made from a checkpoint does not match the eager model.
     """
     kind = source_kind(source)
-    backend = backend or {"checkpoint": "eager", "torchscript": "torchscript", "program": "eager",
-                          "onnx": "onnxruntime"}[kind]
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend not in _KIND_BACKENDS[kind]:
+    default = {"checkpoint": None, "torchscript": "torchscript", "program": "eager", "onnx": "onnxruntime"}[kind]
+    if backend == "auto" and kind != "checkpoint":
+        log(f"segzoo: --backend auto: {default}: a precision check needs a checkpoint or log directory")
+        backend = default
+    backend = backend or default
+    if backend not in (*BACKENDS, "auto", None):
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or auto")
+    if backend not in (*_KIND_BACKENDS[kind], "auto", None):
         raise ValueError(f"{show_path(source)} is {_KIND_NAMES[kind]}, which runs on the "
                          f"{' or '.join(_KIND_BACKENDS[kind])} backend, not {backend}")
     if threads is not None:
@@ -196,7 +261,7 @@ def load_predictor(source: str | os.PathLike, backend: str | None = None, checkp
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    if backend.startswith("onnxruntime") and dev.type != "cpu":
+    if (backend or "").startswith("onnxruntime") and dev.type != "cpu":
         raise ValueError(f"the {backend} backend runs on the CPU; use --device cpu")
     if kind == "checkpoint":
         loaded = load_model_info(source, checkpoint, model_factory, map_location=dev)
