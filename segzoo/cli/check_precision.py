@@ -1,7 +1,7 @@
 """``segzoo check-precision LOGDIR``: Dice of bf16 and int8 inference against float32 on the run's valid set.
 
-Arguments: :func:`segzoo.cli.args.add_check_precision_arguments`; the work:
-:mod:`segzoo.inference.precision_check`. The valid set is the run's (``LOGDIR/config.yml``: the
+Arguments: :func:`segzoo.cli.args.add_check_precision_arguments`; the work: :mod:`segzoo.inference.precision_check`
+and :mod:`segzoo.inference.precision_report`. The valid set is the run's (``LOGDIR/config.yml``: the
 procedural dataset or the valid folders), or ``--images``/``--masks``; the report is written next to
 the checkpoint (``checkpoints/best.precision.json``) and read by ``--backend auto``.
 """
@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``segzoo check-precision``: measure, print one line per backend, write the report."""
     from segzoo.checkpoint import resolve_checkpoint
     from segzoo.device import resolve_device
-    from segzoo.inference.precision_check import check_precision, check_writable, summary_lines, write_report
+    from segzoo.inference.precision_check import check_precision
+    from segzoo.inference.precision_report import check_writable, summary_lines, write_report
     from segzoo.loading import load_model_info
 
     if args.limit is not None and args.limit < 1:

@@ -107,7 +107,7 @@ def from_loaded(loaded: LoadedModel, backend: str = "eager", normalization: Mapp
     on a random input (:data:`TOLERANCES`); int8 reports its mask agreement on the calibration images.
     ``backend="auto"`` (one line on ``log`` says what and why) or ``None`` (the same, said only when a
     precision report exists): what the checkpoint's precision report allows
-    (:func:`segzoo.inference.precision_check.auto_backend`), else ``eager``.
+    (:func:`segzoo.inference.precision_report.auto_backend`), else ``eager``.
     """
     if backend in ("auto", None):
         return _auto(loaded, normalization, threads, fold, log, announce=backend == "auto")
@@ -203,8 +203,8 @@ def _bf16(eager: Predictor, log: Callable[[str], None]) -> Predictor:
 
 def _auto(loaded: LoadedModel, normalization: Mapping[str, Any] | None, threads: int | None, fold: bool,
           log: Callable[[str], None], announce: bool) -> Predictor:
-    """``--backend auto``: the backend the checkpoint's precision report allows (:mod:`segzoo.inference.precision_check`)."""
-    from segzoo.inference.precision_check import auto_backend, report_path
+    """``--backend auto``: the backend the checkpoint's precision report allows (:mod:`segzoo.inference.precision_report`)."""
+    from segzoo.inference.precision_report import auto_backend, report_path
 
     device = next(loaded.model.parameters(), torch.empty(0)).device
     if not announce and not os.path.lexists(report_path(loaded.path)):  # the default, and nothing measured: eager

@@ -16,7 +16,7 @@ from PIL import Image
 import segzoo.hardware.precision as hw_precision
 from segzoo.cli import main
 from segzoo.inference import load_predictor
-from segzoo.inference.precision_check import FORMAT, file_sha256, int8_model_path, report_path
+from segzoo.inference.precision_report import FORMAT, file_sha256, int8_model_path, report_path
 
 IMAGES = [random_image(64, 64, s) for s in range(3)]
 RUN = {
