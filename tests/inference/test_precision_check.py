@@ -222,12 +222,7 @@ def test_a_run_without_a_recorded_valid_set_says_so_or_takes_folders(logdir, tmp
     assert len(err) == 1 and "records no valid set" in err[0] and "--images" in err[0]
     assert main(["check-precision", str(logdir), "--images", str(tmp_path)]) == 2
     assert "together" in capsys.readouterr().err
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    for i, image in enumerate(IMAGES):
-        Image.fromarray(image).save(images / f"{i}.png")
-        Image.fromarray((image[..., 0] // 100).astype(np.uint8)).save(masks / f"{i}.png")  # classes 0..2
+    images, masks = _folders(tmp_path)
     monkeypatch.setattr(hw_precision, "native_bf16", _native(True))
     assert main(["check-precision", str(logdir), "--images", str(images), "--masks", str(masks),
                  "--backends", "torch-bf16"]) == 0
@@ -245,3 +240,32 @@ def test_predict_cli_takes_torch_bf16_and_auto(logdir, tmp_path, capsys):
                      "--backend", backend, "--no-progress"]) == 0
         assert (tmp_path / backend / "a.png").is_file()
     assert "--backend auto: eager (fp32)" in capsys.readouterr().err
+
+
+def _folders(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i, image in enumerate(IMAGES):
+        Image.fromarray(image).save(images / f"{i}.png")
+        Image.fromarray((image[..., 0] // 100).astype(np.uint8)).save(masks / f"{i}.png")  # classes 0..2
+    return images, masks
+
+
+def test_auto_runs_the_int8_model_the_check_measured_and_no_other(logdir, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    images, masks = _folders(tmp_path)
+    assert main(["check-precision", str(logdir), "--images", str(images), "--masks", str(masks),
+                 "--backends", "onnxruntime-int8"]) == 0
+    ckpt = logdir / "checkpoints" / "best.pth"
+    report = json.loads(report_path(ckpt).read_text())
+    assert "first 3 measured images" in report["backends"]["onnxruntime-int8"]["calibration"]  # none recorded
+    fp32 = report["backends"]["eager"]["dice"]
+    report["backends"]["onnxruntime-int8"]["dice"] = fp32 - 0.001  # make it qualify whatever was measured
+    report_path(ckpt).write_text(json.dumps(report))
+    name, lines = _auto(logdir, monkeypatch)
+    assert name == "onnxruntime-int8" and "within 0.005" in lines[0]
+    model = int8_model_path(ckpt)
+    model.write_bytes(model.read_bytes() + b"\0")  # another file in its place
+    name, lines = _auto(logdir, monkeypatch)
+    assert name == "eager" and "not the one measured" in lines[0]
