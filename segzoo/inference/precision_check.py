@@ -117,7 +117,7 @@ def check_precision(loaded: Any, valid: ValidSet, backends: Sequence[str] | None
     """
     import torch
 
-    from segzoo.hardware import cpu_model
+    from segzoo.hardware import cpu_capability, cpu_model
     from segzoo.hardware.precision import native_bf16
     from segzoo.inference import backends as B
     from segzoo.inference import from_loaded
@@ -186,7 +186,7 @@ def check_precision(loaded: Any, valid: ValidSet, backends: Sequence[str] | None
     report = {"format": FORMAT, "version": 1, "checkpoint": {"name": Path(loaded.path).name,
                                                              "sha256": file_sha256(loaded.path)},
               "valid_set": valid.description, "images": count, "threshold": threshold,
-              "device": str(device), "cpu": cpu_model(), "native_bf16": {"native": native, "reason": why},
+              "device": str(device), "cpu": cpu_model(), "isa": cpu_capability(), "native_bf16": {"native": native, "reason": why},
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "tolerance": TOLERANCE,
               "backends": results}
     if int8_bytes is not None:

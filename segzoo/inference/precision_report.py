@@ -56,14 +56,16 @@ def int8_model_path(checkpoint: str | os.PathLike) -> Path:
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """One line per backend: its Dice against the ground truth and against float32."""
     fp32 = report["backends"]["eager"]["dice"]
-    lines = [f"{report['images']} images of {report['valid_set']}, on {report['device']} ({report['cpu']})",
+    lines = [f"{report['images']} images of {report['valid_set']}, on {report['device']} ({report['cpu']}, "
+             f"{report.get('isa', '?')})",
              f"  eager (fp32)       Dice {fp32:.4f}"]
     for name in REDUCED:
         r = report["backends"].get(name)
         if r is None:
             continue
         ok = "within" if r["delta"] <= TOLERANCE else "NOT within"
-        lines.append(f"  {name:<18} Dice {r['dice']:.4f} ({r['delta']:+.4f} below fp32, {ok} {TOLERANCE}); "
+        side = "below" if r["delta"] >= 0 else "above"
+        lines.append(f"  {name:<18} Dice {r['dice']:.4f} ({abs(r['delta']):.4f} {side} fp32, {ok} {TOLERANCE}); "
                      f"masks agree with fp32's at Dice {r['dice_vs_fp32']:.4f}")
     return lines
 
@@ -203,6 +205,6 @@ def auto_backend(checkpoint: str | os.PathLike, device: Any = "cpu") -> AutoChoi
         return AutoChoice("eager", f"eager (fp32): {measured}; no reduced precision within {TOLERANCE}"
                                    + (f" ({', '.join(refused)})" if refused else ""))
     value, _, backend = max(candidates)
-    return AutoChoice(backend, f"{backend}: valid Dice {value:.4f} against fp32's {fp32:.4f}, within {TOLERANCE} "
-                               f"({report_path(checkpoint).name})",
+    return AutoChoice(backend, f"{backend}: its valid Dice {value:.4f} is within {TOLERANCE} of fp32's {fp32:.4f} "
+                               f"({report.get('images', '?')} images, {report_path(checkpoint).name})",
                       int8_model_path(checkpoint) if backend == "onnxruntime-int8" else None)
