@@ -58,9 +58,11 @@ def run(args: argparse.Namespace) -> int:
     from segzoo.inference.precision_check import check_precision
     from segzoo.inference.precision_report import check_writable, summary_lines, write_report
     from segzoo.loading import load_model_info
+    from segzoo.predict import check_options
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    check_options(threshold=args.threshold, batch_size=args.batch_size)
     path = resolve_checkpoint(args.logdir, args.checkpoint)
     check_writable(path, args.force)  # before the measurement: never lose it to an existing file
     loaded = load_model_info(path, model_factory=args.model, map_location=resolve_device(args.device))

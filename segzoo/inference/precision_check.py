@@ -13,6 +13,7 @@ checkpoint, and ``segzoo check-precision LOGDIR`` does both; ``--backend auto`` 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -91,7 +92,7 @@ def _masks(predictor: Any, images: Sequence[np.ndarray], threshold: float, batch
 
 def check_precision(loaded: Any, valid: ValidSet, backends: Sequence[str] | None = None, threshold: float = 0.5,
                     batch_size: int = 8, limit: int | None = None, calibration: str | os.PathLike | None = None,
-                    threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                    threads: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure float32 (``eager``) and reduced-precision backends of a checkpoint on ``valid``.
 
     Args:
@@ -105,7 +106,7 @@ def check_precision(loaded: Any, valid: ValidSet, backends: Sequence[str] | None
         calibration: a folder of images int8 is calibrated on (default: ``valid.calibration``, else the
             first measured images).
         threads: onnxruntime's intra-op threads.
-        log: where progress lines go.
+        log: where warnings and the int8 calibration line go (default: stderr).
 
     Returns:
         The report (see :func:`write_report`): ``backends[name]`` has ``dice`` (against the ground truth)
@@ -123,6 +124,9 @@ def check_precision(loaded: Any, valid: ValidSet, backends: Sequence[str] | None
     from segzoo.inference import from_loaded
     from segzoo.inference.quantize import mask_dice
 
+    if log is None:
+        def log(line: str) -> None:
+            print(line, file=sys.stderr)
     device = next(loaded.model.parameters(), torch.empty(0)).device
     if backends is None:
         backends = ["torch-bf16"]
@@ -138,16 +142,16 @@ def check_precision(loaded: Any, valid: ValidSet, backends: Sequence[str] | None
     count = len(valid) if limit is None else min(len(valid), int(limit))
     if count < 1:
         raise ValueError(f"no images to measure on in {valid.description}")
-    quiet: Callable[[str], None] = lambda _line: None  # noqa: E731  (from_loaded's normalization warning: once)
     predictors = {"eager": from_loaded(loaded, "eager", fold=True, log=log)}
+    norm = predictors["eager"].normalization  # given to the others: a missing one is warned about once
     if "torch-bf16" in backends:
-        predictors["torch-bf16"] = from_loaded(loaded, "torch-bf16", log=log)
+        predictors["torch-bf16"] = from_loaded(loaded, "torch-bf16", norm, log=log)
     int8_bytes = cal_text = None
     if "onnxruntime-int8" in backends:
         from segzoo.inference import quantize_inputs
         from segzoo.inference.predictor import _example
 
-        onnx_fp32 = from_loaded(loaded, "onnxruntime", threads=threads, log=quiet)
+        onnx_fp32 = from_loaded(loaded, "onnxruntime", norm, threads=threads, log=log)
         if calibration is not None:
             from segzoo.inference.quantize import calibration_inputs
 
