@@ -269,3 +269,20 @@ def test_auto_runs_the_int8_model_the_check_measured_and_no_other(logdir, tmp_pa
     model.write_bytes(model.read_bytes() + b"\0")  # another file in its place
     name, lines = _auto(logdir, monkeypatch)
     assert name == "eager" and "not the one measured" in lines[0]
+
+
+@pytest.mark.slow
+def test_serve_backend_auto_follows_the_report_and_says_so(logdir, tmp_path):
+    pytest.importorskip("fastapi")
+    import httpx
+    from _serving import Server
+
+    _report(logdir, 0.95, 0.949)
+    server = Server(logdir, "--backend", "auto", tmp=tmp_path)
+    try:
+        backend = httpx.get(server.url + "/v1/model").json()["backend"]
+    finally:
+        assert server.stop() == 0
+    native = hw_precision.native_bf16("cpu")[0]  # the subprocess asks the real detector
+    assert backend == ("torch-bf16" if native else "eager")
+    assert sum("--backend auto: " in line for line in server.log().splitlines()) == 1
