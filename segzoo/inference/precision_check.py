@@ -109,12 +109,12 @@ def check_precision(loaded: Any, valid: ValidSet, backends: Sequence[str] | None
         log: where warnings and the int8 calibration line go (default: stderr).
 
     Returns:
-        The report (see :func:`write_report`): ``backends[name]`` has ``dice`` (against the ground truth)
+        The report (see :func:`segzoo.inference.precision_report.write_report`): ``backends[name]`` has ``dice`` (against the ground truth)
         and, for the reduced ones, ``dice_vs_fp32`` and ``delta`` (float32's Dice minus theirs); the int8
         model's bytes are under the key ``_int8_bytes`` (not written into the JSON).
 
     Raises:
-        ValueError: an unknown backend, an empty valid set.
+        ValueError: an unknown backend, an empty valid set, int8 asked for without onnxruntime.
     """
     import torch
 
@@ -139,6 +139,11 @@ def check_precision(loaded: Any, valid: ValidSet, backends: Sequence[str] | None
     unknown = [b for b in backends if b not in REDUCED]
     if unknown:
         raise ValueError(f"unknown reduced-precision backend {unknown[0]!r}; choose among {', '.join(REDUCED)}")
+    if "onnxruntime-int8" in backends:
+        try:
+            B.require_onnxruntime()
+        except ModuleNotFoundError as exc:  # asked for by name: one line naming the extra, before any work
+            raise ValueError(str(exc)) from None
     count = len(valid) if limit is None else min(len(valid), int(limit))
     if count < 1:
         raise ValueError(f"no images to measure on in {valid.description}")
