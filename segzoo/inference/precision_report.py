@@ -206,5 +206,6 @@ def auto_backend(checkpoint: str | os.PathLike, device: Any = "cpu") -> AutoChoi
                                    + (f" ({', '.join(refused)})" if refused else ""))
     value, _, backend = max(candidates)
     return AutoChoice(backend, f"{backend}: its valid Dice {value:.4f} is within {TOLERANCE} of fp32's {fp32:.4f} "
-                               f"({report.get('images', '?')} images, {report_path(checkpoint).name})",
+                               f"({report.get('images', '?')} images, {report_path(checkpoint).name})"
+                               + (f"; not {', '.join(refused)}" if refused else ""),
                       int8_model_path(checkpoint) if backend == "onnxruntime-int8" else None)
