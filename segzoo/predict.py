@@ -312,7 +312,8 @@ def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathL
     """Load a model with :func:`segzoo.inference.load_predictor` and run :func:`predict_images` on it.
 
     ``logdir_or_file`` is a log directory, a checkpoint, a TorchScript, ``.pt2`` or ONNX file;
-    ``backend`` one of :data:`segzoo.inference.BACKENDS` (default: the source's own). The
+    ``backend`` one of :data:`segzoo.inference.BACKENDS` or ``auto`` (default: the source's own; for a
+    checkpoint ``auto``, see :func:`segzoo.inference.from_loaded`). The
     normalization stored with the model is used unless ``normalization`` is given (ImageNet's,
     with a warning, if there is none). ``source`` is a folder, an image or a list of images;
     ``options`` are :func:`predict_images`'s keyword arguments. Inputs and outputs are checked
@@ -320,8 +321,8 @@ def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathL
     """
     check_options(options.get("threshold", 0.5), options.get("batch_size", 1), options.get("tile"),
                   options.get("tile_overlap"), options.get("max_pixels", MAX_PIXELS))
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend is not None and backend not in (*BACKENDS, "auto"):
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or auto")
     if isinstance(source, (str, os.PathLike)):
         images = list_images(source)
     else:
@@ -333,7 +334,7 @@ def predict_checkpoint(logdir_or_file: str | os.PathLike, source: str | os.PathL
                   calibration_count=calibration_count)
     if source_kind(logdir_or_file) == "checkpoint":
         loaded = load_model_info(logdir_or_file, checkpoint, model_factory, map_location=dev)
-        predictor = from_loaded(loaded, backend or "eager", **common)
+        predictor = from_loaded(loaded, backend, **common)  # None: auto, said only when a precision check exists
     else:
         predictor = load_predictor(logdir_or_file, backend, device=str(dev), **common)
     return predict_images(predictor, images, output, **options)

@@ -217,7 +217,7 @@ def test_command_modules_import_the_library_only_when_they_run():
 
     modules = sorted({module for module, _ in COMMANDS.values()})
     assert modules == sorted(f"segzoo.cli.{c}" for c in ("models", "train", "tune", "export", "predict",
-                                                          "benchmark", "serve", "hardware"))
+                                                          "benchmark", "serve", "hardware", "check_precision"))
     code = ("import importlib, json, sys\n"
             f"mods = [importlib.import_module(m) for m in {modules!r}]\n"
             "assert all(callable(m.run) for m in mods)\n"

@@ -1,4 +1,4 @@
-"""The ``segzoo`` command: ``segzoo models | train | tune | trace | export | predict | benchmark | serve | hardware``.
+"""The ``segzoo`` command: ``segzoo models | train | tune | trace | export | predict | benchmark | serve | hardware | check-precision``.
 
 Each subcommand's arguments are declared in :mod:`segzoo.cli.args`, which does not import
 torch, so ``--help``, usage errors and ``segzoo models`` answer at once. Each command's
@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("segzoo.cli.benchmark", "measure speed and memory of models"),
     "serve": ("segzoo.cli.serve", "serve a model over HTTP (FastAPI + uvicorn)"),
     "hardware": ("segzoo.cli.hardware", "show (or --calibrate: measure and cache) this machine's layout choice"),
+    "check-precision": ("segzoo.cli.check_precision", "Dice of bf16 and int8 inference against fp32 on a run's "
+                                                      "valid set (read by --backend auto)"),
 }
 
 # errors a user can cause; anything else is a bug and keeps its traceback

@@ -130,7 +130,7 @@ def add_export_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 # ---- `segzoo predict` / `segzoo serve` ----------------------------------------------------------
 
 #: segzoo.inference.BACKENDS (checked equal by a test)
-INFERENCE_BACKENDS = ("eager", "torchscript", "onnxruntime", "onnxruntime-int8")
+INFERENCE_BACKENDS = ("eager", "torchscript", "onnxruntime", "onnxruntime-int8", "torch-bf16")
 #: segzoo.data.folder.IMAGE_SUFFIXES and MAX_PIXELS, segzoo.predict.MIN_TILE and MAX_BATCH_SIZE
 #: (checked equal by a test)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -162,9 +162,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model-loading options shared by ``segzoo predict`` and ``segzoo serve``."""
     parser.add_argument("-c", "--checkpoint", default="best", help="best | last | STAGE.EPOCH | path (default best)")
     parser.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY", help=_MODEL_FACTORY_HELP)
-    parser.add_argument("--backend", choices=INFERENCE_BACKENDS, default=None,
-                        help="eager | torchscript | onnxruntime | onnxruntime-int8 (default: eager for "
-                             "checkpoints and .pt2, torchscript for TorchScript files, onnxruntime for .onnx)")
+    parser.add_argument("--backend", choices=(*INFERENCE_BACKENDS, "auto"), default=None,
+                        help="eager | torchscript | onnxruntime | onnxruntime-int8 | torch-bf16 (bf16 autocast) | "
+                             "auto: bf16 or int8 where 'segzoo check-precision' measured their valid Dice within "
+                             "0.005 of fp32's, else eager (default: auto for checkpoints, said in one line when a "
+                             "check exists; eager for .pt2, torchscript for TorchScript files, onnxruntime for .onnx)")
     parser.add_argument("--mean", type=float, nargs="+", default=None,
                         help="normalization mean per channel (overrides the stored one; needed for files without it)")
     parser.add_argument("--std", type=float, nargs="+", default=None, help="normalization std per channel")
@@ -244,6 +246,28 @@ def add_serve_arguments(parser: argparse.ArgumentParser, command: str = "serve")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
+def add_check_precision_arguments(parser: argparse.ArgumentParser, command: str = "check-precision") -> None:
+    """Arguments of ``segzoo check-precision``."""
+    parser.add_argument("logdir", help="trainer log directory (with checkpoints/ and config.yml) or a checkpoint")
+    parser.add_argument("-c", "--checkpoint", default="best", help="best | last | STAGE.EPOCH | path (default best)")
+    parser.add_argument("--model", default=None, metavar="PKG.MODULE:FACTORY", help=_MODEL_FACTORY_HELP)
+    parser.add_argument("--images", default=None, metavar="FOLDER",
+                        help="images to measure on (default: the valid set of the run's config.yml)")
+    parser.add_argument("--masks", default=None, metavar="FOLDER", help="their masks, paired by file name")
+    parser.add_argument("--backends", nargs="+", default=None, choices=("torch-bf16", "onnxruntime-int8"),
+                        help="reduced-precision backends to measure (default: torch-bf16, and onnxruntime-int8 "
+                             "when onnxruntime is installed)")
+    parser.add_argument("--calibration", default=None, metavar="FOLDER",
+                        help="images to calibrate int8 on (default: 16 of the run's train images)")
+    parser.add_argument("--limit", type=int, default=None, help="measure the first N valid images only")
+    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold of binary models")
+    parser.add_argument("--batch-size", type=_at_least(int, "batch size"), default=8, help="images per forward pass")
+    parser.add_argument("--threads", type=_at_least(int, "threads"), default=None,
+                        help="onnxruntime intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu; int8 is CPU only)")
+    parser.add_argument("--force", action="store_true", help="replace a previous check's report (never another file)")
+
+
 # ---- `segzoo benchmark` ---------------------------------------------------------------------------
 
 #: segzoo.benchmark.ARCHS (every architecture of the table) and the keys of segzoo.benchmark.measure.DTYPES
@@ -305,5 +329,6 @@ ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser, str], None]] = {
     "predict": add_predict_arguments,
     "benchmark": add_benchmark_arguments,
     "serve": add_serve_arguments,
+    "check-precision": add_check_precision_arguments,
     "hardware": add_hardware_arguments,
 }

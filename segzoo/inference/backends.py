@@ -4,6 +4,13 @@ A model built with ``aux_params`` gives ``(logits (B, K, H, W), labels (B, K'))`
 
 - ``eager``: the PyTorch module in eval mode under ``torch.inference_mode``, channels_last, with
   every BatchNorm that directly follows a convolution folded into it (:func:`fold_conv_bn`).
+- ``torch-bf16``: the same module under bf16 autocast (weights kept float32; logits float32). Autocast
+  rather than bf16 weights: it runs the convolutions and matrix products in bf16, where the FLOPs
+  are, and keeps the ops whose accuracy bf16 would cost (softmax, norms, interpolation, reductions)
+  in float32, exactly as training's ``precision: bf16`` did, so the masks are those the run was
+  validated with; casting the weights costs one pass over the parameters per forward, small
+  beside the activations' work. Native (fast) on CPUs with AVX512-BF16 / AMX and CUDA sm80+
+  (:func:`segzoo.hardware.precision.native_bf16`); elsewhere emulated, and slower than ``eager``.
 - ``torchscript``: a TorchScript file, or the eager model traced and frozen.
 - ``onnxruntime``: an ONNX file, or the model exported to ONNX in memory; all graph
   optimizations on, intra-op threads set, one inter-op thread.
@@ -17,6 +24,7 @@ normalization, as the models do themselves) and crop back.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
@@ -31,7 +39,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from segzoo.errors import install_hint
 
-BACKENDS = ("eager", "torchscript", "onnxruntime", "onnxruntime-int8")
+BACKENDS = ("eager", "torchscript", "onnxruntime", "onnxruntime-int8", "torch-bf16")
 ONNX_OPSET = 17
 _AXES = {0: "batch", 2: "height", 3: "width"}
 
@@ -54,20 +62,27 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """Run a module (eager, a ``.pt2`` program's module or a TorchScript module) without autograd."""
+    """Run a module (eager, a ``.pt2`` program's module or a TorchScript module) without autograd.
+
+    ``autocast``: a dtype (``torch.bfloat16`` for ``torch-bf16``) the module runs under ``torch.autocast``
+    in; the outputs are float32 whatever it is.
+    """
 
     def __init__(self, module: Callable[[torch.Tensor], torch.Tensor], name: str = "eager",
                  device: torch.device | str = "cpu", channels_last_input: bool = False,
-                 pad_multiple: int = 1, min_size: int = 1) -> None:
+                 pad_multiple: int = 1, min_size: int = 1, autocast: torch.dtype | None = None) -> None:
         self.module = module
         self.name = name
         self.device = torch.device(device)
         self.channels_last_input = channels_last_input
         self.pad_multiple = pad_multiple
         self.min_size = min_size
+        self.autocast = autocast
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        cast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None \
+            else contextlib.nullcontext()
+        with torch.inference_mode(), cast:
             x = x.to(self.device)
             if self.channels_last_input:
                 x = x.contiguous(memory_format=torch.channels_last)

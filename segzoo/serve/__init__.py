@@ -17,7 +17,7 @@ from __future__ import annotations
 
 #: the backends of :data:`segzoo.inference.BACKENDS`, here without importing torch (the command line
 #: repeats them in segzoo.cli.args; tests/test_cli_startup.py keeps the three equal)
-BACKENDS = ("eager", "torchscript", "onnxruntime", "onnxruntime-int8")
+BACKENDS = ("eager", "torchscript", "onnxruntime", "onnxruntime-int8", "torch-bf16")
 #: the port ``segzoo serve`` listens on unless ``--port`` says otherwise
 DEFAULT_PORT = 8000
 
