@@ -96,13 +96,18 @@ def check_names(cfg: dict[str, Any]) -> None:
 def build_loaders(data: dict[str, Any], seed: int) -> tuple[dict[str, DataLoader], dict[str, list[float]]]:
     """DataLoaders ``train`` / ``valid`` of the ``data`` section and the normalization they use.
 
+    The datasets get ``normalize="auto"`` unless ``data.params`` says otherwise: 8-bit images travel
+    as uint8 and the training loop normalizes each batch on the device. Worker settings:
+    :func:`~segzoo.training.data_path.loader_options`.
+
     Returns:
         ``({"train": DataLoader, "valid": DataLoader}, {"mean": [...], "std": [...]})``; batches are
-        dicts with ``features`` (B, 3, H, W) float and ``targets`` (B, 1, H, W) float or (B, H, W) int64.
+        dicts with ``features`` (B, 3, H, W) (uint8 with ``normalize`` batch, else float) and ``targets``
+        (B, 1, H, W) float or (B, H, W) int64.
     """
     from segzoo.data import ProceduralSegmentation, SegmentationFolder, get_transforms
 
-    params = dict(data.get("params", {}))
+    params = {"normalize": "auto", **data.get("params", {})}  # uint8 batches normalized on the device
     kind = data.get("kind", "procedural")
     try:
         if kind == "procedural":
@@ -116,11 +121,16 @@ def build_loaders(data: dict[str, Any], seed: int) -> tuple[dict[str, DataLoader
                                        transforms=get_transforms("valid", size), **params)
     except TypeError as exc:
         raise ConfigError(f"data.params: {exc}") from exc
-    bs, workers = data.get("batch_size", 8), data.get("num_workers", 0)
-    pin = torch.cuda.is_available()
-    loaders = {"train": DataLoader(train, batch_size=bs, shuffle=True, num_workers=workers, pin_memory=pin,
-                                   drop_last=len(train) > bs),
-               "valid": DataLoader(valid, batch_size=bs, num_workers=workers, pin_memory=pin)}
+    from segzoo.training.data_path import loader_options
+
+    bs = data.get("batch_size", 8)
+    options = loader_options(data.get("num_workers", "auto"), data.get("prefetch_factor"))
+    # random augmentations in a persistent worker would carry their state across epochs, so a resumed
+    # run would augment differently from the uninterrupted one: those workers start afresh each epoch
+    loaders = {"train": DataLoader(train, batch_size=bs, shuffle=True, drop_last=len(train) > bs,
+                                   **{**options, "persistent_workers": options["persistent_workers"]
+                                      and kind == "procedural"}),
+               "valid": DataLoader(valid, batch_size=bs, **options)}
     return loaders, {"mean": [float(v) for v in train.mean], "std": [float(v) for v in train.std]}
 
 

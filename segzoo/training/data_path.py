@@ -81,8 +81,11 @@ def batch_normalizer(loader: Any, device: torch.device) -> Callable[[torch.Tenso
     operations, in the same order, as the dataset's per-item normalization, so the values are equal.
     """
     spec = _normalization_of(getattr(loader, "dataset", None))
-    if spec is None:
-        return None
+    return None if spec is None else _normalizer(spec, device)
+
+
+def _normalizer(spec: tuple[tuple[float, ...], tuple[float, ...]],
+                device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     mean = torch.tensor(spec[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
@@ -91,3 +94,63 @@ def batch_normalizer(loader: Any, device: torch.device) -> Callable[[torch.Tenso
 
     return normalize
 
+
+
+def float_item(dataset: Any, index: int = 0) -> Any:
+    """``dataset[index]`` with its uint8 ``features`` (3, H, W) normalized as a batch of one would be
+    (:func:`batch_normalizer`): float32, as the model sees them. Other items are returned as they are."""
+    item = dataset[index]
+    spec = _normalization_of(dataset)
+    x = item.get("features") if spec is not None and isinstance(item, dict) else None
+    if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 3:
+        item = {**item, "features": _normalizer(spec, x.device)(x[None])[0]}
+    return item
+
+
+#: the most DataLoader workers ``num_workers="auto"`` starts
+AUTO_WORKERS = 2
+
+
+def auto_num_workers(cpus: int | None = None) -> int:
+    """``num_workers="auto"``: ``min(AUTO_WORKERS, usable CPUs - 1)``, at least 0.
+
+    One CPU is left to the training step itself (its intra-op threads); the data of segzoo's
+    example configs takes a small fraction of a step's compute, so one or two workers hide it
+    completely, and more would only take CPUs and memory from the step. ``cpus``: default
+    :func:`segzoo.hardware.threads.available_cpus` (affinity mask and cgroup quota).
+    """
+    if cpus is None:
+        from segzoo.hardware.threads import available_cpus
+
+        cpus = available_cpus()[0]
+    return max(0, min(AUTO_WORKERS, cpus - 1))
+
+
+def loader_options(num_workers: int | str = 0, prefetch_factor: int | None = None) -> dict[str, Any]:
+    """DataLoader keywords for ``num_workers`` (an int >= 0 or ``"auto"``, :func:`auto_num_workers`):
+    ``pin_memory`` when CUDA is available, and with workers ``persistent_workers=True`` (no process
+    start-up each epoch) and ``prefetch_factor`` (default 2, torch's).
+
+    More workers than usable CPUs is allowed (slow storage may want them) and said in one line.
+
+    Raises:
+        ValueError: ``num_workers`` is neither ``"auto"`` nor an int >= 0, or ``prefetch_factor`` < 1.
+    """
+    if num_workers == "auto":
+        num_workers = auto_num_workers()
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be 'auto' or an int >= 0, got {num_workers!r}")
+    if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int)
+                                        or prefetch_factor < 1):
+        raise ValueError(f"prefetch_factor must be an int >= 1, got {prefetch_factor!r}")
+    options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
+    if num_workers > 0:
+        from segzoo.hardware.threads import available_cpus
+
+        cpus, how = available_cpus()
+        if num_workers > cpus:
+            print(f"segzoo: {num_workers} data loading workers on {cpus} usable CPUs ({how}): they compete with "
+                  f"the training step; more workers than CPUs only help slow storage (num_workers auto: "
+                  f"{auto_num_workers(cpus)})", flush=True)
+        options.update(persistent_workers=True, prefetch_factor=prefetch_factor or 2)
+    return options
