@@ -127,9 +127,9 @@ def build_loaders(data: dict[str, Any], seed: int) -> tuple[dict[str, DataLoader
     options = loader_options(data.get("num_workers", "auto"), data.get("prefetch_factor"))
     # random augmentations in a persistent worker would carry their state across epochs, so a resumed
     # run would augment differently from the uninterrupted one: those workers start afresh each epoch
-    loaders = {"train": DataLoader(train, batch_size=bs, shuffle=True, drop_last=len(train) > bs,
-                                   **{**options, "persistent_workers": options["persistent_workers"]
-                                      and kind == "procedural"}),
+    train_options = {**options, "persistent_workers": False} if kind != "procedural" and options["num_workers"] \
+        else options
+    loaders = {"train": DataLoader(train, batch_size=bs, shuffle=True, drop_last=len(train) > bs, **train_options),
                "valid": DataLoader(valid, batch_size=bs, **options)}
     return loaders, {"mean": [float(v) for v in train.mean], "std": [float(v) for v in train.std]}
 

@@ -17,7 +17,6 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from segzoo.cli import main
 from segzoo.data import DataError, ProceduralSegmentation, SegmentationFolder, get_transforms
-from segzoo.errors import ConfigError
 from segzoo.training import SupervisedRunner
 from segzoo.training.config import load_config
 from segzoo.training.data_path import auto_num_workers, batch_normalizer, float_item, loader_options
@@ -49,60 +48,72 @@ class _Net(torch.nn.Module):
         return self.conv(x)
 
 
-class _Slow(Dataset):
-    """Float items that take ``delay`` seconds each (a loader the steps must wait for)."""
+class _Clock:
+    """A fake ``perf_counter`` for the loop: items and steps advance it by what they say, nothing else does."""
 
-    def __init__(self, n, delay):
-        self.n, self.delay = n, delay
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class _Items(Dataset):
+    """Float items each taking ``cost`` seconds of the fake clock."""
+
+    def __init__(self, n, clock, cost):
+        self.n, self.clock, self.cost = n, clock, cost
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        time.sleep(self.delay)
-        g = torch.Generator().manual_seed(i)
-        x = torch.rand(3, 16, 16, generator=g)
+        self.clock.now += self.cost
+        x = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i))
         return {"features": x, "targets": (x.mean(0, keepdim=True) > 0.5).float()}
 
 
-def _train(loaders, logdir, **kw):
+def _train(loaders, logdir, clock=None, step_cost=0.0, **kw):
     torch.manual_seed(0)
     model = _Net()
+    if clock is not None:
+        model.register_forward_hook(lambda *_: setattr(clock, "now", clock.now + step_cost))
     state = SupervisedRunner().train(model, torch.nn.BCEWithLogitsLoss(), torch.optim.SGD(model.parameters(), 0.1),
-                                     loaders, logdir, num_epochs=kw.pop("num_epochs", 2), verbose=False, **kw)
+                                     loaders, logdir, num_epochs=kw.pop("num_epochs", 2), verbose=False,
+                                     normalization={"mean": [0.5] * 3, "std": [0.25] * 3}, **kw)
     return model, state
 
 
 # ---- 1. the measurement ---------------------------------------------------------------------------------------
 
 
-def test_data_wait_lands_in_epoch_metrics_metrics_json_and_one_line(tmp_path, capsys):
-    loaders = {"train": DataLoader(_Slow(8, 0.02), batch_size=4), "valid": DataLoader(_Slow(4, 0.0), batch_size=4)}
-    _, state = _train(loaders, tmp_path / "run")
+def _timed_loaders(monkeypatch, item_cost):
+    import segzoo.training.loop as loop
+
+    clock = _Clock()
+    monkeypatch.setattr(loop, "time", clock)
+    return clock, {"train": DataLoader(_Items(8, clock, item_cost), batch_size=4),
+                   "valid": DataLoader(_Items(4, clock, item_cost), batch_size=4)}
+
+
+def test_data_wait_lands_in_epoch_metrics_metrics_json_and_one_line(tmp_path, capsys, monkeypatch):
+    clock, loaders = _timed_loaders(monkeypatch, item_cost=0.01)  # 40 ms of data per batch, 60 ms of step
+    _, state = _train(loaders, tmp_path / "run", clock, step_cost=0.06)
     train = state.epoch_metrics["train"]
-    assert train["data_wait"] >= 8 * 0.02 * 0.9  # the items' sleep, waited for by the steps
-    assert 0.2 < train["data_wait_share"] <= 1.0
+    assert train["data_wait"] == pytest.approx(2 * 0.04) and train["data_wait_share"] == pytest.approx(0.4)
     assert "data_wait" not in state.valid_metrics  # training steps only: valid metrics are the user's
     epochs = json.loads((tmp_path / "run" / "checkpoints" / "_metrics.json").read_text())["epochs"]
-    assert [e["metrics"]["train"]["data_wait_share"] > 0.2 for e in epochs] == [True, True]
-    out = capsys.readouterr().out
-    lines = [ln for ln in out.splitlines() if ln.startswith("data loading took")]
-    assert len(lines) == 2 and "of epoch 1 (train: " in lines[0] and "raise data.num_workers" in lines[0]
-    assert "ms per step waiting" in lines[0]
+    assert [e["metrics"]["train"]["data_wait_share"] for e in epochs] == [pytest.approx(0.4)] * 2
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("data loading took")]
+    assert lines[0] == ("data loading took 40% of epoch 1 (train: 40.0 of 100.0 ms per step waiting for the next "
+                        "batch): raise data.num_workers (the DataLoader's num_workers)") and len(lines) == 2
     assert sum("data loading took" in ln for ln in (tmp_path / "run" / "log.txt").read_text().splitlines()) == 2
 
 
-def test_fast_loader_has_a_small_share_and_no_line(tmp_path, capsys):
-    class Heavy(_Net):  # a step that costs far more than the (in-memory) data
-        def forward(self, x):
-            time.sleep(0.02)
-            return super().forward(x)
-
-    loaders = {"train": DataLoader(_Slow(8, 0.0), batch_size=4), "valid": DataLoader(_Slow(4, 0.0), batch_size=4)}
-    model = Heavy()
-    state = SupervisedRunner().train(model, torch.nn.BCEWithLogitsLoss(), torch.optim.SGD(model.parameters(), 0.1),
-                                     loaders, tmp_path / "run", num_epochs=1, verbose=False)
-    assert 0 <= state.epoch_metrics["train"]["data_wait_share"] < 0.2
+def test_a_small_share_is_recorded_without_a_line(tmp_path, capsys, monkeypatch):
+    clock, loaders = _timed_loaders(monkeypatch, item_cost=0.001)
+    _, state = _train(loaders, tmp_path / "run", clock, step_cost=0.1, num_epochs=1)
+    assert state.epoch_metrics["train"]["data_wait_share"] == pytest.approx(0.004 / 0.104)
     assert "data loading took" not in capsys.readouterr().out
 
 
@@ -174,7 +185,7 @@ def test_batch_mode_refuses_a_transform_returning_floats_naming_the_file(tmp_pat
 
 
 def test_user_float_datasets_are_untouched_and_mixed_concat_refused():
-    assert batch_normalizer(DataLoader(_Slow(2, 0)), torch.device("cpu")) is None
+    assert batch_normalizer(DataLoader(_Items(2, _Clock(), 0)), torch.device("cpu")) is None
     assert batch_normalizer([1, 2], torch.device("cpu")) is None  # any iterable of batches
     mixed = ConcatDataset([ProceduralSegmentation(2, 32, normalize="batch"), ProceduralSegmentation(2, 32)])
     with pytest.raises(ValueError, match="ConcatDataset mixes"):
@@ -233,7 +244,7 @@ def test_config_num_workers_auto_is_the_default(tmp_path):
     loaders, _ = build_loaders({k: v for k, v in cfg["data"].items() if k != "num_workers"}, 0)
     assert loaders["valid"].num_workers == auto_num_workers()
     if auto_num_workers():
-        assert loaders["valid"].persistent_workers and loaders["valid"].prefetch_factor == 2
+        assert loaders["valid"].persistent_workers and loaders["valid"].prefetch_factor == 3
     for config in ("demo.yml", "folder.yml", "multiclass.yml", "sweep.yml"):
         assert load_config(ROOT / "configs" / config)["data"].get("num_workers", "auto") == "auto", config
 
