@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from segzoo.errors import ConfigError, short_repr
 from segzoo.registry import Registry
@@ -125,12 +125,20 @@ def build_loaders(data: dict[str, Any], seed: int) -> tuple[dict[str, DataLoader
 
     bs = data.get("batch_size", 8)
     options = loader_options(data.get("num_workers", "auto"), data.get("prefetch_factor"))
-    # random augmentations in a persistent worker would carry their state across epochs, so a resumed
-    # run would augment differently from the uninterrupted one: those workers start afresh each epoch
-    train_options = {**options, "persistent_workers": False} if kind != "procedural" and options["num_workers"] \
-        else options
-    loaders = {"train": DataLoader(train, batch_size=bs, shuffle=True, drop_last=len(train) > bs, **train_options),
-               "valid": DataLoader(valid, batch_size=bs, **options)}
+    train_options, valid_options = {**options, "shuffle": True}, dict(options)
+    if options["num_workers"]:
+        # A resumed run must go on as the uninterrupted one: persistent workers take their seed once, from
+        # a generator of their own, so that no epoch draws from the run's random state for them (a new
+        # worker would in the resumed run's first epoch). Random augmentations (folder's train) would carry
+        # their state across epochs: those workers start afresh each epoch, seeded from the run's state.
+        valid_options["generator"] = torch.Generator().manual_seed(seed + 1)
+        if kind == "procedural":
+            train_options.update(shuffle=False, sampler=RandomSampler(train),
+                                 generator=torch.Generator().manual_seed(seed))
+        else:
+            train_options["persistent_workers"] = False
+    loaders = {"train": DataLoader(train, batch_size=bs, drop_last=len(train) > bs, **train_options),
+               "valid": DataLoader(valid, batch_size=bs, **valid_options)}
     return loaders, {"mean": [float(v) for v in train.mean], "std": [float(v) for v in train.std]}
 
 
