@@ -129,14 +129,9 @@ def build_loaders(data: dict[str, Any], seed: int) -> tuple[dict[str, DataLoader
     if options["num_workers"]:
         # A resumed run must go on as the uninterrupted one: persistent workers take their seed once, from
         # a generator of their own, so that no epoch draws from the run's random state for them (a new
-        # worker would in the resumed run's first epoch). Random augmentations (folder's train) would carry
-        # their state across epochs: those workers start afresh each epoch, seeded from the run's state.
+        # worker would in the resumed run's first epoch); the shuffling still draws from the run's state.
         valid_options["generator"] = torch.Generator().manual_seed(seed + 1)
-        if kind == "procedural":
-            train_options.update(shuffle=False, sampler=RandomSampler(train),
-                                 generator=torch.Generator().manual_seed(seed))
-        else:
-            train_options["persistent_workers"] = False
+        train_options.update(shuffle=False, sampler=RandomSampler(train), generator=torch.Generator().manual_seed(seed))
     loaders = {"train": DataLoader(train, batch_size=bs, drop_last=len(train) > bs, **train_options),
                "valid": DataLoader(valid, batch_size=bs, **valid_options)}
     return loaders, {"mean": [float(v) for v in train.mean], "std": [float(v) for v in train.std]}

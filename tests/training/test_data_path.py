@@ -249,15 +249,22 @@ def test_config_num_workers_auto_is_the_default(tmp_path):
         assert load_config(ROOT / "configs" / config)["data"].get("num_workers", "auto") == "auto", config
 
 
-def test_folder_train_workers_start_afresh_each_epoch(tmp_path):
-    """Random augmentations in a persistent worker would make a resumed run differ: not for folder's train."""
+@pytest.mark.slow
+def test_folder_augmentations_differ_from_epoch_to_epoch_with_workers(tmp_path):
+    """A worker started afresh each epoch replays its augmentation draws: identical images came out identical."""
+    from PIL import Image
+
     from segzoo.training.build import build_loaders
 
     images, masks = _folder(tmp_path)
+    for i in range(1, 4):  # four copies of one picture: only the augmentations tell the items apart
+        Image.open(images / "0.png").save(images / f"{i}.png")
+        Image.open(masks / "0.png").save(masks / f"{i}.png")
     data = {"kind": "folder", "train_images": str(images), "train_masks": str(masks), "valid_images": str(images),
-            "valid_masks": str(masks), "image_size": 32, "num_workers": 1}
-    loaders, _ = build_loaders(data, 0)
-    assert not loaders["train"].persistent_workers and loaders["valid"].persistent_workers
+            "valid_masks": str(masks), "image_size": 32, "num_workers": 1, "batch_size": 4}
+    loader = build_loaders(data, 0)[0]["train"]
+    first, second = (next(iter(loader))["features"] for _ in range(2))
+    assert not torch.equal(first, second)
 
 
 @pytest.mark.parametrize("value, needle", [("-1", "data.num_workers must be >= 0, got -1"),
