@@ -19,9 +19,16 @@ from segzoo.cli import main
 from segzoo.data import DataError, ProceduralSegmentation, SegmentationFolder, get_transforms
 from segzoo.training import SupervisedRunner
 from segzoo.training.config import load_config
-from segzoo.training.data_path import auto_num_workers, batch_normalizer, float_item, loader_options
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _dp():
+    """segzoo.training.data_path, imported by each test (so each fails on its own on code without it)."""
+    import segzoo.training.data_path as data_path
+
+    return data_path
+
 TINY = {
     "seed": 3, "logdir": "LOGDIR",
     "model": {"name": "unet", "params": {"num_classes": 1, "num_channels": 8, "num_blocks": 2}},
@@ -129,7 +136,7 @@ def _batches(dataset, n=8):
 def test_procedural_uint8_batch_equals_float_items(kw):
     item, batch = (_batches(ProceduralSegmentation(8, 64, seed=5, normalize=m, **kw)) for m in ("item", "batch"))
     assert batch["features"].dtype == torch.uint8 and batch["features"].shape == (8, 3, 64, 64)
-    x = batch_normalizer(DataLoader(ProceduralSegmentation(8, 64, normalize="batch", **kw)), torch.device("cpu"))(
+    x = _dp().batch_normalizer(DataLoader(ProceduralSegmentation(8, 64, normalize="batch", **kw)), torch.device("cpu"))(
         batch["features"])
     assert x.dtype == torch.float32 and (x - item["features"]).abs().max() <= 1e-6
     for key in item:
@@ -159,11 +166,11 @@ def test_folder_uint8_batch_equals_float_items(tmp_path):
     ds = SegmentationFolder(images, masks, transforms=tf, normalize="auto")
     assert ds.normalize == "batch"
     batch = _batches(ds, 4)
-    x = batch_normalizer(DataLoader(ds), torch.device("cpu"))(batch["features"])
+    x = _dp().batch_normalizer(DataLoader(ds), torch.device("cpu"))(batch["features"])
     assert (x - item["features"]).abs().max() <= 1e-6 and torch.equal(item["targets"], batch["targets"])
     # through a Subset, and float_item (the config's pre-flight sample) as the model sees it
-    assert batch_normalizer(DataLoader(Subset(ds, [0, 1])), torch.device("cpu")) is not None
-    assert (float_item(ds)["features"] - item["features"][0]).abs().max() <= 1e-6
+    assert _dp().batch_normalizer(DataLoader(Subset(ds, [0, 1])), torch.device("cpu")) is not None
+    assert (_dp().float_item(ds)["features"] - item["features"][0]).abs().max() <= 1e-6
 
 
 def test_folder_with_16_bit_images_keeps_float_items(tmp_path):
@@ -185,11 +192,11 @@ def test_batch_mode_refuses_a_transform_returning_floats_naming_the_file(tmp_pat
 
 
 def test_user_float_datasets_are_untouched_and_mixed_concat_refused():
-    assert batch_normalizer(DataLoader(_Items(2, _Clock(), 0)), torch.device("cpu")) is None
-    assert batch_normalizer([1, 2], torch.device("cpu")) is None  # any iterable of batches
+    assert _dp().batch_normalizer(DataLoader(_Items(2, _Clock(), 0)), torch.device("cpu")) is None
+    assert _dp().batch_normalizer([1, 2], torch.device("cpu")) is None  # any iterable of batches
     mixed = ConcatDataset([ProceduralSegmentation(2, 32, normalize="batch"), ProceduralSegmentation(2, 32)])
     with pytest.raises(ValueError, match="ConcatDataset mixes"):
-        batch_normalizer(DataLoader(mixed), torch.device("cpu"))
+        _dp().batch_normalizer(DataLoader(mixed), torch.device("cpu"))
 
 
 def test_training_on_uint8_batches_is_the_same_run(tmp_path):
@@ -222,17 +229,17 @@ def test_config_run_normalizes_uint8_batches(tmp_path):
 
 
 def test_auto_num_workers_leaves_a_cpu_to_the_step():
-    assert [auto_num_workers(c) for c in (1, 2, 3, 4, 64)] == [0, 1, 2, 2, 2]
-    assert loader_options("auto")["num_workers"] == auto_num_workers()
+    assert [_dp().auto_num_workers(c) for c in (1, 2, 3, 4, 64)] == [0, 1, 2, 2, 2]
+    assert _dp().loader_options("auto")["num_workers"] == _dp().auto_num_workers()
 
 
 def test_loader_options_persistent_prefetch_pin():
-    assert loader_options(0) == {"num_workers": 0, "pin_memory": torch.cuda.is_available()}
-    opts = loader_options(1, prefetch_factor=4)
+    assert _dp().loader_options(0) == {"num_workers": 0, "pin_memory": torch.cuda.is_available()}
+    opts = _dp().loader_options(1, prefetch_factor=4)
     assert opts["persistent_workers"] is True and opts["prefetch_factor"] == 4
     for bad in (-1, "lots", True, 1.5):
         with pytest.raises(ValueError, match="num_workers must be 'auto' or an int >= 0"):
-            loader_options(bad)
+            _dp().loader_options(bad)
 
 
 def test_config_num_workers_auto_is_the_default(tmp_path):
@@ -240,10 +247,10 @@ def test_config_num_workers_auto_is_the_default(tmp_path):
 
     cfg = load_config(_write(tmp_path, TINY), ["data.num_workers=auto", "data.prefetch_factor=3"])
     loaders, _ = build_loaders(cfg["data"], 0)
-    assert loaders["train"].num_workers == auto_num_workers()
+    assert loaders["train"].num_workers == _dp().auto_num_workers()
     loaders, _ = build_loaders({k: v for k, v in cfg["data"].items() if k != "num_workers"}, 0)
-    assert loaders["valid"].num_workers == auto_num_workers()
-    if auto_num_workers():
+    assert loaders["valid"].num_workers == _dp().auto_num_workers()
+    if _dp().auto_num_workers():
         assert loaders["valid"].persistent_workers and loaders["valid"].prefetch_factor == 3
     for config in ("demo.yml", "folder.yml", "multiclass.yml", "sweep.yml"):
         assert load_config(ROOT / "configs" / config)["data"].get("num_workers", "auto") == "auto", config
@@ -289,7 +296,7 @@ def test_more_workers_than_cpus_is_said_in_one_line(monkeypatch, capsys):
     import segzoo.hardware.threads as threads
 
     monkeypatch.setattr(threads, "available_cpus", lambda: (2, "affinity 2"))
-    assert loader_options(8)["num_workers"] == 8  # allowed: slow storage may want them
+    assert _dp().loader_options(8)["num_workers"] == 8  # allowed: slow storage may want them
     out = capsys.readouterr().out.strip()
     assert len(out.splitlines()) == 1 and "8 data loading workers on 2 usable CPUs" in out
 
