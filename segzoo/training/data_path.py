@@ -20,7 +20,8 @@ from segzoo.training.state import RunnerState
 DATA_WAIT_WARN = 0.2
 
 
-def record_data_wait(state: RunnerState, waited: float, elapsed: float, steps: int) -> None:
+def record_data_wait(state: RunnerState, waited: float, elapsed: float, steps: int, first: float = 0.0,
+                     workers: int | None = None) -> None:
     """Add a training loader's data wait to its metrics and say so when it is a large share of the pass.
 
     ``data_wait`` is the seconds the pass's steps waited for their batch (from the end of one step, or
@@ -28,16 +29,34 @@ def record_data_wait(state: RunnerState, waited: float, elapsed: float, steps: i
     ``data_wait_share`` that time over the pass's wall time. They are added after ``on_loader_end``,
     so they reach the epoch's metrics (``_metrics.json``, ``metrics.csv``, the console line) but not
     the loader-end callbacks. Above :data:`DATA_WAIT_WARN` the main process prints one line (also to
-    ``logdir/log.txt``).
+    ``logdir/log.txt``) saying what to do: more workers while they are fewer than the usable CPUs.
+
+    Args:
+        state: the run's state (``loader_metrics`` of the pass that ended).
+        waited: seconds the steps waited.
+        elapsed: seconds of the whole pass.
+        steps: batches of the pass.
+        first: of ``waited``, the seconds before the first batch.
+        workers: the loader's ``num_workers`` (``None``: not a DataLoader).
     """
     share = waited / elapsed if elapsed > 0 else 0.0
     state.loader_metrics["data_wait"] = waited
     state.loader_metrics["data_wait_share"] = share
     if share < DATA_WAIT_WARN or not state.is_main_process:
         return
+    from segzoo.hardware.threads import available_cpus
+
+    cpus = available_cpus()[0]
+    if first > waited / 2 and steps > 1:
+        advice = (f"{1000 * first:.0f} ms of it before the first batch (worker start-up, a short epoch): "
+                  f"persistent workers pay it once")
+    elif workers is not None and workers >= cpus:
+        advice = (f"{workers} workers already use the {cpus} usable CPUs: make the items cheaper (smaller "
+                  f"images, lighter transforms) or faster to read")
+    else:
+        advice = "raise data.num_workers (the DataLoader's num_workers)"
     text = (f"data loading took {share:.0%} of epoch {state.epoch} ({state.loader_name}: {1000 * waited / steps:.1f} "
-            f"of {1000 * elapsed / steps:.1f} ms per step waiting for the next batch): raise data.num_workers "
-            f"(the DataLoader's num_workers)")
+            f"of {1000 * elapsed / steps:.1f} ms per step waiting for the next batch): {advice}")
     print(text, flush=True)
     if state.logdir is not None:
         from pathlib import Path

@@ -257,11 +257,12 @@ class TrainingLoop:
                     if state.amp_dtype is not None else contextlib.nullcontext())
         hooks("on_loader_start", state)
         normalizer = batch_normalizer(loader, state.device)
-        waited, steps, started = 0.0, 0, time.perf_counter()
+        waited, first, steps, started = 0.0, 0.0, 0, time.perf_counter()
         ready = started  # the end of the previous step (the pass's start for the first batch: worker start-up counts)
         with torch.set_grad_enabled(state.need_backward):
             for state.batch_index, batch in enumerate(loader):
                 waited += time.perf_counter() - ready
+                first = waited if not steps else first
                 self.run_batch(batch, hooks, autocast, normalizer)
                 for k, v in state.batch_metrics.items():
                     totals[k] = totals.get(k, 0.0) + v * state.batch_size
@@ -281,7 +282,7 @@ class TrainingLoop:
         state.epoch_metrics[state.loader_name] = state.loader_metrics
         hooks("on_loader_end", state)
         if state.need_backward and steps:
-            record_data_wait(state, waited, elapsed, steps)
+            record_data_wait(state, waited, elapsed, steps, first, getattr(loader, "num_workers", None))
 
     def run_batch(self, batch: Any, hooks: Hooks, autocast: Any, normalizer: Callable | None = None) -> None:
         """One batch (``state.batch_index`` set): to the device (uint8 features normalized there by ``normalizer``,

@@ -99,7 +99,7 @@ def _timed_loaders(monkeypatch, item_cost):
 
     clock = _Clock()
     monkeypatch.setattr(loop, "time", clock)
-    return clock, {"train": DataLoader(_Items(8, clock, item_cost), batch_size=4),
+    return clock, {"train": DataLoader(_Items(12, clock, item_cost), batch_size=4),
                    "valid": DataLoader(_Items(4, clock, item_cost), batch_size=4)}
 
 
@@ -107,7 +107,7 @@ def test_data_wait_lands_in_epoch_metrics_metrics_json_and_one_line(tmp_path, ca
     clock, loaders = _timed_loaders(monkeypatch, item_cost=0.01)  # 40 ms of data per batch, 60 ms of step
     _, state = _train(loaders, tmp_path / "run", clock, step_cost=0.06)
     train = state.epoch_metrics["train"]
-    assert train["data_wait"] == pytest.approx(2 * 0.04) and train["data_wait_share"] == pytest.approx(0.4)
+    assert train["data_wait"] == pytest.approx(3 * 0.04) and train["data_wait_share"] == pytest.approx(0.4)
     assert "data_wait" not in state.valid_metrics  # training steps only: valid metrics are the user's
     epochs = json.loads((tmp_path / "run" / "checkpoints" / "_metrics.json").read_text())["epochs"]
     assert [e["metrics"]["train"]["data_wait_share"] for e in epochs] == [pytest.approx(0.4)] * 2
@@ -122,6 +122,24 @@ def test_a_small_share_is_recorded_without_a_line(tmp_path, capsys, monkeypatch)
     _, state = _train(loaders, tmp_path / "run", clock, step_cost=0.1, num_epochs=1)
     assert state.epoch_metrics["train"]["data_wait_share"] == pytest.approx(0.004 / 0.104)
     assert "data loading took" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("first, workers, advice", [
+    (0.1, 1, "raise data.num_workers (the DataLoader's num_workers)"),
+    (0.1, 2, "2 workers already use the 2 usable CPUs: make the items cheaper (smaller images, lighter transforms) "
+             "or faster to read"),
+    (0.4, 1, "400 ms of it before the first batch (worker start-up, a short epoch): persistent workers pay it once"),
+])
+def test_the_line_says_what_to_do(monkeypatch, capsys, first, workers, advice):
+    import segzoo.hardware.threads as threads
+    from segzoo.training import RunnerState
+
+    monkeypatch.setattr(threads, "available_cpus", lambda: (2, "affinity 2"))
+    state = RunnerState(epoch=3, loader_name="train", is_main_process=True)
+    state.loader_metrics = {}
+    _dp().record_data_wait(state, 0.5, 1.0, 10, first, workers)
+    assert capsys.readouterr().out == (f"data loading took 50% of epoch 3 (train: 50.0 of 100.0 ms per step waiting "
+                                       f"for the next batch): {advice}\n")
 
 
 # ---- 2. uint8 batches, normalized on the device, equal to the per-image path ---------------------------------
