@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, to_item
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, check_normalize_mode, to_item
 from segzoo.errors import SegzooError
 from segzoo.fileio import os_error_reason, stat_input_file
 
@@ -311,6 +311,8 @@ class SegmentationFolder(Dataset):
         std: normalization std.
         image_suffixes: accepted image file endings.
         max_pixels: largest accepted width x height of a file.
+        normalize: ``"item"`` (default): float32 ``features``; ``"batch"``: uint8 (3, H, W), normalized per batch by
+            segzoo's training loop, the same values (8-bit files, uint8 transforms); ``"auto"``: batch if all 8-bit.
 
     Items: as :class:`~segzoo.data.ProceduralSegmentation`; also ``"name"`` (the stem).
 
@@ -325,8 +327,9 @@ class SegmentationFolder(Dataset):
     def __init__(self, images_dir: str | Path, masks_dir: str | Path, num_classes: int = 1,
                  transforms: Callable | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, image_suffixes: Sequence[str] = IMAGE_SUFFIXES,
-                 max_pixels: int = MAX_PIXELS) -> None:
+                 max_pixels: int = MAX_PIXELS, normalize: str = "item") -> None:
         _check_positive_int(num_classes, "num_classes")
+        check_normalize_mode(normalize)
         self.max_pixels = _check_positive_int(max_pixels, "max_pixels")
         self.mean, self.std = check_mean_std(mean, std)
         images = _list(Path(images_dir), tuple(s.lower() for s in image_suffixes), "images")
@@ -341,17 +344,25 @@ class SegmentationFolder(Dataset):
         self.masks = masks
         self.num_classes = num_classes
         self.transforms = transforms
-        for name in self.names:
-            self._check_headers(name)
+        wide = [name for name in self.names if self._check_headers(name)]
+        if wide and normalize == "batch":
+            raise DataError(f"image {show_path(self.images[wide[0]])} is not 8-bit (16-bit or float): "
+                            f"normalize='batch' needs 8-bit images; use normalize='item' (or 'auto')")
+        self.normalize = "batch" if normalize == "batch" or (normalize == "auto" and not wide) else "item"
 
-    def _check_headers(self, name: str) -> None:
+    #: ``(mean, std)`` of the batches' uint8 ``features`` (``normalize="batch"``, ``"auto"`` resolved), else ``None``
+    batch_normalization = property(lambda self: (self.mean, self.std) if self.normalize == "batch" else None)
+
+    def _check_headers(self, name: str) -> bool:
+        """Check the pair's headers; whether the image is read as float (16-bit grey or float file)."""
         with open_image(self.images[name], "image", self.max_pixels) as img:
-            image_size = img.size
+            image_size, wide = img.size, img.mode in (*_GREY16, "F")
         with open_image(self.masks[name], "mask", self.max_pixels) as mask:
             mask_size = mask.size
         if image_size != mask_size:
             raise DataError(f"mask {show_path(self.masks[name])} is {mask_size[0]}x{mask_size[1]} but image "
                             f"{show_path(self.images[name])} is {image_size[0]}x{image_size[1]} (WxH)")
+        return wide
 
     def __len__(self) -> int:
         return len(self.names)
@@ -381,6 +392,9 @@ class SegmentationFolder(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         image, mask = self.sample(index)
-        item = to_item(image, mask, self.num_classes, self.mean, self.std, self.transforms)
+        try:  # naming the file (one replaced by a 16-bit file since the dataset was built...)
+            item = to_item(image, mask, self.num_classes, self.mean, self.std, self.transforms, self.normalize == "batch")
+        except ValueError as exc:
+            raise DataError(f"image {show_path(self.images[self.names[index]])}: {exc}") from None
         item["name"] = self.names[index]
         return item

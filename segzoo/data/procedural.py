@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, to_item
+from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, check_normalize_mode, to_item
 
 
 def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -76,15 +76,19 @@ class ProceduralSegmentation(Dataset):
             appears in the (transformed) mask, K = :attr:`label_classes` = ``max(num_classes - 1, 1)`` (binary:
             whether any shape is visible); the target of a model's ``aux_params=dict(classes=K)`` head with
             ``BCEWithLogitsLoss``.
+        normalize: ``"item"`` (default): ``features`` are float32, normalized here; ``"batch"`` (or
+            ``"auto"``, the same here: the images are 8-bit): ``features`` are the uint8 pixels (3, H, W)
+            and segzoo's training loop converts and normalizes each batch on the device (exactly the
+            same values, a quarter of the bytes through the DataLoader workers and the host-to-device copy).
 
     Items: ``{"features": float32 (3, H, W) normalized, "targets": float32 (1, H, W) in {0, 1}}``
     for binary, or ``"targets": int64 (H, W)`` class indices when ``num_classes > 1``; with ``labels=True``
-    also ``"label": float32 (K,)``.
+    also ``"label": float32 (K,)``. With ``normalize="batch"``, ``features`` is uint8 (3, H, W).
     """
 
     def __init__(self, num_samples: int, image_size: int | Sequence[int] = 64, num_classes: int = 1, seed: int = 0,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 transforms: Callable | None = None, labels: bool = False) -> None:
+                 transforms: Callable | None = None, labels: bool = False, normalize: str = "item") -> None:
         if not isinstance(labels, bool):
             raise ValueError(f"labels must be true or false, got {labels!r}")
         if not isinstance(num_samples, int) or num_samples < 1:
@@ -98,11 +102,18 @@ class ProceduralSegmentation(Dataset):
         self.mean, self.std = check_mean_std(mean, std)
         self.transforms = transforms
         self.labels = labels
+        #: ``"item"`` or ``"batch"`` (``"auto"`` resolved): where ``features`` are normalized
+        self.normalize = "item" if check_normalize_mode(normalize) == "item" else "batch"
         #: number of image-level labels of the ``"label"`` target (``labels=True``)
         self.label_classes = max(num_classes - 1, 1)
 
     def __len__(self) -> int:
         return self.num_samples
+
+    @property
+    def batch_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """``(mean, std)`` the batches' uint8 ``features`` are to be normalized with (``normalize="batch"``), else ``None``."""
+        return (self.mean, self.std) if self.normalize == "batch" else None
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw item: image uint8 (H, W, 3) and mask int64 (H, W) of class indices."""
@@ -132,7 +143,8 @@ class ProceduralSegmentation(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, mask = self.sample(index)
-        item = to_item(image, mask, self.num_classes, self.mean, self.std, self.transforms)
+        item = to_item(image, mask, self.num_classes, self.mean, self.std, self.transforms,
+                       on_batch=self.normalize == "batch")
         if self.labels:
             targets = item["targets"]
             if self.num_classes == 1:

@@ -95,13 +95,44 @@ def colorize_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray:
     return palette(int(m.max()) + 1 if m.size else 1)[m]
 
 
+NORMALIZE_MODES = ("item", "batch", "auto")
+
+
+def check_normalize_mode(mode: object) -> str:
+    """Validate a dataset's ``normalize=`` (``"item"``, ``"batch"`` or ``"auto"``).
+
+    Raises:
+        ValueError: another value.
+    """
+    if not isinstance(mode, str) or mode not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be 'item' (float features, normalized per image), 'batch' (uint8 "
+                         f"features, normalized per batch on the device by segzoo's training loop) or 'auto', "
+                         f"got {mode!r}")
+    return mode
+
+
 def to_item(image: np.ndarray, mask: np.ndarray, num_classes: int, mean: Sequence[float], std: Sequence[float],
-            transforms: Callable | None = None) -> dict[str, torch.Tensor]:
-    """Apply ``transforms(image=, mask=)`` then build ``{"features", "targets"}`` (see the datasets)."""
+            transforms: Callable | None = None, on_batch: bool = False) -> dict[str, torch.Tensor]:
+    """Apply ``transforms(image=, mask=)`` then build ``{"features", "targets"}`` (see the datasets).
+
+    ``on_batch``: ``features`` is the uint8 image as (3, H, W), left to the batch's normalization
+    (:func:`segzoo.training.data_path.batch_normalizer`) instead of float32 normalized here.
+
+    Raises:
+        ValueError: ``on_batch`` and the (transformed) image is not uint8 (H, W, 3).
+    """
     if transforms is not None:
         out = transforms(image=image, mask=mask)
         image, mask = out["image"], out["mask"]
-    features = normalize(image, mean, std)
+    if on_batch:
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3:
+            raise ValueError(f"normalize='batch' needs uint8 (H, W, C) images after the transforms, got {image.dtype} "
+                             f"{tuple(image.shape)} (a 16-bit file or a transform returning floats?); use "
+                             f"normalize='item'")
+        features = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    else:
+        features = normalize(image, mean, std)
     mask = torch.as_tensor(np.ascontiguousarray(mask), dtype=torch.int64)
     if num_classes == 1:
         return {"features": features, "targets": (mask > 0).float().unsqueeze(0)}

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from segzoo.errors import ConfigError, short_repr
 from segzoo.registry import Registry
@@ -96,13 +96,18 @@ def check_names(cfg: dict[str, Any]) -> None:
 def build_loaders(data: dict[str, Any], seed: int) -> tuple[dict[str, DataLoader], dict[str, list[float]]]:
     """DataLoaders ``train`` / ``valid`` of the ``data`` section and the normalization they use.
 
+    The datasets get ``normalize="auto"`` unless ``data.params`` says otherwise: 8-bit images travel
+    as uint8 and the training loop normalizes each batch on the device. Worker settings:
+    :func:`~segzoo.training.data_path.loader_options`.
+
     Returns:
         ``({"train": DataLoader, "valid": DataLoader}, {"mean": [...], "std": [...]})``; batches are
-        dicts with ``features`` (B, 3, H, W) float and ``targets`` (B, 1, H, W) float or (B, H, W) int64.
+        dicts with ``features`` (B, 3, H, W) (uint8 with ``normalize`` batch, else float) and ``targets``
+        (B, 1, H, W) float or (B, H, W) int64.
     """
     from segzoo.data import ProceduralSegmentation, SegmentationFolder, get_transforms
 
-    params = dict(data.get("params", {}))
+    params = {"normalize": "auto", **data.get("params", {})}  # uint8 batches normalized on the device
     kind = data.get("kind", "procedural")
     try:
         if kind == "procedural":
@@ -116,11 +121,19 @@ def build_loaders(data: dict[str, Any], seed: int) -> tuple[dict[str, DataLoader
                                        transforms=get_transforms("valid", size), **params)
     except TypeError as exc:
         raise ConfigError(f"data.params: {exc}") from exc
-    bs, workers = data.get("batch_size", 8), data.get("num_workers", 0)
-    pin = torch.cuda.is_available()
-    loaders = {"train": DataLoader(train, batch_size=bs, shuffle=True, num_workers=workers, pin_memory=pin,
-                                   drop_last=len(train) > bs),
-               "valid": DataLoader(valid, batch_size=bs, num_workers=workers, pin_memory=pin)}
+    from segzoo.training.data_path import loader_options
+
+    bs = data.get("batch_size", 8)
+    options = loader_options(data.get("num_workers", "auto"), data.get("prefetch_factor"))
+    train_options, valid_options = {**options, "shuffle": True}, dict(options)
+    if options["num_workers"]:
+        # A resumed run must go on as the uninterrupted one: persistent workers take their seed once, from
+        # a generator of their own, so that no epoch draws from the run's random state for them (a new
+        # worker would in the resumed run's first epoch); the shuffling still draws from the run's state.
+        valid_options["generator"] = torch.Generator().manual_seed(seed + 1)
+        train_options.update(shuffle=False, sampler=RandomSampler(train), generator=torch.Generator().manual_seed(seed))
+    loaders = {"train": DataLoader(train, batch_size=bs, drop_last=len(train) > bs, **train_options),
+               "valid": DataLoader(valid, batch_size=bs, **valid_options)}
     return loaders, {"mean": [float(v) for v in train.mean], "std": [float(v) for v in train.std]}
 
 

@@ -19,7 +19,8 @@ Schema (every key optional unless marked; unknown keys are rejected with the clo
       valid_masks: data/valid/masks
       image_size: 256                    # folder: augmentation presets' size
       batch_size: 16
-      num_workers: 0
+      num_workers: auto                  # auto (min(2, usable CPUs - 1)) | an int >= 0
+      prefetch_factor: 2                 # batches each worker prepares ahead
     loss: {name: BCEDiceLoss, params: {}}                 # segzoo.losses.LOSSES
     aux_loss: {name: BCEWithLogitsLoss, params: {}, weight: 0.4, target_key: label}  # a model with
                                          # aux_params: loss of its labels (batch key target_key), added
@@ -73,7 +74,7 @@ SCHEMA: dict[str, Any] = {
     "model": {"name": str, "params": dict},
     "data": {"kind": str, "params": dict, "train_size": int, "valid_size": int, "train_images": str,
              "train_masks": str, "valid_images": str, "valid_masks": str, "image_size": (int, list),
-             "batch_size": int, "num_workers": int},
+             "batch_size": int, "num_workers": (int, str), "prefetch_factor": int},
     "loss": {"name": str, "params": dict},
     "aux_loss": {"name": str, "params": dict, "weight": (int, float), "target_key": str},
     "optimizer": {"name": str, "params": dict},
@@ -90,9 +91,9 @@ REQUIRED = ("logdir", "model", "data")
 # integer settings and their smallest / largest valid value (one value must not exhaust the machine:
 # a DataLoader shuffles with a permutation of train_size int64, workers are processes)
 MINIMUM = {"num_epochs": 1, "data.train_size": 1, "data.valid_size": 1, "data.batch_size": 1,
-           "data.num_workers": 0}
+           "data.num_workers": 0, "data.prefetch_factor": 1}
 MAXIMUM = {"num_epochs": 100_000, "data.train_size": 10_000_000, "data.valid_size": 10_000_000,
-           "data.batch_size": 4096, "data.num_workers": 64, "seed": 2**63 - 1}
+           "data.batch_size": 4096, "data.num_workers": 64, "data.prefetch_factor": 64, "seed": 2**63 - 1}
 MAX_IMAGE_SIDE = 8192
 MAX_BATCH_BYTES = 2 << 30   # float32 input of one batch
 
@@ -151,6 +152,14 @@ def validate(cfg: dict[str, Any]) -> None:
         dup = next(n for n in names if names.count(n) > 1)
         raise ConfigError(f"stages: two stages are named {dup!r}; stage names must be unique (they name checkpoints)")
     _check_sizes(cfg["data"])
+    workers = cfg["data"].get("num_workers")
+    if isinstance(workers, str) and workers != "auto":
+        raise ConfigError(f"data.num_workers must be 'auto' or an int >= 0 (DataLoader worker processes), "
+                          f"got {short_repr(workers)}")
+    normalize = (cfg["data"].get("params") or {}).get("normalize", "auto")
+    if normalize not in ("auto", "batch", "item"):
+        raise ConfigError(f"data.params.normalize must be auto, batch (uint8 batches normalized on the device) or "
+                          f"item (float images normalized in the workers), got {short_repr(normalize)}")
     for i, cb in enumerate(cfg.get("callbacks") or []):
         _check(cb, {"name": str, "params": dict}, f"callbacks.{i}")
     if "name" not in cfg["model"]:

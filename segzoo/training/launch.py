@@ -30,6 +30,7 @@ from segzoo.training.build import (
     registries,
     stage_configs,
 )
+from segzoo.training.data_path import float_item
 from segzoo.training.logdir import CONFIG_HEADER, LogdirClaim, check_logdir_free, resumes_in, run_dir_of
 from segzoo.training.resume import find_resume_file
 from segzoo.training.run_settings import ABSENT, flatten, plain_config, show_value, stored_config
@@ -40,7 +41,8 @@ from segzoo.training.yaml_io import read_yaml_file
 # epochs, and settings that do not change what is trained (where it runs, how it is shown, data loading speed)
 RESUME_MAY_CHANGE = ("logdir", "num_epochs", "stages.N.num_epochs", "stages appended at the end", "runner.resume",
                      "runner.verbose", "runner.device", "runner.compile", "runner.channels_last", "runner.nonfinite",
-                     "runner.precision", "runner.amp", "data.num_workers")
+                     "runner.precision", "runner.amp", "data.num_workers", "data.prefetch_factor",
+                     "data.params.normalize")
 DEFAULT_SEED = 42
 
 
@@ -178,10 +180,11 @@ def train_from_config(cfg: dict[str, Any], force: bool = False, config_path: str
     criterion = build_named(loss_cfg, regs["loss"], "loss")
     callbacks = [build_named(c, regs["callback"], "callback") for c in cfg.get("callbacks") or []]
     loaders, normalization = build_loaders(cfg["data"], seed)
-    callbacks += aux_callbacks(cfg, model, callbacks, regs, loaders["valid"].dataset[0])
+    sample = float_item(loaders["valid"].dataset)  # features as the model sees them (uint8 ones normalized)
+    callbacks += aux_callbacks(cfg, model, callbacks, regs, sample)
     stages, sched_names = build_stages(cfg, model, len(loaders["train"]), regs)
     preflight.check_metrics(callbacks, runner_cfg.get("main_metric", "loss"), sched_names)
-    preflight.check_one_batch(model, criterion, loaders["valid"].dataset[0], loss_cfg["name"])
+    preflight.check_one_batch(model, criterion, sample, loss_cfg["name"])
     runner = SupervisedRunner(device=runner_cfg.pop("device", "auto"))
     if not _is_main_rank():
         return runner.train(model, criterion, None, loaders, logdir, callbacks=callbacks, stages=stages, seed=seed,

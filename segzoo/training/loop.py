@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch.nn as nn
 
 from segzoo.training import distributed as dist_utils
 from segzoo.training.callback import Callback, LoggerCallback
+from segzoo.training.data_path import batch_normalizer, record_data_wait
 from segzoo.training.layout import apply_layout
 from segzoo.training.state import RunnerState
 
@@ -254,14 +256,22 @@ class TrainingLoop:
         autocast = (torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
                     if state.amp_dtype is not None else contextlib.nullcontext())
         hooks("on_loader_start", state)
+        normalizer = batch_normalizer(loader, state.device)
+        waited, first, steps, started = 0.0, 0.0, 0, time.perf_counter()
+        ready = started  # the end of the previous step (the pass's start for the first batch: worker start-up counts)
         with torch.set_grad_enabled(state.need_backward):
             for state.batch_index, batch in enumerate(loader):
-                self.run_batch(batch, hooks, autocast)
+                waited += time.perf_counter() - ready
+                first = waited if not steps else first
+                self.run_batch(batch, hooks, autocast, normalizer)
                 for k, v in state.batch_metrics.items():
                     totals[k] = totals.get(k, 0.0) + v * state.batch_size
                 count += state.batch_size
+                steps += 1
                 if state.max_batches is not None and state.batch_index + 1 >= state.max_batches:
                     break
+                ready = time.perf_counter()
+        elapsed = time.perf_counter() - started
         if state.distributed:
             keys = sorted(totals)
             packed = dist_utils.all_reduce_sum(torch.tensor([totals[k] for k in keys] + [count],
@@ -271,15 +281,28 @@ class TrainingLoop:
         # the same dict: what on_loader_end callbacks add (Catalyst's state.metrics.epoch_values) is kept
         state.epoch_metrics[state.loader_name] = state.loader_metrics
         hooks("on_loader_end", state)
+        if state.need_backward and steps:
+            record_data_wait(state, waited, elapsed, steps, first, getattr(loader, "num_workers", None))
 
-    def run_batch(self, batch: Any, hooks: Hooks, autocast: Any) -> None:
-        """One batch (``state.batch_index`` set): to the device, ``on_batch_start``, forward under ``autocast``,
-        ``on_batch_end`` (where the callbacks compute the loss, step the optimizer and measure)."""
+    def run_batch(self, batch: Any, hooks: Hooks, autocast: Any, normalizer: Callable | None = None) -> None:
+        """One batch (``state.batch_index`` set): to the device (uint8 features normalized there by ``normalizer``,
+        see :func:`batch_normalizer`), ``on_batch_start``, forward under ``autocast``, ``on_batch_end`` (where the
+        callbacks compute the loss, step the optimizer and measure)."""
         state = self.state
-        state.input = move_to(self.batch_to_dict(batch), state.device, state.channels_last)
+        state.input = device_input(self.batch_to_dict(batch), state, normalizer)
         state.batch_size = _batch_size(state.input)
         state.loss, state.batch_metrics = {}, {}
         hooks("on_batch_start", state)
         with autocast:
             state.output = self.forward(state, state.model)
         hooks("on_batch_end", state)
+
+
+def device_input(batch: dict[str, Any], state: RunnerState, normalizer: Callable | None = None) -> dict[str, Any]:
+    """A batch dict on ``state.device`` (:func:`move_to`), its uint8 ``features`` (B, 3, H, W) normalized there
+    by ``normalizer`` (:func:`batch_normalizer`) into float32, in the layout ``state.channels_last`` asks for."""
+    moved = move_to(batch, state.device, state.channels_last)
+    x = moved.get("features") if normalizer is not None and isinstance(moved, dict) else None
+    if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4:
+        moved["features"] = move_to(normalizer(x), state.device, state.channels_last)
+    return moved

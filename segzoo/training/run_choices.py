@@ -230,14 +230,16 @@ def auto_compile(state: RunnerState, loaders: Mapping[str, Any], stages: list[An
                  batch_to_dict: Callable[[Any], Any], forward: Callable[[RunnerState, nn.Module], Any]) -> None:
     """``compile="auto"`` for the runner: ``state.model`` compiled when that is repaid over the planned steps
     (:func:`choose_compile`, timed on the first train batch), recorded in ``state.checkpoint_data["compile"]``."""
-    from segzoo.training.loop import move_to
+    from segzoo.training.data_path import batch_normalizer
+    from segzoo.training.loop import device_input
 
     if state.distributed:  # each process would measure and might decide otherwise: DDP needs one graph
         state.checkpoint_data["compile"] = {"compiled": False, "source": "auto: distributed runs stay eager"}
         return
     batch = first_train_batch(loaders)
     if batch is not None:
-        state.input = move_to(batch_to_dict(batch), state.device, state.channels_last)
+        train = next(v for k, v in loaders.items() if str(k).startswith("train"))  # the batch's loader
+        state.input = device_input(batch_to_dict(batch), state, batch_normalizer(train, state.device))
     autocast = (torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)
                 if state.amp_dtype is not None else contextlib.nullcontext())
     try:
