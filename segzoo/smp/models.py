@@ -4,7 +4,8 @@ One class per row of :data:`segzoo.architectures.ARCHITECTURES` that names an sm
 with smp's signature. What the arguments build:
 
 - ``encoder_name``: ``"resnet18"`` ... ``"resnet152"`` -> segzoo's torchvision ResNet encoder (as the ``Resnet*``
-  models); ``"tu-<timm name>"`` -> :class:`~segzoo.encoders.TimmEncoder`; others: one line naming these.
+  models); ``"resnext50_32x4d"``, ``"resnext101_32x8d"`` -> timm's copy of torchvision's model
+  (:data:`~segzoo.smp.encoders.TIMM_TWINS`); ``"tu-<timm name>"`` -> :class:`~segzoo.encoders.TimmEncoder`; others: one line naming these.
 - ``encoder_weights``: ``"imagenet"`` -> pretrained (ResNet: torchvision's weights; timm: its default
   weights), ``None`` -> random.
 - ``in_channels``, ``classes``; ``activation`` (``"sigmoid"``, ``"softmax2d"``, ``"softmax"``,
@@ -41,7 +42,7 @@ from segzoo.errors import CheckpointError
 from segzoo.models.archs import build_parts
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.pretrained import read_config, resolve_folder
-from segzoo.smp.encoders import get_encoder_names
+from segzoo.smp.encoders import TIMM_TWINS, get_encoder_names
 from segzoo.smp.structure import smp_structure
 
 __all__ = ["SmpModel", "MODEL_CLASSES", "create_model", "from_pretrained"]
@@ -220,6 +221,35 @@ class SmpModel(UnetMetaSpec):
         config = {"builder": "segzoo.smp", "smp_class": self.smp_name, "arguments": arguments}
         return config if self.structure == "segzoo" else {**config, "structure": self.structure}
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False,
+                        repo_id: str | None = None, private: bool | None = None, token: str | None = None,
+                        dataset: str | None = None, metrics: Any = None) -> Any:
+        """smp's ``save_pretrained``: ``config.json`` + ``model.safetensors`` and a ``README.md`` model card
+        (``dataset`` name, ``metrics`` as JSON) in ``save_directory``; ``push_to_hub=True`` then uploads the
+        folder (:func:`segzoo.smp.hub.push_folder`). Returns the folder, or the Hub's commit info when pushed."""
+        from segzoo.smp.hub import push_folder, write_model_card
+
+        folder = super().save_pretrained(save_directory)
+        write_model_card(folder, self.smp_name, dataset, metrics)
+        return push_folder(folder, repo_id, private, token) if push_to_hub else folder
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, classes: int | None = None,
+                        strict: bool = True, revision: str | None = None) -> nn.Module:
+        """A ``save_pretrained`` folder or Hub id, segzoo's or smp 0.6's own (that one through
+        :func:`segzoo.smp.from_smp`, :func:`segzoo.smp.hub.smp_folder_model`)."""
+        from segzoo.smp.hub import read_smp_config, smp_folder_model
+
+        folder = resolve_folder(pretrained_model_name_or_path, revision)
+        smp_config = read_smp_config(folder)
+        if smp_config is None:
+            return super().from_pretrained(folder, classes=classes, strict=strict)
+        model = smp_folder_model(folder, smp_config, classes)
+        if cls is not SmpModel and not isinstance(model, cls):
+            raise CheckpointError(f"{folder}: holds smp's {smp_config['_model_class']}, not {cls.__name__}; load it "
+                                  f"with segzoo.smp.from_pretrained")
+        return model
+
     @classmethod
     def from_pretrained_config(cls, config: dict[str, Any], classes: int | None, source: Path) -> nn.Module:
         """The untrained model ``config`` describes (``classes`` outputs if given)."""
@@ -254,11 +284,12 @@ def _encoder(name: str, row: Any, args: dict[str, Any], defaults: dict[str, Any]
     default_depth = defaults.get("encoder_depth", 5)
     if not isinstance(depth, int) or not 1 <= depth <= 5:
         raise ValueError(f"segzoo.smp.{name}: encoder_depth must be an int in 1..5, got {depth!r}")
-    if isinstance(enc, str) and enc.startswith("tu-"):
+    timm_name = enc[3:] if isinstance(enc, str) and enc.startswith("tu-") else TIMM_TWINS.get(enc) if isinstance(enc, str) else None
+    if timm_name is not None:
         if params:
             raise ValueError(f"segzoo.smp.{name}: {sorted(params)} not supported with a timm encoder ({enc!r})")
         extra = {"out_indices": list(range(depth))} if depth != 5 else {}
-        return TimmEncoder(enc[3:], pretrained=weights is not None, in_channels=args["in_channels"], **extra)
+        return TimmEncoder(timm_name, pretrained=weights is not None, in_channels=args["in_channels"], **extra)
     if enc not in RESNET_ENCODERS:
         raise ValueError(f"segzoo.smp.{name}: encoder_name={enc!r} is not an encoder segzoo has: use one of "
                          f"{get_encoder_names()} or 'tu-<timm model name>'")
@@ -305,8 +336,13 @@ def create_model(arch: str, encoder_name: str = "resnet34", encoder_weights: str
 
 def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, *, classes: int | None = None,
                     strict: bool = True, revision: str | None = None) -> SmpModel:
-    """smp's ``smp.from_pretrained``: the front-door model a ``save_pretrained`` folder (or Hub id) holds."""
+    """smp's ``smp.from_pretrained``: the front-door model a ``save_pretrained`` folder (or Hub id) holds,
+    segzoo's or smp 0.6's own (see :meth:`SmpModel.from_pretrained`)."""
+    from segzoo.smp.hub import read_smp_config
+
     folder = resolve_folder(pretrained_model_name_or_path, revision)
+    if read_smp_config(folder) is not None:
+        return SmpModel.from_pretrained(folder, classes=classes, strict=strict)
     name = read_config(folder).get("smp_class")
     cls = MODEL_CLASSES.get(name, SmpModel) if isinstance(name, str) else SmpModel
     return cls.from_pretrained(folder, classes=classes, strict=strict)
