@@ -120,7 +120,7 @@ def oxford_pet_root(tmp_path: Path) -> str:
     (root / "images").mkdir(parents=True)
     (root / "annotations" / "trimaps").mkdir(parents=True)
     names = ["Abyssinian_1", "beagle_2", "Bengal_3", "boxer_4", "Persian_5"]
-    for i, name in enumerate(names):
+    for name in names:
         trimap = _blobs(rng, 40, 48, [1], background=2)
         trimap[(trimap == 1) & (np.roll(trimap, 2, axis=0) == 2)] = 3  # a border row above the pet
         Image.fromarray(_image(rng, trimap)).save(root / "images" / f"{name}.jpg")
