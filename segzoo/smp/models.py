@@ -5,7 +5,8 @@ with smp's signature. What the arguments build:
 
 - ``encoder_name``: ``"resnet18"`` ... ``"resnet152"`` -> segzoo's torchvision ResNet encoder (as the ``Resnet*``
   models); ``"resnext50_32x4d"``, ``"resnext101_32x8d"`` -> timm's copy of torchvision's model
-  (:data:`~segzoo.smp.encoders.TIMM_TWINS`); ``"tu-<timm name>"`` -> :class:`~segzoo.encoders.TimmEncoder`; others: one line naming these.
+  (:data:`~segzoo.smp.encoders.TIMM_TWINS`); ``"mit_b0"`` ... ``"mit_b5"`` -> segzoo's MiT (random weights
+  only: ``encoder_weights=None``); ``"tu-<timm name>"`` -> :class:`~segzoo.encoders.TimmEncoder`; others: one line naming these.
 - ``encoder_weights``: ``"imagenet"`` -> pretrained (ResNet: torchvision's weights; timm: its default
   weights), ``None`` -> random.
 - ``in_channels``, ``classes``; ``activation`` (``"sigmoid"``, ``"softmax2d"``, ``"softmax"``,
@@ -37,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from segzoo.architectures import ARCHITECTURES, RESNET_ENCODERS
-from segzoo.encoders import ResnetEncoder, TimmEncoder
+from segzoo.encoders import MIT_VARIANTS, MixTransformerEncoder, ResnetEncoder, TimmEncoder
 from segzoo.errors import CheckpointError
 from segzoo.models.archs import build_parts
 from segzoo.models.meta import UnetMetaSpec
@@ -154,6 +155,8 @@ class SmpModel(UnetMetaSpec):
             kwargs["decoder_use_norm"] = kwargs.pop("decoder_use_batchnorm")  # smp's older spelling
         kwargs.pop("decoder_use_batchnorm", None)
         structure = kwargs.pop("structure", "segzoo")
+        if name == "DPT" and isinstance(kwargs.get("dynamic_img_size"), bool):
+            kwargs.pop("dynamic_img_size")  # smp's timm ViT option: segzoo's DPT takes any H x W without it
         try:
             bound = _signature(name).bind(*args, **kwargs)
         except TypeError as exc:
@@ -290,6 +293,12 @@ def _encoder(name: str, row: Any, args: dict[str, Any], defaults: dict[str, Any]
             raise ValueError(f"segzoo.smp.{name}: {sorted(params)} not supported with a timm encoder ({enc!r})")
         extra = {"out_indices": list(range(depth))} if depth != 5 else {}
         return TimmEncoder(timm_name, pretrained=weights is not None, in_channels=args["in_channels"], **extra)
+    if enc in MIT_VARIANTS:
+        if weights is not None or depth != 5 or params:
+            raise ValueError(f"segzoo.smp.{name}: {enc!r} is built with encoder_weights=None, encoder_depth=5 and "
+                             f"smp's default encoder arguments only (its ImageNet weights: "
+                             f"MixTransformerEncoder({enc!r}, weights=<local file>))")
+        return MixTransformerEncoder(enc, in_channels=args["in_channels"])
     if enc not in RESNET_ENCODERS:
         raise ValueError(f"segzoo.smp.{name}: encoder_name={enc!r} is not an encoder segzoo has: use one of "
                          f"{get_encoder_names()} or 'tu-<timm model name>'")

@@ -148,3 +148,33 @@ def camvid_root(tmp_path: Path) -> str:
             Image.fromarray(_image(rng, labels)).save(root / split / f"0001TP_{i:06d}.png")
             Image.fromarray(labels).save(root / f"{split}annot" / f"0001TP_{i:06d}.png")
     return str(root) + "/"
+
+
+@pytest.fixture
+def smp_hub_folder(tmp_path: Path):
+    """``make(arch, **smp_kwargs)``: a local stand-in for an ``smp-hub/...`` repository: smp 0.6's own
+    ``save_pretrained`` of a random ``arch`` model (``config.json`` with ``_model_class``,
+    ``model.safetensors``) and an albumentations preprocessing transform saved beside it, as the smp-hub
+    repositories hold; returns ``(folder, smp_model)``. Skips when smp is not installed."""
+    ref = pytest.importorskip("segmentation_models_pytorch")
+    A = pytest.importorskip("albumentations")
+
+    def make(arch: str, **kwargs):
+        folder = tmp_path / "smp-hub" / arch.lower()
+        model = getattr(ref, arch)(encoder_weights=None, **kwargs).eval()
+        model.save_pretrained(folder)
+        A.Compose([A.Resize(64, 64), A.Normalize()]).save_pretrained(folder)
+        return str(folder), model
+
+    return make
+
+
+@pytest.fixture
+def ade_image(tmp_path: Path) -> str:
+    """A local stand-in for the notebooks' ``ADE_val_00000001.jpg`` download: an RGB JPEG, 48x80."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    path = tmp_path / "ADE_val_00000001.jpg"
+    Image.fromarray(_image(rng, _blobs(rng, 48, 80, [1, 2, 3], background=0))).save(path)
+    return str(path)
