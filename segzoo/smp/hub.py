@@ -4,10 +4,8 @@
   name and ``metrics`` given to ``save_pretrained``.
 - :func:`push_folder`: ``push_to_hub=True``, the saved folder uploaded with ``huggingface_hub`` (the repository
   is created if missing); a failure is one line and leaves the local folder in place.
-- :func:`read_smp_config` / :func:`smp_folder_model`: a folder written by smp 0.6's own ``save_pretrained``
-  (``config.json`` with ``_model_class``, ``model.safetensors``) loads through :func:`segzoo.smp.from_smp`
-  onto the ``structure="smp"`` twin, for the architectures and encoders it maps (others: one line naming
-  the first smp key that does not map).
+- :func:`read_smp_config`: tells a folder written by smp 0.6's own ``save_pretrained`` (``config.json`` with
+  ``_model_class``) from segzoo's (:mod:`segzoo.smp.pretrained` loads it).
 """
 
 from __future__ import annotations
@@ -16,12 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch.nn as nn
+from segzoo.models.pretrained import CONFIG_NAME
 
-from segzoo.errors import CheckpointError
-from segzoo.models.pretrained import CONFIG_NAME, read_weights
-
-__all__ = ["write_model_card", "push_folder", "read_smp_config", "smp_folder_model"]
+__all__ = ["write_model_card", "push_folder", "read_smp_config"]
 
 CARD_NAME = "README.md"
 _CARD_MARK = "<!-- written by segzoo.smp save_pretrained -->"
@@ -81,28 +76,4 @@ def read_smp_config(folder: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None  # segzoo's reader gives the one-line error
     return config if isinstance(config, dict) and "_model_class" in config else None
-
-
-def smp_folder_model(folder: Path, config: dict[str, Any], classes: int | None = None) -> nn.Module:
-    """The ``structure="smp"`` twin of the smp model an smp-written folder holds, with its weights (eval mode).
-
-    Raises:
-        CheckpointError: an architecture, encoder or argument that does not map (one line), or ``classes``
-            other than the saved number (smp's weights then cannot all load: load, then replace the head).
-    """
-    from segzoo.smp.statedict import from_smp
-
-    arch = config["_model_class"]
-    arguments = {k: v for k, v in config.items() if not k.startswith("_") and k != "encoder_weights"}
-    if classes is not None and classes != arguments.get("classes", 1):
-        raise CheckpointError(f"{folder / CONFIG_NAME}: an smp folder of {arguments.get('classes', 1)} classes; "
-                              f"classes={classes} is not available for smp's own folders (load it, then train a "
-                              f"new head)")
-    try:
-        model = from_smp(read_weights(folder), arch=arch, **arguments)
-    except KeyError as exc:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: {exc.args[0] if exc.args else exc}") from None
-    except CheckpointError as exc:
-        raise CheckpointError(f"{folder}: smp's {arch} does not load into segzoo: {exc}") from None
-    return model.eval()
 

@@ -42,11 +42,11 @@ from segzoo.encoders import MIT_VARIANTS, MixTransformerEncoder, ResnetEncoder, 
 from segzoo.errors import CheckpointError
 from segzoo.models.archs import build_parts
 from segzoo.models.meta import UnetMetaSpec
-from segzoo.models.pretrained import read_config, resolve_folder
+from segzoo.models.pretrained import resolve_folder
 from segzoo.smp.encoders import TIMM_TWINS, get_encoder_names
 from segzoo.smp.structure import smp_structure
 
-__all__ = ["SmpModel", "MODEL_CLASSES", "create_model", "from_pretrained"]
+__all__ = ["SmpModel", "MODEL_CLASSES", "create_model"]
 
 _COMMON_HEAD = (("encoder_name", "resnet34"), ("encoder_depth", 5), ("encoder_weights", "imagenet"))
 _COMMON_TAIL = (("in_channels", 3), ("classes", 1), ("activation", None))
@@ -239,19 +239,19 @@ class SmpModel(UnetMetaSpec):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, classes: int | None = None,
                         strict: bool = True, revision: str | None = None) -> nn.Module:
-        """A ``save_pretrained`` folder or Hub id, segzoo's or smp 0.6's own (that one through
-        :func:`segzoo.smp.from_smp`, :func:`segzoo.smp.hub.smp_folder_model`)."""
-        from segzoo.smp.hub import read_smp_config, smp_folder_model
+        """A folder or Hub id ``save_pretrained`` wrote (see :class:`~segzoo.models.pretrained.PretrainedMixin`).
+
+        Raises:
+            CheckpointError: a folder smp 0.6 itself wrote (one line: :func:`segzoo.smp.from_pretrained` loads it).
+        """
+        from segzoo.smp.hub import read_smp_config
 
         folder = resolve_folder(pretrained_model_name_or_path, revision)
         smp_config = read_smp_config(folder)
-        if smp_config is None:
-            return super().from_pretrained(folder, classes=classes, strict=strict)
-        model = smp_folder_model(folder, smp_config, classes)
-        if cls is not SmpModel and not isinstance(model, cls):
-            raise CheckpointError(f"{folder}: holds smp's {smp_config['_model_class']}, not {cls.__name__}; load it "
-                                  f"with segzoo.smp.from_pretrained")
-        return model
+        if smp_config is not None:
+            raise CheckpointError(f"{folder}: written by smp 0.6 ({smp_config['_model_class']!r}); load it with "
+                                  f"segzoo.smp.from_pretrained(folder), which maps smp's weights")
+        return super().from_pretrained(folder, classes=classes, strict=strict)
 
     @classmethod
     def from_pretrained_config(cls, config: dict[str, Any], classes: int | None, source: Path) -> nn.Module:
@@ -341,17 +341,3 @@ def create_model(arch: str, encoder_name: str = "resnet34", encoder_weights: str
         raise KeyError(f"create_model: unknown arch {arch!r}; segzoo.smp has {sorted(MODEL_CLASSES)}")
     return by_lower[arch.lower()](encoder_name=encoder_name, encoder_weights=encoder_weights,
                                   in_channels=in_channels, classes=classes, **kwargs)
-
-
-def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, *, classes: int | None = None,
-                    strict: bool = True, revision: str | None = None) -> SmpModel:
-    """smp's ``smp.from_pretrained``: the front-door model a ``save_pretrained`` folder (or Hub id) holds,
-    segzoo's or smp 0.6's own (see :meth:`SmpModel.from_pretrained`)."""
-    from segzoo.smp.hub import read_smp_config
-
-    folder = resolve_folder(pretrained_model_name_or_path, revision)
-    if read_smp_config(folder) is not None:
-        return SmpModel.from_pretrained(folder, classes=classes, strict=strict)
-    name = read_config(folder).get("smp_class")
-    cls = MODEL_CLASSES.get(name, SmpModel) if isinstance(name, str) else SmpModel
-    return cls.from_pretrained(folder, classes=classes, strict=strict)
