@@ -30,6 +30,8 @@ def smp_folder_model(folder: Path, config: dict[str, Any], classes: int | None =
             other than the saved number (smp's head then cannot load: load, then train a new head).
     """
     arch = config["_model_class"]
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{folder / CONFIG_NAME}: '_model_class' must be an smp class name, got {arch!r}")
     arguments = {k: v for k, v in config.items() if not k.startswith("_") and k != "encoder_weights"}
     if classes is not None and classes != arguments.get("classes", 1):
         raise CheckpointError(f"{folder / CONFIG_NAME}: an smp folder of {arguments.get('classes', 1)} classes; "
@@ -39,6 +41,8 @@ def smp_folder_model(folder: Path, config: dict[str, Any], classes: int | None =
         model = from_smp(read_weights(folder), arch=arch, **arguments)
     except KeyError as exc:
         raise CheckpointError(f"{folder / CONFIG_NAME}: {exc.args[0] if exc.args else exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # arguments of the wrong type in config.json
+        raise CheckpointError(f"{folder / CONFIG_NAME}: smp's {arch} arguments do not build: {exc}") from None
     except CheckpointError as exc:
         raise CheckpointError(f"{folder}: smp's {arch} does not load into segzoo: {exc}") from None
     return model.eval()

@@ -97,3 +97,15 @@ def test_from_pretrained_loads_a_folder_smp_wrote(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="classes=5 is not available for smp's own folders"):
         smp.from_pretrained(tmp_path / "smp-unet", classes=5, strict=False)
+
+
+@pytest.mark.parametrize("edit", [{"_model_class": ["Unet"]}, {"_model_class": "../../Unet"}, {"encoder_depth": "five"},
+                                  {"classes": "two"}, {"nonsense": 1}, {"_model_class": "Segformer"}])
+def test_a_crafted_smp_folder_is_refused_in_one_line(tmp_path, edit):
+    real = _real()
+    real.Unet("resnet18", encoder_weights=None, classes=2).save_pretrained(tmp_path / "f")
+    config = json.loads((tmp_path / "f" / "config.json").read_text())
+    (tmp_path / "f" / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(CheckpointError) as info:
+        smp.from_pretrained(tmp_path / "f")
+    assert "\n" not in str(info.value) and str(tmp_path / "f") in str(info.value)
