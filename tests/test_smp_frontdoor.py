@@ -125,7 +125,7 @@ def test_preprocessing_is_offline_and_hwc_numpy():
     assert isinstance(out, np.ndarray) and out.shape == (4, 5, 3)
     assert np.allclose(out[0, 0], (1 - np.array(params["mean"])) / np.array(params["std"]))
     with pytest.raises(ValueError, match="not an encoder segzoo has"):
-        front.encoders.get_preprocessing_params("mit_b0")
+        front.encoders.get_preprocessing_params("efficientnet-b0")
 
 
 # --- save_pretrained / from_pretrained (point 2) ---------------------------------------------------------

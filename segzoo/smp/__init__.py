@@ -10,11 +10,12 @@ load smp's own weights (:mod:`~segzoo.smp.statedict`). segzoo's own classes (``s
 
 from __future__ import annotations
 
-from segzoo.smp import encoders, losses, metrics
-from segzoo.smp.models import MODEL_CLASSES, SmpModel, create_model, from_pretrained
+from segzoo.smp import datasets, encoders, losses, metrics
+from segzoo.smp.models import MODEL_CLASSES, SmpModel, create_model
+from segzoo.smp.pretrained import from_pretrained
 from segzoo.smp.statedict import from_smp, load_smp_state_dict
 
 globals().update(MODEL_CLASSES)
 
-__all__ = ["encoders", "losses", "metrics", "create_model", "from_pretrained", "SmpModel", "from_smp",
+__all__ = ["datasets", "encoders", "losses", "metrics", "create_model", "from_pretrained", "SmpModel", "from_smp",
            "load_smp_state_dict", *MODEL_CLASSES]

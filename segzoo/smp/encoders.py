@@ -1,7 +1,8 @@
 """smp's ``encoders.get_preprocessing_params`` / ``get_preprocessing_fn``, offline, for the encoders segzoo knows.
 
 ``"resnet18"`` ... ``"resnet152"`` (torchvision's ImageNet weights: ImageNet mean/std, RGB, input range
-[0, 1]) and ``"tu-<timm name>"`` (the model's pretrained config as timm ships it in its package; nothing
+[0, 1]), smp's torchvision ResNeXts (:data:`TIMM_TWINS`: built as timm's copy of torchvision's model and weights),
+``"mit_b0"`` ... ``"mit_b5"`` (ImageNet mean/std, as smp) and ``"tu-<timm name>"`` (the model's pretrained config as timm ships it in its package; nothing
 is downloaded). The function works as smp's: an (H, W, C) numpy image in, an (H, W, C) float numpy
 image out, ``(x / 255 - mean) / std`` (the division by 255 only when the image's maximum is above 1).
 segzoo's own :func:`segzoo.data.normalize` returns a (C, H, W) torch tensor instead.
@@ -17,13 +18,21 @@ import numpy as np
 
 from segzoo.architectures import RESNET_ENCODERS
 from segzoo.data.visual import IMAGENET_MEAN, IMAGENET_STD
+from segzoo.encoders.mit import MIT_VARIANTS
 
-__all__ = ["get_encoder_names", "get_preprocessing_params", "get_preprocessing_fn", "preprocess_input"]
+__all__ = ["TIMM_TWINS", "get_encoder_names", "get_preprocessing_params", "get_preprocessing_fn", "preprocess_input"]
+
+
+#: smp encoder name -> the timm model (and tag) with the same layers and smp's ``"imagenet"`` weights
+#: (torchvision's, which timm ships as ``tv_in1k``)
+TIMM_TWINS: dict[str, str] = {"resnext50_32x4d": "resnext50_32x4d.tv_in1k",
+                              "resnext101_32x8d": "resnext101_32x8d.tv_in1k"}
 
 
 def get_encoder_names() -> list[str]:
-    """The ``encoder_name`` values the front door builds besides ``"tu-<timm name>"``."""
-    return list(RESNET_ENCODERS)
+    """The ``encoder_name`` values the front door builds besides ``"tu-<timm name>"`` (``mit_b*``: segzoo's
+    :class:`~segzoo.encoders.MixTransformerEncoder`, random or from a local weights file)."""
+    return [*RESNET_ENCODERS, *TIMM_TWINS, *MIT_VARIANTS]
 
 
 def _unknown(encoder_name: str) -> ValueError:
@@ -51,7 +60,7 @@ def get_preprocessing_params(encoder_name: str, pretrained: str = "imagenet") ->
         return {"input_space": settings.get("input_space", "RGB") or "RGB",
                 "input_range": list(settings.get("input_range") or [0, 1]),
                 "mean": list(settings["mean"]), "std": list(settings["std"])}
-    if encoder_name not in RESNET_ENCODERS:
+    if encoder_name not in get_encoder_names():
         raise _unknown(encoder_name)
     if pretrained != "imagenet":
         raise ValueError(f"{encoder_name}: segzoo has the 'imagenet' weights only (torchvision's), "

@@ -4,7 +4,9 @@ One class per row of :data:`segzoo.architectures.ARCHITECTURES` that names an sm
 with smp's signature. What the arguments build:
 
 - ``encoder_name``: ``"resnet18"`` ... ``"resnet152"`` -> segzoo's torchvision ResNet encoder (as the ``Resnet*``
-  models); ``"tu-<timm name>"`` -> :class:`~segzoo.encoders.TimmEncoder`; others: one line naming these.
+  models); ``"resnext50_32x4d"``, ``"resnext101_32x8d"`` -> timm's copy of torchvision's model
+  (:data:`~segzoo.smp.encoders.TIMM_TWINS`); ``"mit_b0"`` ... ``"mit_b5"`` -> segzoo's MiT (random weights
+  only: ``encoder_weights=None``); ``"tu-<timm name>"`` -> :class:`~segzoo.encoders.TimmEncoder`; others: one line naming these.
 - ``encoder_weights``: ``"imagenet"`` -> pretrained (ResNet: torchvision's weights; timm: its default
   weights), ``None`` -> random.
 - ``in_channels``, ``classes``; ``activation`` (``"sigmoid"``, ``"softmax2d"``, ``"softmax"``,
@@ -36,15 +38,15 @@ import torch
 import torch.nn as nn
 
 from segzoo.architectures import ARCHITECTURES, RESNET_ENCODERS
-from segzoo.encoders import ResnetEncoder, TimmEncoder
+from segzoo.encoders import MIT_VARIANTS, MixTransformerEncoder, ResnetEncoder, TimmEncoder
 from segzoo.errors import CheckpointError
 from segzoo.models.archs import build_parts
 from segzoo.models.meta import UnetMetaSpec
-from segzoo.models.pretrained import read_config, resolve_folder
-from segzoo.smp.encoders import get_encoder_names
+from segzoo.models.pretrained import resolve_folder
+from segzoo.smp.encoders import TIMM_TWINS, get_encoder_names
 from segzoo.smp.structure import smp_structure
 
-__all__ = ["SmpModel", "MODEL_CLASSES", "create_model", "from_pretrained"]
+__all__ = ["SmpModel", "MODEL_CLASSES", "create_model"]
 
 _COMMON_HEAD = (("encoder_name", "resnet34"), ("encoder_depth", 5), ("encoder_weights", "imagenet"))
 _COMMON_TAIL = (("in_channels", 3), ("classes", 1), ("activation", None))
@@ -153,6 +155,8 @@ class SmpModel(UnetMetaSpec):
             kwargs["decoder_use_norm"] = kwargs.pop("decoder_use_batchnorm")  # smp's older spelling
         kwargs.pop("decoder_use_batchnorm", None)
         structure = kwargs.pop("structure", "segzoo")
+        if name == "DPT" and isinstance(kwargs.get("dynamic_img_size"), bool):
+            kwargs.pop("dynamic_img_size")  # smp's timm ViT option: segzoo's DPT takes any H x W without it
         try:
             bound = _signature(name).bind(*args, **kwargs)
         except TypeError as exc:
@@ -220,6 +224,35 @@ class SmpModel(UnetMetaSpec):
         config = {"builder": "segzoo.smp", "smp_class": self.smp_name, "arguments": arguments}
         return config if self.structure == "segzoo" else {**config, "structure": self.structure}
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False,
+                        repo_id: str | None = None, private: bool | None = None, token: str | None = None,
+                        dataset: str | None = None, metrics: Any = None) -> Any:
+        """smp's ``save_pretrained``: ``config.json`` + ``model.safetensors`` and a ``README.md`` model card
+        (``dataset`` name, ``metrics`` as JSON) in ``save_directory``; ``push_to_hub=True`` then uploads the
+        folder (:func:`segzoo.smp.hub.push_folder`). Returns the folder, or the Hub's commit info when pushed."""
+        from segzoo.smp.hub import push_folder, write_model_card
+
+        folder = super().save_pretrained(save_directory)
+        write_model_card(folder, self.smp_name, dataset, metrics)
+        return push_folder(folder, repo_id, private, token) if push_to_hub else folder
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, classes: int | None = None,
+                        strict: bool = True, revision: str | None = None) -> nn.Module:
+        """A folder or Hub id ``save_pretrained`` wrote (see :class:`~segzoo.models.pretrained.PretrainedMixin`).
+
+        Raises:
+            CheckpointError: a folder smp 0.6 itself wrote (one line: :func:`segzoo.smp.from_pretrained` loads it).
+        """
+        from segzoo.smp.hub import read_smp_config
+
+        folder = resolve_folder(pretrained_model_name_or_path, revision)
+        smp_config = read_smp_config(folder)
+        if smp_config is not None:
+            raise CheckpointError(f"{folder}: written by smp 0.6 ({smp_config['_model_class']!r}); load it with "
+                                  f"segzoo.smp.from_pretrained(folder), which maps smp's weights")
+        return super().from_pretrained(folder, classes=classes, strict=strict)
+
     @classmethod
     def from_pretrained_config(cls, config: dict[str, Any], classes: int | None, source: Path) -> nn.Module:
         """The untrained model ``config`` describes (``classes`` outputs if given)."""
@@ -254,11 +287,18 @@ def _encoder(name: str, row: Any, args: dict[str, Any], defaults: dict[str, Any]
     default_depth = defaults.get("encoder_depth", 5)
     if not isinstance(depth, int) or not 1 <= depth <= 5:
         raise ValueError(f"segzoo.smp.{name}: encoder_depth must be an int in 1..5, got {depth!r}")
-    if isinstance(enc, str) and enc.startswith("tu-"):
+    timm_name = enc[3:] if isinstance(enc, str) and enc.startswith("tu-") else TIMM_TWINS.get(enc) if isinstance(enc, str) else None
+    if timm_name is not None:
         if params:
             raise ValueError(f"segzoo.smp.{name}: {sorted(params)} not supported with a timm encoder ({enc!r})")
         extra = {"out_indices": list(range(depth))} if depth != 5 else {}
-        return TimmEncoder(enc[3:], pretrained=weights is not None, in_channels=args["in_channels"], **extra)
+        return TimmEncoder(timm_name, pretrained=weights is not None, in_channels=args["in_channels"], **extra)
+    if enc in MIT_VARIANTS:
+        if weights is not None or depth != 5 or params:
+            raise ValueError(f"segzoo.smp.{name}: {enc!r} is built with encoder_weights=None, encoder_depth=5 and "
+                             f"smp's default encoder arguments only (its ImageNet weights: "
+                             f"MixTransformerEncoder({enc!r}, weights=<local file>))")
+        return MixTransformerEncoder(enc, in_channels=args["in_channels"])
     if enc not in RESNET_ENCODERS:
         raise ValueError(f"segzoo.smp.{name}: encoder_name={enc!r} is not an encoder segzoo has: use one of "
                          f"{get_encoder_names()} or 'tu-<timm model name>'")
@@ -301,12 +341,3 @@ def create_model(arch: str, encoder_name: str = "resnet34", encoder_weights: str
         raise KeyError(f"create_model: unknown arch {arch!r}; segzoo.smp has {sorted(MODEL_CLASSES)}")
     return by_lower[arch.lower()](encoder_name=encoder_name, encoder_weights=encoder_weights,
                                   in_channels=in_channels, classes=classes, **kwargs)
-
-
-def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, *, classes: int | None = None,
-                    strict: bool = True, revision: str | None = None) -> SmpModel:
-    """smp's ``smp.from_pretrained``: the front-door model a ``save_pretrained`` folder (or Hub id) holds."""
-    folder = resolve_folder(pretrained_model_name_or_path, revision)
-    name = read_config(folder).get("smp_class")
-    cls = MODEL_CLASSES.get(name, SmpModel) if isinstance(name, str) else SmpModel
-    return cls.from_pretrained(folder, classes=classes, strict=strict)
