@@ -71,8 +71,8 @@ class DPTDecoder(DecoderSpec):
         channels: width of each reassembled level after its 1x1 conv (one per token map).
         fusion_channels: width of every fused level and of the output.
         align_corners: the fusion's bilinear resizes align corner pixels (smp's DPT; default ``False``).
-        upsample_last: the finest fused level too gets a 1x1 projection and a x2 bilinear resize (smp's DPT:
-            its 3x3 conv then runs at stride p/8); default ``False`` (stride p/4).
+        upsample_last: smp's DPT: every level, the finest too, is resized (x2) before its 1x1 projection, and the
+            3x3 conv runs at stride p/8; default ``False`` (projection first, the finest level kept at p/4).
 
     Shapes: n x (B, D, H / p, W / p) -> [(B, fusion_channels, H / s, W / s)], s = p/4 (p/8 with ``upsample_last``).
     """
@@ -133,12 +133,15 @@ class DPTDecoder(DecoderSpec):
             if fused is not None:
                 x = x + fused
             x = self.units2[k](x)
-            if k > 0:
+            if k > 0 and self.upsample_last:  # smp's order: resize, then project
+                fused = self.projects[k - 1](F.interpolate(x, size=levels[k - 1].shape[-2:], mode="bilinear",
+                                                           align_corners=self.align_corners))
+            elif k > 0:
                 fused = F.interpolate(self.projects[k - 1](x), size=levels[k - 1].shape[-2:], mode="bilinear",
                                       align_corners=self.align_corners)
             else:
                 fused = x
         if self.upsample_last:
-            fused = F.interpolate(self.last_project(fused), scale_factor=2.0, mode="bilinear",
-                                  align_corners=self.align_corners)
+            fused = self.last_project(F.interpolate(fused, scale_factor=2.0, mode="bilinear",
+                                                    align_corners=self.align_corners))
         return [self.out(fused)]

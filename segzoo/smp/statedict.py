@@ -25,8 +25,8 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
-from segzoo.smp.models import MODEL_CLASSES, SIGNATURES, SmpModel
 from segzoo.smp import twin_smpsdd
+from segzoo.smp.models import MODEL_CLASSES, SIGNATURES, SmpModel
 from segzoo.smp.structure import SMP_STRUCTURES
 
 __all__ = ["from_smp", "load_smp_state_dict", "read_smp_state_dict", "smp_to_segzoo_keys"]
@@ -211,7 +211,8 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
     name = _resnet_name(sd)
     if name:
         found["encoder_name"] = name
-    found.update(_INFER.get(str(arch), dict)(sd))
+    infer = next((f for name, f in _INFER.items() if name.lower() == str(arch).lower()), None)
+    found.update(infer(sd) if infer else {})
     return arch, found
 
 

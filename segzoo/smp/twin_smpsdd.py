@@ -220,7 +220,8 @@ def prepare_dpt(sd: Mapping[str, torch.Tensor], arguments: Mapping[str, Any]) ->
     encoder = str(arguments.get("encoder_name", ""))
     readout = arguments.get("decoder_readout", "cat")
     has_projection = any(k.startswith("decoder.projection_blocks.") for k in sd)
-    if readout == "cat" and not has_projection:
+    is_dpt = any(k.startswith("decoder.fusion_blocks.") for k in sd)  # else: the key mapping names a key
+    if readout == "cat" and not has_projection and is_dpt and encoder:  # (no encoder: from_smp asks for it)
         key = next((k for k in sd if k.startswith("decoder.")), "decoder")
         raise CheckpointError(f"smp DPT key {key!r}: these weights have no 'cat' readout projection "
                               f"(decoder.projection_blocks.*): pass their decoder_readout ('add' or 'ignore')")
