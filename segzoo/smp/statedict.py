@@ -7,7 +7,12 @@ torchvision's ``conv1/bn1/layer1..4``; the decoder and head: a table per archite
 
 Which smp models map: ``Unet`` on smp's ResNet encoders (``resnet18`` ... ``resnet152``), any
 ``encoder_depth``, ``decoder_channels``, ``decoder_use_norm`` ``"batchnorm"`` or ``"identity"``,
-``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. Anything else (another architecture, encoder,
+``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. ``Segformer`` on smp's ResNets, MiT (``mit_b0`` ...
+``mit_b5``) and timm encoders, any ``decoder_segmentation_channels``, ``encoder_depth`` 3..5 (MiT: 5), and ``DPT``
+on timm's plain ViTs (``"tu-vit_*"``), any ``decoder_readout``, ``encoder_depth``, ``encoder_output_indices``,
+decoder widths (:mod:`segzoo.smp.twin_smpsdd`). Every class also on smp's timm CNN encoders (``"tu-resnet18"``,
+strides 2 ... 32; keys ``encoder.model.*`` as segzoo's ``TimmEncoder``), and with ``aux_params`` (``aux_params``
+on DPT: with ``decoder_readout="ignore"`` only). Anything else (another architecture, encoder,
 an attention block) is one :class:`~segzoo.errors.CheckpointError` line naming the first smp key that does
 not map and what does.
 """
