@@ -147,6 +147,8 @@ def test_weights_that_do_not_fit_are_one_line():
     bad = dict(segformer)
     del bad["decoder.fuse_stage.1.running_var"]
     _one_line_error(bad, "missing.*decoder.fuse.1.running_var")
+    bad = {**segformer, "decoder.mlp_stage.9.linear.weight": torch.zeros(256, 3)}  # renumbering must not invent keys
+    _one_line_error(bad, r"'decoder\.mlp_stage\.9\.linear\.weight'.*without gaps")
     dpt = _smp("DPT", "tu-test_vit", sizes=VIT_SIZES, decoder_readout="add").state_dict()
     _one_line_error(dpt, "no 'cat' readout projection.*pass their decoder_readout", encoder_name="tu-test_vit")
     _one_line_error(dpt, "the keys do not tell the encoder's name.*encoder_name='tu-")
@@ -162,6 +164,8 @@ def test_structure_smp_refuses_encoders_it_cannot_compute():
         zsmp.DPT("resnet18", encoder_weights=None, structure="smp")
     with pytest.raises(ValueError, match="encoder_weights=None"):
         zsmp.Segformer("mit_b0", structure="smp")  # segzoo downloads no MiT weights
+    with pytest.raises(KeyError, match="unknown timm model 'nope_net'"):
+        zsmp.Segformer("tu-nope_net", encoder_weights=None, structure="smp")
     with pytest.raises(ValueError, match="upsampling"):
         zsmp.Segformer("resnet18", encoder_weights=None, upsampling=2, structure="smp")
 

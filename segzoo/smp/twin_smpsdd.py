@@ -41,6 +41,10 @@ def timm_strides(name: str) -> list[int]:
     """The feature strides of timm model ``name`` built ``features_only`` (on the meta device: no weights)."""
     import timm
 
+    from segzoo.encoders.timm_encoder import timm_name_error
+
+    if not timm.is_model(timm.models.split_model_name_tag(name)[0]):
+        raise timm_name_error(name)
     try:
         with torch.device("meta"):
             model = timm.create_model(name, features_only=True)
@@ -171,7 +175,12 @@ def _same(tensor: torch.Tensor) -> torch.Tensor:
 def prepare_segformer(sd: Mapping[str, torch.Tensor], arguments: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """``sd`` with smp's MLPs numbered shallow to deep (smp runs them deep to shallow: ``mlp_stage.0`` is the
     deepest level), as segzoo's linears."""
-    levels = len(_sizes(sd, r"decoder\.mlp_stage\.(\d+)\."))
+    indices = _sizes(sd, r"decoder\.mlp_stage\.(\d+)\.")
+    levels = len(indices)
+    if indices != list(range(levels)):  # a gap: renumbering would invent keys
+        key = next(k for k in sd if re.match(rf"decoder\.mlp_stage\.{max(indices)}\.", k))
+        raise CheckpointError(f"smp Segformer key {key!r} does not map onto segzoo: smp numbers its "
+                              f"decoder.mlp_stage.* 0, 1, 2... without gaps (these: {indices})")
     out = {}
     for key, value in sd.items():
         m = re.match(r"decoder\.mlp_stage\.(\d+)\.", key)
