@@ -70,12 +70,15 @@ class DPTDecoder(DecoderSpec):
         in_strides: token map strides (all equal to the patch size, a multiple of 4).
         channels: width of each reassembled level after its 1x1 conv (one per token map).
         fusion_channels: width of every fused level and of the output.
+        align_corners: the fusion's bilinear resizes align corner pixels (smp's DPT; default ``False``).
+        upsample_last: smp's DPT: every level, the finest too, is resized (x2) before its 1x1 projection, and the
+            3x3 conv runs at stride p/8; default ``False`` (projection first, the finest level kept at p/4).
 
-    Shapes: n x (B, D, H / p, W / p) -> [(B, fusion_channels, H / (p/4), W / (p/4))].
+    Shapes: n x (B, D, H / p, W / p) -> [(B, fusion_channels, H / s, W / s)], s = p/4 (p/8 with ``upsample_last``).
     """
 
     def __init__(self, in_channels: list[int], in_strides: list[int], channels: Sequence[int] = (96, 192, 384, 768),
-                 fusion_channels: int = 256) -> None:
+                 fusion_channels: int = 256, align_corners: bool = False, upsample_last: bool = False) -> None:
         super().__init__(in_channels, in_strides)
         if len(set(self.in_strides)) != 1:
             raise ValueError(f"DPTDecoder needs token maps at one stride (a plain ViT), got strides {self.in_strides}")
@@ -97,6 +100,13 @@ class DPTDecoder(DecoderSpec):
         self.units1 = nn.ModuleList(ResidualConvUnit(fusion_channels) for _ in range(n))
         self.units2 = nn.ModuleList(ResidualConvUnit(fusion_channels) for _ in range(n))
         self.projects = nn.ModuleList(nn.Conv2d(fusion_channels, fusion_channels, 1) for _ in range(n - 1))
+        if upsample_last and patch % 8:
+            raise ValueError(f"DPTDecoder: upsample_last needs a patch size p that is a multiple of 8 (the output "
+                             f"is at stride p/8), got p={patch}")
+        # an Identity without upsample_last: segzoo's own models keep their keys, TorchScript sees the attribute
+        self.last_project = nn.Conv2d(fusion_channels, fusion_channels, 1) if upsample_last else nn.Identity()
+        self.upsample_last = bool(upsample_last)
+        self.align_corners = bool(align_corners)
         self.out = ConvBnAct(fusion_channels, fusion_channels, 3)
         self._out = fusion_channels
 
@@ -106,7 +116,7 @@ class DPTDecoder(DecoderSpec):
 
     @property
     def out_strides(self) -> list[int]:
-        return [self.in_strides[0] // 4]
+        return [self.in_strides[0] // (8 if self.upsample_last else 4)]
 
     @property
     def deepest_stride(self) -> int:
@@ -123,9 +133,15 @@ class DPTDecoder(DecoderSpec):
             if fused is not None:
                 x = x + fused
             x = self.units2[k](x)
-            if k > 0:
+            if k > 0 and self.upsample_last:  # smp's order: resize, then project
+                fused = self.projects[k - 1](F.interpolate(x, size=levels[k - 1].shape[-2:], mode="bilinear",
+                                                           align_corners=self.align_corners))
+            elif k > 0:
                 fused = F.interpolate(self.projects[k - 1](x), size=levels[k - 1].shape[-2:], mode="bilinear",
-                                      align_corners=False)
+                                      align_corners=self.align_corners)
             else:
                 fused = x
+        if self.upsample_last:
+            fused = self.last_project(F.interpolate(fused, scale_factor=2.0, mode="bilinear",
+                                                    align_corners=self.align_corners))
         return [self.out(fused)]

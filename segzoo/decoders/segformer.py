@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from segzoo.blocks import ConvBnAct, make_norm, make_upsample
 from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
@@ -39,17 +40,25 @@ class SegformerDecoder(DecoderSpec):
             768 for larger encoders).
         min_stride: features finer than this stride are not used (when none is that coarse: the deepest).
         fuse: ``"levels"`` (per-level linear layers, summed) or ``"concat"`` (the paper's).
+        out_stride: resize every used level to the size of the feature at this stride (one of the used
+            strides; finer levels are resized down bilinearly): smp's Segformer on a ResNet uses the stride-2
+            feature (``min_stride=2``) at stride 4. Default: the finest used stride.
 
-    Shapes: features -> [(B, channels, H / s, W / s)], s the finest used stride.
+    Shapes: features -> [(B, channels, H / s, W / s)], s = ``out_stride`` or the finest used stride.
     """
 
     def __init__(self, in_channels: list[int], in_strides: list[int], channels: int = 256, min_stride: int = 4,
-                 fuse: str = "levels") -> None:
+                 fuse: str = "levels", out_stride: int | None = None) -> None:
         super().__init__(in_channels, in_strides)
         if fuse not in FUSE_MODES:
             raise ValueError(f"SegformerDecoder: fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
         last = len(self.in_channels) - 1
         self.first = next((i for i, s in enumerate(self.in_strides) if s >= min_stride), last)
+        if out_stride is not None and out_stride not in self.in_strides[self.first:]:
+            raise ValueError(f"SegformerDecoder: out_stride must be one of the used strides "
+                             f"{self.in_strides[self.first:]}, got {out_stride!r}")
+        # the level whose size every level is resized to (-1: the finest, by fixed factors)
+        self.target = -1 if out_stride is None else self.in_strides.index(out_stride)
         levels = range(self.first, last + 1)
         finest = self.in_strides[self.first]
         self.resize = nn.ModuleList(
@@ -71,12 +80,17 @@ class SegformerDecoder(DecoderSpec):
 
     @property
     def out_strides(self) -> list[int]:
-        return [self.in_strides[self.first]]
+        return [self.in_strides[self.first if self.target < 0 else self.target]]
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Project every used level, resize to the finest used stride and fuse."""
+        """Project every used level, resize to the finest used stride (or ``out_stride``) and fuse."""
         used = features[self.first:]
-        parts = [up(linear(f)) for up, linear, f in zip(self.resize, self.linears, used)]
+        if self.target < 0:
+            parts = [up(linear(f)) for up, linear, f in zip(self.resize, self.linears, used)]
+        else:
+            size = features[self.target].shape[-2:]
+            parts = [F.interpolate(linear(f), size=[int(size[0]), int(size[1])], mode="bilinear",
+                                   align_corners=False) for linear, f in zip(self.linears, used)]
         if self.fuse_mode == "concat":
             return [self.fuse(torch.cat(parts, dim=1))]
         fused = parts[0]

@@ -181,6 +181,9 @@ class ViTEncoder(EncoderSpec):
         x = model.norm_pre(model.patch_drop(self._embed(x)))
         maps = []
         n = self.num_prefix_tokens
+        # token maps are channels_last views: a model set to NCHW (its 4-D weights NCHW) gets NCHW maps, so its
+        # convolutions take the NCHW kernels, as smp's DPT's (whose "cat" readout, a Linear, leaves them as views)
+        nchw = self.model.patch_embed.proj.weight.is_contiguous() and self.project is None
         for i, block in enumerate(model.blocks):
             x = block(x)
             if i in self.indices:
@@ -190,5 +193,6 @@ class ViTEncoder(EncoderSpec):
                 elif n and self.project is not None:
                     k = self.indices.index(i)
                     tokens = self.project[k](torch.cat([tokens, x[:, :1].expand_as(tokens)], dim=2))
-                maps.append(tokens.transpose(1, 2).reshape(x.shape[0], -1, gh, gw))
+                grid = tokens.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+                maps.append(grid.contiguous() if nchw else grid)
         return maps

@@ -5,8 +5,9 @@ with smp's signature. What the arguments build:
 
 - ``encoder_name``: ``"resnet18"`` ... ``"resnet152"`` -> segzoo's torchvision ResNet encoder (as the ``Resnet*``
   models); ``"resnext50_32x4d"``, ``"resnext101_32x8d"`` -> timm's copy of torchvision's model
-  (:data:`~segzoo.smp.encoders.TIMM_TWINS`); ``"mit_b0"`` ... ``"mit_b5"`` -> segzoo's MiT (random weights
-  only: ``encoder_weights=None``); ``"tu-<timm name>"`` -> :class:`~segzoo.encoders.TimmEncoder`; others: one line naming these.
+  (:data:`~segzoo.smp.encoders.TIMM_TWINS`); ``"tu-<timm name>"`` -> :class:`~segzoo.encoders.TimmEncoder`;
+  ``"mit_b0"`` ... ``"mit_b5"`` -> segzoo's MiT (random: ``encoder_weights=None``; smp's weights load with
+  ``from_smp``); others: one line naming these.
 - ``encoder_weights``: ``"imagenet"`` -> pretrained (ResNet: torchvision's weights; timm: its default
   weights), ``None`` -> random.
 - ``in_channels``, ``classes``; ``activation`` (``"sigmoid"``, ``"softmax2d"``, ``"softmax"``,
@@ -19,7 +20,8 @@ with smp's signature. What the arguments build:
   ``dict(classes=K, pooling="avg"|"max", dropout=0.2, activation=None|"sigmoid"|"softmax"|...)``; ``dropout``
   defaults to smp's 0.2): ``forward`` then returns ``(masks, labels (B, K))``.
 - ``structure="smp"`` (segzoo's keyword, default ``"segzoo"``): build smp's exact decoder and head (Unet: smp's
-  widths, two convs per block, the full-resolution block, the 3x3 head), so that smp's weights load
+  widths, two convs per block, the full-resolution block, the 3x3 head; Segformer, DPT: see
+  :mod:`segzoo.smp.twin_smpsdd`), so that smp's weights load
   (:func:`segzoo.smp.from_smp`, :func:`segzoo.smp.load_smp_state_dict`); architectures without it refuse it.
 
 The models are :class:`~segzoo.models.UnetMetaSpec` (any input size, ``save_pretrained`` /
@@ -118,6 +120,10 @@ MAPPINGS: dict[str, dict[str, tuple[str, str, Callable[[Any], Any]]]] = {
                       "encoder_output_stride": ("encoder", "output_stride", int)},
     "UPerNet": {"decoder_channels": ("decoder", "channels", int)},
 }
+MAPPINGS["Segformer"] = {"decoder_segmentation_channels": ("decoder", "channels", int)}
+MAPPINGS["DPT"] = {"decoder_readout": ("encoder", "readout", str), "encoder_output_indices": ("encoder", "out_indices", list),
+                   "decoder_intermediate_channels": ("decoder", "channels", list),
+                   "decoder_fusion_channels": ("decoder", "fusion_channels", int)}
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "identity": nn.Identity, "sigmoid": nn.Sigmoid, "softmax2d": lambda: nn.Softmax(dim=1),
     "softmax": lambda: nn.Softmax(dim=1), "logsoftmax": lambda: nn.LogSoftmax(dim=1), "tanh": nn.Tanh}
@@ -279,6 +285,10 @@ def _same(value: Any, default: Any) -> bool:
     return value is default or (type(value) is type(default) and value == default)
 
 
+#: encoder arguments a ``structure="smp"`` passes to a timm encoder (smp's feature indices, DPT's readout)
+_TIMM_STRUCTURE = {"out_indices", "readout"}
+
+
 def _encoder(name: str, row: Any, args: dict[str, Any], defaults: dict[str, Any], params: dict[str, Any]):
     enc, weights, depth = args["encoder_name"], args["encoder_weights"], args["encoder_depth"]
     if weights not in ("imagenet", None) and not (isinstance(enc, str) and enc.startswith("tu-")):
@@ -287,17 +297,18 @@ def _encoder(name: str, row: Any, args: dict[str, Any], defaults: dict[str, Any]
     default_depth = defaults.get("encoder_depth", 5)
     if not isinstance(depth, int) or not 1 <= depth <= 5:
         raise ValueError(f"segzoo.smp.{name}: encoder_depth must be an int in 1..5, got {depth!r}")
-    timm_name = enc[3:] if isinstance(enc, str) and enc.startswith("tu-") else TIMM_TWINS.get(enc) if isinstance(enc, str) else None
+    timm_name = enc[3:] if isinstance(enc, str) and enc.startswith("tu-") else \
+        TIMM_TWINS.get(enc) if isinstance(enc, str) else None
     if timm_name is not None:
-        if params:
+        if set(params) - _TIMM_STRUCTURE:
             raise ValueError(f"segzoo.smp.{name}: {sorted(params)} not supported with a timm encoder ({enc!r})")
         extra = {"out_indices": list(range(depth))} if depth != 5 else {}
-        return TimmEncoder(timm_name, pretrained=weights is not None, in_channels=args["in_channels"], **extra)
-    if enc in MIT_VARIANTS:
+        return TimmEncoder(timm_name, pretrained=weights is not None, in_channels=args["in_channels"],
+                           **{**extra, **params})
+    if isinstance(enc, str) and enc in MIT_VARIANTS:  # segzoo's MiT: smp's weights load with from_smp
         if weights is not None or depth != 5 or params:
-            raise ValueError(f"segzoo.smp.{name}: {enc!r} is built with encoder_weights=None, encoder_depth=5 and "
-                             f"smp's default encoder arguments only (its ImageNet weights: "
-                             f"MixTransformerEncoder({enc!r}, weights=<local file>))")
+            raise ValueError(f"segzoo.smp.{name}: {enc!r} is segzoo's MiT: encoder_weights=None and encoder_depth=5 "
+                             f"only (smp's weights load with segzoo.smp.from_smp / load_smp_state_dict)")
         return MixTransformerEncoder(enc, in_channels=args["in_channels"])
     if enc not in RESNET_ENCODERS:
         raise ValueError(f"segzoo.smp.{name}: encoder_name={enc!r} is not an encoder segzoo has: use one of "

@@ -7,7 +7,12 @@ torchvision's ``conv1/bn1/layer1..4``; the decoder and head: a table per archite
 
 Which smp models map: ``Unet`` on smp's ResNet encoders (``resnet18`` ... ``resnet152``), any
 ``encoder_depth``, ``decoder_channels``, ``decoder_use_norm`` ``"batchnorm"`` or ``"identity"``,
-``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. Anything else (another architecture, encoder,
+``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. ``Segformer`` on smp's ResNets, MiT (``mit_b0`` ...
+``mit_b5``) and timm encoders, any ``decoder_segmentation_channels``, ``encoder_depth`` 3..5 (MiT: 5), and ``DPT``
+on timm's plain ViTs (``"tu-vit_*"``), any ``decoder_readout``, ``encoder_depth``, ``encoder_output_indices``,
+decoder widths (:mod:`segzoo.smp.twin_smpsdd`). Every class also on smp's timm CNN encoders (``"tu-resnet18"``,
+strides 2 ... 32; keys ``encoder.model.*`` as segzoo's ``TimmEncoder``), and with ``aux_params`` (``aux_params``
+on DPT: with ``decoder_readout="ignore"`` only). Anything else (another architecture, encoder,
 an attention block) is one :class:`~segzoo.errors.CheckpointError` line naming the first smp key that does
 not map and what does.
 """
@@ -25,12 +30,20 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
-from segzoo.smp.models import MODEL_CLASSES, SmpModel
+from segzoo.smp import twin_smpsdd
+from segzoo.smp.models import MODEL_CLASSES, SIGNATURES, SmpModel
 from segzoo.smp.structure import SMP_STRUCTURES
 
 __all__ = ["from_smp", "load_smp_state_dict", "read_smp_state_dict", "smp_to_segzoo_keys"]
 
-_MAPS = "smp's Unet on a ResNet encoder (resnet18 ... resnet152) maps"
+Convert = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _maps() -> str:
+    return (f"smp's {', '.join(sorted(_KEYS))} map, on smp's ResNets (resnet18 ... resnet152), timm CNNs "
+            f"('tu-...') and, for Segformer, MiT ('mit_b0'...)")
+
+
 def _resnet_key(key: str, depth: int) -> str | None:
     """segzoo's key of an smp ResNet encoder key, ``""`` for a key to drop, ``None`` if it does not map."""
     rules = ((r"encoder\.conv1\.(.+)", "encoder.stages.0.0.{}", 0), (r"encoder\.bn1\.(.+)", "encoder.stages.0.1.{}", 0),
@@ -56,23 +69,51 @@ def _unet_key(key: str, depth: int) -> str | None:
     return f"head.classifier.{m.group(1)}" if m else None
 
 
-_KEYS: dict[str, Callable[[str, int], str | None]] = {"Unet": _unet_key}
+#: smp class -> its decoder/head key function: segzoo's key, ``(key, tensor conversion)``, ``""`` (dropped) or
+#: ``None`` (does not map); encoder keys it does not map go to the encoder key functions
+_KEYS: dict[str, Callable[[str, int], str | tuple[str, Convert] | None]] = {"Unet": _unet_key}
+_KEYS["Segformer"] = twin_smpsdd.segformer_key
+_KEYS["DPT"] = twin_smpsdd.dpt_key
+#: smp class -> a function of (state dict, smp arguments) run before the keys are mapped (renumbering, dropping
+#: what segzoo does not build, checks that need the whole state dict)
+_PREPARE: dict[str, Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]] = {}
+_PREPARE["Segformer"] = twin_smpsdd.prepare_segformer
+_PREPARE["DPT"] = twin_smpsdd.prepare_dpt
 
 
-def smp_to_segzoo_keys(state_dict: Mapping[str, torch.Tensor], smp_class: str, encoder_depth: int = 5
-                       ) -> dict[str, torch.Tensor]:
+def _encoder_key(key: str, depth: int) -> str | None:
+    """segzoo's key of an smp encoder key (ResNet, timm, MiT) or aux_params head key, ``None`` if it does not map."""
+    if key.startswith("classification_head."):
+        return key  # smp's ClassificationHead and segzoo's have the same layout
+    if not key.startswith("encoder."):
+        return None
+    target = _resnet_key(key, depth)
+    return target if target is not None else twin_smpsdd.encoder_key(key, depth)
+
+
+def smp_to_segzoo_keys(state_dict: Mapping[str, torch.Tensor], smp_class: str, encoder_depth: int = 5,
+                       arguments: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """``state_dict`` (smp ``smp_class``'s keys) with segzoo's ``structure="smp"`` keys (dropped: unused keys).
+
+    ``arguments``: the smp arguments (``encoder_name``...), for the classes whose mapping needs them (DPT).
 
     Raises:
         CheckpointError: the first smp key that does not map, and what does.
     """
     decoder_key = _KEYS.get(smp_class)
+    prepare = _PREPARE.get(smp_class)
+    if prepare is not None:
+        state_dict = prepare(state_dict, {"encoder_depth": encoder_depth, **(arguments or {})})
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        target = _resnet_key(key, encoder_depth) if key.startswith("encoder.") else \
-            decoder_key(key, encoder_depth) if decoder_key else None
+        target = decoder_key(key, encoder_depth) if decoder_key else None
         if target is None:
-            raise CheckpointError(f"smp {smp_class} key {key!r} does not map onto segzoo ({_MAPS})")
+            target = _encoder_key(key, encoder_depth)
+        if target is None:
+            raise CheckpointError(f"smp {smp_class} key {key!r} does not map onto segzoo ({_maps()})")
+        if isinstance(target, tuple):
+            target, convert = target
+            value = convert(value)
         if target:
             out[target] = value
     return out
@@ -127,7 +168,8 @@ def load_smp_state_dict(model: nn.Module, state_dict: str | os.PathLike | Mappin
     if not isinstance(model, SmpModel) or getattr(model, "structure", None) != "smp":
         raise ValueError(f"load_smp_state_dict needs a segzoo.smp model built with structure='smp' (e.g. "
                          f"segzoo.smp.Unet(..., structure='smp')), got {type(model).__name__}; or use from_smp")
-    sd = smp_to_segzoo_keys(read_smp_state_dict(state_dict), model.smp_name, model.smp_arguments["encoder_depth"])
+    sd = smp_to_segzoo_keys(read_smp_state_dict(state_dict), model.smp_name, model.smp_arguments["encoder_depth"],
+                            model.smp_arguments)
     load_into(model, sd, f"segzoo.smp.{model.smp_name}(structure='smp')",
               hint=f" (smp's {model.smp_name} arguments must match: encoder_name, encoder_depth, decoder "
                    f"arguments, in_channels, classes)")
@@ -154,7 +196,7 @@ def _infer_unet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     else:  # smp's layernorm / instancenorm / inplace: no segzoo twin
         key = next((k for k in sd if k.startswith("decoder.blocks.0.conv1.1.")), "decoder.blocks.0.conv1.1")
         raise CheckpointError(f"smp Unet key {key!r} does not map onto segzoo: its decoder_use_norm is neither "
-                              f"'batchnorm' nor 'identity' ({_MAPS} with those)")
+                              f"'batchnorm' nor 'identity' (smp's Unet maps with those)")
     return {"encoder_depth": len(widths), "decoder_channels": widths, "decoder_use_norm": norm}
 
 
@@ -164,6 +206,8 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
         arch = "Unet" if any(re.match(r"decoder\.blocks\.\d+\.conv1\.", k) for k in sd) else \
             "Linknet" if any(re.match(r"decoder\.blocks\.\d+\.block\.", k) for k in sd) else \
             "FPN" if "decoder.p5.weight" in sd else None
+        arch = arch or ("Segformer" if "decoder.fuse_stage.0.weight" in sd else None)
+        arch = arch or ("DPT" if "decoder.fusion_blocks.0.project.weight" in sd else None)
     found: dict[str, Any] = {}
     if "encoder.conv1.weight" in sd:
         found["in_channels"] = int(sd["encoder.conv1.weight"].shape[1])
@@ -172,9 +216,15 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
     name = _resnet_name(sd)
     if name:
         found["encoder_name"] = name
-    if arch == "Unet":
-        found.update(_infer_unet(sd))
+    infer = next((f for name, f in _INFER.items() if name.lower() == str(arch).lower()), None)
+    found.update(infer(sd) if infer else {})
     return arch, found
+
+
+#: smp class -> the arguments its keys and shapes tell
+_INFER: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]] = {"Unet": _infer_unet}
+_INFER["Segformer"] = twin_smpsdd.infer_segformer
+_INFER["DPT"] = twin_smpsdd.infer_dpt
 
 
 def from_smp(source: str | os.PathLike | Mapping[str, Any] | nn.Module, arch: str | None = None,
@@ -218,7 +268,11 @@ def from_smp(source: str | os.PathLike | Mapping[str, Any] | nn.Module, arch: st
         kwargs["encoder_name"] = encoder_name
     elif "encoder_name" not in kwargs:
         smp_to_segzoo_keys(sd, arch, 5)  # a non-ResNet encoder: its first key does not map
-    sd = smp_to_segzoo_keys(sd, arch, int(kwargs.get("encoder_depth", 5)))  # before building: a clear error first
+        key = next((k for k in sd if k.startswith("encoder.")), "encoder")
+        raise CheckpointError(f"from_smp: smp {arch} key {key!r}: the keys do not tell the encoder's name (smp's "
+                              f"timm encoders): pass encoder_name='tu-<timm name>' (or the smp model itself)")
+    sd = smp_to_segzoo_keys(sd, arch, int(kwargs.get("encoder_depth", dict(SIGNATURES[arch]).get("encoder_depth", 5))),
+                            kwargs)  # before building: a clear error first
     try:
         model = MODEL_CLASSES[arch](**kwargs, structure="smp")
     except (TypeError, ValueError) as exc:

@@ -6,9 +6,10 @@ of smp's weights onto these models is :mod:`segzoo.smp.statedict`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from segzoo.smp import twin_smpsdd
 
 __all__ = ["SMP_STRUCTURES", "smp_structure"]
 
@@ -37,6 +38,8 @@ def _unet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 #: smp class -> the segzoo part arguments of ``structure="smp"`` (from the smp arguments)
 SMP_STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {"Unet": _unet_structure}
+SMP_STRUCTURES["Segformer"] = twin_smpsdd.segformer_structure
+SMP_STRUCTURES["DPT"] = twin_smpsdd.dpt_structure
 
 
 def smp_structure(name: str, structure: str, args: Mapping[str, Any],
@@ -54,7 +57,8 @@ def smp_structure(name: str, structure: str, args: Mapping[str, Any],
         raise ValueError(f"segzoo.smp.{name}: structure='smp' is not available for {name} yet "
                          f"(it is for {sorted(SMP_STRUCTURES)})")
     encoder = args.get("encoder_name")
-    if not (isinstance(encoder, str) and re.fullmatch(r"resnet(18|34|50|101|152)", encoder)):
-        raise ValueError(f"segzoo.smp.{name}: structure='smp' needs a ResNet encoder (resnet18 ... resnet152), "
-                         f"got encoder_name={encoder!r}")
+    # ResNets and timm CNNs (strides 2 ... 32) for every class; the classes' own encoders (MiT, ViT) there
+    problem = twin_smpsdd.smp_encoder_problem(name, encoder, args.get("encoder_depth", 5))
+    if problem:
+        raise ValueError(f"segzoo.smp.{name}: structure='smp' {problem}, got encoder_name={encoder!r}")
     return SMP_STRUCTURES[name](args)
