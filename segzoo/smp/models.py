@@ -114,7 +114,10 @@ MAPPINGS: dict[str, dict[str, tuple[str, str, Callable[[Any], Any]]]] = {
                       "decoder_aspp_separable": ("decoder", "separable", bool),
                       "decoder_aspp_dropout": ("decoder", "aspp_dropout", float),
                       "encoder_output_stride": ("encoder", "output_stride", int)},
-    "UPerNet": {"decoder_channels": ("decoder", "channels", int)},
+    "UPerNet": {"decoder_channels": ("decoder", "channels", int), "decoder_use_norm": ("decoder", "norm", _norm)},
+    "UnetPlusPlus": {"decoder_channels": ("decoder", "channels", _unet_widths),
+                     "decoder_use_norm": ("decoder", "norm", _norm),
+                     "decoder_interpolation": ("decoder", "upsample", str)},
 }
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "identity": nn.Identity, "sigmoid": nn.Sigmoid, "softmax2d": lambda: nn.Softmax(dim=1),

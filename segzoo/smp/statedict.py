@@ -25,12 +25,13 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
+from segzoo.smp import twin_smpsdc
 from segzoo.smp.models import MODEL_CLASSES, SmpModel
 from segzoo.smp.structure import SMP_STRUCTURES
 
 __all__ = ["from_smp", "load_smp_state_dict", "read_smp_state_dict", "smp_to_segzoo_keys"]
 
-_MAPS = "smp's Unet on a ResNet encoder (resnet18 ... resnet152) maps"
+_MAPS = f"smp's {', '.join(sorted(SMP_STRUCTURES))} on a ResNet encoder (resnet18 ... resnet152) map"
 def _resnet_key(key: str, depth: int) -> str | None:
     """segzoo's key of an smp ResNet encoder key, ``""`` for a key to drop, ``None`` if it does not map."""
     rules = ((r"encoder\.conv1\.(.+)", "encoder.stages.0.0.{}", 0), (r"encoder\.bn1\.(.+)", "encoder.stages.0.1.{}", 0),
@@ -56,7 +57,13 @@ def _unet_key(key: str, depth: int) -> str | None:
     return f"head.classifier.{m.group(1)}" if m else None
 
 
-_KEYS: dict[str, Callable[[str, int], str | None]] = {"Unet": _unet_key}
+_KEYS: dict[str, Callable[[str, int], str | None]] = {
+    "Unet": _unet_key,
+    **twin_smpsdc.KEYS,  # UnetPlusPlus, MAnet, UPerNet
+}
+#: smp class -> its state dict's keys are that class's; and the arguments they tell
+_GUESS = {**twin_smpsdc.GUESS}
+_INFER = {**twin_smpsdc.INFER}
 
 
 def smp_to_segzoo_keys(state_dict: Mapping[str, torch.Tensor], smp_class: str, encoder_depth: int = 5
@@ -160,6 +167,8 @@ def _infer_unet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None, dict[str, Any]]:
     """smp's class and arguments, as far as the keys and shapes of ``sd`` tell them."""
+    if arch is None:  # the twin modules' architectures (their tables)
+        arch = next((name for name, guess in _GUESS.items() if guess(sd)), None)
     if arch is None:
         arch = "Unet" if any(re.match(r"decoder\.blocks\.\d+\.conv1\.", k) for k in sd) else \
             "Linknet" if any(re.match(r"decoder\.blocks\.\d+\.block\.", k) for k in sd) else \
@@ -174,6 +183,8 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
         found["encoder_name"] = name
     if arch == "Unet":
         found.update(_infer_unet(sd))
+    elif arch in _INFER:
+        found.update(_INFER[arch](sd))
     return arch, found
 
 

@@ -1,0 +1,132 @@
+"""smp 0.6's UnetPlusPlus, MAnet and UPerNet on segzoo's parts (``structure="smp"``) and their weights' keys.
+
+Three tables, registered by :mod:`segzoo.smp.structure` (:data:`STRUCTURES`: segzoo's part arguments that
+compute smp's exact decoder and head) and :mod:`segzoo.smp.statedict` (:data:`KEYS`: smp key -> segzoo key;
+:data:`GUESS` and :data:`INFER`: the smp class and arguments a state dict's keys tell).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from segzoo.errors import CheckpointError
+
+__all__ = ["STRUCTURES", "KEYS", "GUESS", "INFER"]
+
+_NORMS = {"batchnorm": "bn", True: "bn", "identity": "identity", False: "identity"}
+_MODES = ("nearest", "bilinear")
+
+
+def _norm(name: str, value: Any) -> str:
+    if value not in _NORMS:
+        raise ValueError(f"segzoo.smp.{name}(structure='smp'): decoder_use_norm={value!r} is not available: "
+                         f"use one of {list(_NORMS)}")
+    return _NORMS[value]
+
+
+def _widths_and_mode(name: str, args: Mapping[str, Any]) -> tuple[list[int], str]:
+    widths = [int(c) for c in args["decoder_channels"]]
+    if len(widths) != args["encoder_depth"]:
+        raise ValueError(f"segzoo.smp.{name}: decoder_channels {widths} must give one width per encoder stage "
+                         f"(encoder_depth={args['encoder_depth']}), as smp")
+    mode = str(args["decoder_interpolation"])
+    if mode not in _MODES:
+        raise ValueError(f"segzoo.smp.{name}(structure='smp'): decoder_interpolation={mode!r} is not available: "
+                         f"use 'nearest' or 'bilinear'")
+    return widths, mode
+
+
+def _full_resolution_head(width: int, norm: str, mode: str) -> dict[str, Any]:
+    # smp's last decoder block (no skip, x2 to full resolution, two 3x3 convs) is segzoo's head upsample
+    # block; smp's head is a 3x3 conv
+    return {"num_upsample_blocks": 1, "block_channels": width, "block_convs": 2, "kernel_size": 3, "norm": norm,
+            "upsample": mode}
+
+
+def _unetplusplus_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """smp's UnetPlusPlus: UNet++'s original concat nodes, inner nodes as wide as their skip feature."""
+    widths, mode = _widths_and_mode("UnetPlusPlus", args)
+    if args.get("decoder_attention_type") is not None:
+        raise ValueError(f"segzoo.smp.UnetPlusPlus(structure='smp'): decoder_attention_type="
+                         f"{args['decoder_attention_type']!r} is not available (segzoo has no scse block): use None")
+    norm = _norm("UnetPlusPlus", args["decoder_use_norm"])
+    decoder = {"channels": widths[:-1][::-1], "complexity": 1, "upsample": mode, "norm": norm, "node": "concat",
+               "inner_width": "feature"}
+    return {"encoder": {}, "decoder": decoder, "head": _full_resolution_head(widths[-1], norm, mode)}
+
+
+#: smp class -> segzoo's part arguments of ``structure="smp"`` (from smp's arguments)
+STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {
+    "UnetPlusPlus": _unetplusplus_structure,
+}
+
+
+def _head_key(key: str) -> str | None:
+    m = re.fullmatch(r"segmentation_head\.0\.(weight|bias)", key)
+    if m:
+        return f"head.classifier.{m.group(1)}"
+    return key if re.fullmatch(r"classification_head\.3\.(weight|bias)", key) else None  # aux_params: same keys
+
+
+def _unetplusplus_key(key: str, depth: int) -> str | None:
+    # smp's node x_{d}_{l} reads at the (l+1)-th feature from the deepest: segzoo's skip level
+    # i = depth - 2 - l (shallow 0 to deep), column j = l + 1 - d; x_0_{depth-1} is the full-resolution block
+    m = re.fullmatch(r"decoder\.blocks\.x_(\d+)_(\d+)\.conv([12])\.(\d+\..+)", key)
+    if not m:
+        return _head_key(key)
+    d, layer, conv, rest = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4)
+    if layer == depth - 1 and d == 0:
+        return f"head.blocks.{conv}.{rest}"
+    if d <= layer < depth - 1:
+        return f"decoder.nodes.x{depth - 2 - layer}_{layer + 1 - d}.block.{conv - 1}.{rest}"
+    return None
+
+
+#: smp class -> (smp key, encoder_depth) -> segzoo key (``None``: does not map), for the decoder and heads
+KEYS: dict[str, Callable[[str, int], str | None]] = {
+    "UnetPlusPlus": _unetplusplus_key,
+}
+
+
+def _norm_of(sd: Mapping[str, torch.Tensor], name: str, conv: str) -> str:
+    """smp's ``decoder_use_norm`` of the Conv2dReLU ``conv`` (its key prefix)."""
+    if f"{conv}.1.running_mean" in sd:
+        return "batchnorm"
+    if f"{conv}.0.bias" in sd:
+        return "identity"
+    key = next((k for k in sd if k.startswith(f"{conv}.1.")), f"{conv}.1")
+    raise CheckpointError(f"smp {name} key {key!r} does not map onto segzoo: its decoder_use_norm is neither "
+                          f"'batchnorm' nor 'identity' (segzoo has a twin for those)")
+
+
+def _aux(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    weight = sd.get("classification_head.3.weight")
+    return {} if weight is None else {"aux_params": {"classes": int(weight.shape[0])}}
+
+
+def _infer_unetplusplus(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    attention = next((k for k in sd if re.match(r"decoder\.blocks\.x_\d+_\d+\.attention", k)), None)
+    if attention:
+        raise CheckpointError(f"smp UnetPlusPlus key {attention!r} does not map onto segzoo: "
+                              f"decoder_attention_type='scse' has no segzoo twin (None maps)")
+    layers = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"decoder\.blocks\.x_0_(\d+)\.conv1\.0\.weight", k)))
+    if not layers:
+        return _aux(sd)
+    widths = [int(sd[f"decoder.blocks.x_0_{layer}.conv1.0.weight"].shape[0]) for layer in layers]
+    return {"encoder_depth": len(widths), "decoder_channels": widths, **_aux(sd),
+            "decoder_use_norm": _norm_of(sd, "UnetPlusPlus", "decoder.blocks.x_0_0.conv1")}
+
+
+#: smp class -> whether a state dict's keys are that class's (for ``from_smp`` without ``arch=``)
+GUESS: dict[str, Callable[[Mapping[str, torch.Tensor]], bool]] = {
+    "UnetPlusPlus": lambda sd: any(re.match(r"decoder\.blocks\.x_\d+_\d+\.", k) for k in sd),
+}
+
+#: smp class -> the smp arguments its state dict's keys and shapes tell
+INFER: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]] = {
+    "UnetPlusPlus": _infer_unetplusplus,
+}
