@@ -59,9 +59,22 @@ def _unetplusplus_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]
     return {"encoder": {}, "decoder": decoder, "head": _full_resolution_head(widths[-1], norm, mode)}
 
 
+def _upernet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """smp's UPerNet: features layer-normalized, a Conv-Norm-ReLU PPM, the concat fusion (3x3), a 1x1 head
+    whose x4 logits resize aligns corners."""
+    if args["encoder_depth"] < 3:
+        raise ValueError(f"segzoo.smp.UPerNet: encoder_depth must be >= 3 as smp's, got {args['encoder_depth']}")
+    norm = _norm("UPerNet", args["decoder_use_norm"])
+    decoder = {"channels": int(args["decoder_channels"]), "fuse": "concat", "fuse_kernel": 3, "norm": norm,
+               "ppm_norm": norm, "feature_norm": "layernorm", "min_stride": 4}
+    return {"encoder": {}, "decoder": decoder,
+            "head": {"kernel_size": 1, "upsample": "bilinear", "align_corners": True}}
+
+
 #: smp class -> segzoo's part arguments of ``structure="smp"`` (from smp's arguments)
 STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {
     "UnetPlusPlus": _unetplusplus_structure,
+    "UPerNet": _upernet_structure,
 }
 
 
@@ -86,9 +99,30 @@ def _unetplusplus_key(key: str, depth: int) -> str | None:
     return None
 
 
+def _upernet_key(key: str, depth: int) -> str | None:
+    # smp's FPN blocks run deep to shallow (1/16 first); segzoo's are indexed shallow (1/4) to deep
+    rules = ((r"decoder\.feature_norms\.(\d+)\.(weight|bias)", "decoder.feature_norms.{}.{}", False),
+             (r"decoder\.psp\.blocks\.(\d+)\.1\.(\d+\..+)", "decoder.ppm.{}.conv.{}", False),
+             (r"decoder\.psp\.out_conv\.()(\d+\..+)", "decoder.ppm_fuse{}.{}", False),
+             (r"decoder\.fpn_lateral_blocks\.(\d+)\.conv_norm_relu\.(\d+\..+)", "decoder.laterals.{}.{}", True),
+             (r"decoder\.fpn_conv_blocks\.(\d+)\.(\d+\..+)", "decoder.convs.{}.{}", True),
+             (r"decoder\.fusion_block\.()(\d+\..+)", "decoder.fuse{}.{}", False))
+    for pattern, target, reverse in rules:
+        m = re.fullmatch(pattern, key)
+        if m:
+            index = m.group(1)
+            if reverse:
+                if int(index) > depth - 3:
+                    return None
+                index = str(depth - 3 - int(index))
+            return target.format(index, m.group(2))
+    return _head_key(key)
+
+
 #: smp class -> (smp key, encoder_depth) -> segzoo key (``None``: does not map), for the decoder and heads
 KEYS: dict[str, Callable[[str, int], str | None]] = {
     "UnetPlusPlus": _unetplusplus_key,
+    "UPerNet": _upernet_key,
 }
 
 
@@ -121,12 +155,24 @@ def _infer_unetplusplus(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             "decoder_use_norm": _norm_of(sd, "UnetPlusPlus", "decoder.blocks.x_0_0.conv1")}
 
 
+def _infer_upernet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    found = _aux(sd)
+    if "decoder.fusion_block.0.weight" not in sd:
+        return found
+    levels = len({k.split(".")[2] for k in sd if k.startswith("decoder.feature_norms.")})
+    return {**found, "decoder_channels": int(sd["decoder.fusion_block.0.weight"].shape[0]),
+            "decoder_use_norm": _norm_of(sd, "UPerNet", "decoder.fusion_block"),
+            **({"encoder_depth": levels + 1} if levels else {})}
+
+
 #: smp class -> whether a state dict's keys are that class's (for ``from_smp`` without ``arch=``)
 GUESS: dict[str, Callable[[Mapping[str, torch.Tensor]], bool]] = {
     "UnetPlusPlus": lambda sd: any(re.match(r"decoder\.blocks\.x_\d+_\d+\.", k) for k in sd),
+    "UPerNet": lambda sd: "decoder.fusion_block.0.weight" in sd and "decoder.psp.out_conv.0.weight" in sd,
 }
 
 #: smp class -> the smp arguments its state dict's keys and shapes tell
 INFER: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]] = {
     "UnetPlusPlus": _infer_unetplusplus,
+    "UPerNet": _infer_upernet,
 }
