@@ -115,6 +115,9 @@ MAPPINGS: dict[str, dict[str, tuple[str, str, Callable[[Any], Any]]]] = {
                       "decoder_aspp_dropout": ("decoder", "aspp_dropout", float),
                       "encoder_output_stride": ("encoder", "output_stride", int)},
     "UPerNet": {"decoder_channels": ("decoder", "channels", int), "decoder_use_norm": ("decoder", "norm", _norm)},
+    "MAnet": {"decoder_channels": ("decoder", "channels", lambda v: list(v)[:-2][::-1]),  # segzoo's: stride >= 4
+              "decoder_pab_channels": ("decoder", "key_channels", int), "decoder_use_norm": ("decoder", "norm", _norm),
+              "decoder_interpolation": ("decoder", "upsample", str)},
     "UnetPlusPlus": {"decoder_channels": ("decoder", "channels", _unet_widths),
                      "decoder_use_norm": ("decoder", "norm", _norm),
                      "decoder_interpolation": ("decoder", "upsample", str)},

@@ -59,6 +59,16 @@ def _unetplusplus_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]
     return {"encoder": {}, "decoder": decoder, "head": _full_resolution_head(widths[-1], norm, mode)}
 
 
+def _manet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """smp's MAnet: its PAB on the deepest feature (no reduction), MFAB concat blocks down to stride 2."""
+    widths, mode = _widths_and_mode("MAnet", args)
+    norm = _norm("MAnet", args["decoder_use_norm"])
+    decoder = {"channels": widths[:-1][::-1], "key_channels": int(args["decoder_pab_channels"]), "complexity": 1,
+               "upsample": mode, "min_stride": 1, "norm": norm, "fusion": "concat", "attention": "global",
+               "reduce": False}
+    return {"encoder": {}, "decoder": decoder, "head": _full_resolution_head(widths[-1], norm, mode)}
+
+
 def _upernet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """smp's UPerNet: features layer-normalized, a Conv-Norm-ReLU PPM, the concat fusion (3x3), a 1x1 head
     whose x4 logits resize aligns corners."""
@@ -75,6 +85,7 @@ def _upernet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {
     "UnetPlusPlus": _unetplusplus_structure,
     "UPerNet": _upernet_structure,
+    "MAnet": _manet_structure,
 }
 
 
@@ -97,6 +108,28 @@ def _unetplusplus_key(key: str, depth: int) -> str | None:
     if d <= layer < depth - 1:
         return f"decoder.nodes.x{depth - 2 - layer}_{layer + 1 - d}.block.{conv - 1}.{rest}"
     return None
+
+
+_PAB = {"center_conv": "query", "top_conv": "key", "bottom_conv": "value", "out_conv": "out"}
+_MFAB = {"hl_conv": "high", "SE_hl": "gate_high", "SE_ll": "gate_low", "conv1": "block.0", "conv2": "block.1"}
+
+
+def _manet_key(key: str, depth: int) -> str | None:
+    # smp's blocks and segzoo's both run deep to shallow; smp's last one (no skip) is segzoo's head block
+    m = re.fullmatch(r"decoder\.center\.(\w+)\.(weight|bias)", key)
+    if m:
+        return f"decoder.attention.{_PAB[m.group(1)]}.{m.group(2)}" if m.group(1) in _PAB else None
+    m = re.fullmatch(r"decoder\.blocks\.(\d+)\.(\w+)\.(\d+)\.(.+)", key)
+    if not m:
+        return _head_key(key)
+    block, part, index, rest = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
+    if block == depth - 1:
+        return f"head.blocks.{part[-1]}.{index}.{rest}" if part in ("conv1", "conv2") else None
+    if block > depth - 1 or part not in _MFAB:
+        return None
+    if part.startswith("SE_"):  # smp's gate: pool, conv, ReLU, conv, sigmoid; segzoo's pools in forward
+        return f"decoder.blocks.{block}.{_MFAB[part]}.{index - 1}.{rest}" if index in (1, 3) else None
+    return f"decoder.blocks.{block}.{_MFAB[part]}.{index}.{rest}"
 
 
 def _upernet_key(key: str, depth: int) -> str | None:
@@ -123,6 +156,7 @@ def _upernet_key(key: str, depth: int) -> str | None:
 KEYS: dict[str, Callable[[str, int], str | None]] = {
     "UnetPlusPlus": _unetplusplus_key,
     "UPerNet": _upernet_key,
+    "MAnet": _manet_key,
 }
 
 
@@ -165,14 +199,26 @@ def _infer_upernet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             **({"encoder_depth": levels + 1} if levels else {})}
 
 
+def _infer_manet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    found = _aux(sd)
+    blocks = sorted({int(m.group(1)) for k in sd if (m := re.fullmatch(r"decoder\.blocks\.(\d+)\.conv1\.0\.weight", k))})
+    if "decoder.center.top_conv.weight" not in sd or not blocks:
+        return found
+    return {**found, "encoder_depth": len(blocks), "decoder_pab_channels": int(sd["decoder.center.top_conv.weight"].shape[0]),
+            "decoder_channels": [int(sd[f"decoder.blocks.{b}.conv1.0.weight"].shape[0]) for b in blocks],
+            "decoder_use_norm": _norm_of(sd, "MAnet", "decoder.blocks.0.conv1")}
+
+
 #: smp class -> whether a state dict's keys are that class's (for ``from_smp`` without ``arch=``)
 GUESS: dict[str, Callable[[Mapping[str, torch.Tensor]], bool]] = {
     "UnetPlusPlus": lambda sd: any(re.match(r"decoder\.blocks\.x_\d+_\d+\.", k) for k in sd),
     "UPerNet": lambda sd: "decoder.fusion_block.0.weight" in sd and "decoder.psp.out_conv.0.weight" in sd,
+    "MAnet": lambda sd: "decoder.center.top_conv.weight" in sd,
 }
 
 #: smp class -> the smp arguments its state dict's keys and shapes tell
 INFER: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]] = {
     "UnetPlusPlus": _infer_unetplusplus,
     "UPerNet": _infer_upernet,
+    "MAnet": _infer_manet,
 }
