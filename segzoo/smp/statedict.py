@@ -167,6 +167,8 @@ def _infer_unet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None, dict[str, Any]]:
     """smp's class and arguments, as far as the keys and shapes of ``sd`` tell them."""
+    if isinstance(arch, str):  # any case, as from_smp takes it
+        arch = {name.lower(): name for name in MODEL_CLASSES}.get(arch.lower(), arch)
     if arch is None:  # the twin modules' architectures (their tables)
         arch = next((name for name, guess in _GUESS.items() if guess(sd)), None)
     if arch is None:
