@@ -174,3 +174,14 @@ def test_segzoo_structure_maps_smps_decoder_arguments():
     assert upp.decoder.out_channels == [16, 32, 64, 128]
     upernet = zsmp.UPerNet("resnet18", encoder_weights=None, decoder_use_norm="identity")
     assert isinstance(upernet.decoder.laterals[0][1], torch.nn.Identity)
+
+
+def test_old_spelling_crafted_shapes_and_dict_norms_are_one_line():
+    with pytest.warns(DeprecationWarning):
+        reference = _smp_model("MAnet", decoder_use_batchnorm=False)  # smp's older spelling: no norm
+    _assert_same_outputs(reference, zsmp.from_smp(reference))
+    _one_line_error({"decoder.fusion_block.0.weight": torch.tensor(1.0), "decoder.psp.out_conv.0.weight": torch.ones(1)},
+                    "'decoder.fusion_block.0.weight' has shape \\(\\): not a layer's weight")
+    _one_line_error({"decoder.blocks.x_0_0.conv1.0.weight": torch.tensor(2.0)}, "'decoder.blocks.x_0_0.conv1.0")
+    with pytest.raises(ValueError, match="decoder_use_norm=\\{'type': 'batchnorm'\\} is not supported"):
+        zsmp.UPerNet("resnet18", encoder_weights=None, decoder_use_norm={"type": "batchnorm"}, structure="smp")

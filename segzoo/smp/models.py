@@ -17,7 +17,7 @@ with smp's signature. What the arguments build:
   ``dict(classes=K, pooling="avg"|"max", dropout=0.2, activation=None|"sigmoid"|"softmax"|...)``; ``dropout``
   defaults to smp's 0.2): ``forward`` then returns ``(masks, labels (B, K))``.
 - ``structure="smp"`` (segzoo's keyword, default ``"segzoo"``): build smp's exact decoder and head (Unet: smp's
-  widths, two convs per block, the full-resolution block, the 3x3 head), so that smp's weights load
+  widths, two convs per block, the full-resolution block, the 3x3 head; also UnetPlusPlus, MAnet, UPerNet), so that smp's weights load
   (:func:`segzoo.smp.from_smp`, :func:`segzoo.smp.load_smp_state_dict`); architectures without it refuse it.
 
 The models are :class:`~segzoo.models.UnetMetaSpec` (any input size, ``save_pretrained`` /
@@ -86,7 +86,7 @@ _NORMS = {"batchnorm": "bn", True: "bn", "identity": "identity", False: "identit
 
 
 def _norm(value: Any) -> str:
-    if value not in _NORMS:
+    if not isinstance(value, (str, bool)) or value not in _NORMS:  # smp's dict form included
         raise ValueError(f"decoder_use_norm={value!r} is not supported by segzoo's decoder: use one of "
                          f"{[k for k in _NORMS]}")
     return _NORMS[value]

@@ -7,7 +7,9 @@ torchvision's ``conv1/bn1/layer1..4``; the decoder and head: a table per archite
 
 Which smp models map: ``Unet`` on smp's ResNet encoders (``resnet18`` ... ``resnet152``), any
 ``encoder_depth``, ``decoder_channels``, ``decoder_use_norm`` ``"batchnorm"`` or ``"identity"``,
-``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. Anything else (another architecture, encoder,
+``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. ``UnetPlusPlus`` (``decoder_attention_type=None``),
+``MAnet`` (any ``decoder_pab_channels``) and ``UPerNet`` (any ``decoder_channels``, ``encoder_depth`` >= 3) on the
+same encoders and arguments, with ``aux_params`` (:mod:`segzoo.smp.twin_smpsdc`). Anything else (another architecture, encoder,
 an attention block) is one :class:`~segzoo.errors.CheckpointError` line naming the first smp key that does
 not map and what does.
 """
@@ -217,6 +219,9 @@ def from_smp(source: str | os.PathLike | Mapping[str, Any] | nn.Module, arch: st
     config: dict[str, Any] = {}
     if isinstance(source, nn.Module):
         config = dict(getattr(source, "_hub_mixin_config", None) or {})
+        if config.get("decoder_use_batchnorm") is not None:  # smp's older spelling: it won over the default
+            config["decoder_use_norm"] = config["decoder_use_batchnorm"]
+        config.pop("decoder_use_batchnorm", None)
         arch = arch or type(source).__name__
     arch, found = _infer(sd, arch)
     by_lower = {k.lower(): k for k in MODEL_CLASSES}

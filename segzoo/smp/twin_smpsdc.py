@@ -22,7 +22,7 @@ _MODES = ("nearest", "bilinear")
 
 
 def _norm(name: str, value: Any) -> str:
-    if value not in _NORMS:
+    if not isinstance(value, (str, bool)) or value not in _NORMS:  # smp's dict form: no segzoo twin
         raise ValueError(f"segzoo.smp.{name}(structure='smp'): decoder_use_norm={value!r} is not available: "
                          f"use one of {list(_NORMS)}")
     return _NORMS[value]
@@ -160,6 +160,13 @@ KEYS: dict[str, Callable[[str, int], str | None]] = {
 }
 
 
+def _out(sd: Mapping[str, torch.Tensor], key: str) -> int:
+    """The output channels of the weight ``key`` (a crafted scalar is one line, not an IndexError)."""
+    if sd[key].dim() < 1:
+        raise CheckpointError(f"smp key {key!r} has shape {tuple(sd[key].shape)}: not a layer's weight")
+    return int(sd[key].shape[0])
+
+
 def _norm_of(sd: Mapping[str, torch.Tensor], name: str, conv: str) -> str:
     """smp's ``decoder_use_norm`` of the Conv2dReLU ``conv`` (its key prefix)."""
     if f"{conv}.1.running_mean" in sd:
@@ -172,8 +179,8 @@ def _norm_of(sd: Mapping[str, torch.Tensor], name: str, conv: str) -> str:
 
 
 def _aux(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    weight = sd.get("classification_head.3.weight")
-    return {} if weight is None else {"aux_params": {"classes": int(weight.shape[0])}}
+    key = "classification_head.3.weight"
+    return {"aux_params": {"classes": _out(sd, key)}} if key in sd else {}
 
 
 def _infer_unetplusplus(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -184,7 +191,7 @@ def _infer_unetplusplus(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     layers = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"decoder\.blocks\.x_0_(\d+)\.conv1\.0\.weight", k)))
     if not layers:
         return _aux(sd)
-    widths = [int(sd[f"decoder.blocks.x_0_{layer}.conv1.0.weight"].shape[0]) for layer in layers]
+    widths = [_out(sd, f"decoder.blocks.x_0_{layer}.conv1.0.weight") for layer in layers]
     return {"encoder_depth": len(widths), "decoder_channels": widths, **_aux(sd),
             "decoder_use_norm": _norm_of(sd, "UnetPlusPlus", "decoder.blocks.x_0_0.conv1")}
 
@@ -194,7 +201,7 @@ def _infer_upernet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     if "decoder.fusion_block.0.weight" not in sd:
         return found
     levels = len({k.split(".")[2] for k in sd if k.startswith("decoder.feature_norms.")})
-    return {**found, "decoder_channels": int(sd["decoder.fusion_block.0.weight"].shape[0]),
+    return {**found, "decoder_channels": _out(sd, "decoder.fusion_block.0.weight"),
             "decoder_use_norm": _norm_of(sd, "UPerNet", "decoder.fusion_block"),
             **({"encoder_depth": levels + 1} if levels else {})}
 
@@ -204,8 +211,8 @@ def _infer_manet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.fullmatch(r"decoder\.blocks\.(\d+)\.conv1\.0\.weight", k))})
     if "decoder.center.top_conv.weight" not in sd or not blocks:
         return found
-    return {**found, "encoder_depth": len(blocks), "decoder_pab_channels": int(sd["decoder.center.top_conv.weight"].shape[0]),
-            "decoder_channels": [int(sd[f"decoder.blocks.{b}.conv1.0.weight"].shape[0]) for b in blocks],
+    return {**found, "encoder_depth": len(blocks), "decoder_pab_channels": _out(sd, "decoder.center.top_conv.weight"),
+            "decoder_channels": [_out(sd, f"decoder.blocks.{b}.conv1.0.weight") for b in blocks],
             "decoder_use_norm": _norm_of(sd, "MAnet", "decoder.blocks.0.conv1")}
 
 
