@@ -42,6 +42,37 @@ class PositionAttention(nn.Module):
         return self.out(x + attended)
 
 
+class GlobalPositionAttention(nn.Module):
+    """Position attention in smp 0.6's form (its MAnet's PAB): one softmax over every (query, key) pair.
+
+    ``weights = softmax over all N x N pairs of q(x)^T k(x)`` (no scaling), ``a = weights @ v(x)^T`` (N, C),
+    read back as a (C, h, w) map by a plain reshape of that (N, C) matrix (smp's, whose outputs this
+    reproduces), then ``out(x + a)``. ``v`` and ``out`` are 3x3 convs with bias (no norm, no activation);
+    ``q`` and ``k`` 1x1.
+
+    Args:
+        channels: C of input and output.
+        key_channels: C of the queries and keys.
+
+    Shapes: (B, channels, h, w) -> (B, channels, h, w).
+    """
+
+    def __init__(self, channels: int, key_channels: int = 64) -> None:
+        super().__init__()
+        self.query = nn.Conv2d(channels, key_channels, 1)
+        self.key = nn.Conv2d(channels, key_channels, 1)
+        self.value = nn.Conv2d(channels, channels, 3, padding=1)
+        self.out = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend over the positions of ``x``."""
+        b, c, h, w = x.shape
+        scores = self.query(x).flatten(2).transpose(1, 2) @ self.key(x).flatten(2)  # (B, N, N)
+        weights = torch.softmax(scores.reshape(b, -1), dim=1).reshape(b, h * w, h * w)
+        attended = (weights @ self.value(x).flatten(2).transpose(1, 2)).reshape(b, c, h, w)
+        return self.out(x + attended)
+
+
 class ChannelGate(nn.Sequential):
     """Squeeze-and-excitation gate: global mean, 1x1 reduce, ReLU, 1x1 expand, sigmoid (no norm: one value
     per channel and image).
@@ -94,6 +125,42 @@ class FusionAttention(nn.Module):
         return self.block(self.act(y))
 
 
+class ConcatFusionAttention(nn.Module):
+    """MFAB in its original form (smp 0.6's MAnet): the gated, upsampled deeper feature concatenated with
+    the skip, then 3x3 convs at the skip's resolution.
+
+    1. the deeper feature through a 3x3 Conv-Norm-Act (its own width) and a 1x1 one to ``skip_channels``;
+    2. upsampled, then gated by ``gate(it) + gate(skip)`` (two squeeze-and-excitation gates);
+    3. ``cat(gated, skip)`` through ``1 + complexity`` 3x3 Conv-Norm-Act layers of ``out_channels``.
+
+    Args: as :class:`FusionAttention`.
+
+    Shapes: (B, deep_channels, h, w), (B, skip_channels, h*s, w*s) -> (B, out_channels, h*s, w*s).
+    """
+
+    def __init__(self, deep_channels: int, skip_channels: int, out_channels: int, scale: int,
+                 upsample: str = "bilinear", reduction: int = 16, complexity: int = 0, activation: str = "relu",
+                 norm: str = "bn") -> None:
+        super().__init__()
+        self.high = nn.Sequential(ConvBnAct(deep_channels, deep_channels, 3, activation=activation, norm=norm),
+                                  ConvBnAct(deep_channels, skip_channels, 1, activation=activation, norm=norm))
+        self.up = make_upsample(upsample, skip_channels, scale)
+        self.gate_high = ChannelGate(skip_channels, skip_channels, reduction)
+        self.gate_low = ChannelGate(skip_channels, skip_channels, reduction)
+        self.block = get_block(2 * skip_channels, out_channels, complexity=complexity, activation=activation,
+                               norm=norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Fuse ``x`` (deeper) into ``skip``."""
+        high = self.up(self.high(x))
+        gated = high * (self.gate_high(high) + self.gate_low(skip))
+        return self.block(torch.cat([gated, skip], dim=1))
+
+
+FUSIONS = {"split": FusionAttention, "concat": ConcatFusionAttention}
+ATTENTIONS = {"keys": PositionAttention, "global": GlobalPositionAttention}
+
+
 @register_decoder("manet")
 class MAnetDecoder(DecoderSpec):
     """MA-Net (Fan et al. 2020): a position attention block on the deepest feature, then from deep to shallow a
@@ -117,6 +184,12 @@ class MAnetDecoder(DecoderSpec):
         min_stride: skips finer than this stride are not used.
         activation: activation name.
         norm: normalization name.
+        fusion: the skip blocks: ``"split"`` (default, :class:`FusionAttention`) or ``"concat"``
+            (:class:`ConcatFusionAttention`, smp's MFAB).
+        attention: ``"keys"`` (default, :class:`PositionAttention`: softmax over the keys of each query) or
+            ``"global"`` (:class:`GlobalPositionAttention`, smp's PAB).
+        reduce: the 1x1 reduction to ``attention_channels`` before the attention (default); ``False``: the
+            attention runs on the deepest feature's own channels (smp's).
 
     Shapes: features -> the output of the position attention and of each skip block, shallow to deep:
     [(B, out_channels[j], H / out_strides[j], W / out_strides[j])].
@@ -124,8 +197,12 @@ class MAnetDecoder(DecoderSpec):
 
     def __init__(self, in_channels: list[int], in_strides: list[int], channels: Sequence[int] | None = None,
                  attention_channels: int = 256, key_channels: int = 64, reduction: int = 16, complexity: int = 0,
-                 upsample: str = "bilinear", min_stride: int = 4, activation: str = "relu", norm: str = "bn") -> None:
+                 upsample: str = "bilinear", min_stride: int = 4, activation: str = "relu", norm: str = "bn",
+                 fusion: str = "split", attention: str = "keys", reduce: bool = True) -> None:
         super().__init__(in_channels, in_strides)
+        if fusion not in FUSIONS or attention not in ATTENTIONS:
+            raise ValueError(f"MAnetDecoder: fusion must be one of {list(FUSIONS)} and attention one of "
+                             f"{list(ATTENTIONS)}, got {fusion!r} and {attention!r}")
         for name, value in [("key_channels", key_channels), ("reduction", reduction), ("min_stride", min_stride)]:
             check_positive_int(value, name, "MAnetDecoder")
         last = len(self.in_channels) - 1
@@ -138,14 +215,17 @@ class MAnetDecoder(DecoderSpec):
             if len(widths) != len(skips):
                 raise ValueError(f"MAnetDecoder: channels {list(channels)} must give one width per skip level "
                                  f"({len(skips)}: strides {[self.in_strides[i] for i in skips]})")
-        self.reduce = ConvBnAct(self.in_channels[-1], attention_channels, 1, activation=activation, norm=norm)
-        self.attention = PositionAttention(attention_channels, key_channels)
+        if reduce:
+            self.reduce = ConvBnAct(self.in_channels[-1], attention_channels, 1, activation=activation, norm=norm)
+        else:
+            self.reduce, attention_channels = nn.Identity(), self.in_channels[-1]
+        self.attention = ATTENTIONS[attention](attention_channels, key_channels)
         self.blocks = nn.ModuleList()
         deep = attention_channels
         for j in reversed(range(len(skips))):  # deep to shallow, in the order forward runs them
             i = skips[j]
             scale = stride_ratio(self.in_strides[i + 1], self.in_strides[i], "MAnetDecoder")
-            self.blocks.append(FusionAttention(deep, self.in_channels[i], widths[j], scale, upsample, reduction,
+            self.blocks.append(FUSIONS[fusion](deep, self.in_channels[i], widths[j], scale, upsample, reduction,
                                                complexity, activation, norm))
             deep = widths[j]
         self._widths = [*widths, attention_channels]

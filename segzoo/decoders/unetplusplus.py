@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from segzoo.blocks import ConvBnAct, get_block, make_activation, make_upsample
+from segzoo.blocks import (
+    INTERPOLATION_MODES,
+    ConvBnAct,
+    get_block,
+    make_activation,
+    make_upsample,
+    resolve_upsample_mode,
+)
 from segzoo.decoders.base import DecoderSpec, check_positive_int, register_decoder, stride_ratio
 from segzoo.decoders.unet import default_width
 
@@ -49,6 +56,35 @@ class NestedNode(nn.Module):
         return self.block(self.act(self.same(x) + self.up(self.deep(deep))))
 
 
+class ConcatNode(nn.Module):
+    """A node X(i, j) in UNet++'s original form (smp's): upsample the deeper node, concatenate, 3x3 conv(s).
+
+    ``X(i, j) = block(cat(up(X(i+1, j-1)), X(i, j-1), ..., X(i, 0)))`` (the deeper node first, then this
+    level's nodes latest first, smp's channel order), ``block`` being ``1 + complexity`` 3x3 Conv-Norm-Act
+    layers over the whole concatenation at this level's resolution.
+
+    Args: as :class:`NestedNode` (a learned ``upsample`` maps the deeper node to ``out_channels``).
+
+    Shapes: [(B, c_k, h, w)...], (B, deep_channels, h / scale, w / scale) -> (B, out_channels, h, w).
+    """
+
+    def __init__(self, same_channels: int, deep_channels: int, out_channels: int, scale: int,
+                 upsample: str = "bilinear", complexity: int = 0, activation: str = "relu", norm: str = "bn") -> None:
+        super().__init__()
+        up_channels = deep_channels if resolve_upsample_mode(upsample) in INTERPOLATION_MODES else out_channels
+        self.up = make_upsample(upsample, deep_channels, scale, out_channels=up_channels)
+        self.block = get_block(up_channels + same_channels, out_channels, complexity=complexity,
+                               activation=activation, norm=norm)
+
+    def forward(self, same: list[torch.Tensor], deep: torch.Tensor) -> torch.Tensor:
+        """Fuse ``same`` (this level's earlier nodes, X(i, 0) first) with ``deep`` (the deeper node)."""
+        return self.block(torch.cat([self.up(deep), *same[::-1]], dim=1))
+
+
+NODES = {"split": NestedNode, "concat": ConcatNode}
+INNER_WIDTHS = ("level", "feature")
+
+
 @register_decoder("unetplusplus")
 class UnetPlusPlusDecoder(DecoderSpec):
     """UNet++: every skip level holds a row of nodes, each fed by all earlier nodes of its row and the
@@ -70,6 +106,10 @@ class UnetPlusPlusDecoder(DecoderSpec):
         min_stride: skips finer than this stride are not used.
         activation: activation name.
         norm: normalization name.
+        node: ``"split"`` (default, :class:`NestedNode`) or ``"concat"`` (:class:`ConcatNode`, UNet++'s
+            original node, as smp's: with ``complexity=1`` and ``inner_width="feature"``, smp's decoder).
+        inner_width: width of the nodes of a level but its last: ``"level"`` (default, the level's
+            ``channels``) or ``"feature"`` (the skip feature's own channels, as smp's).
 
     Shapes: features -> the last node of each used skip level, shallow to deep:
     [(B, out_channels[j], H / out_strides[j], W / out_strides[j])].
@@ -79,9 +119,12 @@ class UnetPlusPlusDecoder(DecoderSpec):
 
     def __init__(self, in_channels: list[int], in_strides: list[int], channels: Sequence[int] | None = None,
                  complexity: int = 0, upsample: str = "bilinear", min_stride: int = 1, activation: str = "relu",
-                 norm: str = "bn") -> None:
+                 norm: str = "bn", node: str = "split", inner_width: str = "level") -> None:
         super().__init__(in_channels, in_strides)
         check_positive_int(min_stride, "min_stride", "UnetPlusPlusDecoder")
+        if node not in NODES or inner_width not in INNER_WIDTHS:
+            raise ValueError(f"UnetPlusPlusDecoder: node must be one of {list(NODES)} and inner_width one of "
+                             f"{list(INNER_WIDTHS)}, got {node!r} and {inner_width!r}")
         self.first = next((i for i, s in enumerate(self.in_strides) if s >= min_stride), len(self.in_strides))
         skips = list(range(self.first, len(self.in_channels) - 1))
         if not skips:
@@ -97,15 +140,17 @@ class UnetPlusPlusDecoder(DecoderSpec):
         self._widths = widths
         depth = len(skips)  # L: levels 0..L-1 are skips, level L the deepest feature
         feats = [self.in_channels[i] for i in skips] + [self.in_channels[-1]]
-        # width of X(i, j): the feature's for j = 0, the level's for the nodes
-        width = [[feats[i]] + [widths[i]] * (depth - i) for i in range(depth)] + [[feats[depth]]]
+        inner = feats if inner_width == "feature" else widths
+        # width of X(i, j): the feature's for j = 0, the level's (inner_width) for the nodes, the level's last
+        # node: the level's channels
+        width = [[feats[i]] + [inner[i]] * (depth - i - 1) + [widths[i]] for i in range(depth)] + [[feats[depth]]]
         self.nodes = nn.ModuleDict()
         # built in the order forward runs them: by column j, deep to shallow
         for j in range(1, depth + 1):
             for i in range(depth - j, -1, -1):
                 scale = stride_ratio(self.in_strides[skips[i] + 1], self.in_strides[skips[i]], "UnetPlusPlusDecoder")
-                self.nodes[f"x{i}_{j}"] = NestedNode(sum(width[i][:j]), width[i + 1][j - 1], widths[i], scale,
-                                                     upsample, complexity, activation, norm)
+                self.nodes[f"x{i}_{j}"] = NODES[node](sum(width[i][:j]), width[i + 1][j - 1], width[i][j], scale,
+                                                      upsample, complexity, activation, norm)
         self.depth = depth
 
     @property

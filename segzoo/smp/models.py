@@ -20,8 +20,8 @@ with smp's signature. What the arguments build:
   ``dict(classes=K, pooling="avg"|"max", dropout=0.2, activation=None|"sigmoid"|"softmax"|...)``; ``dropout``
   defaults to smp's 0.2): ``forward`` then returns ``(masks, labels (B, K))``.
 - ``structure="smp"`` (segzoo's keyword, default ``"segzoo"``): build smp's exact decoder and head (Unet: smp's
-  widths, two convs per block, the full-resolution block, the 3x3 head; Segformer, DPT: see
-  :mod:`segzoo.smp.twin_smpsdd`), so that smp's weights load
+  widths, two convs per block, the full-resolution block, the 3x3 head; also UnetPlusPlus, MAnet, UPerNet
+  (:mod:`segzoo.smp.twin_smpsdc`), Segformer, DPT (:mod:`segzoo.smp.twin_smpsdd`)), so that smp's weights load
   (:func:`segzoo.smp.from_smp`, :func:`segzoo.smp.load_smp_state_dict`); architectures without it refuse it.
 
 The models are :class:`~segzoo.models.UnetMetaSpec` (any input size, ``save_pretrained`` /
@@ -90,7 +90,7 @@ _NORMS = {"batchnorm": "bn", True: "bn", "identity": "identity", False: "identit
 
 
 def _norm(value: Any) -> str:
-    if value not in _NORMS:
+    if not isinstance(value, (str, bool)) or value not in _NORMS:  # smp's dict form included
         raise ValueError(f"decoder_use_norm={value!r} is not supported by segzoo's decoder: use one of "
                          f"{[k for k in _NORMS]}")
     return _NORMS[value]
@@ -118,7 +118,13 @@ MAPPINGS: dict[str, dict[str, tuple[str, str, Callable[[Any], Any]]]] = {
                       "decoder_aspp_separable": ("decoder", "separable", bool),
                       "decoder_aspp_dropout": ("decoder", "aspp_dropout", float),
                       "encoder_output_stride": ("encoder", "output_stride", int)},
-    "UPerNet": {"decoder_channels": ("decoder", "channels", int)},
+    "UPerNet": {"decoder_channels": ("decoder", "channels", int), "decoder_use_norm": ("decoder", "norm", _norm)},
+    "MAnet": {"decoder_channels": ("decoder", "channels", lambda v: list(v)[:-2][::-1]),  # segzoo's: stride >= 4
+              "decoder_pab_channels": ("decoder", "key_channels", int), "decoder_use_norm": ("decoder", "norm", _norm),
+              "decoder_interpolation": ("decoder", "upsample", str)},
+    "UnetPlusPlus": {"decoder_channels": ("decoder", "channels", _unet_widths),
+                     "decoder_use_norm": ("decoder", "norm", _norm),
+                     "decoder_interpolation": ("decoder", "upsample", str)},
 }
 MAPPINGS["Segformer"] = {"decoder_segmentation_channels": ("decoder", "channels", int)}
 MAPPINGS["DPT"] = {"decoder_readout": ("encoder", "readout", str), "encoder_output_indices": ("encoder", "out_indices", list),

@@ -7,7 +7,9 @@ torchvision's ``conv1/bn1/layer1..4``; the decoder and head: a table per archite
 
 Which smp models map: ``Unet`` on smp's ResNet encoders (``resnet18`` ... ``resnet152``), any
 ``encoder_depth``, ``decoder_channels``, ``decoder_use_norm`` ``"batchnorm"`` or ``"identity"``,
-``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. ``Segformer`` on smp's ResNets, MiT (``mit_b0`` ...
+``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. ``UnetPlusPlus`` (``decoder_attention_type=None``),
+``MAnet`` (any ``decoder_pab_channels``) and ``UPerNet`` (any ``decoder_channels``, ``encoder_depth`` >= 3) on the
+same encoders and arguments (:mod:`segzoo.smp.twin_smpsdc`). ``Segformer`` on smp's ResNets, MiT (``mit_b0`` ...
 ``mit_b5``) and timm encoders, any ``decoder_segmentation_channels``, ``encoder_depth`` 3..5 (MiT: 5), and ``DPT``
 on timm's plain ViTs (``"tu-vit_*"``), any ``decoder_readout``, ``encoder_depth``, ``encoder_output_indices``,
 decoder widths (:mod:`segzoo.smp.twin_smpsdd`). Every class also on smp's timm CNN encoders (``"tu-resnet18"``,
@@ -30,7 +32,7 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
-from segzoo.smp import twin_smpsdd
+from segzoo.smp import twin_smpsdc, twin_smpsdd
 from segzoo.smp.models import MODEL_CLASSES, SIGNATURES, SmpModel
 from segzoo.smp.structure import SMP_STRUCTURES
 
@@ -71,14 +73,19 @@ def _unet_key(key: str, depth: int) -> str | None:
 
 #: smp class -> its decoder/head key function: segzoo's key, ``(key, tensor conversion)``, ``""`` (dropped) or
 #: ``None`` (does not map); encoder keys it does not map go to the encoder key functions
-_KEYS: dict[str, Callable[[str, int], str | tuple[str, Convert] | None]] = {"Unet": _unet_key}
-_KEYS["Segformer"] = twin_smpsdd.segformer_key
-_KEYS["DPT"] = twin_smpsdd.dpt_key
+_KEYS: dict[str, Callable[[str, int], str | tuple[str, Convert] | None]] = {
+    "Unet": _unet_key,
+    **twin_smpsdc.KEYS,  # UnetPlusPlus, MAnet, UPerNet
+    "Segformer": twin_smpsdd.segformer_key,
+    "DPT": twin_smpsdd.dpt_key,
+}
 #: smp class -> a function of (state dict, smp arguments) run before the keys are mapped (renumbering, dropping
 #: what segzoo does not build, checks that need the whole state dict)
 _PREPARE: dict[str, Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]] = {}
 _PREPARE["Segformer"] = twin_smpsdd.prepare_segformer
 _PREPARE["DPT"] = twin_smpsdd.prepare_dpt
+#: smp class -> whether a state dict's keys are that class's (the twin modules' architectures)
+_GUESS = {**twin_smpsdc.GUESS}
 
 
 def _encoder_key(key: str, depth: int) -> str | None:
@@ -202,6 +209,10 @@ def _infer_unet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None, dict[str, Any]]:
     """smp's class and arguments, as far as the keys and shapes of ``sd`` tell them."""
+    if isinstance(arch, str):  # any case, as from_smp takes it
+        arch = {name.lower(): name for name in MODEL_CLASSES}.get(arch.lower(), arch)
+    if arch is None:  # the twin modules' architectures (their tables)
+        arch = next((name for name, guess in _GUESS.items() if guess(sd)), None)
     if arch is None:
         arch = "Unet" if any(re.match(r"decoder\.blocks\.\d+\.conv1\.", k) for k in sd) else \
             "Linknet" if any(re.match(r"decoder\.blocks\.\d+\.block\.", k) for k in sd) else \
@@ -225,6 +236,7 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
 _INFER: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]] = {"Unet": _infer_unet}
 _INFER["Segformer"] = twin_smpsdd.infer_segformer
 _INFER["DPT"] = twin_smpsdd.infer_dpt
+_INFER.update(twin_smpsdc.INFER)  # UnetPlusPlus, MAnet, UPerNet
 
 
 def from_smp(source: str | os.PathLike | Mapping[str, Any] | nn.Module, arch: str | None = None,
@@ -254,6 +266,9 @@ def from_smp(source: str | os.PathLike | Mapping[str, Any] | nn.Module, arch: st
     config: dict[str, Any] = {}
     if isinstance(source, nn.Module):
         config = dict(getattr(source, "_hub_mixin_config", None) or {})
+        if config.get("decoder_use_batchnorm") is not None:  # smp's older spelling: it won over the default
+            config["decoder_use_norm"] = config["decoder_use_batchnorm"]
+        config.pop("decoder_use_batchnorm", None)
         arch = arch or type(source).__name__
     arch, found = _infer(sd, arch)
     by_lower = {k.lower(): k for k in MODEL_CLASSES}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from segzoo.smp import twin_smpsdd
+from segzoo.smp import twin_smpsdc, twin_smpsdd
 
 __all__ = ["SMP_STRUCTURES", "smp_structure"]
 
@@ -37,9 +37,12 @@ def _unet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 #: smp class -> the segzoo part arguments of ``structure="smp"`` (from the smp arguments)
-SMP_STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {"Unet": _unet_structure}
-SMP_STRUCTURES["Segformer"] = twin_smpsdd.segformer_structure
-SMP_STRUCTURES["DPT"] = twin_smpsdd.dpt_structure
+SMP_STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {
+    "Unet": _unet_structure,
+    **twin_smpsdc.STRUCTURES,  # UnetPlusPlus, MAnet, UPerNet
+    "Segformer": twin_smpsdd.segformer_structure,
+    "DPT": twin_smpsdd.dpt_structure,
+}
 
 
 def smp_structure(name: str, structure: str, args: Mapping[str, Any],
