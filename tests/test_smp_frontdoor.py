@@ -261,3 +261,11 @@ def test_torch_jit_script_in_training_mode_leaves_batchnorm_statistics_alone():
         warnings.simplefilter("ignore")
         torch.jit.script(model)
     assert all(torch.equal(before[k], v) for k, v in model.named_buffers())
+
+
+def test_dpt_reads_token_maps_spread_over_the_vits_blocks():
+    """smp's DPT reads ``encoder_depth`` token maps spread over the ViT (before: blocks 0..3, the rest cut off)."""
+    pytest.importorskip("timm")
+    model = front.DPT("tu-test_vit", encoder_weights=None, classes=2)
+    assert model.encoder.indices[-1] == 5 and len(model.encoder.indices) == 4
+    assert len(model.encoder.model.blocks) == 6

@@ -41,6 +41,7 @@ import torch.nn as nn
 
 from segzoo.architectures import ARCHITECTURES, RESNET_ENCODERS
 from segzoo.encoders import MIT_VARIANTS, MixTransformerEncoder, ResnetEncoder, TimmEncoder
+from segzoo.encoders.vit import is_plain_vit
 from segzoo.errors import CheckpointError
 from segzoo.models.archs import build_parts
 from segzoo.models.meta import UnetMetaSpec
@@ -308,7 +309,10 @@ def _encoder(name: str, row: Any, args: dict[str, Any], defaults: dict[str, Any]
     if timm_name is not None:
         if set(params) - _TIMM_STRUCTURE:
             raise ValueError(f"segzoo.smp.{name}: {sorted(params)} not supported with a timm encoder ({enc!r})")
-        extra = {"out_indices": list(range(depth))} if depth != 5 else {}
+        if is_plain_vit(timm_name):  # a ViT's depth is its count of token maps, spread over its blocks (as smp)
+            extra = {"num_features": depth}
+        else:
+            extra = {"out_indices": list(range(depth))} if depth != 5 else {}
         return TimmEncoder(timm_name, pretrained=weights is not None, in_channels=args["in_channels"],
                            **{**extra, **params})
     if isinstance(enc, str) and enc in MIT_VARIANTS:  # segzoo's MiT: smp's weights load with from_smp
