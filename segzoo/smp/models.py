@@ -107,8 +107,10 @@ MAPPINGS: dict[str, dict[str, tuple[str, str, Callable[[Any], Any]]]] = {
     "FPN": {"decoder_pyramid_channels": ("decoder", "pyramid_channels", int),
             "decoder_segmentation_channels": ("head", "hidden_channels", int),
             "decoder_dropout": ("head", "dropout", float),
+            "decoder_merge_policy": ("head", "merge", str),
             "decoder_interpolation": ("decoder", "upsample", str)},
-    "PSPNet": {"psp_out_channels": ("decoder", "out_channels", int), "psp_dropout": ("decoder", "dropout", float)},
+    "PSPNet": {"psp_out_channels": ("decoder", "out_channels", int), "psp_dropout": ("decoder", "dropout", float),
+               "decoder_use_norm": ("decoder", "norm", _norm)},
     "DeepLabV3Plus": {"decoder_channels": ("decoder", "out_channels", int),
                       "decoder_atrous_rates": ("decoder", "atrous_rates", list),
                       "decoder_aspp_separable": ("decoder", "separable", bool),
@@ -152,6 +154,10 @@ class SmpModel(UnetMetaSpec):
         if kwargs.get("decoder_use_batchnorm") is not None and "decoder_use_norm" not in kwargs:
             kwargs["decoder_use_norm"] = kwargs.pop("decoder_use_batchnorm")  # smp's older spelling
         kwargs.pop("decoder_use_batchnorm", None)
+        if name == "PSPNet" and kwargs.get("psp_use_batchnorm") is not None and "decoder_use_norm" not in kwargs:
+            kwargs["decoder_use_norm"] = kwargs.pop("psp_use_batchnorm")  # smp's older spelling
+        if name == "PSPNet":
+            kwargs.pop("psp_use_batchnorm", None)
         structure = kwargs.pop("structure", "segzoo")
         try:
             bound = _signature(name).bind(*args, **kwargs)

@@ -25,12 +25,12 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
+from segzoo.smp import twin_smpsda
 from segzoo.smp.models import MODEL_CLASSES, SmpModel
 from segzoo.smp.structure import SMP_STRUCTURES
 
 __all__ = ["from_smp", "load_smp_state_dict", "read_smp_state_dict", "smp_to_segzoo_keys"]
 
-_MAPS = "smp's Unet on a ResNet encoder (resnet18 ... resnet152) maps"
 def _resnet_key(key: str, depth: int) -> str | None:
     """segzoo's key of an smp ResNet encoder key, ``""`` for a key to drop, ``None`` if it does not map."""
     rules = ((r"encoder\.conv1\.(.+)", "encoder.stages.0.0.{}", 0), (r"encoder\.bn1\.(.+)", "encoder.stages.0.1.{}", 0),
@@ -56,7 +56,11 @@ def _unet_key(key: str, depth: int) -> str | None:
     return f"head.classifier.{m.group(1)}" if m else None
 
 
-_KEYS: dict[str, Callable[[str, int], str | None]] = {"Unet": _unet_key}
+_KEYS: dict[str, Callable[[str, int], str | None]] = {
+    "Unet": _unet_key,
+    **twin_smpsda.KEYS,  # Linknet, FPN, PSPNet
+}
+_MAPS = f"smp's {', '.join(_KEYS)} on a ResNet encoder (resnet18 ... resnet152) map"
 
 
 def smp_to_segzoo_keys(state_dict: Mapping[str, torch.Tensor], smp_class: str, encoder_depth: int = 5
@@ -160,10 +164,12 @@ def _infer_unet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None, dict[str, Any]]:
     """smp's class and arguments, as far as the keys and shapes of ``sd`` tell them."""
+    arch = {k.lower(): k for k in MODEL_CLASSES}.get(arch.lower(), arch) if isinstance(arch, str) else arch
     if arch is None:
         arch = "Unet" if any(re.match(r"decoder\.blocks\.\d+\.conv1\.", k) for k in sd) else \
             "Linknet" if any(re.match(r"decoder\.blocks\.\d+\.block\.", k) for k in sd) else \
-            "FPN" if "decoder.p5.weight" in sd else None
+            "FPN" if "decoder.p5.weight" in sd else \
+            "PSPNet" if any(k.startswith("decoder.psp.blocks.") for k in sd) else None
     found: dict[str, Any] = {}
     if "encoder.conv1.weight" in sd:
         found["in_channels"] = int(sd["encoder.conv1.weight"].shape[1])
@@ -174,6 +180,8 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
         found["encoder_name"] = name
     if arch == "Unet":
         found.update(_infer_unet(sd))
+    if arch in twin_smpsda.INFER:
+        found.update(twin_smpsda.INFER[arch](sd))
     return arch, found
 
 

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from segzoo.smp import twin_smpsda
+
 __all__ = ["SMP_STRUCTURES", "smp_structure"]
 
 _NORMS = {"batchnorm": "bn", True: "bn", "identity": "identity", False: "identity"}
@@ -36,7 +38,10 @@ def _unet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 #: smp class -> the segzoo part arguments of ``structure="smp"`` (from the smp arguments)
-SMP_STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {"Unet": _unet_structure}
+SMP_STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {
+    "Unet": _unet_structure,
+    **twin_smpsda.STRUCTURES,  # Linknet, FPN, PSPNet
+}
 
 
 def smp_structure(name: str, structure: str, args: Mapping[str, Any],
