@@ -153,6 +153,8 @@ def test_other_encoder_missing_key_and_wrong_shape_are_one_line():
     _one_line_error(psp, "shape mismatch", psp_out_channels=256)  # the weights have 512
     psp["decoder.conv.0.weight"] = psp["decoder.conv.0.weight"][:, :100]
     _one_line_error(psp, "shape mismatch")
+    deeper = smp.PSPNet("resnet18", encoder_weights=None, encoder_depth=4, upsampling=16).state_dict()
+    _one_line_error(deeper, "encoder_depth=4 with upsampling=8")  # the depth is read from the PSP input's width
 
 
 def test_a_decoder_norm_without_twin_names_its_key():

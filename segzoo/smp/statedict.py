@@ -7,7 +7,8 @@ torchvision's ``conv1/bn1/layer1..4``; the decoder and head: a table per archite
 
 Which smp models map: ``Unet`` on smp's ResNet encoders (``resnet18`` ... ``resnet152``), any
 ``encoder_depth``, ``decoder_channels``, ``decoder_use_norm`` ``"batchnorm"`` or ``"identity"``,
-``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. Anything else (another architecture, encoder,
+``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``; ``Linknet``, ``FPN`` and ``PSPNet`` on the same
+encoders (their arguments: :mod:`segzoo.smp.twin_smpsda`). Anything else (another architecture, encoder,
 an attention block) is one :class:`~segzoo.errors.CheckpointError` line naming the first smp key that does
 not map and what does.
 """

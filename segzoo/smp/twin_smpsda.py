@@ -168,11 +168,12 @@ def _infer_psp(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         return {}
     found: dict[str, Any] = {"psp_out_channels": int(conv.shape[0]),
                              "decoder_use_norm": _norm_of(sd, "PSPNet", "decoder.conv"), **_aux(sd)}
-    # smp keeps every ResNet layer whatever encoder_depth: the PSP input's width tells the depth
+    # smp keeps every ResNet layer whatever encoder_depth: the PSP input's width tells the depth (the deeper of
+    # two stages of one width: depths 1 and 2 of a resnet18 do not return the input's size anyway)
     widths = RESNET_CHANNELS["resnet50" if "encoder.layer1.0.conv3.weight" in sd else "resnet18"]
     width = int(conv.shape[1]) // 2
-    if widths.count(width) == 1:
-        found["encoder_depth"] = widths.index(width) + 1
+    if width in widths:
+        found["encoder_depth"] = len(widths) - widths[::-1].index(width)
     return found
 
 
