@@ -154,10 +154,10 @@ class SmpModel(UnetMetaSpec):
         if kwargs.get("decoder_use_batchnorm") is not None and "decoder_use_norm" not in kwargs:
             kwargs["decoder_use_norm"] = kwargs.pop("decoder_use_batchnorm")  # smp's older spelling
         kwargs.pop("decoder_use_batchnorm", None)
-        if name == "PSPNet" and kwargs.get("psp_use_batchnorm") is not None and "decoder_use_norm" not in kwargs:
-            kwargs["decoder_use_norm"] = kwargs.pop("psp_use_batchnorm")  # smp's older spelling
-        if name == "PSPNet":
-            kwargs.pop("psp_use_batchnorm", None)
+        if name == "PSPNet" and "psp_use_batchnorm" in kwargs:  # smp's older spelling
+            value = kwargs.pop("psp_use_batchnorm")
+            if value is not None and "decoder_use_norm" not in kwargs:
+                kwargs["decoder_use_norm"] = value
         structure = kwargs.pop("structure", "segzoo")
         try:
             bound = _signature(name).bind(*args, **kwargs)
