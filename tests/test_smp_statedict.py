@@ -99,12 +99,12 @@ def _one_line_error(source, match, **kwargs):
 
 def test_architectures_and_encoders_that_do_not_map_name_the_first_key():
     fpn = smp.FPN("resnet18", encoder_weights=None).state_dict()
-    assert "Unet" in _one_line_error(fpn, "'decoder.p5.weight'")
+    assert "Unet" in _one_line_error(fpn, "'decoder.p5.weight'", arch="Unet")  # another architecture's keys
     _one_line_error(smp.Unet("mobilenet_v2", encoder_weights=None), "'encoder.features.0.0.weight'")
     _one_line_error(smp.Unet("resnet18", encoder_weights=None, decoder_attention_type="scse"),
                     "'decoder.blocks.0.attention1.attention.cSE.1.weight'")
-    with pytest.raises(ValueError, match="structure='smp' is not available for FPN"):
-        zsmp.FPN("resnet18", encoder_weights=None, structure="smp")
+    with pytest.raises(ValueError, match="structure='smp'.*encoder_depth=4 is not available"):
+        zsmp.FPN("resnet18", encoder_weights=None, encoder_depth=4, structure="smp")
 
 
 def test_weights_that_do_not_fit_the_given_arguments_are_one_line():

@@ -59,16 +59,22 @@ def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
 class PyramidPooling(nn.Module):
     """One PSP branch: adaptive average pool to ``size``, 1x1 conv + ReLU, resize back.
 
-    No BatchNorm here: the 1x1 branch has one value per channel and would fail
-    (or be meaningless) at batch size 1 in training.
+    No BatchNorm by default: the 1x1 branch has one value per channel and would fail
+    (or be meaningless) at batch size 1 in training. ``norm`` (e.g. ``"bn"``, as smp) normalizes the
+    branches of ``size > 1`` only; ``align_corners``: the bilinear resize back (smp: ``True``).
 
     Shapes: (B, C, h, w) -> (B, out_channels, h, w).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, size: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, size: int, norm: str | None = None,
+                 align_corners: bool = False) -> None:
         super().__init__()
         self.size = int(size)
-        self.conv = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True))
+        self.align_corners = bool(align_corners)
+        if norm is None or self.size == 1:  # a norm over a 1x1 map: see above
+            self.conv = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True))
+        else:  # smp's PSP branches: conv-norm-ReLU
+            self.conv = ConvBnAct(in_channels, out_channels, 1, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool, project, and resize to ``x``'s size."""
@@ -77,7 +83,7 @@ class PyramidPooling(nn.Module):
     def project(self, pooled: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Project an already pooled map (B, C, size, size) and resize it to ``size`` (h, w)."""
         y = self.conv(pooled)
-        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=self.align_corners)
 
 
 @register_decoder("psp")
@@ -90,17 +96,23 @@ class PSPDecoder(DecoderSpec):
         pool_sizes: output sizes of the pooling branches.
         out_channels: channels of the fused output.
         dropout: Dropout2d rate on the output.
+        norm: normalization of the fusing 1x1 conv (default ``"bn"``; ``"identity"``: a conv with bias).
+        branch_norm: normalization of the pooling branches of size > 1 (default ``None``: none; smp: ``"bn"``).
+        align_corners: the branches' bilinear resize back (default ``False``; smp: ``True``).
+        input_last: concatenate the input after the branches (smp's order) instead of before.
 
     Shapes: [..., (B, C, H / s, W / s)] -> [(B, out_channels, H / s, W / s)].
     """
 
     def __init__(self, in_channels: list[int], in_strides: list[int], pool_sizes: Sequence[int] = (1, 2, 3, 6),
-                 out_channels: int = 256, dropout: float = 0.1) -> None:
+                 out_channels: int = 256, dropout: float = 0.1, norm: str = "bn", branch_norm: str | None = None,
+                 align_corners: bool = False, input_last: bool = False) -> None:
         super().__init__(in_channels, in_strides)
         c = self.in_channels[-1]
         branch = max(c // len(pool_sizes), 1)
-        self.branches = nn.ModuleList(PyramidPooling(c, branch, s) for s in pool_sizes)
-        self.fuse = ConvBnAct(c + branch * len(pool_sizes), out_channels, 1)
+        self.branches = nn.ModuleList(PyramidPooling(c, branch, s, branch_norm, align_corners) for s in pool_sizes)
+        self.fuse = ConvBnAct(c + branch * len(pool_sizes), out_channels, 1, norm=norm)
+        self.input_last = bool(input_last)
         self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
         self.declare_outputs([out_channels], [self.in_strides[-1]])
 
@@ -108,5 +120,6 @@ class PSPDecoder(DecoderSpec):
         """Pool the deepest feature at several scales and fuse."""
         x = features[-1]
         pooled = pyramid_avg_pool(x, [b.size for b in self.branches])
-        x = torch.cat([x] + [b.project(p, x.shape[-2:]) for b, p in zip(self.branches, pooled)], dim=1)
+        branches = [b.project(p, x.shape[-2:]) for b, p in zip(self.branches, pooled)]
+        x = torch.cat(branches + [x] if self.input_last else [x] + branches, dim=1)
         return [self.dropout(self.fuse(x))]

@@ -8,7 +8,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segzoo.blocks import INTERPOLATION_MODES, ConvBnAct, get_block, make_upsample, resolve_upsample_mode
+from segzoo.blocks import (
+    INTERPOLATION_MODES,
+    ConvBnAct,
+    get_block,
+    make_activation,
+    make_norm,
+    make_upsample,
+    resolve_upsample_mode,
+)
 from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
 from segzoo.errors import unknown_name_error
 
@@ -67,22 +75,38 @@ class DecoderSumBlock(nn.Module):
     convs run on few channels (transposed convs are optional, not the default: they
     are slow on CPU).
 
+    ``transposed_up``: upsample x2 with a 4x4 stride-2 transposed conv + norm + activation and no 3x3 conv
+    (smp's Linknet block). ``out_channels``: the width without a skip (:meth:`decode`; default ``skip_channels``).
+
     Shapes: (B, C_deep, h, w), (B, C_skip, h*s, w*s) -> (B, C_skip, h*s, w*s).
     """
 
     def __init__(self, deep_channels: int, skip_channels: int, scale: int, upsample: str = "bilinear",
-                 complexity: int = 1, dropout: float = 0.0, activation: str = "relu", norm: str = "bn") -> None:
+                 complexity: int = 1, dropout: float = 0.0, activation: str = "relu", norm: str = "bn",
+                 transposed_up: bool = False, out_channels: int | None = None) -> None:
         super().__init__()
         mid = max(deep_channels // 4, 8)
         self.reduce = ConvBnAct(deep_channels, mid, 1, activation=activation, norm=norm)
-        self.up = make_upsample(upsample, mid, scale)
-        self.conv = get_block(mid, mid, complexity=max(complexity - 1, 0), activation=activation, norm=norm)
-        self.expand = ConvBnAct(mid, skip_channels, 1, activation=activation, norm=norm)
+        if transposed_up:
+            if scale != 2:
+                raise ValueError(f"DecoderSumBlock: transposed_up upsamples x2, the features need x{scale}")
+            self.up = nn.Sequential(nn.ConvTranspose2d(mid, mid, 4, stride=2, padding=1), make_norm(norm, mid),
+                                    make_activation(activation))
+            self.conv: nn.Module = nn.Identity()
+        else:
+            self.up = make_upsample(upsample, mid, scale)
+            self.conv = get_block(mid, mid, complexity=max(complexity - 1, 0), activation=activation, norm=norm)
+        out = skip_channels if out_channels is None else out_channels
+        self.expand = ConvBnAct(mid, out, 1, activation=activation, norm=norm)
         self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The block without its skip: (B, C_deep, h, w) -> (B, out_channels, h*s, w*s)."""
+        return self.expand(self.conv(self.up(self.reduce(x))))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """Add the decoded ``x`` to ``skip``."""
-        return self.dropout(self.expand(self.conv(self.up(self.reduce(x)))) + skip)
+        return self.dropout(self.decode(x) + skip)
 
 
 @register_decoder("unet")
@@ -103,6 +127,9 @@ class UNetDecoder(DecoderSpec):
         min_stride: skips finer than this stride are not used (e.g. 4 stops the decoder at stride 4).
         activation: activation name.
         norm: normalization name.
+        transposed_up: sum blocks only: smp's Linknet block (see :class:`DecoderSumBlock`).
+        final_channels: sum blocks only: one more block after the finest skip, without a skip, at twice its
+            resolution, with this width (smp's Linknet: 32); its map is then the first output.
 
     Shapes: features -> one map per used skip level, shallow to deep:
     [(B, out_channels[j], H / out_strides[j], W / out_strides[j])].
@@ -112,10 +139,13 @@ class UNetDecoder(DecoderSpec):
 
     def __init__(self, in_channels: list[int], in_strides: list[int], channels: Sequence[int] | None = None,
                  block: str = "concat", complexity: int = 1, upsample: str = "bilinear", dropout: float = 0.0,
-                 min_stride: int = 1, activation: str = "relu", norm: str = "bn") -> None:
+                 min_stride: int = 1, activation: str = "relu", norm: str = "bn", transposed_up: bool = False,
+                 final_channels: int | None = None) -> None:
         super().__init__(in_channels, in_strides)
         if block not in ("concat", "sum"):
             raise unknown_name_error("decoder block", str(block), ("concat", "sum"))
+        if block != "sum" and (transposed_up or final_channels is not None):
+            raise ValueError("UNetDecoder: transposed_up and final_channels are options of block='sum'")
         self.first = next((i for i, s in enumerate(self.in_strides) if s >= min_stride), len(self.in_strides))
         skips = list(range(self.first, len(self.in_channels) - 1))
         if not skips:
@@ -140,9 +170,19 @@ class UNetDecoder(DecoderSpec):
                                          dropout, activation, norm)
             else:
                 blk = DecoderSumBlock(deep, self.in_channels[i], scale, upsample, complexity, dropout,
-                                      activation, norm)
+                                      activation, norm, transposed_up)
             self.blocks.append(blk)
             deep = widths[j]
+        # the block without a skip (0 or 1 of them): a list, so that TorchScript needs no optional attribute
+        self.final = nn.ModuleList()
+        strides = self.in_strides[self.first:-1]
+        if final_channels is not None:
+            if strides[0] % 2:
+                raise ValueError(f"UNetDecoder: final_channels needs the finest skip at an even stride, got "
+                                 f"{strides[0]}")
+            self.final.append(DecoderSumBlock(deep, self.in_channels[skips[0]], 2, upsample, complexity, dropout,
+                                              activation, norm, transposed_up, out_channels=int(final_channels)))
+            widths, strides = [int(final_channels), *widths], [strides[0] // 2, *strides]
         if block == "concat":
             # the finest block reads the largest maps: skipping the concatenated copy (and its
             # gradient's slices) made its fused conv's forward + backward 18-30 % faster on CPU,
@@ -150,7 +190,7 @@ class UNetDecoder(DecoderSpec):
             # were 2-4 % slower split, so they keep the concat. Train step of the resnet34 Unet:
             # -1.4 % (default), -4 % (both channels_last), -1 to -2.5 % (AVX2 kernels)
             self.blocks[-1].split_concat = True
-        self.declare_outputs(widths, self.in_strides[self.first:-1])
+        self.declare_outputs(widths, strides)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Decode; returns the output of every block, shallow to deep."""
@@ -158,5 +198,8 @@ class UNetDecoder(DecoderSpec):
         outputs = []
         for k, blk in enumerate(self.blocks):
             x = blk(x, features[len(features) - 2 - k])
+            outputs.append(x)
+        for blk in self.final:
+            x = blk.dropout(blk.decode(x))
             outputs.append(x)
         return outputs[::-1]

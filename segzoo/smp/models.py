@@ -112,8 +112,10 @@ MAPPINGS: dict[str, dict[str, tuple[str, str, Callable[[Any], Any]]]] = {
     "FPN": {"decoder_pyramid_channels": ("decoder", "pyramid_channels", int),
             "decoder_segmentation_channels": ("head", "hidden_channels", int),
             "decoder_dropout": ("head", "dropout", float),
+            "decoder_merge_policy": ("head", "merge", str),
             "decoder_interpolation": ("decoder", "upsample", str)},
-    "PSPNet": {"psp_out_channels": ("decoder", "out_channels", int), "psp_dropout": ("decoder", "dropout", float)},
+    "PSPNet": {"psp_out_channels": ("decoder", "out_channels", int), "psp_dropout": ("decoder", "dropout", float),
+               "decoder_use_norm": ("decoder", "norm", _norm)},
     "DeepLabV3Plus": {"decoder_channels": ("decoder", "out_channels", int),
                       "decoder_atrous_rates": ("decoder", "atrous_rates", list),
                       "decoder_aspp_separable": ("decoder", "separable", bool),
@@ -167,6 +169,10 @@ class SmpModel(UnetMetaSpec):
         if kwargs.get("decoder_use_batchnorm") is not None and "decoder_use_norm" not in kwargs:
             kwargs["decoder_use_norm"] = kwargs.pop("decoder_use_batchnorm")  # smp's older spelling
         kwargs.pop("decoder_use_batchnorm", None)
+        if name == "PSPNet" and "psp_use_batchnorm" in kwargs:  # smp's older spelling
+            value = kwargs.pop("psp_use_batchnorm")
+            if value is not None and "decoder_use_norm" not in kwargs:
+                kwargs["decoder_use_norm"] = value
         structure = kwargs.pop("structure", "segzoo")
         if name == "DPT" and isinstance(kwargs.get("dynamic_img_size"), bool):
             kwargs.pop("dynamic_img_size")  # smp's timm ViT option: segzoo's DPT takes any H x W without it

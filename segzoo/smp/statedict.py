@@ -7,7 +7,8 @@ torchvision's ``conv1/bn1/layer1..4``; the decoder and head: a table per archite
 
 Which smp models map: ``Unet`` on smp's ResNet encoders (``resnet18`` ... ``resnet152``), any
 ``encoder_depth``, ``decoder_channels``, ``decoder_use_norm`` ``"batchnorm"`` or ``"identity"``,
-``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. ``UnetPlusPlus`` (``decoder_attention_type=None``),
+``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``; ``Linknet``, ``FPN`` and ``PSPNet`` on the same
+encoders (their arguments: :mod:`segzoo.smp.twin_smpsda`). ``UnetPlusPlus`` (``decoder_attention_type=None``),
 ``MAnet`` (any ``decoder_pab_channels``) and ``UPerNet`` (any ``decoder_channels``, ``encoder_depth`` >= 3) on the
 same encoders and arguments (:mod:`segzoo.smp.twin_smpsdc`). ``Segformer`` on smp's ResNets, MiT (``mit_b0`` ...
 ``mit_b5``) and timm encoders, any ``decoder_segmentation_channels``, ``encoder_depth`` 3..5 (MiT: 5), and ``DPT``
@@ -32,7 +33,7 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
-from segzoo.smp import twin_smpsdc, twin_smpsdd
+from segzoo.smp import twin_smpsda, twin_smpsdc, twin_smpsdd
 from segzoo.smp.models import MODEL_CLASSES, SIGNATURES, SmpModel
 from segzoo.smp.structure import SMP_STRUCTURES
 
@@ -75,6 +76,7 @@ def _unet_key(key: str, depth: int) -> str | None:
 #: ``None`` (does not map); encoder keys it does not map go to the encoder key functions
 _KEYS: dict[str, Callable[[str, int], str | tuple[str, Convert] | None]] = {
     "Unet": _unet_key,
+    **twin_smpsda.KEYS,  # Linknet, FPN, PSPNet
     **twin_smpsdc.KEYS,  # UnetPlusPlus, MAnet, UPerNet
     "Segformer": twin_smpsdd.segformer_key,
     "DPT": twin_smpsdd.dpt_key,
@@ -216,7 +218,8 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
     if arch is None:
         arch = "Unet" if any(re.match(r"decoder\.blocks\.\d+\.conv1\.", k) for k in sd) else \
             "Linknet" if any(re.match(r"decoder\.blocks\.\d+\.block\.", k) for k in sd) else \
-            "FPN" if "decoder.p5.weight" in sd else None
+            "FPN" if "decoder.p5.weight" in sd else \
+            "PSPNet" if any(k.startswith("decoder.psp.blocks.") for k in sd) else None
         arch = arch or ("Segformer" if "decoder.fuse_stage.0.weight" in sd else None)
         arch = arch or ("DPT" if "decoder.fusion_blocks.0.project.weight" in sd else None)
     found: dict[str, Any] = {}
@@ -236,6 +239,7 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
 _INFER: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]] = {"Unet": _infer_unet}
 _INFER["Segformer"] = twin_smpsdd.infer_segformer
 _INFER["DPT"] = twin_smpsdd.infer_dpt
+_INFER.update(twin_smpsda.INFER)  # Linknet, FPN, PSPNet
 _INFER.update(twin_smpsdc.INFER)  # UnetPlusPlus, MAnet, UPerNet
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from segzoo.smp import twin_smpsdc, twin_smpsdd
+from segzoo.smp import twin_smpsda, twin_smpsdc, twin_smpsdd
 
 __all__ = ["SMP_STRUCTURES", "smp_structure"]
 
@@ -42,6 +42,7 @@ SMP_STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]
     **twin_smpsdc.STRUCTURES,  # UnetPlusPlus, MAnet, UPerNet
     "Segformer": twin_smpsdd.segformer_structure,
     "DPT": twin_smpsdd.dpt_structure,
+    **twin_smpsda.STRUCTURES,  # Linknet, FPN, PSPNet
 }
 
 
