@@ -45,7 +45,7 @@ class _DepthwiseTaps(torch.autograd.Function):
     multiply-add per in-bounds tap over the part of the image it reads; exact, any memory format."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dh: int, dw: int) -> torch.Tensor:
+    def forward(x: torch.Tensor, weight: torch.Tensor, dh: int, dw: int) -> torch.Tensor:
         ch, cw = weight.shape[2] // 2, weight.shape[3] // 2
         rows, cols = _taps(dh, weight.shape[2], x.shape[2]), _taps(dw, weight.shape[3], x.shape[3])
         w = weight.reshape(1, weight.shape[0], weight.shape[2], weight.shape[3])
@@ -54,9 +54,13 @@ class _DepthwiseTaps(torch.autograd.Function):
             for j, xs, xd in cols:
                 if (i, j) != (ch, cw):
                     out[:, :, yd, xd].addcmul_(x[:, :, ys, xs], w[:, :, i, j, None, None])
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        x, weight, dh, dw = inputs
         ctx.save_for_backward(x, weight)
         ctx.dilation = (dh, dw)
-        return out
 
     @staticmethod
     @once_differentiable
