@@ -123,6 +123,7 @@ def test_other_convs_are_called_unchanged():
         assert len(rec.calls) == 1 and rec.calls[0][1] == tuple(conv.weight.shape)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_a_scripted_deeplabv3_fits_every_size():
     """``torch.jit.script`` traces on a small input (every rate beyond the 2 x 2 feature): the cropped kernels
     must not be baked into the graph."""
