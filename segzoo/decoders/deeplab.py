@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from segzoo.blocks import ConvBnAct, SeparableConvBnAct, make_norm, make_upsample
+from segzoo.decoders.atrous import conv_in_bounds
 from segzoo.decoders.base import DecoderSpec, register_decoder, stride_ratio
 
 # the stride at which atrous rates are given (DeepLabV3+'s default output stride)
@@ -60,8 +61,18 @@ class ASPP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Multi-rate context for ``x`` (B, C, h, w)."""
         pooled = self.project_pool(self.pool(x.mean(dim=(2, 3), keepdim=True)))  # (B, C_out, 1, 1)
-        y = self.project(torch.cat([branch(x) for branch in self.branches], dim=1)) + pooled
+        y = self.project(torch.cat([self._branch(branch, x) for branch in self.branches], dim=1)) + pooled
         return self.dropout(self.act(self.norm(y)))
+
+    @staticmethod
+    def _branch(branch: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # a separable branch's dilated depthwise conv without its all-padding taps (conv_in_bounds)
+        if not isinstance(branch, SeparableConvBnAct):
+            return branch(x)
+        y = conv_in_bounds(branch[0], x)
+        for layer in list(branch)[1:]:
+            y = layer(y)
+        return y
 
 
 @register_decoder("deeplabv3plus")
