@@ -168,29 +168,33 @@ def keep_channels_last_grad(y: torch.Tensor) -> torch.Tensor:
 class Interpolate(nn.Module):
     """Resize by a fixed integer ``scale`` with nearest or bilinear interpolation.
 
+    ``align_corners=True`` (bilinear only): corner pixels aligned, as smp's heads' ``nn.Upsample``.
+
     Shapes: (B, C, H, W) -> (B, C, H * scale, W * scale).
     """
 
-    def __init__(self, scale: int = 2, mode: str = "bilinear") -> None:
+    def __init__(self, scale: int = 2, mode: str = "bilinear", align_corners: bool = False) -> None:
         super().__init__()
         if mode not in INTERPOLATION_MODES:
             raise unknown_name_error("interpolation mode", mode, INTERPOLATION_MODES)
         self.scale = int(scale)
         self.mode = mode
+        self.align_corners = bool(align_corners)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Upsample ``x`` (B, C, H, W) by ``scale``."""
         if self.scale == 1:
             return x
-        align = False if self.mode == "bilinear" else None
+        align = self.align_corners if self.mode == "bilinear" else None
         return keep_channels_last_grad(F.interpolate(x, scale_factor=float(self.scale), mode=self.mode,
                                                      align_corners=align))
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale}, mode={self.mode!r}"
+        return f"scale={self.scale}, mode={self.mode!r}" + (", align_corners=True" if self.align_corners else "")
 
 
-def make_upsample(mode: str, channels: int, scale: int = 2, out_channels: int | None = None) -> nn.Module:
+def make_upsample(mode: str, channels: int, scale: int = 2, out_channels: int | None = None,
+                  align_corners: bool = False) -> nn.Module:
     """Upsample by ``scale`` with interpolation or a learned convolution.
 
     Args:
@@ -200,6 +204,7 @@ def make_upsample(mode: str, channels: int, scale: int = 2, out_channels: int | 
         channels: C_in of the input.
         scale: integer factor (1 means identity for interpolation modes).
         out_channels: C_out; only the learned modes can change it (default: C_in).
+        align_corners: bilinear interpolation with aligned corners (smp's heads); other modes ignore it.
 
     Returns:
         Module mapping (B, C_in, H, W) -> (B, C_out, H * scale, W * scale).
@@ -212,7 +217,7 @@ def make_upsample(mode: str, channels: int, scale: int = 2, out_channels: int | 
     if mode in INTERPOLATION_MODES:
         if out_channels != channels:
             raise ValueError(f"{mode} upsampling keeps channels ({channels}); got out_channels={out_channels}")
-        return Interpolate(scale, mode)
+        return Interpolate(scale, mode, align_corners)
     if scale == 1:
         return nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
     if mode == "transpose":

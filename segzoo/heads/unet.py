@@ -30,13 +30,14 @@ class UnetHead(HeadSpec):
         block_convs: 3x3 conv-norm-act layers per upsample block (default 1; smp's Unet: 2).
         kernel_size: the classifier's kernel (default 1; smp's heads: 3).
         norm: normalization of the upsample blocks' convs (``"bn"``, ``"identity"``...).
+        align_corners: bilinear resizes with aligned corners (smp's heads' ``nn.Upsample``; default ``False``).
 
     Shapes: [(B, C, H / s, W / s), ...] -> (B, out_channels, H, W).
     """
 
     def __init__(self, in_channels: list[int], out_channels: int, in_strides: list[int], dropout: float = 0.0,
                  num_upsample_blocks: int = 0, upsample: str = "bilinear", block_channels: int | None = None,
-                 block_convs: int = 1, kernel_size: int = 1, norm: str = "bn") -> None:
+                 block_convs: int = 1, kernel_size: int = 1, norm: str = "bn", align_corners: bool = False) -> None:
         super().__init__(in_channels, out_channels, in_strides)
         stride = self.in_strides[0]
         if not isinstance(num_upsample_blocks, int) or num_upsample_blocks < 0 or 2**num_upsample_blocks > stride \
@@ -53,14 +54,15 @@ class UnetHead(HeadSpec):
         for _ in range(num_upsample_blocks):
             c_next = max(c // 2, 16) if block_channels is None else int(block_channels)
             up_channels = c_next if learned else c
-            blocks += [make_upsample(upsample, c, 2, out_channels=up_channels),
+            blocks += [make_upsample(upsample, c, 2, out_channels=up_channels, align_corners=align_corners),
                        ConvBnAct(up_channels, c_next, norm=norm)]
             blocks += [ConvBnAct(c_next, c_next, norm=norm) for _ in range(block_convs - 1)]
             c = c_next
         self.blocks = nn.Sequential(*blocks)
         self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
         self.classifier = nn.Conv2d(c, out_channels, kernel_size, padding=kernel_size // 2)
-        self.upsample = make_upsample(upsample, out_channels, stride // 2**num_upsample_blocks)
+        self.upsample = make_upsample(upsample, out_channels, stride // 2**num_upsample_blocks,
+                                      align_corners=align_corners)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Logits (B, out_channels, H, W) from ``features[0]``."""

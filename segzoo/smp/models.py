@@ -42,7 +42,7 @@ from segzoo.models.archs import build_parts
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.pretrained import read_config, resolve_folder
 from segzoo.smp.encoders import get_encoder_names
-from segzoo.smp.structure import smp_structure
+from segzoo.smp.structure import smp_handled, smp_structure
 
 __all__ = ["SmpModel", "MODEL_CLASSES", "create_model", "from_pretrained"]
 
@@ -169,8 +169,9 @@ class SmpModel(UnetMetaSpec):
         defaults = dict(SIGNATURES.get(name, _GENERIC))
         parts: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "head": {}}
         fixed = {"encoder_name", "encoder_weights", "encoder_depth", "in_channels", "classes", "activation"}
+        handled = smp_handled(name) if structure == "smp" else frozenset()
         for key, value in args_.items():
-            if key in fixed or _same(value, defaults.get(key)):
+            if key in fixed or key in handled or _same(value, defaults.get(key)):
                 continue
             if key not in MAPPINGS.get(name, {}):
                 raise ValueError(f"segzoo.smp.{name}: {key}={value!r} is not supported for {name} by segzoo yet "

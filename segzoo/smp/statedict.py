@@ -26,11 +26,12 @@ from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
 from segzoo.smp.models import MODEL_CLASSES, SmpModel
+from segzoo.smp import twin_smpsdb
 from segzoo.smp.structure import SMP_STRUCTURES
 
 __all__ = ["from_smp", "load_smp_state_dict", "read_smp_state_dict", "smp_to_segzoo_keys"]
 
-_MAPS = "smp's Unet on a ResNet encoder (resnet18 ... resnet152) maps"
+_MAPS = f"smp's {', '.join(sorted(SMP_STRUCTURES))} on a ResNet encoder (resnet18 ... resnet152) map"
 def _resnet_key(key: str, depth: int) -> str | None:
     """segzoo's key of an smp ResNet encoder key, ``""`` for a key to drop, ``None`` if it does not map."""
     rules = ((r"encoder\.conv1\.(.+)", "encoder.stages.0.0.{}", 0), (r"encoder\.bn1\.(.+)", "encoder.stages.0.1.{}", 0),
@@ -56,12 +57,16 @@ def _unet_key(key: str, depth: int) -> str | None:
     return f"head.classifier.{m.group(1)}" if m else None
 
 
-_KEYS: dict[str, Callable[[str, int], str | None]] = {"Unet": _unet_key}
+_KEYS: dict[str, Callable[[str, int], Any]] = {"Unet": _unet_key}
+_KEYS.update(twin_smpsdb.KEYS)  # DeepLabV3, DeepLabV3Plus, PAN
 
 
 def smp_to_segzoo_keys(state_dict: Mapping[str, torch.Tensor], smp_class: str, encoder_depth: int = 5
                        ) -> dict[str, torch.Tensor]:
     """``state_dict`` (smp ``smp_class``'s keys) with segzoo's ``structure="smp"`` keys (dropped: unused keys).
+
+    A key function of ``_KEYS`` returns segzoo's key, ``""`` (drop), ``None`` (does not map) or a dict
+    ``{segzoo key: function of the smp tensor}`` (one smp tensor split over several segzoo ones).
 
     Raises:
         CheckpointError: the first smp key that does not map, and what does.
@@ -73,7 +78,9 @@ def smp_to_segzoo_keys(state_dict: Mapping[str, torch.Tensor], smp_class: str, e
             decoder_key(key, encoder_depth) if decoder_key else None
         if target is None:
             raise CheckpointError(f"smp {smp_class} key {key!r} does not map onto segzoo ({_MAPS})")
-        if target:
+        if isinstance(target, dict):
+            out.update({name: split(value) for name, split in target.items()})
+        elif target:
             out[target] = value
     return out
 
@@ -163,7 +170,7 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
     if arch is None:
         arch = "Unet" if any(re.match(r"decoder\.blocks\.\d+\.conv1\.", k) for k in sd) else \
             "Linknet" if any(re.match(r"decoder\.blocks\.\d+\.block\.", k) for k in sd) else \
-            "FPN" if "decoder.p5.weight" in sd else None
+            "FPN" if "decoder.p5.weight" in sd else twin_smpsdb.guess_arch(sd)
     found: dict[str, Any] = {}
     if "encoder.conv1.weight" in sd:
         found["in_channels"] = int(sd["encoder.conv1.weight"].shape[1])
@@ -174,6 +181,7 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
         found["encoder_name"] = name
     if arch == "Unet":
         found.update(_infer_unet(sd))
+    found.update(twin_smpsdb.INFER[arch](sd) if arch in twin_smpsdb.INFER else {})
     return arch, found
 
 

@@ -10,7 +10,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["SMP_STRUCTURES", "smp_structure"]
+from segzoo.smp import twin_smpsdb
+
+__all__ = ["SMP_STRUCTURES", "smp_structure", "smp_handled"]
 
 _NORMS = {"batchnorm": "bn", True: "bn", "identity": "identity", False: "identity"}
 
@@ -37,6 +39,13 @@ def _unet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 #: smp class -> the segzoo part arguments of ``structure="smp"`` (from the smp arguments)
 SMP_STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {"Unet": _unet_structure}
+SMP_STRUCTURES.update(twin_smpsdb.STRUCTURES)  # DeepLabV3, DeepLabV3Plus, PAN
+
+
+def smp_handled(name: str) -> frozenset[str]:
+    """The smp arguments ``structure="smp"`` of ``name`` reads itself (its function's ``handles``): the front
+    door lets their non-default values through to it instead of mapping or refusing them."""
+    return frozenset(getattr(SMP_STRUCTURES.get(name), "handles", ()))
 
 
 def smp_structure(name: str, structure: str, args: Mapping[str, Any],
