@@ -160,6 +160,12 @@ class PANDecoder(DecoderSpec):
         return [self._channels] * (len(self.in_channels) - self.first)
 
     @property
+    def min_input_size(self) -> int:
+        """The smallest input side the decoder takes: 8 times the deepest stride with smp's pyramid
+        (``pyramid_size=0``), else 1."""
+        return 1 if self.fpa.pyramid_size else 8 * self.in_strides[-1]
+
+    @property
     def out_strides(self) -> list[int]:
         return self.in_strides[self.first:]
 

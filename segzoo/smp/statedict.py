@@ -213,8 +213,10 @@ def from_smp(source: str | os.PathLike | Mapping[str, Any] | nn.Module, arch: st
     if isinstance(source, nn.Module):
         config = dict(getattr(source, "_hub_mixin_config", None) or {})
         arch = arch or type(source).__name__
-    arch, found = _infer(sd, arch)
     by_lower = {k.lower(): k for k in MODEL_CLASSES}
+    if isinstance(arch, str):  # any case, before reading the keys (the inference is per class)
+        arch = by_lower.get(arch.lower(), arch)
+    arch, found = _infer(sd, arch)
     if arch is None or arch.lower() not in by_lower:
         raise KeyError(f"from_smp: arch={arch!r} is not a segzoo.smp class ({sorted(MODEL_CLASSES)}); pass arch=")
     arch = by_lower[arch.lower()]
