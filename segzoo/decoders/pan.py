@@ -10,7 +10,6 @@ from segzoo.blocks import ConvBnAct
 from segzoo.decoders.base import DecoderSpec, check_positive_int, register_decoder
 from segzoo.decoders.psp import adaptive_avg_pool
 
-
 #: the resize modes of ``PANDecoder(interpolation=...)`` (smp's ``decoder_interpolation``)
 PAN_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "nearest-exact")
 

@@ -17,7 +17,8 @@ with smp's signature. What the arguments build:
   ``dict(classes=K, pooling="avg"|"max", dropout=0.2, activation=None|"sigmoid"|"softmax"|...)``; ``dropout``
   defaults to smp's 0.2): ``forward`` then returns ``(masks, labels (B, K))``.
 - ``structure="smp"`` (segzoo's keyword, default ``"segzoo"``): build smp's exact decoder and head (Unet: smp's
-  widths, two convs per block, the full-resolution block, the 3x3 head), so that smp's weights load
+  widths, two convs per block, the full-resolution block, the 3x3 head; DeepLabV3, DeepLabV3Plus, PAN: smp's
+  ASPP / FPA and GAU blocks, smp's ResNet dilation, heads upsampling with aligned corners), so that smp's weights load
   (:func:`segzoo.smp.from_smp`, :func:`segzoo.smp.load_smp_state_dict`); architectures without it refuse it.
 
 The models are :class:`~segzoo.models.UnetMetaSpec` (any input size, ``save_pretrained`` /

@@ -7,7 +7,10 @@ torchvision's ``conv1/bn1/layer1..4``; the decoder and head: a table per archite
 
 Which smp models map: ``Unet`` on smp's ResNet encoders (``resnet18`` ... ``resnet152``), any
 ``encoder_depth``, ``decoder_channels``, ``decoder_use_norm`` ``"batchnorm"`` or ``"identity"``,
-``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``. Anything else (another architecture, encoder,
+``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``; ``DeepLabV3``, ``DeepLabV3Plus`` and ``PAN`` on the same
+encoders, every smp argument (``encoder_depth`` 3-5, ``encoder_output_stride``, ``decoder_channels``, the ASPP's
+rates, separability and dropout, PAN's ``decoder_interpolation``) and ``aux_params``
+(:mod:`segzoo.smp.twin_smpsdb`). Anything else (another architecture, encoder,
 an attention block) is one :class:`~segzoo.errors.CheckpointError` line naming the first smp key that does
 not map and what does.
 """
@@ -25,8 +28,8 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
-from segzoo.smp.models import MODEL_CLASSES, SmpModel
 from segzoo.smp import twin_smpsdb
+from segzoo.smp.models import MODEL_CLASSES, SmpModel
 from segzoo.smp.structure import SMP_STRUCTURES
 
 __all__ = ["from_smp", "load_smp_state_dict", "read_smp_state_dict", "smp_to_segzoo_keys"]
