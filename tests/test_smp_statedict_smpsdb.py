@@ -229,3 +229,21 @@ def test_pan_too_small_input_is_a_clear_error_and_scripting_works():
     x = torch.randn(1, 3, 128, 144)
     with torch.no_grad():
         assert (scripted(x) - model(x)).abs().max() <= 1e-5
+
+
+def test_pans_older_upscale_mode_is_its_decoder_interpolation():
+    """A script written for smp's older PAN (``upscale_mode=``): smp's config keeps it, and so does the twin."""
+    with pytest.warns(DeprecationWarning):
+        reference = _smp_model("PAN", upscale_mode="nearest")
+    with pytest.warns(DeprecationWarning, match="upscale_mode"):
+        twin = zsmp.from_smp(reference)
+    assert twin.smp_arguments["decoder_interpolation"] == "nearest"
+    _assert_same_outputs(reference, twin, "PAN")
+
+
+def test_a_crafted_projection_tensor_is_one_line():
+    sd = dict(_smp_model("DeepLabV3").state_dict())
+    sd["decoder.aspp.project.0.weight"] = torch.zeros(7)
+    with pytest.raises(CheckpointError) as exc:
+        zsmp.from_smp(sd)
+    _one_line(exc, "decoder.aspp.project")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -153,6 +154,11 @@ class SmpModel(UnetMetaSpec):
         if kwargs.get("decoder_use_batchnorm") is not None and "decoder_use_norm" not in kwargs:
             kwargs["decoder_use_norm"] = kwargs.pop("decoder_use_batchnorm")  # smp's older spelling
         kwargs.pop("decoder_use_batchnorm", None)
+        mode = kwargs.pop("upscale_mode", None) if name == "PAN" else None
+        if mode is not None:  # smp's older spelling of PAN's decoder_interpolation (smp warns, then uses it)
+            warnings.warn("segzoo.smp.PAN: upscale_mode is deprecated (as in smp): use decoder_interpolation",
+                          DeprecationWarning, stacklevel=2)
+            kwargs["decoder_interpolation"] = mode
         structure = kwargs.pop("structure", "segzoo")
         try:
             bound = _signature(name).bind(*args, **kwargs)

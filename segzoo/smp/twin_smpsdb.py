@@ -115,8 +115,14 @@ STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] 
 # ---- keys: smp -> segzoo ("" drops a key, None does not map, a dict splits one smp tensor over segzoo keys)
 
 def _split_projection(value: torch.Tensor) -> dict[str, torch.Tensor]:
-    """smp's ASPP projection (C, 5C, 1, 1) -> segzoo's branch part (C, 4C, 1, 1) and pooled part (C, C, 1, 1)."""
-    c = value.shape[0]
+    """smp's ASPP projection (C, 5C, 1, 1) -> segzoo's branch part (C, 4C, 1, 1) and pooled part (C, C, 1, 1).
+
+    A tensor of another shape is passed on whole (and nothing for the pooled part): the loader then names the
+    key and shapes that do not fit, in one line.
+    """
+    c = value.shape[0] if value.dim() else 0
+    if value.dim() != 4 or value.shape[1] <= c:
+        return {"project.weight": value, "project_pool.weight": value.new_zeros(0)}
     return {"project.weight": value[:, :-c].clone(), "project_pool.weight": value[:, -c:].clone()}
 
 
