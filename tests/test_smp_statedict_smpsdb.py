@@ -247,3 +247,14 @@ def test_a_crafted_projection_tensor_is_one_line():
     with pytest.raises(CheckpointError) as exc:
         zsmp.from_smp(sd)
     _one_line(exc, "decoder.aspp.project")
+
+
+def test_a_twin_saved_with_save_pretrained_comes_back_the_same(tmp_path):
+    reference = _smp_model("DeepLabV3", encoder_output_stride=16, decoder_atrous_rates=(2, 3, 4),
+                           decoder_aspp_separable=True, decoder_channels=32)
+    twin = zsmp.from_smp(reference)
+    twin.save_pretrained(tmp_path / "twin")
+    again = zsmp.from_pretrained(tmp_path / "twin")
+    assert again.structure == "smp" and again.smp_arguments["decoder_atrous_rates"] == [2, 3, 4]
+    again.set_layout(False)
+    _assert_same_outputs(reference, again, "DeepLabV3", [(1, 64, 96)])
