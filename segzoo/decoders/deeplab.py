@@ -26,6 +26,16 @@ def scaled_rates(rates: Sequence[int], stride: int) -> list[int]:
     return [max(1, round(int(r) * RATES_STRIDE / stride)) for r in rates]
 
 
+def _smp_separable(in_channels: int, out_channels: int, kernel_size: int, dilation: int) -> nn.Sequential:
+    """A separable Conv-BN-ReLU in smp's module layout ``((depthwise, pointwise), BN, ReLU)``: the same
+    function as :class:`~segzoo.blocks.SeparableConvBnAct`. (B, C_in, h, w) -> (B, C_out, h, w)."""
+    pad = dilation * (kernel_size // 2)
+    return nn.Sequential(nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, kernel_size, padding=pad, dilation=dilation, groups=in_channels,
+                  bias=False), nn.Conv2d(in_channels, out_channels, 1, bias=False)),
+        make_norm("bn", out_channels), nn.ReLU(inplace=True))
+
+
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: a 1x1 branch, dilated 3x3 branches, an image-pooling branch, 1x1 projection.
 
@@ -40,23 +50,29 @@ class ASPP(nn.Module):
         rates: dilation of the 3x3 branches (as used, not rescaled).
         separable: depthwise-separable 3x3 branches (DeepLabV3+'s choice, much cheaper).
         dropout: Dropout2d rate on the output.
+        style: ``"segzoo"`` (default) or ``"smp"``: smp's ASPP (Conv-BN-ReLU image-pooling branch, element-wise
+            ``nn.Dropout``, separable branches in smp's module layout).
 
     Shapes: (B, in_channels, h, w) -> (B, out_channels, h, w).
     """
 
     def __init__(self, in_channels: int, out_channels: int = 256, rates: Sequence[int] = (12, 24, 36),
-                 separable: bool = True, dropout: float = 0.5) -> None:
+                 separable: bool = True, dropout: float = 0.5, style: str = "segzoo") -> None:
         super().__init__()
-        conv = SeparableConvBnAct if separable else ConvBnAct
+        if style not in ("segzoo", "smp"):
+            raise ValueError(f"ASPP: style must be 'segzoo' or 'smp', got {style!r}")
+        conv = _smp_separable if separable and style == "smp" else SeparableConvBnAct if separable else ConvBnAct
         self.rates = [int(r) for r in rates]
         self.branches = nn.ModuleList([ConvBnAct(in_channels, out_channels, 1)])
         self.branches.extend(conv(in_channels, out_channels, 3, dilation=r) for r in self.rates)
-        self.pool = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True))
+        self.pool = ConvBnAct(in_channels, out_channels, 1) if style == "smp" else \
+            nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True))
         self.project = nn.Conv2d(out_channels * len(self.branches), out_channels, 1, bias=False)
         self.project_pool = nn.Conv2d(out_channels, out_channels, 1, bias=False)
         self.norm = make_norm("bn", out_channels)
         self.act = nn.ReLU(inplace=True)
-        self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
+        self.dropout = nn.Identity() if not dropout else nn.Dropout(dropout) if style == "smp" else \
+            nn.Dropout2d(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Multi-rate context for ``x`` (B, C, h, w)."""
@@ -96,6 +112,11 @@ class DeepLabV3PlusDecoder(DecoderSpec):
         separable: depthwise-separable 3x3 convs in ASPP and fusion.
         fuse_convs: 3x3 convs after concatenating the upsampled ASPP output and the skip.
         aspp_dropout: Dropout2d rate on the ASPP output.
+        scale_rates: ``False``: ``atrous_rates`` are used as given, whatever the stride (smp's).
+        aspp_style: ``"segzoo"`` or ``"smp"`` (see :class:`ASPP`).
+        aspp_separable: separable ASPP branches (default: ``separable``); smp's fusion is always separable.
+        aspp_conv: a separable 3x3 Conv-BN-ReLU after ASPP (smp's).
+        align_corners: bilinear upsampling of the ASPP output with aligned corners (smp's).
 
     Shapes: features -> [(B, out_channels, H / s, W / s)], s the skip's stride.
     """
@@ -104,17 +125,22 @@ class DeepLabV3PlusDecoder(DecoderSpec):
 
     def __init__(self, in_channels: list[int], in_strides: list[int], out_channels: int = 256,
                  atrous_rates: Sequence[int] = (12, 24, 36), low_level_stride: int = 4, low_level_channels: int = 48,
-                 separable: bool = True, fuse_convs: int = 1, aspp_dropout: float = 0.5) -> None:
+                 separable: bool = True, fuse_convs: int = 1, aspp_dropout: float = 0.5, scale_rates: bool = True,
+                 aspp_style: str = "segzoo", aspp_separable: bool | None = None, aspp_conv: bool = False,
+                 align_corners: bool = False) -> None:
         super().__init__(in_channels, in_strides)
         if not isinstance(fuse_convs, int) or fuse_convs < 1:
             raise ValueError(f"DeepLabV3PlusDecoder: fuse_convs must be an int >= 1, got {fuse_convs!r}")
         skips = [i for i, s in enumerate(self.in_strides[:-1]) if s <= low_level_stride]
         self.skip = skips[-1] if skips else 0
         deep_stride = self.in_strides[-1]
-        self.aspp = ASPP(self.in_channels[-1], out_channels, scaled_rates(atrous_rates, deep_stride), separable,
-                         aspp_dropout)
+        rates = scaled_rates(atrous_rates, deep_stride) if scale_rates else list(atrous_rates)
+        self.aspp = ASPP(self.in_channels[-1], out_channels, rates,
+                         separable if aspp_separable is None else aspp_separable, aspp_dropout, aspp_style)
+        self.aspp_conv = SeparableConvBnAct(out_channels, out_channels) if aspp_conv else nn.Identity()
         self.up = make_upsample("bilinear", out_channels,
-                                stride_ratio(deep_stride, self.in_strides[self.skip], "DeepLabV3PlusDecoder"))
+                                stride_ratio(deep_stride, self.in_strides[self.skip], "DeepLabV3PlusDecoder"),
+                                align_corners=align_corners)
         self.reduce = ConvBnAct(self.in_channels[self.skip], low_level_channels, 1)
         conv = SeparableConvBnAct if separable else ConvBnAct
         widths = [out_channels + low_level_channels] + [out_channels] * fuse_convs
@@ -123,7 +149,7 @@ class DeepLabV3PlusDecoder(DecoderSpec):
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """ASPP on the deepest feature, fused with the low-level skip."""
-        context = self.up(self.aspp(features[-1]))
+        context = self.up(self.aspp_conv(self.aspp(features[-1])))
         return [self.fuse(torch.cat([context, self.reduce(features[self.skip])], dim=1))]
 
 
@@ -145,16 +171,18 @@ class DeepLabV3Decoder(DecoderSpec):
             paper's and smp's DeepLabV3 plain 3x3 convs: on a resnet34 at 4x3x256x256, 218 GFLOP and
             26.0 M parameters instead of 192 GFLOP and 22.9 M.
         aspp_dropout: Dropout2d rate on the ASPP output.
+        scale_rates: ``False``: ``atrous_rates`` are used as given, whatever the stride (smp's).
+        aspp_style: ``"segzoo"`` or ``"smp"`` (see :class:`ASPP`).
 
     Shapes: [..., (B, C, H / s, W / s)] -> [(B, out_channels, H / s, W / s)], s the deepest stride.
     """
 
     def __init__(self, in_channels: list[int], in_strides: list[int], out_channels: int = 256,
                  atrous_rates: Sequence[int] = (6, 12, 18), separable: bool = True,
-                 aspp_dropout: float = 0.5) -> None:
+                 aspp_dropout: float = 0.5, scale_rates: bool = True, aspp_style: str = "segzoo") -> None:
         super().__init__(in_channels, in_strides)
-        self.aspp = ASPP(self.in_channels[-1], out_channels, scaled_rates(atrous_rates, self.in_strides[-1]),
-                         separable, aspp_dropout)
+        rates = scaled_rates(atrous_rates, self.in_strides[-1]) if scale_rates else list(atrous_rates)
+        self.aspp = ASPP(self.in_channels[-1], out_channels, rates, separable, aspp_dropout, aspp_style)
         self.conv = ConvBnAct(out_channels, out_channels, 3)
         self._out = out_channels
 

@@ -67,6 +67,10 @@ class ResnetEncoder(EncoderSpec):
         in_channels: input channels; with weights, the stem is adapted (see
             :func:`segzoo.encoders.weights.adapt_stem_weight`).
         output_stride: stride of the deepest stage: 32 (plain ResNet), 16 or 8 (dilated).
+        dilation: ``"torchvision"`` (default: a dilated stage's first block keeps the previous stage's
+            dilation, as torchvision's ``replace_stride_with_dilation``) or ``"smp"`` (every block of a dilated
+            stage at its rate, as smp's encoders: layer4 at 2 for output stride 16; layer3 at 2, layer4 at 4
+            for 8). The weights are the same, the function differs.
 
     Shapes: (B, in_channels, H, W) -> [(B, RESNET_CHANNELS[arch][i], H / s_i, W / s_i) for i in layers_indices],
     ``s_i = min(2**(i+1), output_stride)``.
@@ -74,7 +78,7 @@ class ResnetEncoder(EncoderSpec):
 
     def __init__(self, arch: str = "resnet18", pretrained: bool = True, requires_grad: bool | None = True,
                  layers_indices: list[int] | None = None, state_dict: StateDictSource | None = None,
-                 in_channels: int = 3, output_stride: int = 32) -> None:
+                 in_channels: int = 3, output_stride: int = 32, dilation: str = "torchvision") -> None:
         super().__init__()
         if arch not in RESNET_CHANNELS:
             raise unknown_name_error("resnet arch", str(arch), RESNET_CHANNELS)
@@ -85,6 +89,8 @@ class ResnetEncoder(EncoderSpec):
             raise ValueError(f"in_channels must be an int >= 1, got {in_channels!r}")
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+        if dilation not in ("torchvision", "smp"):
+            raise ValueError(f"dilation must be 'torchvision' or 'smp', got {dilation!r}")
         self.arch = arch
         self.output_stride = output_stride
         self.in_channels = in_channels
@@ -105,10 +111,11 @@ class ResnetEncoder(EncoderSpec):
                 with torch.no_grad():
                     net.conv1.weight.copy_(adapt_stem_weight(old.weight, in_channels))
 
+        rate4, rate3 = (2 if output_stride == 16 else 4), 2
         if output_stride <= 16:
-            dilate_stage(net.layer4, 1 if output_stride == 16 else 2, 2 if output_stride == 16 else 4)
+            dilate_stage(net.layer4, rate4 if dilation == "smp" else 1 if output_stride == 16 else 2, rate4)
         if output_stride == 8:
-            dilate_stage(net.layer3, 1, 2)
+            dilate_stage(net.layer3, rate3 if dilation == "smp" else 1, rate3)
         stages = [
             nn.Sequential(net.conv1, net.bn1, net.relu),
             nn.Sequential(net.maxpool, net.layer1),

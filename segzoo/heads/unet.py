@@ -54,7 +54,7 @@ class UnetHead(HeadSpec):
         for _ in range(num_upsample_blocks):
             c_next = max(c // 2, 16) if block_channels is None else int(block_channels)
             up_channels = c_next if learned else c
-            blocks += [make_upsample(upsample, c, 2, out_channels=up_channels),
+            blocks += [make_upsample(upsample, c, 2, out_channels=up_channels, align_corners=align_corners),
                        ConvBnAct(up_channels, c_next, norm=norm)]
             blocks += [ConvBnAct(c_next, c_next, norm=norm) for _ in range(block_convs - 1)]
             c = c_next

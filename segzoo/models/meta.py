@@ -293,7 +293,8 @@ class UnetMetaSpec(PretrainedMixin, nn.Module):
         traced graphs always pad, and the crop follows the input's size), in a one-line scriptable wrapper.
         The input checks of :meth:`check_input` are not in the graph."""
         m, c = self.size_multiple, self.in_channels or 3
-        example = torch.zeros(2, c, 2 * m, 2 * m, device=next(self.parameters()).device)
+        side = max(2 * m, -(-int(getattr(self.decoder, "min_input_size", 1)) // m) * m)  # smp's PAN: >= 8 x stride
+        example = torch.zeros(2, c, side, side, device=next(self.parameters()).device)
         buffers = {name: b.clone() for name, b in self.named_buffers()}  # a training-mode trace updates BN stats
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)

@@ -20,8 +20,10 @@ with smp's signature. What the arguments build:
   ``dict(classes=K, pooling="avg"|"max", dropout=0.2, activation=None|"sigmoid"|"softmax"|...)``; ``dropout``
   defaults to smp's 0.2): ``forward`` then returns ``(masks, labels (B, K))``.
 - ``structure="smp"`` (segzoo's keyword, default ``"segzoo"``): build smp's exact decoder and head (Unet: smp's
-  widths, two convs per block, the full-resolution block, the 3x3 head; also UnetPlusPlus, MAnet, UPerNet
-  (:mod:`segzoo.smp.twin_smpsdc`), Segformer, DPT (:mod:`segzoo.smp.twin_smpsdd`)), so that smp's weights load
+  widths, two convs per block, the full-resolution block, the 3x3 head; also Linknet, FPN, PSPNet
+  (:mod:`segzoo.smp.twin_smpsda`), DeepLabV3, DeepLabV3Plus, PAN (smp's ASPP / FPA and GAU blocks, smp's ResNet
+  dilation: :mod:`segzoo.smp.twin_smpsdb`), UnetPlusPlus, MAnet, UPerNet (:mod:`segzoo.smp.twin_smpsdc`),
+  Segformer, DPT (:mod:`segzoo.smp.twin_smpsdd`)), so that smp's weights load
   (:func:`segzoo.smp.from_smp`, :func:`segzoo.smp.load_smp_state_dict`); architectures without it refuse it.
 
 The models are :class:`~segzoo.models.UnetMetaSpec` (any input size, ``save_pretrained`` /
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,7 +50,7 @@ from segzoo.models.archs import build_parts
 from segzoo.models.meta import UnetMetaSpec
 from segzoo.models.pretrained import resolve_folder
 from segzoo.smp.encoders import TIMM_TWINS, get_encoder_names
-from segzoo.smp.structure import smp_structure
+from segzoo.smp.structure import smp_handled, smp_structure
 
 __all__ = ["SmpModel", "MODEL_CLASSES", "create_model"]
 
@@ -173,6 +176,11 @@ class SmpModel(UnetMetaSpec):
             value = kwargs.pop("psp_use_batchnorm")
             if value is not None and "decoder_use_norm" not in kwargs:
                 kwargs["decoder_use_norm"] = value
+        mode = kwargs.pop("upscale_mode", None) if name == "PAN" else None
+        if mode is not None:  # smp's older spelling of PAN's decoder_interpolation (smp warns, then uses it)
+            warnings.warn("segzoo.smp.PAN: upscale_mode is deprecated (as in smp): use decoder_interpolation",
+                          DeprecationWarning, stacklevel=2)
+            kwargs["decoder_interpolation"] = mode
         structure = kwargs.pop("structure", "segzoo")
         if name == "DPT" and isinstance(kwargs.get("dynamic_img_size"), bool):
             kwargs.pop("dynamic_img_size")  # smp's timm ViT option: segzoo's DPT takes any H x W without it
@@ -192,8 +200,9 @@ class SmpModel(UnetMetaSpec):
         defaults = dict(SIGNATURES.get(name, _GENERIC))
         parts: dict[str, dict[str, Any]] = {"encoder": {}, "decoder": {}, "head": {}}
         fixed = {"encoder_name", "encoder_weights", "encoder_depth", "in_channels", "classes", "activation"}
+        handled = smp_handled(name) if structure == "smp" else frozenset()
         for key, value in args_.items():
-            if key in fixed or _same(value, defaults.get(key)):
+            if key in fixed or key in handled or _same(value, defaults.get(key)):
                 continue
             if key not in MAPPINGS.get(name, {}):
                 raise ValueError(f"segzoo.smp.{name}: {key}={value!r} is not supported for {name} by segzoo yet "

@@ -8,7 +8,10 @@ torchvision's ``conv1/bn1/layer1..4``; the decoder and head: a table per archite
 Which smp models map: ``Unet`` on smp's ResNet encoders (``resnet18`` ... ``resnet152``), any
 ``encoder_depth``, ``decoder_channels``, ``decoder_use_norm`` ``"batchnorm"`` or ``"identity"``,
 ``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``; ``Linknet``, ``FPN`` and ``PSPNet`` on the same
-encoders (their arguments: :mod:`segzoo.smp.twin_smpsda`). ``UnetPlusPlus`` (``decoder_attention_type=None``),
+encoders (their arguments: :mod:`segzoo.smp.twin_smpsda`). ``DeepLabV3``, ``DeepLabV3Plus`` and ``PAN`` on the same
+encoders, every smp argument (``encoder_depth`` 3-5, ``encoder_output_stride``, ``decoder_channels``, the ASPP's
+rates, separability and dropout, PAN's ``decoder_interpolation``) (:mod:`segzoo.smp.twin_smpsdb`).
+``UnetPlusPlus`` (``decoder_attention_type=None``),
 ``MAnet`` (any ``decoder_pab_channels``) and ``UPerNet`` (any ``decoder_channels``, ``encoder_depth`` >= 3) on the
 same encoders and arguments (:mod:`segzoo.smp.twin_smpsdc`). ``Segformer`` on smp's ResNets, MiT (``mit_b0`` ...
 ``mit_b5``) and timm encoders, any ``decoder_segmentation_channels``, ``encoder_depth`` 3..5 (MiT: 5), and ``DPT``
@@ -33,7 +36,7 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
-from segzoo.smp import twin_smpsda, twin_smpsdc, twin_smpsdd
+from segzoo.smp import twin_smpsda, twin_smpsdb, twin_smpsdc, twin_smpsdd
 from segzoo.smp.models import MODEL_CLASSES, SIGNATURES, SmpModel
 from segzoo.smp.structure import SMP_STRUCTURES
 
@@ -72,11 +75,13 @@ def _unet_key(key: str, depth: int) -> str | None:
     return f"head.classifier.{m.group(1)}" if m else None
 
 
-#: smp class -> its decoder/head key function: segzoo's key, ``(key, tensor conversion)``, ``""`` (dropped) or
-#: ``None`` (does not map); encoder keys it does not map go to the encoder key functions
-_KEYS: dict[str, Callable[[str, int], str | tuple[str, Convert] | None]] = {
+#: smp class -> its decoder/head key function: segzoo's key, ``(key, tensor conversion)``, ``{segzoo key: split}``
+#: (one smp tensor over several segzoo ones), ``""`` (dropped) or ``None`` (does not map); encoder keys it does not
+#: map go to the encoder key functions
+_KEYS: dict[str, Callable[[str, int], Any]] = {
     "Unet": _unet_key,
     **twin_smpsda.KEYS,  # Linknet, FPN, PSPNet
+    **twin_smpsdb.KEYS,  # DeepLabV3, DeepLabV3Plus, PAN
     **twin_smpsdc.KEYS,  # UnetPlusPlus, MAnet, UPerNet
     "Segformer": twin_smpsdd.segformer_key,
     "DPT": twin_smpsdd.dpt_key,
@@ -105,6 +110,8 @@ def smp_to_segzoo_keys(state_dict: Mapping[str, torch.Tensor], smp_class: str, e
     """``state_dict`` (smp ``smp_class``'s keys) with segzoo's ``structure="smp"`` keys (dropped: unused keys).
 
     ``arguments``: the smp arguments (``encoder_name``...), for the classes whose mapping needs them (DPT).
+    A key function of ``_KEYS`` returns segzoo's key, ``""`` (drop), ``None`` (does not map) or a dict
+    ``{segzoo key: function of the smp tensor}`` (one smp tensor split over several segzoo ones).
 
     Raises:
         CheckpointError: the first smp key that does not map, and what does.
@@ -123,7 +130,9 @@ def smp_to_segzoo_keys(state_dict: Mapping[str, torch.Tensor], smp_class: str, e
         if isinstance(target, tuple):
             target, convert = target
             value = convert(value)
-        if target:
+        if isinstance(target, dict):
+            out.update({name: split(value) for name, split in target.items()})
+        elif target:
             out[target] = value
     return out
 
@@ -219,7 +228,7 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
         arch = "Unet" if any(re.match(r"decoder\.blocks\.\d+\.conv1\.", k) for k in sd) else \
             "Linknet" if any(re.match(r"decoder\.blocks\.\d+\.block\.", k) for k in sd) else \
             "FPN" if "decoder.p5.weight" in sd else \
-            "PSPNet" if any(k.startswith("decoder.psp.blocks.") for k in sd) else None
+            "PSPNet" if any(k.startswith("decoder.psp.blocks.") for k in sd) else twin_smpsdb.guess_arch(sd)
         arch = arch or ("Segformer" if "decoder.fuse_stage.0.weight" in sd else None)
         arch = arch or ("DPT" if "decoder.fusion_blocks.0.project.weight" in sd else None)
     found: dict[str, Any] = {}
@@ -240,6 +249,7 @@ _INFER: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]] = {"Un
 _INFER["Segformer"] = twin_smpsdd.infer_segformer
 _INFER["DPT"] = twin_smpsdd.infer_dpt
 _INFER.update(twin_smpsda.INFER)  # Linknet, FPN, PSPNet
+_INFER.update(twin_smpsdb.INFER)  # DeepLabV3, DeepLabV3Plus, PAN
 _INFER.update(twin_smpsdc.INFER)  # UnetPlusPlus, MAnet, UPerNet
 
 
@@ -274,8 +284,10 @@ def from_smp(source: str | os.PathLike | Mapping[str, Any] | nn.Module, arch: st
             config["decoder_use_norm"] = config["decoder_use_batchnorm"]
         config.pop("decoder_use_batchnorm", None)
         arch = arch or type(source).__name__
-    arch, found = _infer(sd, arch)
     by_lower = {k.lower(): k for k in MODEL_CLASSES}
+    if isinstance(arch, str):  # any case, before reading the keys (the inference is per class)
+        arch = by_lower.get(arch.lower(), arch)
+    arch, found = _infer(sd, arch)
     if arch is None or arch.lower() not in by_lower:
         raise KeyError(f"from_smp: arch={arch!r} is not a segzoo.smp class ({sorted(MODEL_CLASSES)}); pass arch=")
     arch = by_lower[arch.lower()]

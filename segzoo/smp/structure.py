@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from segzoo.smp import twin_smpsda, twin_smpsdc, twin_smpsdd
+from segzoo.smp import twin_smpsda, twin_smpsdb, twin_smpsdc, twin_smpsdd
 
-__all__ = ["SMP_STRUCTURES", "smp_structure"]
+__all__ = ["SMP_STRUCTURES", "smp_structure", "smp_handled"]
 
 _NORMS = {"batchnorm": "bn", True: "bn", "identity": "identity", False: "identity"}
 
@@ -39,11 +39,18 @@ def _unet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 #: smp class -> the segzoo part arguments of ``structure="smp"`` (from the smp arguments)
 SMP_STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {
     "Unet": _unet_structure,
+    **twin_smpsda.STRUCTURES,  # Linknet, FPN, PSPNet
+    **twin_smpsdb.STRUCTURES,  # DeepLabV3, DeepLabV3Plus, PAN
     **twin_smpsdc.STRUCTURES,  # UnetPlusPlus, MAnet, UPerNet
     "Segformer": twin_smpsdd.segformer_structure,
     "DPT": twin_smpsdd.dpt_structure,
-    **twin_smpsda.STRUCTURES,  # Linknet, FPN, PSPNet
 }
+
+
+def smp_handled(name: str) -> frozenset[str]:
+    """The smp arguments ``structure="smp"`` of ``name`` reads itself (its function's ``handles``): the front
+    door lets their non-default values through to it instead of mapping or refusing them."""
+    return frozenset(getattr(SMP_STRUCTURES.get(name), "handles", ()))
 
 
 def smp_structure(name: str, structure: str, args: Mapping[str, Any],
