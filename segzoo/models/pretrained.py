@@ -56,7 +56,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     if config.get("segzoo_format") != FORMAT:
         if "_model_class" in config:
             raise _config_error(path, f"written by segmentation_models_pytorch ({config['_model_class']!r}), not "
-                                      f"segzoo; loading smp's weights is not supported yet")
+                                      f"segzoo: load it with segzoo.smp.from_pretrained(folder) or segzoo.smp.from_smp")
         raise _config_error(path, "not a segzoo save_pretrained config (no 'segzoo_format' key)")
     if config.get("format_version") != FORMAT_VERSION:
         raise _config_error(path, f"format_version {config.get('format_version')!r} is not one this segzoo reads "
