@@ -144,6 +144,27 @@ def _remove_previous_run(folder: Path, inputs: Iterable[str | os.PathLike], remo
                                         f"{os_error_reason(exc)}") from None
 
 
+#: the lock file descriptors this process holds; a forked child (a DataLoader worker) closes its copies at once, so
+#: that a run killed with SIGKILL frees its folder when it dies, not when its orphaned workers notice and exit
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def _unlock(fd: int) -> None:
+    _HELD.discard(fd)
+    os.close(fd)
+
+
 def _lock(folder: Path) -> int | None:
     if fcntl is None:
         return None
@@ -157,6 +178,7 @@ def _lock(folder: Path) -> int | None:
                                   f"LogdirClaim held here: pass that claim as the logdir); wait for it or choose "
                                   f"another logdir") from None
         return None  # a file system without flock: run unlocked
+    _HELD.add(fd)
     return fd
 
 
@@ -207,7 +229,7 @@ def _reserved(folder: Path) -> Iterator[None]:
         yield
     finally:
         if fd is not None:
-            os.close(fd)
+            _unlock(fd)
 
 
 def _user_stacklevel() -> int:
@@ -235,10 +257,10 @@ def _start_fresh(folder: Path, fd: int | None) -> int | None:
         new_fd = _lock(real)
     finally:
         if fd is not None:
-            os.close(fd)
+            _unlock(fd)
     if list_names(real):
         if new_fd is not None:
-            os.close(new_fd)
+            _unlock(new_fd)
         raise FileExistsError(f"log directory {_show(folder)} was filled by another process right after its previous "
                               f"run was moved to {_show(moved)}; choose another logdir")
     return new_fd
@@ -311,7 +333,7 @@ class LogdirClaim:
                 fd = _start_fresh(folder, old)
         except BaseException:
             if fd is not None:
-                os.close(fd)
+                _unlock(fd)
             raise
         self._fd, self._held = fd, True
         return folder
@@ -320,7 +342,7 @@ class LogdirClaim:
         """Release the lock (the folder and what the run wrote stay)."""
         fd, self._fd, self._held = self._fd, None, False
         if fd is not None:
-            os.close(fd)
+            _unlock(fd)
 
 
 def claim_logdir(logdir: str | os.PathLike, *, resume: str | os.PathLike | None = None, overwrite: bool = False,

@@ -1,6 +1,8 @@
 """The log-directory policy: a run never destroys another, resume never silently ignores a change."""
 
+import contextlib
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -365,3 +367,36 @@ def test_move_folder_aside_never_takes_a_name_in_use(tmp_path):
     assert (tmp_path / "run.1").read_text() == "a file" and (tmp_path / "run.2").is_symlink()
     assert [p.name for p in (tmp_path / "run.4").iterdir()] == ["theirs.txt"]
     assert (tmp_path / "run.3").is_dir()  # the other process's reservation, left to it
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_killed_runs_forked_workers_do_not_keep_its_folder_locked(tmp_path):
+    """DataLoader workers are forked: they must not hold the run's lock when the run dies by SIGKILL (persistent
+    workers live until they notice, seconds later; resuming at once said 'in use by another running training')."""
+    import signal
+
+    from segzoo.training.logdir import LogdirClaim
+
+    script = (
+        "import os, sys, time, multiprocessing as mp\n"
+        "from segzoo.training.logdir import LogdirClaim\n"
+        "def child(): time.sleep(60)\n"
+        "with LogdirClaim(sys.argv[1]):\n"
+        "    p = mp.get_context('fork').Process(target=child); p.start()\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        with pytest.raises(FileExistsError):
+            with LogdirClaim(tmp_path / "run", resume=tmp_path / "run"):
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        os.kill(child, 0)  # the forked child still lives
+        with LogdirClaim(tmp_path / "run", resume=tmp_path / "run"):
+            pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        proc.kill()
