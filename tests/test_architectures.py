@@ -130,7 +130,12 @@ ALLOWED = {("segzoo/architectures.py", None), ("segzoo/compat.py", None),
            ("segzoo/cli/args.py", "PART_NAMES"),
            # smp 0.6's own constructor signatures and argument mappings, keyed by smp's class names (smp's API,
            # pinned on purpose; the front door's classes themselves are made from the table's smp column)
-           ("segzoo/smp/models.py", "SIGNATURES"), ("segzoo/smp/models.py", "MAPPINGS")}
+           ("segzoo/smp/models.py", "SIGNATURES"), ("segzoo/smp/models.py", "MAPPINGS"),
+           # smp 0.6's state-dict layouts, one mapping per smp class (smp's checkpoints, pinned on purpose): the
+           # structure, key and argument tables of segzoo.smp's twin modules
+           ("segzoo/smp/structure.py", "SMP_STRUCTURES"), ("segzoo/smp/statedict.py", "_KEYS"),
+           *((f"segzoo/smp/twin_{name}.py", table) for name in ("smpsda", "smpsdb", "smpsdc", "smpsdd")
+             for table in ("STRUCTURES", "KEYS", "GUESS", "INFER"))}
 
 
 def _name_literals(path: Path, names: set[str]) -> list[tuple[int, str | None]]:

@@ -49,7 +49,11 @@ def test_dpt_inference_runs_on_segzoo(smp_hub_folder, ade_image):
 
     with torch.inference_mode():
         output_mask = model(input_tensor)
-        assert torch.allclose(output_mask, smp_model.to(device)(input_tensor), atol=1e-4)
+        # segzoo test: at a size other than the ViT's own, segzoo resizes the position embedding with its own
+        # exportable resize, not timm's dynamic_img_size one: logits differ by about 1e-2 (README's smp section)
+        expected = smp_model.to(device)(input_tensor)
+        assert (output_mask - expected).abs().max() < 0.1 * expected.abs().max()
+        assert (output_mask.argmax(1) == expected.argmax(1)).float().mean() > 0.97  # 0.987 measured (random weights)
 
     mask = torch.nn.functional.interpolate(output_mask, size=image.shape[:2], mode="bilinear", align_corners=False)
     mask = mask[0].argmax(0).cpu().numpy()

@@ -33,7 +33,7 @@ def test_upernet_inference_runs_on_segzoo(smp_hub_folder, ade_image):
     try:
         model = smp.from_pretrained(checkpoint).eval().to(device)
     except CheckpointError as exc:  # segzoo test: no segzoo twin of smp's UPerNet on this encoder yet
-        assert "\n" not in str(exc) and "does not map onto segzoo" in str(exc), exc
+        assert "\n" not in str(exc) and ("does not map onto segzoo" in str(exc) or "cannot build" in str(exc)), exc
         with pytest.raises(ValueError, match="structure='smp'"):
             smp.UPerNet(encoder_name="tu-convnext_atto", decoder_channels=64, classes=150, encoder_weights=None, structure="smp")
         return
