@@ -134,7 +134,7 @@ ALLOWED = {("segzoo/architectures.py", None), ("segzoo/compat.py", None),
            # smp 0.6's state-dict layouts, one mapping per smp class (smp's checkpoints, pinned on purpose): the
            # structure, key and argument tables of segzoo.smp's twin modules
            ("segzoo/smp/structure.py", "SMP_STRUCTURES"), ("segzoo/smp/statedict.py", "_KEYS"),
-           *((f"segzoo/smp/twin_{name}.py", table) for name in ("smpsda", "smpsdb", "smpsdc", "smpsdd")
+           *((f"segzoo/smp/twin_{name}.py", table) for name in ("linknet_fpn_psp", "deeplab_pan", "unetpp_manet_upernet", "segformer_dpt")
              for table in ("STRUCTURES", "KEYS", "GUESS", "INFER"))}
 
 

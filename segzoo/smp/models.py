@@ -21,9 +21,9 @@ with smp's signature. What the arguments build:
   defaults to smp's 0.2): ``forward`` then returns ``(masks, labels (B, K))``.
 - ``structure="smp"`` (segzoo's keyword, default ``"segzoo"``): build smp's exact decoder and head (Unet: smp's
   widths, two convs per block, the full-resolution block, the 3x3 head; also Linknet, FPN, PSPNet
-  (:mod:`segzoo.smp.twin_smpsda`), DeepLabV3, DeepLabV3Plus, PAN (smp's ASPP / FPA and GAU blocks, smp's ResNet
-  dilation: :mod:`segzoo.smp.twin_smpsdb`), UnetPlusPlus, MAnet, UPerNet (:mod:`segzoo.smp.twin_smpsdc`),
-  Segformer, DPT (:mod:`segzoo.smp.twin_smpsdd`)), so that smp's weights load
+  (:mod:`segzoo.smp.twin_linknet_fpn_psp`), DeepLabV3, DeepLabV3Plus, PAN (smp's ASPP / FPA and GAU blocks, smp's ResNet
+  dilation: :mod:`segzoo.smp.twin_deeplab_pan`), UnetPlusPlus, MAnet, UPerNet (:mod:`segzoo.smp.twin_unetpp_manet_upernet`),
+  Segformer, DPT (:mod:`segzoo.smp.twin_segformer_dpt`)), so that smp's weights load
   (:func:`segzoo.smp.from_smp`, :func:`segzoo.smp.load_smp_state_dict`); architectures without it refuse it.
 
 The models are :class:`~segzoo.models.UnetMetaSpec` (any input size, ``save_pretrained`` /

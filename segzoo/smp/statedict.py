@@ -8,15 +8,15 @@ torchvision's ``conv1/bn1/layer1..4``; the decoder and head: a table per archite
 Which smp models map: ``Unet`` on smp's ResNet encoders (``resnet18`` ... ``resnet152``), any
 ``encoder_depth``, ``decoder_channels``, ``decoder_use_norm`` ``"batchnorm"`` or ``"identity"``,
 ``decoder_interpolation`` ``"nearest"`` or ``"bilinear"``; ``Linknet``, ``FPN`` and ``PSPNet`` on the same
-encoders (their arguments: :mod:`segzoo.smp.twin_smpsda`). ``DeepLabV3``, ``DeepLabV3Plus`` and ``PAN`` on the same
+encoders (their arguments: :mod:`segzoo.smp.twin_linknet_fpn_psp`). ``DeepLabV3``, ``DeepLabV3Plus`` and ``PAN`` on the same
 encoders, every smp argument (``encoder_depth`` 3-5, ``encoder_output_stride``, ``decoder_channels``, the ASPP's
-rates, separability and dropout, PAN's ``decoder_interpolation``) (:mod:`segzoo.smp.twin_smpsdb`).
+rates, separability and dropout, PAN's ``decoder_interpolation``) (:mod:`segzoo.smp.twin_deeplab_pan`).
 ``UnetPlusPlus`` (``decoder_attention_type=None``),
 ``MAnet`` (any ``decoder_pab_channels``) and ``UPerNet`` (any ``decoder_channels``, ``encoder_depth`` >= 3) on the
-same encoders and arguments (:mod:`segzoo.smp.twin_smpsdc`). ``Segformer`` on smp's ResNets, MiT (``mit_b0`` ...
+same encoders and arguments (:mod:`segzoo.smp.twin_unetpp_manet_upernet`). ``Segformer`` on smp's ResNets, MiT (``mit_b0`` ...
 ``mit_b5``) and timm encoders, any ``decoder_segmentation_channels``, ``encoder_depth`` 3..5 (MiT: 5), and ``DPT``
 on timm's plain ViTs (``"tu-vit_*"``), any ``decoder_readout``, ``encoder_depth``, ``encoder_output_indices``,
-decoder widths (:mod:`segzoo.smp.twin_smpsdd`). Every class also on smp's timm CNN encoders (``"tu-resnet18"``,
+decoder widths (:mod:`segzoo.smp.twin_segformer_dpt`). Every class also on smp's timm CNN encoders (``"tu-resnet18"``,
 strides 2 ... 32; keys ``encoder.model.*`` as segzoo's ``TimmEncoder``), and with ``aux_params`` (``aux_params``
 on DPT: with ``decoder_readout="ignore"`` only). Anything else (another architecture, encoder,
 an attention block) is one :class:`~segzoo.errors.CheckpointError` line naming the first smp key that does
@@ -36,7 +36,7 @@ import torch.nn as nn
 from segzoo.checkpoint import clean_state_dict, read_torch_dict
 from segzoo.encoders.weights import load_into
 from segzoo.errors import CheckpointError
-from segzoo.smp import twin_smpsda, twin_smpsdb, twin_smpsdc, twin_smpsdd
+from segzoo.smp import twin_deeplab_pan, twin_linknet_fpn_psp, twin_segformer_dpt, twin_unetpp_manet_upernet
 from segzoo.smp.models import MODEL_CLASSES, SIGNATURES, SmpModel
 from segzoo.smp.structure import SMP_STRUCTURES
 
@@ -80,19 +80,19 @@ def _unet_key(key: str, depth: int) -> str | None:
 #: map go to the encoder key functions
 _KEYS: dict[str, Callable[[str, int], Any]] = {
     "Unet": _unet_key,
-    **twin_smpsda.KEYS,  # Linknet, FPN, PSPNet
-    **twin_smpsdb.KEYS,  # DeepLabV3, DeepLabV3Plus, PAN
-    **twin_smpsdc.KEYS,  # UnetPlusPlus, MAnet, UPerNet
-    "Segformer": twin_smpsdd.segformer_key,
-    "DPT": twin_smpsdd.dpt_key,
+    **twin_linknet_fpn_psp.KEYS,  # Linknet, FPN, PSPNet
+    **twin_deeplab_pan.KEYS,  # DeepLabV3, DeepLabV3Plus, PAN
+    **twin_unetpp_manet_upernet.KEYS,  # UnetPlusPlus, MAnet, UPerNet
+    "Segformer": twin_segformer_dpt.segformer_key,
+    "DPT": twin_segformer_dpt.dpt_key,
 }
 #: smp class -> a function of (state dict, smp arguments) run before the keys are mapped (renumbering, dropping
 #: what segzoo does not build, checks that need the whole state dict)
 _PREPARE: dict[str, Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]]] = {}
-_PREPARE["Segformer"] = twin_smpsdd.prepare_segformer
-_PREPARE["DPT"] = twin_smpsdd.prepare_dpt
+_PREPARE["Segformer"] = twin_segformer_dpt.prepare_segformer
+_PREPARE["DPT"] = twin_segformer_dpt.prepare_dpt
 #: smp class -> whether a state dict's keys are that class's (the twin modules' architectures)
-_GUESS = {**twin_smpsdc.GUESS}
+_GUESS = {**twin_unetpp_manet_upernet.GUESS}
 
 
 def _encoder_key(key: str, depth: int) -> str | None:
@@ -102,7 +102,7 @@ def _encoder_key(key: str, depth: int) -> str | None:
     if not key.startswith("encoder."):
         return None
     target = _resnet_key(key, depth)
-    return target if target is not None else twin_smpsdd.encoder_key(key, depth)
+    return target if target is not None else twin_segformer_dpt.encoder_key(key, depth)
 
 
 def smp_to_segzoo_keys(state_dict: Mapping[str, torch.Tensor], smp_class: str, encoder_depth: int = 5,
@@ -228,7 +228,7 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
         arch = "Unet" if any(re.match(r"decoder\.blocks\.\d+\.conv1\.", k) for k in sd) else \
             "Linknet" if any(re.match(r"decoder\.blocks\.\d+\.block\.", k) for k in sd) else \
             "FPN" if "decoder.p5.weight" in sd else \
-            "PSPNet" if any(k.startswith("decoder.psp.blocks.") for k in sd) else twin_smpsdb.guess_arch(sd)
+            "PSPNet" if any(k.startswith("decoder.psp.blocks.") for k in sd) else twin_deeplab_pan.guess_arch(sd)
         arch = arch or ("Segformer" if "decoder.fuse_stage.0.weight" in sd else None)
         arch = arch or ("DPT" if "decoder.fusion_blocks.0.project.weight" in sd else None)
     found: dict[str, Any] = {}
@@ -246,11 +246,11 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
 
 #: smp class -> the arguments its keys and shapes tell
 _INFER: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]] = {"Unet": _infer_unet}
-_INFER["Segformer"] = twin_smpsdd.infer_segformer
-_INFER["DPT"] = twin_smpsdd.infer_dpt
-_INFER.update(twin_smpsda.INFER)  # Linknet, FPN, PSPNet
-_INFER.update(twin_smpsdb.INFER)  # DeepLabV3, DeepLabV3Plus, PAN
-_INFER.update(twin_smpsdc.INFER)  # UnetPlusPlus, MAnet, UPerNet
+_INFER["Segformer"] = twin_segformer_dpt.infer_segformer
+_INFER["DPT"] = twin_segformer_dpt.infer_dpt
+_INFER.update(twin_linknet_fpn_psp.INFER)  # Linknet, FPN, PSPNet
+_INFER.update(twin_deeplab_pan.INFER)  # DeepLabV3, DeepLabV3Plus, PAN
+_INFER.update(twin_unetpp_manet_upernet.INFER)  # UnetPlusPlus, MAnet, UPerNet
 
 
 def from_smp(source: str | os.PathLike | Mapping[str, Any] | nn.Module, arch: str | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from segzoo.smp import twin_smpsda, twin_smpsdb, twin_smpsdc, twin_smpsdd
+from segzoo.smp import twin_deeplab_pan, twin_linknet_fpn_psp, twin_segformer_dpt, twin_unetpp_manet_upernet
 
 __all__ = ["SMP_STRUCTURES", "smp_structure", "smp_handled"]
 
@@ -39,11 +39,11 @@ def _unet_structure(args: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 #: smp class -> the segzoo part arguments of ``structure="smp"`` (from the smp arguments)
 SMP_STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] = {
     "Unet": _unet_structure,
-    **twin_smpsda.STRUCTURES,  # Linknet, FPN, PSPNet
-    **twin_smpsdb.STRUCTURES,  # DeepLabV3, DeepLabV3Plus, PAN
-    **twin_smpsdc.STRUCTURES,  # UnetPlusPlus, MAnet, UPerNet
-    "Segformer": twin_smpsdd.segformer_structure,
-    "DPT": twin_smpsdd.dpt_structure,
+    **twin_linknet_fpn_psp.STRUCTURES,  # Linknet, FPN, PSPNet
+    **twin_deeplab_pan.STRUCTURES,  # DeepLabV3, DeepLabV3Plus, PAN
+    **twin_unetpp_manet_upernet.STRUCTURES,  # UnetPlusPlus, MAnet, UPerNet
+    "Segformer": twin_segformer_dpt.segformer_structure,
+    "DPT": twin_segformer_dpt.dpt_structure,
 }
 
 
@@ -69,7 +69,7 @@ def smp_structure(name: str, structure: str, args: Mapping[str, Any],
                          f"(it is for {sorted(SMP_STRUCTURES)})")
     encoder = args.get("encoder_name")
     # ResNets and timm CNNs (strides 2 ... 32) for every class; the classes' own encoders (MiT, ViT) there
-    problem = twin_smpsdd.smp_encoder_problem(name, encoder, args.get("encoder_depth", 5))
+    problem = twin_segformer_dpt.smp_encoder_problem(name, encoder, args.get("encoder_depth", 5))
     if problem:
         raise ValueError(f"segzoo.smp.{name}: structure='smp' {problem}, got encoder_name={encoder!r}")
     return SMP_STRUCTURES[name](args)
