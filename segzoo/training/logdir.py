@@ -146,14 +146,14 @@ def _remove_previous_run(folder: Path, inputs: Iterable[str | os.PathLike], remo
 
 #: the lock file descriptors this process holds; a forked child (a DataLoader worker) closes its copies at once, so
 #: that a run killed with SIGKILL frees its folder when it dies, not when its orphaned workers notice and exit
-_HELD: set[int] = set()
+_FDS_TO_CLOSE_AT_FORK: set[int] = set()
 
 
 def _close_held_in_child() -> None:
-    for fd in list(_HELD):
+    for fd in list(_FDS_TO_CLOSE_AT_FORK):
         with contextlib.suppress(OSError):
             os.close(fd)
-    _HELD.clear()
+    _FDS_TO_CLOSE_AT_FORK.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -161,7 +161,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def _unlock(fd: int) -> None:
-    _HELD.discard(fd)
+    _FDS_TO_CLOSE_AT_FORK.discard(fd)
     os.close(fd)
 
 
@@ -178,7 +178,7 @@ def _lock(folder: Path) -> int | None:
                                   f"LogdirClaim held here: pass that claim as the logdir); wait for it or choose "
                                   f"another logdir") from None
         return None  # a file system without flock: run unlocked
-    _HELD.add(fd)
+    _FDS_TO_CLOSE_AT_FORK.add(fd)
     return fd
 
 
