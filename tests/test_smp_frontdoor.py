@@ -3,9 +3,11 @@ follow the architecture table, save_pretrained/from_pretrained, torch.jit.script
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,6 +32,7 @@ def _table_calls() -> list[str]:
 
 def _save(model) -> str:
     folder = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, folder, True)  # 55 MB per call: left behind, a suite run filled /tmp
     model.save_pretrained(folder)
     return folder
 
