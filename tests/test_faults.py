@@ -102,7 +102,10 @@ def test_ctrl_c_saves_resumable_checkpoint(tmp_path):
                                     f"{epochs} epochs done; stdout {out[-2000:]!r}; stderr {err[-2000:]!r}")
     assert "Traceback" not in err and "interrupted" in err, err
     ck = load_checkpoint(folder / "last_full.pth")
-    assert ck["interrupted"] is True and "optimizer_state_dict" in ck
+    # the Ctrl-C lands in the next epoch's batches (an interrupted state), or on a busy machine still among the
+    # previous epoch's last steps after last_full appeared (removing dropped files): those are finished, and
+    # last_full is that complete epoch's state
+    assert "optimizer_state_dict" in ck and (ck.get("interrupted") is True or ck["epoch"] == epochs), ck.keys()
     target = epochs + 3  # the interrupted epoch again, then two more (not all 60: the suite stays fast)
     proc = _start(cfg, f"runner.resume={folder / 'last_full.pth'}", f"num_epochs={target}")
     out, err = proc.communicate(timeout=600)
