@@ -37,8 +37,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # errors a user can cause; anything else is a bug and keeps its traceback
-# (FloatingPointError: a NaN/inf loss, segzoo.training.NonFiniteLossError)
-USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError, FloatingPointError)
+# (FloatingPointError: a NaN/inf loss, segzoo.training.NonFiniteLossError; ImportError: an optional package
+# missing, named with the extra that installs it)
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError, FloatingPointError, ImportError)
 MAX_MESSAGE = 1000  # characters of an error line: a message quoting a huge value stays readable
 
 

@@ -353,12 +353,22 @@ def require_onnxruntime() -> Any:
     return onnxruntime
 
 
+def require_onnx() -> None:
+    """Check that the onnx package (torch's ONNX exporter needs it) imports, or raise a one-line error."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ModuleNotFoundError(f"the onnxruntime backends export the model with the onnx package, which is not "
+                                  f"installed: {install_hint('export')}") from None
+
+
 def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = ONNX_OPSET) -> bytes:
     """Export ``model`` to ONNX in memory: input ``input`` (B, C, H, W), output ``logits``, dynamic B, H, W
     (with ``aux_params``: outputs ``mask`` and ``label``, as :func:`segzoo.export.onnx.export_onnx`).
 
     A CPU copy of the model in NCHW layout is exported (onnxruntime chooses its own layouts).
     """
+    require_onnx()
     clone = copy.deepcopy(model).cpu().eval()
     if hasattr(clone, "channels_last"):
         clone.channels_last = False

@@ -257,3 +257,18 @@ def test_a_program_refuses_sizes_it_does_not_take_in_one_line(tmp_path, images_f
                  "--mean", *map(str, NORM["mean"]), "--std", *map(str, NORM["std"]), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "H, W exactly 64" in err and "Guard" not in err
+
+
+@pytest.mark.parametrize("missing", ["onnxruntime", "onnx"])
+def test_predict_without_the_export_extra_is_one_line_naming_it(logdir, images_folder, tmp_path, monkeypatch, capsys,
+                                                                missing):
+    import sys
+
+    for name in [m for m in sys.modules if m == missing or m.startswith(missing + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # import fails as if the package were not installed
+    code = main(["predict", str(logdir), "--input", str(images_folder), "--output", str(tmp_path / "out"),
+                 "--backend", "onnxruntime", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and f"{missing} package" in err and "segzoo[export]" in err
+    assert not (tmp_path / "out").exists()
