@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar='NAME=JSON',
                    help="extra segzoo model per architecture with these constructor kwargs")
     p.add_argument("--no-smp", action="store_true")
+    p.add_argument("--no-default", action="store_true", help="train only the --variant models of segzoo (and smp's)")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=128)
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = {}
+    if args.no_default and not args.variant:
+        p.error("--no-default needs at least one --variant")
     for v in args.variant:
         name, sep, text = v.partition("=")
         if not sep:
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for enc in args.encoders:
         for arch in args.archs:
-            specs = [segzoo_spec(arch, enc)] + [{**segzoo_spec(arch, enc, **kw), "variant": name}
+            specs = ([] if args.no_default else [segzoo_spec(arch, enc)]) + [{**segzoo_spec(arch, enc, **kw), "variant": name}
                                                 for name, kw in variants.items()]
             if with_smp:  # smp's ViTs take other sizes than their pretraining one only with dynamic_img_size
                 specs.append(smp_spec(arch, enc, **({"dynamic_img_size": True} if "vit" in enc else {})))
