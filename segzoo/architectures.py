@@ -33,8 +33,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Architecture", "ARCHITECTURES", "RESNET_ENCODERS", "CATALYST_MODELS", "model_names", "model_classes",
+__all__ = ["Architecture", "FormerDefault", "ARCHITECTURES", "RESNET_ENCODERS", "CATALYST_MODELS", "model_names", "model_classes",
            "resnet_architectures", "smp_twins"]
+
+
+@dataclass(frozen=True)
+class FormerDefault:
+    """A default an architecture's models had before ``since``, kept so that their checkpoints still load.
+
+    A checkpoint whose spec does not name ``part[key]`` and whose weights have no name matching ``new_weights``
+    (what only the current default has) was trained with ``value``: :mod:`segzoo.checkpoint_format` writes it
+    into the spec when reading the checkpoint, and a resume into the current default is told to name it.
+
+    Attributes:
+        part: ``"decoder_params"`` or ``"head_params"``.
+        key: the keyword in it.
+        value: its value before ``since``.
+        since: the date the default changed.
+        new_weights: a regular expression matching a weight name that only the current default's models have.
+        own_weights: a regular expression matching a weight name that only this architecture's models have.
+    """
+
+    part: str
+    key: str
+    value: Any
+    since: str
+    new_weights: str
+    own_weights: str
 
 
 @dataclass(frozen=True)
@@ -56,6 +81,7 @@ class Architecture:
         resnet_class: public class name of the ResNet family (``segzoo.ResnetUnet``); ``""``: the row has no
             ResNet family (no class, no ``resnetD_NAME`` names: DPT, whose plain-ViT encoder a ResNet is not).
         smp: the segmentation_models_pytorch 0.6 class it is benchmarked against (``"Unet"``), or ``None``.
+        former_defaults: defaults the row had before (:class:`FormerDefault`), oldest first.
         encoder_kind: what the architecture needs from its encoder: ``"pyramid"`` (features at several
             strides: ResNets, timm CNNs, UnetEncoder) or ``"tokens"`` (the token maps of a plain ViT, all at
             one stride; the generic family's default encoder is then ``ViTEncoder("vit_small_patch16_224")``).
@@ -75,6 +101,7 @@ class Architecture:
     resnet_class: str = ""
     smp: str | None = None
     encoder_kind: str = "pyramid"
+    former_defaults: tuple[FormerDefault, ...] = ()
 
 
 #: registry name -> row; each row is registered as ``NAME`` (generic family) and ``resnetD_NAME`` (if it has a
@@ -109,10 +136,21 @@ ARCHITECTURES: dict[str, Architecture] = {
     "dpt": Architecture("dpt", bridge=False, encoder_kind="tokens",
                         title="DPT: ViT token maps reassembled at 4 strides, fused coarse to fine",
                         generic_class="DPT", smp="DPT"),
-    "unetplusplus": Architecture("unetplusplus", title="UNet++: nested dense skip pathways, narrow split-1x1 nodes",
-                                 generic_class="UnetPlusPlus", resnet_class="ResnetUnetPlusPlus", smp="UnetPlusPlus"),
-    "manet": Architecture("manet", title="MA-Net: position attention at the deepest stride, fusion attention per skip",
-                          generic_class="MAnet", resnet_class="ResnetMAnet", smp="MAnet"),
+    # complexity 1 (two 3x3 per node): at an equal training budget a node of one 3x3 ended ~0.01 Dice under
+    # smp's on one seed of two (BENCHMARKS.md), the second 3x3 keeps 2.2x fewer FLOPs than smp's decoder
+    "unetplusplus": Architecture("unetplusplus", decoder_defaults={"complexity": 1},
+                                 title="UNet++: nested dense skip pathways, narrow split-1x1 nodes",
+                                 generic_class="UnetPlusPlus", resnet_class="ResnetUnetPlusPlus", smp="UnetPlusPlus",
+                                 former_defaults=(FormerDefault("decoder_params", "complexity", 0, "2026-12-07",
+                                                                r"decoder\.nodes\.[^.]+\.block\.1\.",
+                                                                r"decoder\.nodes\.x\d+_\d+\."),)),
+    # two learned x2 head steps to full resolution: logits upsampled x4 from stride 4 ended 0.011-0.012 Dice under
+    # smp's MAnet at an equal budget on both seeds (BENCHMARKS.md)
+    "manet": Architecture("manet", head_defaults={"num_upsample_blocks": 2},
+                          title="MA-Net: position attention at the deepest stride, fusion attention per skip",
+                          generic_class="MAnet", resnet_class="ResnetMAnet", smp="MAnet",
+                          former_defaults=(FormerDefault("head_params", "num_upsample_blocks", 0, "2026-12-07",
+                                                         r"head\.blocks\.", r"decoder\.attention\."),)),
     "pan": Architecture("pan", title="PAN: feature pyramid attention, global attention upsampling, any input size",
                         generic_class="PAN", resnet_class="ResnetPAN", smp="PAN"),
 }

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from segzoo.architectures import ARCHITECTURES, FormerDefault
 from segzoo.checkpoint import clean_state_dict, load_checkpoint
 from segzoo.errors import CheckpointError, short_repr
 from segzoo.models.registry import get_model_spec
@@ -66,7 +68,7 @@ class TrainingState(Protocol):
     run_settings: Any
 
 FORMAT_KEY = "format_version"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MIGRATED_KEY = "migrations_applied"  # versions of the migrations that ran when the checkpoint was read
 RUN_SETTINGS_KEY = "run_settings"  # the full checkpoint's key for what the run was given
 
@@ -120,12 +122,58 @@ def _upernet_concat_spec(ckpt: dict[str, Any], names: Collection[str]) -> dict[s
     return {**ckpt, "model_spec": new_spec}
 
 
+# ---- migration 2: defaults of the architecture table's rows changed (their FormerDefault entries): UnetPlusPlus's
+# decoder complexity became 1 and MAnet's head got two upsample steps (2026-12-07) ---------------------------------
+
+def _former(names: Collection[str]) -> list[FormerDefault]:
+    """The table's former defaults whose architecture ``names`` are the weights of, and which they were trained with
+    (no weight of the current default)."""
+    return [f for arch in ARCHITECTURES.values() for f in arch.former_defaults
+            if any(re.match(f.own_weights, n) for n in names) and not any(re.match(f.new_weights, n) for n in names)]
+
+
+def _arch_of(name: str) -> str | None:
+    """The architecture row of a registry name: ``"manet"`` and ``"resnet34_manet"`` -> ``"manet"``."""
+    if name in ARCHITECTURES:
+        return name
+    rest = name.split("_", 1)[1] if "_" in name else ""
+    return rest if rest in ARCHITECTURES else None
+
+
+def _former_defaults_spec(ckpt: dict[str, Any], names: Collection[str]) -> dict[str, Any]:
+    """A spec of a row with former defaults that does not name the changed keyword, whose weights have the former
+    default's form, gets that keyword with its former value (what the run was trained with)."""
+    spec = ckpt.get("model_spec")
+    if not isinstance(spec, Mapping):
+        return ckpt
+    arch = _arch_of(str(spec.get("name", "")))
+    kwargs = spec.get("kwargs")
+    if arch is None or (kwargs is not None and not isinstance(kwargs, Mapping)):
+        return ckpt
+    new_kwargs = dict(kwargs or {})
+    for f in _former(names):
+        if f not in ARCHITECTURES[arch].former_defaults:
+            continue
+        params = new_kwargs.get(f.part)
+        if not (params is None or isinstance(params, Mapping)) or (params is not None and f.key in params):
+            continue
+        new_kwargs[f.part] = {**(params or {}), f.key: f.value}
+    return ckpt if new_kwargs == dict(kwargs or {}) else {**ckpt, "model_spec": {**spec, "kwargs": new_kwargs}}
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "UPerNet checkpoints whose spec has no decoder_params.fuse and whose weights have the concat "
                  "fusion get fuse='concat', the default they were trained with",
               _upernet_concat_spec, former_defaults={"decoder_params.fuse": "concat"},
               mismatch=lambda saved, model: _upernet_fusion(saved) == "concat" and _upernet_fusion(model) == "levels",
               former_run="an UPerNet run from before the per-level fusion default"),
+    Migration(2, "checkpoints of an architecture whose default changed since (the table's former_defaults: "
+                 "UnetPlusPlus decoder complexity 0, MAnet head without upsample steps) get the former value in "
+                 "their spec when it does not name it and their weights have the former form",
+              _former_defaults_spec,
+              former_defaults={f"{f.part}.{f.key}": f.value for a in ARCHITECTURES.values() for f in a.former_defaults},
+              mismatch=lambda saved, model: bool(set(_former(saved)) - set(_former(model))),
+              former_run="a run from before a default of its architecture changed"),
 )
 
 #: config keys (``model.params.…``) a resumed ``segzoo train`` config may name with the value a run of an

@@ -39,14 +39,14 @@ def _version0_upernet(model):
 def test_version0_upernet_checkpoint_is_migrated_once_and_recorded(tmp_path):
     path = save_checkpoint(_version0_upernet(_concat_upernet()), tmp_path / "old.pth")
     ck = read_checkpoint(path)
-    assert ck[FORMAT_KEY] == FORMAT_VERSION == 1
-    assert ck[MIGRATED_KEY] == [1]
+    assert ck[FORMAT_KEY] == FORMAT_VERSION == 2
+    assert ck[MIGRATED_KEY] == [1, 2]
     assert ck["model_spec"]["kwargs"]["decoder_params"] == {"channels": 8, "fuse": "concat"}
     assert ck["epoch"] == 3
     assert migrate(ck) == ck  # runs once: nothing left to apply, nothing recorded twice
     save_checkpoint(ck, tmp_path / "again.pth")  # a migrated checkpoint written back reads the same
     again = read_checkpoint(tmp_path / "again.pth")
-    assert again[MIGRATED_KEY] == [1] and again["model_spec"] == ck["model_spec"]
+    assert again[MIGRATED_KEY] == [1, 2] and again["model_spec"] == ck["model_spec"]
 
 
 def test_migration1_leaves_what_it_does_not_concern_alone():
@@ -61,8 +61,8 @@ def test_migration1_leaves_what_it_does_not_concern_alone():
     out = migrate(ck)
     assert out["model_spec"] == get_model_spec(unet) and out[FORMAT_KEY] == FORMAT_VERSION
     assert FORMAT_KEY not in ck  # the caller's dict is not modified
-    # a checkpoint already in format 1 is never migrated, whatever its spec says
-    current = {**_version0_upernet(concat), FORMAT_KEY: 1}
+    # a checkpoint already in the current format is never migrated, whatever its spec says
+    current = {**_version0_upernet(concat), FORMAT_KEY: FORMAT_VERSION}
     assert migrate(current) == current
     # DDP-prefixed weights (a user's torch.save of a wrapped model) are recognised as well
     old = _version0_upernet(concat)
@@ -70,7 +70,7 @@ def test_migration1_leaves_what_it_does_not_concern_alone():
     assert migrate(old)["model_spec"]["kwargs"]["decoder_params"]["fuse"] == "concat"
 
 
-@pytest.mark.parametrize("version", [2, 99])
+@pytest.mark.parametrize("version", [3, 99])
 def test_newer_format_is_refused_in_one_line(tmp_path, version):
     path = save_checkpoint({"model_state_dict": {"w": torch.ones(1)}, FORMAT_KEY: version}, tmp_path / "new.pth")
     with pytest.raises(CheckpointError, match=r"written by a newer segzoo .*upgrade segzoo") as info:
@@ -110,7 +110,7 @@ def test_loaded_info_carries_the_migrated_spec(tmp_path):
     loaded = load_model_info(path)
     assert loaded.model.decoder.fuse_mode == "concat"
     assert loaded.info["model_spec"]["kwargs"]["decoder_params"]["fuse"] == "concat"
-    assert loaded.info[MIGRATED_KEY] == [1]
+    assert loaded.info[MIGRATED_KEY] == [1, 2]
 
 
 def test_trainer_checkpoints_carry_the_format_version():
@@ -127,7 +127,9 @@ def test_trainer_checkpoints_carry_the_format_version():
 def test_former_defaults_come_from_the_migrations():
     from segzoo.training import launch, run_settings
 
-    assert FORMER_DEFAULTS == {"model.params.decoder_params.fuse": "concat"}
+    assert FORMER_DEFAULTS == {"model.params.decoder_params.fuse": "concat",
+                               "model.params.decoder_params.complexity": 0,
+                               "model.params.head_params.num_upsample_blocks": 0}
     assert run_settings.FORMER_DEFAULTS is FORMER_DEFAULTS and launch.FORMER_DEFAULTS is FORMER_DEFAULTS
 
 
@@ -161,3 +163,57 @@ def test_checkpoint_callback_and_resume_do_not_import_each_other():
     fmt = _imports(PACKAGE / "checkpoint_format.py")
     # the format sits below training (RunnerState is named for type checkers only)
     assert not [m for m, inner in fmt if m.startswith("segzoo.training") and not inner], fmt
+
+
+# ---- migration 2: UnetPlusPlus complexity 1 and MAnet's two head upsample steps became the defaults ----------
+
+FORMER = {"unetplusplus": ("decoder_params", {"complexity": 0}), "manet": ("head_params", {"num_upsample_blocks": 0})}
+
+
+def _former_default_checkpoint(arch, **extra):
+    """A checkpoint as segzoo wrote it before 2026-12-07: format 1, the spec not naming the changed keyword."""
+    part, former = FORMER[arch]
+    torch.manual_seed(0)
+    model = create_model(f"resnet18_{arch}", num_classes=1, pretrained=False, **{part: {**former, **extra}}).eval()
+    spec = {"name": f"resnet18_{arch}", "kwargs": {"pretrained": False, **({part: extra} if extra else {})}}
+    return model, {"model_state_dict": model.state_dict(), "model_spec": spec, FORMAT_KEY: 1}
+
+
+@pytest.mark.parametrize("arch", ["unetplusplus", "manet"])
+def test_former_default_unetplusplus_and_manet_checkpoints_load_with_their_outputs(tmp_path, arch):
+    from segzoo.loading import load_model_info
+
+    model, ck = _former_default_checkpoint(arch)
+    path = save_checkpoint(ck, tmp_path / "best.pth")
+    loaded = load_model_info(path)
+    part, former = FORMER[arch]
+    assert loaded.info["model_spec"]["kwargs"][part] == former and loaded.info[MIGRATED_KEY] == [2]
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+    new = create_model(f"resnet18_{arch}", num_classes=1, pretrained=False)  # the current default differs
+    assert set(new.state_dict()) != set(model.state_dict())
+
+
+@pytest.mark.parametrize("arch", ["unetplusplus", "manet"])
+def test_migration2_leaves_what_it_does_not_concern_alone(arch):
+    part, former = FORMER[arch]
+    current = create_model(f"resnet18_{arch}", num_classes=1, pretrained=False)
+    ck = {"model_state_dict": current.state_dict(), "model_spec": get_model_spec(current), FORMAT_KEY: 1}
+    assert migrate(ck)["model_spec"] == get_model_spec(current)  # new-default weights: nothing added
+    key = next(iter(former))
+    _, named = _former_default_checkpoint(arch, **{key: 0})  # the run named the keyword itself
+    assert migrate(named)["model_spec"] == named["model_spec"]
+    _, other = _former_default_checkpoint(arch)
+    other["model_spec"] = {"name": "resnet18_unet", "kwargs": {}}  # weights of one model, the spec of another
+    assert migrate(other)["model_spec"] == other["model_spec"]
+
+
+def test_a_resume_into_the_new_manet_default_names_the_former_one():
+    from segzoo.checkpoint_format import former_default_hint
+
+    old, _ = _former_default_checkpoint("manet")
+    new = create_model("resnet18_manet", num_classes=1, pretrained=False)
+    hint = former_default_hint(old.state_dict().keys(), new.state_dict().keys())
+    assert "model.params.head_params.num_upsample_blocks=0" in hint
+    assert former_default_hint(new.state_dict().keys(), new.state_dict().keys()) == ""

@@ -92,9 +92,10 @@ class UnetPlusPlusDecoder(DecoderSpec):
 
     For skip levels ``i`` (shallow ``0`` to deep ``L-1``; level ``L`` is the deepest feature) node ``X(i, j)``,
     ``1 <= j <= L - i``, reads ``X(i, 0..j-1)`` and ``X(i+1, j-1)`` (``X(i, 0)`` is the encoder feature). The
-    nodes are :class:`NestedNode` s: a split 1x1 fusion then 3x3 conv(s) of the level's width, so the cost per
-    node is about one 3x3 conv of that width, where smp's UNet++ runs two 3x3 convs over the whole
-    concatenation (and a full-resolution stage): about 3x fewer FLOPs for a ResNet34 (see BENCHMARKS.md).
+    nodes are :class:`NestedNode` s: a split 1x1 fusion then ``1 + complexity`` 3x3 convs of the level's width
+    (the UnetPlusPlus models pass ``complexity=1``: the architecture table's default), where smp's UNet++ runs two
+    3x3 convs over the whole concatenation (and a full-resolution stage): about 2.2x fewer FLOPs for a ResNet34
+    with two convs per node, 2.7x with one (see BENCHMARKS.md).
 
     Args:
         in_channels: feature channels, shallow to deep.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import io
 import math
 import os
@@ -343,23 +344,14 @@ def load_program(path: str | os.PathLike, device: torch.device | str = "cpu") ->
 
 # ---- onnxruntime ------------------------------------------------------------------------------
 
-def require_onnxruntime() -> Any:
-    """Import onnxruntime, or raise a one-line error naming the extra to install."""
+def require_onnxruntime(module: str = "onnxruntime") -> Any:
+    """Import onnxruntime (or ``module``: ``"onnx"``, which the export needs), or raise a one-line error naming the
+    extra that installs it."""
     try:
-        import onnxruntime
+        return importlib.import_module(module)
     except ImportError:
-        raise ModuleNotFoundError(f"the onnxruntime backends need the onnxruntime package: "
-                                  f"{install_hint('export')}") from None
-    return onnxruntime
-
-
-def require_onnx() -> None:
-    """Check that the onnx package (torch's ONNX exporter needs it) imports, or raise a one-line error."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise ModuleNotFoundError(f"the onnxruntime backends export the model with the onnx package, which is not "
-                                  f"installed: {install_hint('export')}") from None
+        raise ModuleNotFoundError(f"the onnxruntime backends need the {module} package: {install_hint('export')}") \
+            from None
 
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = ONNX_OPSET) -> bytes:
@@ -368,7 +360,7 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = ONNX_OPSET)
 
     A CPU copy of the model in NCHW layout is exported (onnxruntime chooses its own layouts).
     """
-    require_onnx()
+    require_onnxruntime("onnx")  # torch's exporter needs it
     clone = copy.deepcopy(model).cpu().eval()
     if hasattr(clone, "channels_last"):
         clone.channels_last = False
