@@ -29,11 +29,12 @@ Bridge policy (the same for every architecture and encoder):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Architecture", "FormerDefault", "ARCHITECTURES", "RESNET_ENCODERS", "CATALYST_MODELS", "model_names", "model_classes",
+__all__ = ["Architecture", "FormerDefault", "ARCHITECTURES", "former_defaults_of", "with_former_defaults", "RESNET_ENCODERS", "CATALYST_MODELS", "model_names", "model_classes",
            "resnet_architectures", "smp_twins"]
 
 
@@ -187,3 +188,30 @@ def model_classes() -> list[str]:
 def smp_twins() -> dict[str, str]:
     """Architecture name -> its smp 0.6 class name, for the rows that have one."""
     return {name: row.smp for name, row in ARCHITECTURES.items() if row.smp}
+
+
+def former_defaults_of(weight_names: Collection[str]) -> list[FormerDefault]:
+    """The rows' former defaults that weights named ``weight_names`` were trained with: the weights are of that
+    row's architecture (``own_weights``) and have none of the current default's (``new_weights``)."""
+    return [f for arch in ARCHITECTURES.values() for f in arch.former_defaults
+            if any(re.match(f.own_weights, n) for n in weight_names)
+            and not any(re.match(f.new_weights, n) for n in weight_names)]
+
+
+def with_former_defaults(name: str, kwargs: Mapping[str, Any] | None,
+                         weight_names: Collection[str]) -> dict[str, Any] | None:
+    """The keyword arguments of the registry model ``name`` (``"manet"``, ``"resnet34_manet"``) completed with the
+    former defaults its weights were trained with, for those the arguments do not name; ``None``: nothing to add
+    (another architecture, current-default weights, or every changed keyword named)."""
+    arch = name if name in ARCHITECTURES else name.split("_", 1)[1] if "_" in name else ""
+    if arch not in ARCHITECTURES or (kwargs is not None and not isinstance(kwargs, Mapping)):
+        return None
+    out = dict(kwargs or {})
+    for f in former_defaults_of(weight_names):
+        params = out.get(f.part)
+        if f not in ARCHITECTURES[arch].former_defaults or not (params is None or isinstance(params, Mapping)) \
+                or (params is not None and f.key in params):
+            continue
+        out[f.part] = {**(params or {}), f.key: f.value}
+    return None if out == dict(kwargs or {}) else out
+

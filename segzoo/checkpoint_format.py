@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from segzoo.architectures import ARCHITECTURES, FormerDefault
+from segzoo.architectures import ARCHITECTURES, former_defaults_of, with_former_defaults
 from segzoo.checkpoint import clean_state_dict, load_checkpoint
 from segzoo.errors import CheckpointError, short_repr
 from segzoo.models.registry import get_model_spec
@@ -125,40 +124,14 @@ def _upernet_concat_spec(ckpt: dict[str, Any], names: Collection[str]) -> dict[s
 # ---- migration 2: defaults of the architecture table's rows changed (their FormerDefault entries): UnetPlusPlus's
 # decoder complexity became 1 and MAnet's head got two upsample steps (2026-12-07) ---------------------------------
 
-def _former(names: Collection[str]) -> list[FormerDefault]:
-    """The table's former defaults whose architecture ``names`` are the weights of, and which they were trained with
-    (no weight of the current default)."""
-    return [f for arch in ARCHITECTURES.values() for f in arch.former_defaults
-            if any(re.match(f.own_weights, n) for n in names) and not any(re.match(f.new_weights, n) for n in names)]
-
-
-def _arch_of(name: str) -> str | None:
-    """The architecture row of a registry name: ``"manet"`` and ``"resnet34_manet"`` -> ``"manet"``."""
-    if name in ARCHITECTURES:
-        return name
-    rest = name.split("_", 1)[1] if "_" in name else ""
-    return rest if rest in ARCHITECTURES else None
-
-
 def _former_defaults_spec(ckpt: dict[str, Any], names: Collection[str]) -> dict[str, Any]:
     """A spec of a row with former defaults that does not name the changed keyword, whose weights have the former
-    default's form, gets that keyword with its former value (what the run was trained with)."""
+    default's form, gets that keyword with its former value (:func:`segzoo.architectures.with_former_defaults`)."""
     spec = ckpt.get("model_spec")
     if not isinstance(spec, Mapping):
         return ckpt
-    arch = _arch_of(str(spec.get("name", "")))
-    kwargs = spec.get("kwargs")
-    if arch is None or (kwargs is not None and not isinstance(kwargs, Mapping)):
-        return ckpt
-    new_kwargs = dict(kwargs or {})
-    for f in _former(names):
-        if f not in ARCHITECTURES[arch].former_defaults:
-            continue
-        params = new_kwargs.get(f.part)
-        if not (params is None or isinstance(params, Mapping)) or (params is not None and f.key in params):
-            continue
-        new_kwargs[f.part] = {**(params or {}), f.key: f.value}
-    return ckpt if new_kwargs == dict(kwargs or {}) else {**ckpt, "model_spec": {**spec, "kwargs": new_kwargs}}
+    kwargs = with_former_defaults(str(spec.get("name", "")), spec.get("kwargs"), names)
+    return ckpt if kwargs is None else {**ckpt, "model_spec": {**spec, "kwargs": kwargs}}
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -172,7 +145,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "their spec when it does not name it and their weights have the former form",
               _former_defaults_spec,
               former_defaults={f"{f.part}.{f.key}": f.value for a in ARCHITECTURES.values() for f in a.former_defaults},
-              mismatch=lambda saved, model: bool(set(_former(saved)) - set(_former(model))),
+              mismatch=lambda saved, model: bool(set(former_defaults_of(saved)) - set(former_defaults_of(model))),
               former_run="a run from before a default of its architecture changed"),
 )
 

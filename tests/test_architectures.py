@@ -34,7 +34,7 @@ def test_the_table_module_imports_only_the_standard_library():
     tree = ast.parse((ROOT / "segzoo" / "architectures.py").read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"__future__", "collections.abc", "dataclasses", "typing"}, imported
+    assert imported <= {"__future__", "collections.abc", "dataclasses", "re", "typing"}, imported
 
 
 def test_rows_name_registered_parts_and_distinct_classes():

@@ -1,6 +1,7 @@
 """The checkpoint format (issue 20, point 3): a version in every checkpoint, migrations keyed by it, one reader."""
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -217,3 +218,18 @@ def test_a_resume_into_the_new_manet_default_names_the_former_one():
     hint = former_default_hint(old.state_dict().keys(), new.state_dict().keys())
     assert "model.params.head_params.num_upsample_blocks=0" in hint
     assert former_default_hint(new.state_dict().keys(), new.state_dict().keys()) == ""
+
+
+@pytest.mark.parametrize("arch", ["unetplusplus", "manet"])
+def test_former_default_save_pretrained_folders_load_with_their_outputs(tmp_path, arch):
+    from segzoo.models.pretrained import CONFIG_NAME
+
+    model, ck = _former_default_checkpoint(arch)
+    model.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / CONFIG_NAME).read_text())
+    config["spec"] = ck["model_spec"]  # as saved before 2026-12-07: the changed keyword not named
+    (tmp_path / "old" / CONFIG_NAME).write_text(json.dumps(config))
+    loaded = type(model).from_pretrained(tmp_path / "old")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -17,12 +17,14 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from segzoo.architectures import with_former_defaults
 from segzoo.errors import CheckpointError
 
 CONFIG_NAME = "config.json"
@@ -155,8 +157,10 @@ class PretrainedMixin:
         return {"builder": "segzoo.models", "spec": spec}
 
     @classmethod
-    def from_pretrained_config(cls, config: dict[str, Any], classes: int | None, source: Path) -> nn.Module:
-        """Build the (untrained) model ``config`` describes, with ``classes`` outputs if given."""
+    def from_pretrained_config(cls, config: dict[str, Any], classes: int | None, source: Path,
+                               weight_names: Collection[str] = ()) -> nn.Module:
+        """Build the (untrained) model ``config`` describes, with ``classes`` outputs if given (``weight_names``:
+        the saved weights' names, which tell a default the folder's model was saved with before it changed)."""
         from segzoo.models.registry import model_from_spec
 
         if config.get("builder") != "segzoo.models":
@@ -166,6 +170,8 @@ class PretrainedMixin:
         if not isinstance(spec, dict) or not isinstance(spec.get("kwargs", {}), dict):
             raise _config_error(source, f"malformed 'spec' {spec!r}")
         spec = {"name": spec.get("name"), "kwargs": dict(spec.get("kwargs", {}))}
+        former = with_former_defaults(str(spec["name"]), spec["kwargs"], weight_names)
+        spec["kwargs"] = spec["kwargs"] if former is None else former
         if classes is not None:
             spec["kwargs"]["num_classes"] = classes
         try:
@@ -220,6 +226,7 @@ class PretrainedMixin:
         """
         folder = resolve_folder(pretrained_model_name_or_path, revision)
         config = read_config(folder)
-        model = cls.from_pretrained_config(config, classes, folder / CONFIG_NAME)
-        load_matching(model, read_weights(folder), strict, folder / WEIGHTS_NAME)
+        weights = read_weights(folder)
+        model = cls.from_pretrained_config(config, classes, folder / CONFIG_NAME, weights.keys())
+        load_matching(model, weights, strict, folder / WEIGHTS_NAME)
         return model.eval()

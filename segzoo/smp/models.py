@@ -35,7 +35,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -282,8 +282,10 @@ class SmpModel(UnetMetaSpec):
         return super().from_pretrained(folder, classes=classes, strict=strict)
 
     @classmethod
-    def from_pretrained_config(cls, config: dict[str, Any], classes: int | None, source: Path) -> nn.Module:
-        """The untrained model ``config`` describes (``classes`` outputs if given)."""
+    def from_pretrained_config(cls, config: dict[str, Any], classes: int | None, source: Path,
+                               weight_names: Collection[str] = ()) -> nn.Module:
+        """The untrained model ``config`` describes (``classes`` outputs if given; ``weight_names``: unused, the
+        smp front door's defaults have not changed)."""
         name, arguments = config.get("smp_class"), config.get("arguments")
         if config.get("builder") != "segzoo.smp" or name not in MODEL_CLASSES or not isinstance(arguments, dict):
             raise CheckpointError(f"{source}: not a segzoo.smp model config (builder {config.get('builder')!r}, "
