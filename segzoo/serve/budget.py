@@ -94,7 +94,8 @@ def measure_bytes_per_pixel(run: Callable[[], object], pixels: int) -> float | N
 
     Linux only: the process's peak resident size is reset (``/proc/self/clear_refs``), ``run``
     is called, and the new peak less the resident size before is divided by ``pixels``.
-    Returns ``None`` where that cannot be measured (``run`` is then not called).
+    Returns ``None`` where that cannot be measured (``run`` is then not called), and when the peak did not grow
+    (the run reused memory the process already held: no measurement, not a zero).
     """
     before = _status_kib("VmRSS")
     if before is None:
@@ -108,7 +109,7 @@ def measure_bytes_per_pixel(run: Callable[[], object], pixels: int) -> float | N
     peak = _status_kib("VmHWM")
     if peak is None:
         return None
-    return max(0, peak - before) / max(1, pixels)
+    return (peak - before) / max(1, pixels) if peak > before else None
 
 
 def model_bytes_per_pixel(measured: float | None, in_channels: int, num_classes: int) -> int:
