@@ -111,6 +111,18 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise _config_error(path, f"not a valid safetensors file ({reason})") from None
 
 
+def saved_names(folder: Path) -> list[str]:
+    """The tensor names in the header of ``model.safetensors``; ``[]`` when it cannot be read (the config is
+    checked first, then :func:`read_weights` says what is wrong with the file)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return []
+
+
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], strict: bool, source: Path) -> None:
     """Load ``state`` into ``model``; ``strict=False`` as smp: tensors of other shapes and missing or unexpected
     names are left out (one warning lists the shapes); ``strict=True``: any difference is one-line error."""
@@ -226,7 +238,6 @@ class PretrainedMixin:
         """
         folder = resolve_folder(pretrained_model_name_or_path, revision)
         config = read_config(folder)
-        weights = read_weights(folder)
-        model = cls.from_pretrained_config(config, classes, folder / CONFIG_NAME, weights.keys())
-        load_matching(model, weights, strict, folder / WEIGHTS_NAME)
+        model = cls.from_pretrained_config(config, classes, folder / CONFIG_NAME, saved_names(folder))
+        load_matching(model, read_weights(folder), strict, folder / WEIGHTS_NAME)
         return model.eval()
