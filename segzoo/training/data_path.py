@@ -9,6 +9,7 @@ the device instead of per image in the DataLoader workers.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -145,6 +146,18 @@ def auto_num_workers(cpus: int | None = None) -> int:
     return max(0, min(AUTO_WORKERS, cpus - 1))
 
 
+def quiet_if_parent_left(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a worker whose parent stopped reading (Ctrl-C, an error in the loop) ends
+    without printing the ``BrokenPipeError`` traceback of multiprocessing's fd-sharing thread; other errors print."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not issubclass(kind, BrokenPipeError | ConnectionResetError | EOFError):
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
 def loader_options(num_workers: int | str = 0, prefetch_factor: int | None = None) -> dict[str, Any]:
     """DataLoader keywords for ``num_workers`` (an int >= 0 or ``"auto"``, :func:`auto_num_workers`):
     ``pin_memory`` when CUDA is available, and with workers ``persistent_workers=True`` (no process
@@ -171,5 +184,6 @@ def loader_options(num_workers: int | str = 0, prefetch_factor: int | None = Non
             print(f"segzoo: {num_workers} data loading workers on {cpus} usable CPUs ({how}): they compete with "
                   f"the training step; more workers than CPUs only help slow storage (num_workers auto: "
                   f"{auto_num_workers(cpus)})", flush=True)
-        options.update(persistent_workers=True, prefetch_factor=prefetch_factor or 2)
+        options.update(persistent_workers=True, prefetch_factor=prefetch_factor or 2,
+                       worker_init_fn=quiet_if_parent_left)
     return options

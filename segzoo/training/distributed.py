@@ -41,7 +41,7 @@ def shard_loader(loader: DataLoader) -> DataLoader:
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
                       drop_last=loader.drop_last, persistent_workers=loader.persistent_workers and
-                      loader.num_workers > 0)
+                      loader.num_workers > 0, worker_init_fn=loader.worker_init_fn)
 
 
 def all_reduce_sum(tensor: torch.Tensor, state) -> torch.Tensor:

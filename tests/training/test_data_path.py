@@ -260,6 +260,21 @@ def test_loader_options_persistent_prefetch_pin():
             _dp().loader_options(bad)
 
 
+def test_workers_do_not_print_a_broken_pipe_when_their_parent_stopped_reading(monkeypatch):
+    """A Ctrl-C during training printed a worker's BrokenPipeError traceback (multiprocessing's fd-sharing thread
+    calls sys.excepthook): the workers' init hook drops exactly those, and every other error still prints."""
+    import sys
+
+    dp = _dp()
+    assert dp.loader_options(1)["worker_init_fn"] is dp.quiet_if_parent_left
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: seen.append(kind))
+    dp.quiet_if_parent_left(0)
+    for kind in (BrokenPipeError, ConnectionResetError, EOFError, ValueError, KeyboardInterrupt):
+        sys.excepthook(kind, kind(), None)
+    assert seen == [ValueError, KeyboardInterrupt]
+
+
 def test_config_num_workers_auto_is_the_default(tmp_path):
     from segzoo.training.build import build_loaders
 
