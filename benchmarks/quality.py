@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for enc in args.encoders:
         for arch in args.archs:
-            specs = ([] if args.no_default else [segzoo_spec(arch, enc)]) + [{**segzoo_spec(arch, enc, **kw), "variant": name}
-                                                for name, kw in variants.items()]
+            specs = [] if args.no_default else [segzoo_spec(arch, enc)]
+            specs += [{**segzoo_spec(arch, enc, **kw), "variant": name} for name, kw in variants.items()]
             if with_smp:  # smp's ViTs take other sizes than their pretraining one only with dynamic_img_size
                 specs.append(smp_spec(arch, enc, **({"dynamic_img_size": True} if "vit" in enc else {})))
             for spec in specs:

@@ -34,8 +34,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Architecture", "FormerDefault", "ARCHITECTURES", "former_defaults_of", "with_former_defaults", "RESNET_ENCODERS", "CATALYST_MODELS", "model_names", "model_classes",
-           "resnet_architectures", "smp_twins"]
+__all__ = ["Architecture", "FormerDefault", "ARCHITECTURES", "RESNET_ENCODERS", "CATALYST_MODELS", "model_names",
+           "model_classes", "resnet_architectures", "smp_twins", "architecture_of", "former_defaults_of",
+           "with_former_defaults"]
 
 
 @dataclass(frozen=True)
@@ -190,28 +191,37 @@ def smp_twins() -> dict[str, str]:
     return {name: row.smp for name, row in ARCHITECTURES.items() if row.smp}
 
 
+def architecture_of(name: str) -> str | None:
+    """The row of a built-in registry name: ``"manet"`` and ``"resnet34_manet"`` -> ``"manet"``; ``None`` for
+    other names (a user's registered model, a Catalyst class's)."""
+    if name in ARCHITECTURES:
+        return name
+    return next((arch for arch in resnet_architectures() for enc in RESNET_ENCODERS if name == f"{enc}_{arch}"), None)
+
+
+def _trained_with(former: FormerDefault, weight_names: Collection[str]) -> bool:
+    """Whether weights named ``weight_names`` are of ``former``'s architecture and have its former form."""
+    return (any(re.match(former.own_weights, n) for n in weight_names)
+            and not any(re.match(former.new_weights, n) for n in weight_names))
+
+
 def former_defaults_of(weight_names: Collection[str]) -> list[FormerDefault]:
     """The rows' former defaults that weights named ``weight_names`` were trained with: the weights are of that
     row's architecture (``own_weights``) and have none of the current default's (``new_weights``)."""
-    return [f for arch in ARCHITECTURES.values() for f in arch.former_defaults
-            if any(re.match(f.own_weights, n) for n in weight_names)
-            and not any(re.match(f.new_weights, n) for n in weight_names)]
+    return [f for arch in ARCHITECTURES.values() for f in arch.former_defaults if _trained_with(f, weight_names)]
 
 
 def with_former_defaults(name: str, kwargs: Mapping[str, Any] | None,
                          weight_names: Collection[str]) -> dict[str, Any] | None:
-    """The keyword arguments of the registry model ``name`` (``"manet"``, ``"resnet34_manet"``) completed with the
-    former defaults its weights were trained with, for those the arguments do not name; ``None``: nothing to add
-    (another architecture, current-default weights, or every changed keyword named)."""
-    arch = name if name in ARCHITECTURES else name.split("_", 1)[1] if "_" in name else ""
-    if arch not in ARCHITECTURES or (kwargs is not None and not isinstance(kwargs, Mapping)):
+    """The keyword arguments of the built-in registry model ``name`` (``"manet"``, ``"resnet34_manet"``) completed
+    with the former defaults its weights were trained with, for those the arguments do not name; ``None``: nothing
+    to add (another model, current-default weights, or every changed keyword named)."""
+    arch = architecture_of(name)
+    if arch is None or (kwargs is not None and not isinstance(kwargs, Mapping)):
         return None
     out = dict(kwargs or {})
-    for f in former_defaults_of(weight_names):
+    for f in ARCHITECTURES[arch].former_defaults:
         params = out.get(f.part)
-        if f not in ARCHITECTURES[arch].former_defaults or not (params is None or isinstance(params, Mapping)) \
-                or (params is not None and f.key in params):
-            continue
-        out[f.part] = {**(params or {}), f.key: f.value}
+        if (params is None or isinstance(params, Mapping) and f.key not in params) and _trained_with(f, weight_names):
+            out[f.part] = {**(params or {}), f.key: f.value}
     return None if out == dict(kwargs or {}) else out
-

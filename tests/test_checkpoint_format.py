@@ -208,6 +208,8 @@ def test_migration2_leaves_what_it_does_not_concern_alone(arch):
     _, other = _former_default_checkpoint(arch)
     other["model_spec"] = {"name": "resnet18_unet", "kwargs": {}}  # weights of one model, the spec of another
     assert migrate(other)["model_spec"] == other["model_spec"]
+    other["model_spec"] = {"name": f"my_{arch}", "kwargs": {}}  # a user's registered name is not a table row
+    assert migrate(other)["model_spec"] == other["model_spec"]
 
 
 def test_a_resume_into_the_new_manet_default_names_the_former_one():

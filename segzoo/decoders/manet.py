@@ -169,7 +169,8 @@ class MAnetDecoder(DecoderSpec):
     The deepest feature is first reduced by a 1x1 Conv-BN-ReLU to ``attention_channels``, so the attention's
     3x3 conv runs on fewer channels; the skip blocks (:class:`FusionAttention`) run their first 3x3 at the deeper
     level's resolution and one 3x3 at the skip's; the decoder stops at ``min_stride`` (4; the MAnet models' head then
-    has two learned x2 steps to full resolution: ``head_defaults`` of the architecture table). About 1.5x fewer FLOPs than smp's MAnet for a ResNet34 (see BENCHMARKS.md).
+    has two learned x2 steps to full resolution: ``head_defaults`` of the architecture table). About 1.4x fewer
+    FLOPs than smp's MAnet for a ResNet34, head included (see BENCHMARKS.md).
 
     Args:
         in_channels: feature channels, shallow to deep.
