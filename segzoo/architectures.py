@@ -54,6 +54,9 @@ class FormerDefault:
         since: the date the default changed.
         new_weights: a regular expression matching a weight name that only the current default's models have.
         own_weights: a regular expression matching a weight name that only this architecture's models have.
+        checkpoint_format: the checkpoint format version whose migration brings this former default into older
+            checkpoints (:data:`segzoo.checkpoint_format.MIGRATIONS`; a default changed after a format was
+            released needs a new version: checkpoints of that format were written with the former value).
     """
 
     part: str
@@ -62,6 +65,7 @@ class FormerDefault:
     since: str
     new_weights: str
     own_weights: str
+    checkpoint_format: int
 
 
 @dataclass(frozen=True)
@@ -130,10 +134,15 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deeplabv3": Architecture("deeplabv3", resnet_encoder={"output_stride": 8, "layers_indices": [4]},
                               title="DeepLabV3: ASPP on the deepest feature (ResNet dilated to stride 8)",
                               generic_class="DeepLabV3", resnet_class="ResnetDeepLabV3", smp="DeepLabV3"),
-    # no bridge: Segformer(encoder=MixTransformerEncoder(...)) is SegFormer itself (strides 4..32)
-    "segformer": Architecture("segformer", bridge=False, resnet_encoder={"layers_indices": [1, 2, 3, 4]},
+    # no bridge: Segformer(encoder=MixTransformerEncoder(...)) is SegFormer itself (strides 4..32). The paper's
+    # concat fusion: the per-level sum ("levels", same function class, fewer FLOPs) ended 0.02 Dice under smp's
+    # Segformer at an equal budget on one seed of two (BENCHMARKS.md)
+    "segformer": Architecture("segformer", decoder_defaults={"fuse": "concat"}, bridge=False,
+                              resnet_encoder={"layers_indices": [1, 2, 3, 4]},
                               title="Segformer: all-MLP decoder over the stride >= 4 levels",
-                              generic_class="Segformer", resnet_class="ResnetSegformer", smp="Segformer"),
+                              generic_class="Segformer", resnet_class="ResnetSegformer", smp="Segformer",
+                              former_defaults=(FormerDefault("decoder_params", "fuse", "levels", "2026-12-07",
+                                                             r"decoder\.fuse\.", r"decoder\.linears\.", 3),)),
     # a ResNet has no single-stride token maps: no ResNet family, no resnet*_dpt names
     "dpt": Architecture("dpt", bridge=False, encoder_kind="tokens",
                         title="DPT: ViT token maps reassembled at 4 strides, fused coarse to fine",
@@ -145,14 +154,21 @@ ARCHITECTURES: dict[str, Architecture] = {
                                  generic_class="UnetPlusPlus", resnet_class="ResnetUnetPlusPlus", smp="UnetPlusPlus",
                                  former_defaults=(FormerDefault("decoder_params", "complexity", 0, "2026-12-07",
                                                                 r"decoder\.nodes\.[^.]+\.block\.1\.",
-                                                                r"decoder\.nodes\.x\d+_\d+\."),)),
+                                                                r"decoder\.nodes\.x\d+_\d+\.", 2),)),
     # two learned x2 head steps to full resolution: logits upsampled x4 from stride 4 ended 0.011-0.012 Dice under
-    # smp's MAnet at an equal budget on both seeds (BENCHMARKS.md)
-    "manet": Architecture("manet", head_defaults={"num_upsample_blocks": 2},
+    # smp's MAnet at an equal budget on both seeds; each step a transposed 2x2 conv and a 3x3 conv + ReLU without
+    # BatchNorm: bilinear steps with BatchNorm (more memory passes at full resolution) kept the channels_last
+    # forward at 1.4-1.5x smp's, with no better Dice (BENCHMARKS.md)
+    "manet": Architecture("manet", head_defaults={"num_upsample_blocks": 2, "upsample": "transpose", "norm": "identity"},
                           title="MA-Net: position attention at the deepest stride, fusion attention per skip",
                           generic_class="MAnet", resnet_class="ResnetMAnet", smp="MAnet",
                           former_defaults=(FormerDefault("head_params", "num_upsample_blocks", 0, "2026-12-07",
-                                                         r"head\.blocks\.", r"decoder\.attention\."),)),
+                                                         r"head\.blocks\.", r"decoder\.attention\.", 2),
+                                           FormerDefault("head_params", "upsample", "bilinear", "2026-12-07",
+                                                         r"head\.(blocks\.0|upsample)\.weight$",
+                                                         r"decoder\.attention\.", 3),
+                                           FormerDefault("head_params", "norm", "bn", "2026-12-07",
+                                                         r"head\.blocks\.\d+\.0\.bias$", r"decoder\.attention\.", 3))),
     "pan": Architecture("pan", title="PAN: feature pyramid attention, global attention upsampling, any input size",
                         generic_class="PAN", resnet_class="ResnetPAN", smp="PAN"),
 }

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from segzoo.architectures import ARCHITECTURES, former_defaults_of, with_former_defaults
+from segzoo.architectures import ARCHITECTURES, architecture_of, former_defaults_of, with_former_defaults
 from segzoo.checkpoint import clean_state_dict, load_checkpoint
 from segzoo.errors import CheckpointError, short_repr
 from segzoo.models.registry import get_model_spec
@@ -67,7 +67,7 @@ class TrainingState(Protocol):
     run_settings: Any
 
 FORMAT_KEY = "format_version"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MIGRATED_KEY = "migrations_applied"  # versions of the migrations that ran when the checkpoint was read
 RUN_SETTINGS_KEY = "run_settings"  # the full checkpoint's key for what the run was given
 
@@ -81,18 +81,20 @@ class Migration:
         summary: what changed, one line.
         apply: ``apply(ckpt, weight_names)`` -> the migrated dict (``ckpt`` is not modified); ``weight_names``
             are the checkpoint's parameter names without ``module.`` / ``_orig_mod.`` prefixes.
-        former_defaults: model keyword (dotted, e.g. ``decoder_params.fuse``) -> the value runs of the older
-            format used without naming it: naming it on resume is not a change.
-        mismatch: ``mismatch(saved weight names, model's weight names)``: the checkpoint holds weights of the
-            former default and the model the current one (how a resume into the new default fails).
+        former_defaults: architecture (a row of :data:`segzoo.architectures.ARCHITECTURES`) -> model keyword
+            (dotted, e.g. ``decoder_params.fuse``) -> the value runs of the older format used without naming it:
+            naming it on resume is not a change.
+        mismatch: ``mismatch(saved weight names, model's weight names)`` -> the former defaults (dotted keyword ->
+            value) the checkpoint's weights have where the model has the current ones (how a resume into the new
+            default fails); empty when there are none.
         former_run: how such a run is called in the hint (``"an UPerNet run from before ..."``).
     """
 
     version: int
     summary: str
     apply: Callable[[dict[str, Any], Collection[str]], dict[str, Any]]
-    former_defaults: Mapping[str, Any] = field(default_factory=dict)
-    mismatch: Callable[[Collection[str], Collection[str]], bool] | None = None
+    former_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    mismatch: Callable[[Collection[str], Collection[str]], Mapping[str, Any]] | None = None
     former_run: str = ""
 
 
@@ -109,7 +111,7 @@ def _upernet_concat_spec(ckpt: dict[str, Any], names: Collection[str]) -> dict[s
     """An UPerNet spec without ``fuse`` whose weights have the concat fusion gets ``fuse="concat"``."""
     spec = ckpt.get("model_spec")
     if not isinstance(spec, Mapping) or _upernet_fusion(names) != "concat" \
-            or not str(spec.get("name", "")).endswith("upernet"):
+            or architecture_of(str(spec.get("name", ""))) != _UPERNET:
         return ckpt
     kwargs = spec.get("kwargs")
     if kwargs is not None and not isinstance(kwargs, Mapping):
@@ -121,12 +123,23 @@ def _upernet_concat_spec(ckpt: dict[str, Any], names: Collection[str]) -> dict[s
     return {**ckpt, "model_spec": new_spec}
 
 
-# ---- migration 2: defaults of the architecture table's rows changed (their FormerDefault entries): UnetPlusPlus's
-# decoder complexity became 1 and MAnet's head got two upsample steps (2026-12-07) ---------------------------------
+_UPERNET = "upernet"
+_UPERNET_CONCAT = {"decoder_params.fuse": "concat"}
+
+
+def _upernet_mismatch(saved: Collection[str], model: Collection[str]) -> Mapping[str, Any]:
+    return _UPERNET_CONCAT if _upernet_fusion(saved) == "concat" and _upernet_fusion(model) == "levels" else {}
+
+
+# ---- migrations 2 and 3: defaults of the architecture table's rows changed (their FormerDefault entries, each
+# with the format version that brings it): UnetPlusPlus's decoder complexity became 1 and MAnet's head got two
+# upsample steps (format 2), Segformer's decoder fuse became "concat" and MAnet's head steps transposed convs
+# (format 3), all on 2026-12-07 --------------------------------------------------------------------------------------
 
 def _former_defaults_spec(ckpt: dict[str, Any], names: Collection[str]) -> dict[str, Any]:
     """A spec of a row with former defaults that does not name the changed keyword, whose weights have the former
-    default's form, gets that keyword with its former value (:func:`segzoo.architectures.with_former_defaults`)."""
+    default's form, gets that keyword with its former value (:func:`segzoo.architectures.with_former_defaults`;
+    applying every row's is safe at any version: the weights tell which form they have)."""
     spec = ckpt.get("model_spec")
     if not isinstance(spec, Mapping):
         return ckpt
@@ -134,24 +147,55 @@ def _former_defaults_spec(ckpt: dict[str, Any], names: Collection[str]) -> dict[
     return ckpt if kwargs is None else {**ckpt, "model_spec": {**spec, "kwargs": kwargs}}
 
 
+def _table_migration(version: int, former_run: str) -> Migration:
+    """The migration that brings the table's former defaults of checkpoint format ``version``."""
+    rows = {name: [f for f in row.former_defaults if f.checkpoint_format == version]
+            for name, row in ARCHITECTURES.items()}
+    former = {name: {f"{f.part}.{f.key}": f.value for f in found} for name, found in rows.items() if found}
+    changed = "; ".join(f"{name} {', '.join(f'{k}={v!r}' for k, v in values.items())}"
+                        for name, values in former.items())
+
+    def mismatch(saved: Collection[str], model: Collection[str]) -> Mapping[str, Any]:
+        gone = set(former_defaults_of(saved)) - set(former_defaults_of(model))
+        return {f"{f.part}.{f.key}": f.value for f in gone if f.checkpoint_format == version}
+
+    return Migration(version, f"checkpoints of an architecture whose default changed since (the table's former "
+                              f"defaults: {changed}) get the former value in their spec when it does not name it and "
+                              f"their weights have the former form", _former_defaults_spec, former_defaults=former,
+                     mismatch=mismatch, former_run=former_run)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "UPerNet checkpoints whose spec has no decoder_params.fuse and whose weights have the concat "
                  "fusion get fuse='concat', the default they were trained with",
-              _upernet_concat_spec, former_defaults={"decoder_params.fuse": "concat"},
-              mismatch=lambda saved, model: _upernet_fusion(saved) == "concat" and _upernet_fusion(model) == "levels",
+              _upernet_concat_spec, former_defaults={_UPERNET: _UPERNET_CONCAT}, mismatch=_upernet_mismatch,
               former_run="an UPerNet run from before the per-level fusion default"),
-    Migration(2, "checkpoints of an architecture whose default changed since (the table's former_defaults: "
-                 "UnetPlusPlus decoder complexity 0, MAnet head without upsample steps) get the former value in "
-                 "their spec when it does not name it and their weights have the former form",
-              _former_defaults_spec,
-              former_defaults={f"{f.part}.{f.key}": f.value for a in ARCHITECTURES.values() for f in a.former_defaults},
-              mismatch=lambda saved, model: bool(set(former_defaults_of(saved)) - set(former_defaults_of(model))),
-              former_run="a run from before a default of its architecture changed"),
+    _table_migration(2, "a run from before a default of its architecture changed"),
+    _table_migration(3, "a run from before a default of its architecture changed"),
 )
 
-#: config keys (``model.params.…``) a resumed ``segzoo train`` config may name with the value a run of an
-#: older format used without naming it (from the migrations' ``former_defaults``)
-FORMER_DEFAULTS: dict[str, Any] = {f"model.params.{k}": v for m in MIGRATIONS for k, v in m.former_defaults.items()}
+
+def _former_defaults_by_architecture() -> dict[str, dict[str, tuple[Any, ...]]]:
+    out: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for m in MIGRATIONS:
+        for arch, values in m.former_defaults.items():
+            for key, value in values.items():
+                seen = out.setdefault(arch, {}).setdefault(f"model.params.{key}", ())
+                out[arch][f"model.params.{key}"] = seen if value in seen else (*seen, value)
+    return out
+
+
+#: architecture -> config key (``model.params.…``) -> the values a run of an older format used without naming
+#: the key: a resumed ``segzoo train`` config of that architecture may name it with one of them (from the
+#: migrations' ``former_defaults``)
+FORMER_DEFAULTS: dict[str, dict[str, tuple[Any, ...]]] = _former_defaults_by_architecture()
+
+
+def former_defaults_for(model_name: Any) -> dict[str, tuple[Any, ...]]:
+    """The :data:`FORMER_DEFAULTS` of the built-in registry model ``model_name`` (``"resnet18_upernet"``): config
+    key -> former values; empty for another model (a user's registered name, a class)."""
+    arch = architecture_of(model_name) if isinstance(model_name, str) else None
+    return FORMER_DEFAULTS.get(arch or "", {})
 
 
 def former_default_hint(saved_names: Collection[str], model_names: Collection[str]) -> str:
@@ -162,13 +206,13 @@ def former_default_hint(saved_names: Collection[str], model_names: Collection[st
         model_names: the parameter names of the model they are loaded into.
 
     Returns:
-        ``" (an UPerNet run from ...: resume with model.params.decoder_params.fuse=concat)"`` or ``""``.
+        ``" (an UPerNet run from ...: resume with model.params.decoder_params.fuse=concat)"`` (the former
+        defaults the weights have, only those) or ``""``.
     """
-    for m in MIGRATIONS:
-        if m.mismatch is not None and m.mismatch(saved_names, model_names):
-            named = ", ".join(f"model.params.{k}={v}" for k, v in m.former_defaults.items())
-            return f" ({m.former_run}: resume with {named})"
-    return ""
+    found = [(m.former_run, m.mismatch(saved_names, model_names)) for m in MIGRATIONS if m.mismatch is not None]
+    found = [(run, values) for run, values in found if values]
+    named = ", ".join(f"model.params.{k}={v}" for _, values in found for k, v in sorted(values.items()))
+    return f" ({found[0][0]}: resume with {named})" if found else ""
 
 
 def checkpoint_version(ckpt: Mapping[str, Any], source: str | os.PathLike = "the checkpoint") -> int:

@@ -14,6 +14,7 @@ from segzoo.checkpoint_format import (
     FORMAT_VERSION,
     FORMER_DEFAULTS,
     MIGRATED_KEY,
+    former_defaults_for,
     full_checkpoint,
     migrate,
     model_checkpoint,
@@ -40,14 +41,14 @@ def _version0_upernet(model):
 def test_version0_upernet_checkpoint_is_migrated_once_and_recorded(tmp_path):
     path = save_checkpoint(_version0_upernet(_concat_upernet()), tmp_path / "old.pth")
     ck = read_checkpoint(path)
-    assert ck[FORMAT_KEY] == FORMAT_VERSION == 2
-    assert ck[MIGRATED_KEY] == [1, 2]
+    assert ck[FORMAT_KEY] == FORMAT_VERSION == 3
+    assert ck[MIGRATED_KEY] == [1, 2, 3]
     assert ck["model_spec"]["kwargs"]["decoder_params"] == {"channels": 8, "fuse": "concat"}
     assert ck["epoch"] == 3
     assert migrate(ck) == ck  # runs once: nothing left to apply, nothing recorded twice
     save_checkpoint(ck, tmp_path / "again.pth")  # a migrated checkpoint written back reads the same
     again = read_checkpoint(tmp_path / "again.pth")
-    assert again[MIGRATED_KEY] == [1, 2] and again["model_spec"] == ck["model_spec"]
+    assert again[MIGRATED_KEY] == [1, 2, 3] and again["model_spec"] == ck["model_spec"]
 
 
 def test_migration1_leaves_what_it_does_not_concern_alone():
@@ -71,7 +72,7 @@ def test_migration1_leaves_what_it_does_not_concern_alone():
     assert migrate(old)["model_spec"]["kwargs"]["decoder_params"]["fuse"] == "concat"
 
 
-@pytest.mark.parametrize("version", [3, 99])
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 99])
 def test_newer_format_is_refused_in_one_line(tmp_path, version):
     path = save_checkpoint({"model_state_dict": {"w": torch.ones(1)}, FORMAT_KEY: version}, tmp_path / "new.pth")
     with pytest.raises(CheckpointError, match=r"written by a newer segzoo .*upgrade segzoo") as info:
@@ -111,7 +112,7 @@ def test_loaded_info_carries_the_migrated_spec(tmp_path):
     loaded = load_model_info(path)
     assert loaded.model.decoder.fuse_mode == "concat"
     assert loaded.info["model_spec"]["kwargs"]["decoder_params"]["fuse"] == "concat"
-    assert loaded.info[MIGRATED_KEY] == [1, 2]
+    assert loaded.info[MIGRATED_KEY] == [1, 2, 3]
 
 
 def test_trainer_checkpoints_carry_the_format_version():
@@ -128,10 +129,17 @@ def test_trainer_checkpoints_carry_the_format_version():
 def test_former_defaults_come_from_the_migrations():
     from segzoo.training import launch, run_settings
 
-    assert FORMER_DEFAULTS == {"model.params.decoder_params.fuse": "concat",
-                               "model.params.decoder_params.complexity": 0,
-                               "model.params.head_params.num_upsample_blocks": 0}
-    assert run_settings.FORMER_DEFAULTS is FORMER_DEFAULTS and launch.FORMER_DEFAULTS is FORMER_DEFAULTS
+    assert FORMER_DEFAULTS == {"upernet": {"model.params.decoder_params.fuse": ("concat",)},
+                               "unetplusplus": {"model.params.decoder_params.complexity": (0,)},
+                               "manet": {"model.params.head_params.num_upsample_blocks": (0,),
+                                         "model.params.head_params.upsample": ("bilinear",),
+                                         "model.params.head_params.norm": ("bn",)},
+                               "segformer": {"model.params.decoder_params.fuse": ("levels",)}}
+    assert run_settings.former_defaults_for is former_defaults_for and launch.former_defaults_for is former_defaults_for
+    # per architecture: the same keyword's former value of one is not accepted for another
+    assert former_defaults_for("resnet18_upernet") == {"model.params.decoder_params.fuse": ("concat",)}
+    assert former_defaults_for("segformer") == {"model.params.decoder_params.fuse": ("levels",)}
+    assert former_defaults_for("my_segformer") == {} and former_defaults_for(None) == {}
 
 
 def test_upernet_former_format_is_special_cased_in_one_module():
@@ -166,49 +174,59 @@ def test_checkpoint_callback_and_resume_do_not_import_each_other():
     assert not [m for m, inner in fmt if m.startswith("segzoo.training") and not inner], fmt
 
 
-# ---- migration 2: UnetPlusPlus complexity 1 and MAnet's two head upsample steps became the defaults ----------
+# ---- migrations 2 and 3: UnetPlusPlus complexity 1 and MAnet's two head upsample steps (format 2), Segformer's
+# concat fusion (format 3) became the defaults --------------------------------------------------------------------
 
-FORMER = {"unetplusplus": ("decoder_params", {"complexity": 0}), "manet": ("head_params", {"num_upsample_blocks": 0})}
+# case -> (part, the former defaults, the last format written with them); a case is named by its architecture
+FORMER = {"unetplusplus": ("decoder_params", {"complexity": 0}, 1),
+          "manet": ("head_params", {"num_upsample_blocks": 0, "upsample": "bilinear", "norm": "bn"}, 1),
+          "manet-bilinear-steps": ("head_params", {"upsample": "bilinear", "norm": "bn"}, 2),
+          "manet-transposed-bn-steps": ("head_params", {"norm": "bn"}, 2),
+          "segformer": ("decoder_params", {"fuse": "levels"}, 2)}
 
 
-def _former_default_checkpoint(arch, **extra):
-    """A checkpoint as segzoo wrote it before 2026-12-07: format 1, the spec not naming the changed keyword."""
-    part, former = FORMER[arch]
+def _former_default_checkpoint(case, version=None, **extra):
+    """A checkpoint as segzoo wrote it before the default changed: the spec not naming the changed keyword."""
+    part, former, last = FORMER[case]
+    arch = case.split("-")[0]
     torch.manual_seed(0)
     model = create_model(f"resnet18_{arch}", num_classes=1, pretrained=False, **{part: {**former, **extra}}).eval()
     spec = {"name": f"resnet18_{arch}", "kwargs": {"pretrained": False, **({part: extra} if extra else {})}}
-    return model, {"model_state_dict": model.state_dict(), "model_spec": spec, FORMAT_KEY: 1}
+    return model, {"model_state_dict": model.state_dict(), "model_spec": spec, FORMAT_KEY: last if version is None
+                   else version}
 
 
-@pytest.mark.parametrize("arch", ["unetplusplus", "manet"])
-def test_former_default_unetplusplus_and_manet_checkpoints_load_with_their_outputs(tmp_path, arch):
+@pytest.mark.parametrize("arch, version", [("unetplusplus", None), ("manet", None), ("manet-bilinear-steps", None),
+                                           ("manet-transposed-bn-steps", None), ("segformer", None), ("segformer", 1),
+                                           ("segformer", 0)])
+def test_former_default_checkpoints_load_with_their_outputs(tmp_path, arch, version):
     from segzoo.loading import load_model_info
 
-    model, ck = _former_default_checkpoint(arch)
+    model, ck = _former_default_checkpoint(arch, version)
     path = save_checkpoint(ck, tmp_path / "best.pth")
     loaded = load_model_info(path)
-    part, former = FORMER[arch]
-    assert loaded.info["model_spec"]["kwargs"][part] == former and loaded.info[MIGRATED_KEY] == [2]
+    part, former, _ = FORMER[arch]
+    assert loaded.info["model_spec"]["kwargs"][part] == former, loaded.info["model_spec"]
+    assert loaded.info[MIGRATED_KEY] == list(range(ck[FORMAT_KEY] + 1, FORMAT_VERSION + 1))
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), model(x))
-    new = create_model(f"resnet18_{arch}", num_classes=1, pretrained=False)  # the current default differs
+    new = create_model(f"resnet18_{arch.split('-')[0]}", num_classes=1, pretrained=False)  # the current default differs
     assert set(new.state_dict()) != set(model.state_dict())
 
 
-@pytest.mark.parametrize("arch", ["unetplusplus", "manet"])
-def test_migration2_leaves_what_it_does_not_concern_alone(arch):
-    part, former = FORMER[arch]
-    current = create_model(f"resnet18_{arch}", num_classes=1, pretrained=False)
+@pytest.mark.parametrize("arch", list(FORMER))
+def test_table_migrations_leave_what_they_do_not_concern_alone(arch):
+    part, former, _ = FORMER[arch]
+    current = create_model(f"resnet18_{arch.split('-')[0]}", num_classes=1, pretrained=False)
     ck = {"model_state_dict": current.state_dict(), "model_spec": get_model_spec(current), FORMAT_KEY: 1}
     assert migrate(ck)["model_spec"] == get_model_spec(current)  # new-default weights: nothing added
-    key = next(iter(former))
-    _, named = _former_default_checkpoint(arch, **{key: 0})  # the run named the keyword itself
+    _, named = _former_default_checkpoint(arch, **former)  # the run named the keyword itself
     assert migrate(named)["model_spec"] == named["model_spec"]
     _, other = _former_default_checkpoint(arch)
     other["model_spec"] = {"name": "resnet18_unet", "kwargs": {}}  # weights of one model, the spec of another
     assert migrate(other)["model_spec"] == other["model_spec"]
-    other["model_spec"] = {"name": f"my_{arch}", "kwargs": {}}  # a user's registered name is not a table row
+    other["model_spec"] = {"name": f"my_{arch.split('-')[0]}", "kwargs": {}}  # a user's registered name is not a table row
     assert migrate(other)["model_spec"] == other["model_spec"]
 
 
@@ -219,10 +237,22 @@ def test_a_resume_into_the_new_manet_default_names_the_former_one():
     new = create_model("resnet18_manet", num_classes=1, pretrained=False)
     hint = former_default_hint(old.state_dict().keys(), new.state_dict().keys())
     assert "model.params.head_params.num_upsample_blocks=0" in hint
+    assert "complexity" not in hint and "fuse" not in hint  # only what these weights have
     assert former_default_hint(new.state_dict().keys(), new.state_dict().keys()) == ""
 
 
-@pytest.mark.parametrize("arch", ["unetplusplus", "manet"])
+def test_a_resume_into_the_new_segformer_default_names_the_former_one():
+    from segzoo.checkpoint_format import former_default_hint
+
+    old, _ = _former_default_checkpoint("segformer")
+    new = create_model("resnet18_segformer", num_classes=1, pretrained=False)
+    assert new.decoder.fuse_mode == "concat"
+    hint = former_default_hint(old.state_dict().keys(), new.state_dict().keys())
+    assert hint.endswith("resume with model.params.decoder_params.fuse=levels)"), hint
+    assert former_default_hint(new.state_dict().keys(), new.state_dict().keys()) == ""
+
+
+@pytest.mark.parametrize("arch", list(FORMER))
 def test_former_default_save_pretrained_folders_load_with_their_outputs(tmp_path, arch):
     from segzoo.models.pretrained import CONFIG_NAME
 

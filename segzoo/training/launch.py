@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from segzoo.checkpoint_format import FORMER_DEFAULTS, read_checkpoint
+from segzoo.checkpoint_format import former_defaults_for, read_checkpoint
 from segzoo.errors import ConfigError, short_repr
 from segzoo.fileio import write_bytes_atomic
 from segzoo.training import preflight
@@ -90,8 +90,8 @@ def check_resume_config(saved: dict[str, Any], cfg: dict[str, Any], saved_path: 
 
     Both are compared as :func:`normalized_config`, so a stage's scheduler, optimizer or loss
     cannot change by spelling a one-stage config as ``stages=[...]`` (or back). A key the saved
-    config does not name may be given with the value runs of an older checkpoint format used without
-    naming it (:data:`segzoo.checkpoint_format.FORMER_DEFAULTS`, from its migrations). A changed
+    config does not name may be given with a value runs of that architecture in an older checkpoint format
+    used without naming it (:func:`segzoo.checkpoint_format.former_defaults_for`, from its migrations). A changed
     learning rate, model, loss or data would be silently overridden by the saved state or mix two
     different runs in one.
 
@@ -107,9 +107,9 @@ def check_resume_config(saved: dict[str, Any], cfg: dict[str, Any], saved_path: 
     cfg = normalized_config(cfg)
     old, new = flatten(saved), flatten(cfg)
     saved_stages = len(saved["stages"])
+    former = former_defaults_for(old.get("model.name"))
     for key in sorted(set(old) | set(new)):
-        if key.startswith("optimizer.") or (key not in old and key in FORMER_DEFAULTS
-                                             and new.get(key) == FORMER_DEFAULTS[key]):
+        if key.startswith("optimizer.") or (key not in old and new.get(key) in former.get(key, ())):
             continue
         if old.get(key, ABSENT) != new.get(key, ABSENT) and not _may_change(key, saved_stages):
             shown = key.removeprefix("stages.0.") if one_stage else key

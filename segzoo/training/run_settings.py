@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segzoo.checkpoint_format import FORMER_DEFAULTS, RUN_SETTINGS_KEY
+from segzoo.checkpoint_format import RUN_SETTINGS_KEY, former_defaults_for
 from segzoo.errors import CheckpointError, short_repr
 from segzoo.models.registry import _WEIGHT_SOURCES, get_model_spec
 from segzoo.training.optimizer_kernel import switched_by_segzoo
@@ -284,12 +284,12 @@ ABSENT = "<absent>"
 
 
 def differences(saved: Any, given: Any, where: str, strict: bool = False,
-                former: Mapping[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+                former: Mapping[str, tuple[Any, ...]] | None = None) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, given value)`` of each setting that differs, keys spelled ``a.b[0].c``.
 
     A key on one side only is skipped (a setting torch added or dropped between versions says
     nothing) unless ``strict``; then it differs (its value :data:`ABSENT` on the other side),
-    except a key given with the value ``former`` names for it (a default the saved run used).
+    except a key given with one of the values ``former`` names for it (a default the saved run used).
     Lists of different lengths differ as a whole; floats are compared to a relative 1e-9.
     """
     if isinstance(saved, Mapping) and isinstance(given, Mapping):
@@ -298,7 +298,7 @@ def differences(saved: Any, given: Any, where: str, strict: bool = False,
             path = f"{where}.{key}" if where else str(key)
             if key in saved and key in given:
                 out += differences(saved[key], given[key], path, strict, former)
-            elif strict and not (key in given and all((former or {}).get(k, _SKIP) == v
+            elif strict and not (key in given and all(v in (former or {}).get(k, ())
                                                         for k, v in flatten(given[key], path).items())):
                 out.append((path, saved.get(key, ABSENT), given.get(key, ABSENT)))
         return out
@@ -340,7 +340,7 @@ def check_run_settings(saved: Any, current: Mapping[str, Any] | None, path: str 
     """Refuse to resume when what ``train()`` was given differs from what the checkpoint's run was given.
 
     Compared: model spec (without weight sources; a setting named on one side only differs, but
-    for :data:`FORMER_DEFAULTS`), seed (not ``amp`` / ``precision``: :data:`MAY_CHANGE`), ``main_metric``, ``minimize_metric``,
+    for :func:`~segzoo.checkpoint_format.former_defaults_for`), seed (not ``amp`` / ``precision``: :data:`MAY_CHANGE`), ``main_metric``, ``minimize_metric``,
     ``valid_loader``, the loaders (names, batch size, dataset type, length and settings), and each
     stage the saved run had (name, optimizer, scheduler, criterion); epochs are not compared and
     stages appended at the end are new. ``saved`` ``None`` (a checkpoint written before run
@@ -358,7 +358,9 @@ def check_run_settings(saved: Any, current: Mapping[str, Any] | None, path: str 
         raise CheckpointError(f"checkpoint {path}: its {RUN_SETTINGS_KEY!r} is not what segzoo writes "
                               f"(a dict with the run's 'train' settings); it cannot be checked for resuming")
     new = current["train"]
-    former = {k.replace("model.params.", "model.kwargs.", 1): v for k, v in FORMER_DEFAULTS.items()}
+    saved_model = old.get("model")
+    name = saved_model.get("name") if isinstance(saved_model, Mapping) else None
+    former = {k.replace("model.params.", "model.kwargs.", 1): v for k, v in former_defaults_for(name).items()}
     diffs: list[tuple[str, Any, Any]] = []
     for key in sorted(set(old) & set(new) - {"stages", *MAY_CHANGE}):
         if key == "loaders" and set(old[key]) != set(new[key]):

@@ -339,6 +339,24 @@ def test_resume_may_name_a_former_default_the_saved_run_used(tmp_path):
         check_resume_config(named("levels"), named("concat"), tmp_path / "config.yml")
 
 
+def test_a_former_default_is_accepted_for_its_own_architecture_only(tmp_path):
+    """The same keyword had different former defaults: UPerNet's fuse 'concat', Segformer's 'levels'."""
+    from segzoo.errors import ConfigError
+    from segzoo.training.launch import check_resume_config
+
+    def cfg(name, part="decoder_params", **values):
+        params = {"num_classes": 1, **({part: values} if values else {})}
+        return {"model": {"name": name, "params": params}}
+    check_resume_config(cfg("resnet18_segformer"), cfg("resnet18_segformer", fuse="levels"), tmp_path / "c.yml")
+    with pytest.raises(ConfigError, match="model.params.decoder_params.fuse='concat'"):
+        check_resume_config(cfg("resnet18_segformer"), cfg("resnet18_segformer", fuse="concat"), tmp_path / "c.yml")
+    with pytest.raises(ConfigError, match="model.params.decoder_params.fuse='levels'"):
+        check_resume_config(cfg("upernet"), cfg("upernet", fuse="levels"), tmp_path / "c.yml")
+    check_resume_config(cfg("manet"), cfg("manet", "head_params", upsample="bilinear"), tmp_path / "c.yml")
+    with pytest.raises(ConfigError, match="model.params.head_params.upsample='bilinear'"):  # not Unet's
+        check_resume_config(cfg("unet"), cfg("unet", "head_params", upsample="bilinear"), tmp_path / "c.yml")
+
+
 def test_move_folder_aside_never_takes_a_name_in_use(tmp_path):
     """Sibling names already taken, reserved by another process, or written into meanwhile are skipped."""
     import contextlib
