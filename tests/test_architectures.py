@@ -91,6 +91,8 @@ def test_benchmark_scripts_read_the_table():
 
     # issue 15's speed targets are per architecture with an smp twin; profile_step profiles those by default
     assert set(models.SPEEDUP_TARGETS) == set(models.FORWARD_TARGETS) <= set(bench.SMP_ARCHS)
+    assert set(models.CHANNELS_LAST_TARGETS) <= set(bench.SMP_ARCHS)
+    assert models.speedup_target("manet", False, True) == 1.5 and models.speedup_target("unet", True, True) == 1.2
     with pytest.raises(SystemExit):
         profile_step.main(["--archs", "no_such_arch"])  # a one-line usage error naming the table's choices
 
@@ -127,6 +129,7 @@ def test_the_ide_import_blocks_equal_the_table():
 # smp 0.6's signatures in the front door.
 ALLOWED = {("segzoo/architectures.py", None), ("segzoo/compat.py", None),
            ("benchmarks/models.py", "SPEEDUP_TARGETS"), ("benchmarks/models.py", "FORWARD_TARGETS"),
+           ("benchmarks/models.py", "CHANNELS_LAST_TARGETS"),
            ("segzoo/cli/args.py", "PART_NAMES"),
            # smp 0.6's own constructor signatures and argument mappings, keyed by smp's class names (smp's API,
            # pinned on purpose; the front door's classes themselves are made from the table's smp column)

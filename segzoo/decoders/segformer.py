@@ -22,7 +22,9 @@ class SegformerDecoder(DecoderSpec):
 
     - ``"concat"`` (the paper's, and smp's): per level a linear layer, the levels resized and concatenated
       (L x ``channels``), one 1x1 conv + BatchNorm + ReLU at the finest stride;
-    - ``"levels"`` (default): the same function with fewer operations. The fusion's 1x1 conv over a
+    - ``"levels"`` (this class's default; the Segformer models default to ``"concat"``, their row of
+      :data:`segzoo.architectures.ARCHITECTURES`, which trained better at an equal budget): the same function
+      class with fewer operations. The fusion's 1x1 conv over a
       concatenation is the sum of one 1x1 conv per level, a 1x1 conv commutes with bilinear resizing,
       and two linear layers in a row are one: so each level gets one 1x1 conv (C_i -> ``channels``) at
       its own resolution, the levels are resized and summed, then BatchNorm + ReLU. The same functions
