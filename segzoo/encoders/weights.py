@@ -330,8 +330,9 @@ def check_weights(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torc
         if missing:
             parts.append(f"{len(missing)} missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys {[short_repr(k, 60) for k in unexpected[:3]]}"
-                         f"{' ...' if len(unexpected) > 3 else ''}")
+            # the file's own names (maybe crafted: long, with newlines): each quoted once, cut to 60 characters
+            shown = ", ".join(short_repr(k if isinstance(k, str) else str(k), 60) for k in unexpected[:3])
+            parts.append(f"{len(unexpected)} unexpected keys [{shown}]{' ...' if len(unexpected) > 3 else ''}")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (checkpoint vs model) {shapes[:2]}")
         raise CheckpointError(f"{origin} do not fit {what}: " + "; ".join(parts) + _bridge_hint(own, unexpected) + hint)

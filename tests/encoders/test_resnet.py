@@ -149,3 +149,14 @@ def test_output_stride_matches_torchvision_dilation(output_stride, replace):
         got = enc(x)[-1]
     assert got.shape == want.shape == (1, 2048, 48 // output_stride, 64 // output_stride)
     torch.testing.assert_close(got, want)
+
+
+def test_unexpected_keys_are_quoted_once_and_kept_short():
+    sd = torchvision.models.resnet18().state_dict()
+    sd["layer9.0.conv1.weight"] = torch.zeros(1)
+    sd["x" * 500 + "\nsecond line"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as info:
+        ResnetEncoder("resnet18", pretrained=False, state_dict=sd)
+    msg = str(info.value)
+    assert "unexpected keys ['layer9.0.conv1.weight', 'xxx" in msg, msg
+    assert "\n" not in msg and "second line" not in msg and len(msg) < 600
