@@ -15,12 +15,16 @@ def _albumentations():
     return A
 
 
-def get_transforms(kind: str = "train", image_size: int | Sequence[int] = 256):
+def get_transforms(kind: str = "train", image_size: int | Sequence[int] = 256, seed: int | None = None):
     """An albumentations ``Compose`` for ``kind`` in {"train", "valid"}, working on uint8 HWC images and masks.
 
     - train: random resized crop to ``image_size``, flips, 90-degree rotations (square sizes),
       brightness/contrast;
     - valid: pad to at least ``image_size`` then center crop (no resampling of masks).
+
+    ``seed``: the pipeline's own random state (albumentations draws from it, not from torch's or numpy's);
+    ``None``: from the OS, a different run each time. segzoo's loaders with workers reseed it per worker
+    (:func:`segzoo.training.data_path.init_worker`).
 
     Raises:
         ValueError: unknown ``kind`` or a bad ``image_size``.
@@ -41,5 +45,5 @@ def get_transforms(kind: str = "train", image_size: int | Sequence[int] = 256):
         steps = [A.RandomResizedCrop(size=(h, w), scale=(0.5, 1.0)), A.HorizontalFlip(), A.VerticalFlip()]
         if h == w:  # a quarter turn would swap H and W otherwise
             steps.append(A.RandomRotate90())
-        return A.Compose([*steps, A.RandomBrightnessContrast(p=0.5)])
-    return A.Compose([A.PadIfNeeded(min_height=h, min_width=w), A.CenterCrop(height=h, width=w)])
+        return A.Compose([*steps, A.RandomBrightnessContrast(p=0.5)], seed=seed)
+    return A.Compose([A.PadIfNeeded(min_height=h, min_width=w), A.CenterCrop(height=h, width=w)], seed=seed)

@@ -116,9 +116,9 @@ def build_loaders(data: dict[str, Any], seed: int) -> tuple[dict[str, DataLoader
         else:
             size = data.get("image_size", 256)
             train = SegmentationFolder(data["train_images"], data["train_masks"],
-                                       transforms=get_transforms("train", size), **params)
+                                       transforms=get_transforms("train", size, seed=seed), **params)
             valid = SegmentationFolder(data["valid_images"], data["valid_masks"],
-                                       transforms=get_transforms("valid", size), **params)
+                                       transforms=get_transforms("valid", size, seed=seed + 1), **params)
     except TypeError as exc:
         raise ConfigError(f"data.params: {exc}") from exc
     from segzoo.training.data_path import loader_options

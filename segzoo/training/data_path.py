@@ -158,6 +158,18 @@ def quiet_if_parent_left(worker_id: int) -> None:
     sys.excepthook = hook
 
 
+def init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` of segzoo's loaders: :func:`quiet_if_parent_left`, and the dataset's
+    albumentations pipeline (its ``transforms``, anything with ``set_random_seed``) seeded from the worker's own
+    seed. Forked workers would otherwise share one copy of the pipeline's random state and draw the same
+    augmentations; the worker's seed comes from the loader's generator, so a seeded run draws the same ones again."""
+    quiet_if_parent_left(worker_id)
+    info = torch.utils.data.get_worker_info()
+    reseed = getattr(getattr(info.dataset, "transforms", None), "set_random_seed", None) if info is not None else None
+    if callable(reseed):
+        reseed(info.seed % 2**32)
+
+
 def loader_options(num_workers: int | str = 0, prefetch_factor: int | None = None) -> dict[str, Any]:
     """DataLoader keywords for ``num_workers`` (an int >= 0 or ``"auto"``, :func:`auto_num_workers`):
     ``pin_memory`` when CUDA is available, and with workers ``persistent_workers=True`` (no process
@@ -185,5 +197,5 @@ def loader_options(num_workers: int | str = 0, prefetch_factor: int | None = Non
                   f"the training step; more workers than CPUs only help slow storage (num_workers auto: "
                   f"{auto_num_workers(cpus)})", flush=True)
         options.update(persistent_workers=True, prefetch_factor=prefetch_factor or 2,
-                       worker_init_fn=quiet_if_parent_left)
+                       worker_init_fn=init_worker)
     return options

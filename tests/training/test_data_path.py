@@ -266,7 +266,7 @@ def test_workers_do_not_print_a_broken_pipe_when_their_parent_stopped_reading(mo
     import sys
 
     dp = _dp()
-    assert dp.loader_options(1)["worker_init_fn"] is dp.quiet_if_parent_left
+    assert dp.loader_options(1)["worker_init_fn"] is dp.init_worker
     seen = []
     monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: seen.append(kind))
     dp.quiet_if_parent_left(0)
@@ -305,6 +305,32 @@ def test_folder_augmentations_differ_from_epoch_to_epoch_with_workers(tmp_path):
     loader = build_loaders(data, 0)[0]["train"]
     first, second = (next(iter(loader))["features"] for _ in range(2))
     assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_folder_augmentations_are_seeded_and_differ_between_workers(tmp_path, workers):
+    """The albumentations pipeline has its own random state: it was seeded from the OS (a run's augmentations
+    could not be drawn again) and forked workers shared one copy of it (worker 1 drew what worker 0 drew)."""
+    from PIL import Image
+
+    from segzoo.training.build import build_loaders
+
+    images, masks = _folder(tmp_path)
+    for i in range(1, 8):  # copies of one picture: only the augmentations tell the items apart
+        Image.open(images / "0.png").save(images / f"{i}.png")
+        Image.open(masks / "0.png").save(masks / f"{i}.png")
+    data = {"kind": "folder", "train_images": str(images), "train_masks": str(masks), "valid_images": str(images),
+            "valid_masks": str(masks), "image_size": 32, "num_workers": workers, "batch_size": 4}
+
+    def batches(seed):
+        loader = build_loaders(data, seed)[0]["train"]
+        return [b["features"] for b in loader]
+
+    first = batches(0)
+    assert len(first) == 2
+    assert all(torch.equal(a, b) for a, b in zip(first, batches(0)))  # the same seed: the same augmentations
+    assert not all(torch.equal(a, b) for a, b in zip(first, batches(1)))
+    assert not torch.equal(first[0], first[1])  # two batches (two workers with 2) do not repeat each other
 
 
 @pytest.mark.parametrize("value, needle", [("-1", "data.num_workers must be >= 0, got -1"),
