@@ -39,6 +39,7 @@ from segzoo.errors import CheckpointError
 from segzoo.smp import twin_deeplab_pan, twin_linknet_fpn_psp, twin_segformer_dpt, twin_unetpp_manet_upernet
 from segzoo.smp.models import MODEL_CLASSES, SIGNATURES, SmpModel
 from segzoo.smp.structure import SMP_STRUCTURES
+from segzoo.smp.twin_common import decoder_norm, size
 
 __all__ = ["from_smp", "load_smp_state_dict", "read_smp_state_dict", "smp_to_segzoo_keys"]
 
@@ -206,16 +207,9 @@ def _infer_unet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     blocks = sorted({int(k.split(".")[2]) for k in sd if re.match(r"decoder\.blocks\.\d+\.conv1\.0\.weight$", k)})
     if not blocks:
         return {}
-    widths = [int(sd[f"decoder.blocks.{i}.conv1.0.weight"].shape[0]) for i in blocks]
-    if "decoder.blocks.0.conv1.1.running_mean" in sd:
-        norm = "batchnorm"
-    elif "decoder.blocks.0.conv1.0.bias" in sd:
-        norm = "identity"
-    else:  # smp's layernorm / instancenorm / inplace: no segzoo twin
-        key = next((k for k in sd if k.startswith("decoder.blocks.0.conv1.1.")), "decoder.blocks.0.conv1.1")
-        raise CheckpointError(f"smp Unet key {key!r} does not map onto segzoo: its decoder_use_norm is neither "
-                              f"'batchnorm' nor 'identity' (smp's Unet maps with those)")
-    return {"encoder_depth": len(widths), "decoder_channels": widths, "decoder_use_norm": norm}
+    widths = [size(sd, f"decoder.blocks.{i}.conv1.0.weight", 0) for i in blocks]
+    return {"encoder_depth": len(widths), "decoder_channels": widths,
+            "decoder_use_norm": decoder_norm(sd, "Unet", "decoder.blocks.0.conv1")}
 
 
 def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None, dict[str, Any]]:
@@ -233,9 +227,9 @@ def _infer(sd: Mapping[str, torch.Tensor], arch: str | None) -> tuple[str | None
         arch = arch or ("DPT" if "decoder.fusion_blocks.0.project.weight" in sd else None)
     found: dict[str, Any] = {}
     if "encoder.conv1.weight" in sd:
-        found["in_channels"] = int(sd["encoder.conv1.weight"].shape[1])
+        found["in_channels"] = size(sd, "encoder.conv1.weight", 1)
     if "segmentation_head.0.weight" in sd:
-        found["classes"] = int(sd["segmentation_head.0.weight"].shape[0])
+        found["classes"] = size(sd, "segmentation_head.0.weight", 0)
     name = _resnet_name(sd)
     if name:
         found["encoder_name"] = name

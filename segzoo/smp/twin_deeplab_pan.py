@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from segzoo.smp.twin_common import aux_params
+
 __all__ = ["STRUCTURES", "KEYS", "INFER", "guess_arch"]
 
 def _choice(name: str, key: str, value: Any, allowed: tuple) -> Any:
@@ -216,10 +218,6 @@ def _encoder_depth(sd: Mapping[str, torch.Tensor], channels: int) -> dict[str, A
     return {"encoder_depth": widths.index(channels) + 2} if channels in widths[1:] else {}
 
 
-def _aux(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    weight = sd.get("classification_head.3.weight")
-    return {"aux_params": {"classes": int(weight.shape[0])}} if weight is not None and weight.dim() == 2 else {}
-
 
 def _infer_deeplab(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, Any]:
     first = sd.get(f"{prefix}convs.0.0.weight")
@@ -227,7 +225,7 @@ def _infer_deeplab(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, Any
         return {}
     found = {"decoder_channels": int(first.shape[0]),
              "decoder_aspp_separable": f"{prefix}convs.1.0.0.weight" in sd,
-             **_encoder_depth(sd, int(first.shape[1])), **_aux(sd)}
+             **_encoder_depth(sd, int(first.shape[1])), **aux_params(sd)}
     return found
 
 
@@ -241,7 +239,7 @@ def _infer_pan(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     if mid is None or mid.dim() != 4:
         return {}
     depth = 5 if "decoder.gau3.conv2.conv.weight" in sd else 4 if "decoder.gau2.conv2.conv.weight" in sd else 3
-    return {"decoder_channels": int(mid.shape[0]), "encoder_depth": depth, **_aux(sd)}
+    return {"decoder_channels": int(mid.shape[0]), "encoder_depth": depth, **aux_params(sd)}
 
 
 #: smp class -> the arguments its keys and shapes tell

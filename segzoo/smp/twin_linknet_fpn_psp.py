@@ -25,13 +25,11 @@ from typing import Any
 import torch
 
 from segzoo.encoders.resnet import RESNET_CHANNELS
-from segzoo.errors import CheckpointError
+from segzoo.smp.twin_common import aux_params, decoder_norm, head_key, size
 
 __all__ = ["STRUCTURES", "KEYS", "INFER"]
 
 _NORMS = {"batchnorm": "bn", True: "bn", "identity": "identity", False: "identity"}
-_SMP_HEAD_CLASSIFIER = re.compile(r"segmentation_head\.0\.(weight|bias)")
-_SMP_AUX = re.compile(r"classification_head\.3\.(weight|bias)")
 
 Parts = dict[str, dict[str, Any]]
 
@@ -88,12 +86,6 @@ def _psp_structure(args: Mapping[str, Any]) -> Parts:
     return {"encoder": {}, "decoder": decoder, "head": head}
 
 
-def _head_key(key: str) -> str | None:
-    m = _SMP_HEAD_CLASSIFIER.fullmatch(key)
-    if m:
-        return f"head.classifier.{m.group(1)}"
-    return key if _SMP_AUX.fullmatch(key) else None
-
 
 def _linknet_key(key: str, depth: int) -> str | None:
     m = re.fullmatch(r"decoder\.blocks\.(\d+)\.block\.([012])\.(.+)", key)
@@ -102,7 +94,7 @@ def _linknet_key(key: str, depth: int) -> str | None:
         if block < depth - 1:
             return f"decoder.blocks.{block}.{layer}.{m.group(3)}"
         return f"decoder.final.0.{layer}.{m.group(3)}" if block == depth - 1 else None
-    return _head_key(key)
+    return head_key(key)
 
 
 def _fpn_key(key: str, depth: int) -> str | None:
@@ -112,7 +104,7 @@ def _fpn_key(key: str, depth: int) -> str | None:
     m = re.fullmatch(r"decoder\.seg_blocks\.([0-3])\.block\.(\d+)\.block\.([01])\.(.+)", key)
     if m:  # smp's seg_blocks run deep to shallow; its k-th conv is segzoo's branch layer 2k
         return f"head.branches.{3 - int(m.group(1))}.{2 * int(m.group(2))}.{m.group(3)}.{m.group(4)}"
-    return _head_key(key)
+    return head_key(key)
 
 
 def _psp_key(key: str, depth: int) -> str | None:
@@ -122,42 +114,26 @@ def _psp_key(key: str, depth: int) -> str | None:
     m = re.fullmatch(r"decoder\.conv\.([01])\.(.+)", key)
     if m:
         return f"decoder.fuse.{m.group(1)}.{m.group(2)}"
-    return _head_key(key)
+    return head_key(key)
 
-
-def _norm_of(sd: Mapping[str, torch.Tensor], name: str, prefix: str) -> str:
-    """smp's ``decoder_use_norm`` of the conv-norm-ReLU at ``prefix`` (keys ``prefix.0.*``, ``prefix.1.*``)."""
-    if f"{prefix}.1.running_mean" in sd:
-        return "batchnorm"
-    if f"{prefix}.0.bias" in sd:
-        return "identity"
-    key = next((k for k in sd if k.startswith(f"{prefix}.1.")), f"{prefix}.1")
-    raise CheckpointError(f"smp {name} key {key!r} does not map onto segzoo: its decoder_use_norm is neither "
-                          f"'batchnorm' nor 'identity'")
-
-
-def _aux(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    weight = sd.get("classification_head.3.weight")
-    return {"aux_params": {"classes": int(weight.shape[0])}} if weight is not None else {}
 
 
 def _infer_linknet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     blocks = {int(k.split(".")[2]) for k in sd if re.match(r"decoder\.blocks\.\d+\.block\.0\.0\.weight$", k)}
     if not blocks:
         return {}
-    return {"encoder_depth": len(blocks), "decoder_use_norm": _norm_of(sd, "Linknet", "decoder.blocks.0.block.0"),
-            **_aux(sd)}
+    return {"encoder_depth": len(blocks), "decoder_use_norm": decoder_norm(sd, "Linknet", "decoder.blocks.0.block.0"),
+            **aux_params(sd)}
 
 
 def _infer_fpn(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    found: dict[str, Any] = _aux(sd)
+    found: dict[str, Any] = aux_params(sd)
     if "decoder.p5.weight" in sd:
-        found["decoder_pyramid_channels"] = int(sd["decoder.p5.weight"].shape[0])
+        found["decoder_pyramid_channels"] = size(sd, "decoder.p5.weight", 0)
     seg = sd.get("decoder.seg_blocks.0.block.0.block.0.weight")
     if seg is not None:
-        found["decoder_segmentation_channels"] = width = int(seg.shape[0])
-        head = sd.get("segmentation_head.0.weight")
-        if head is not None and int(head.shape[1]) == 4 * width:
+        found["decoder_segmentation_channels"] = width = size(sd, "decoder.seg_blocks.0.block.0.block.0.weight")
+        if "segmentation_head.0.weight" in sd and size(sd, "segmentation_head.0.weight", 1) == 4 * width:
             found["decoder_merge_policy"] = "cat"
     return found
 
@@ -166,12 +142,12 @@ def _infer_psp(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     conv = sd.get("decoder.conv.0.weight")
     if conv is None:
         return {}
-    found: dict[str, Any] = {"psp_out_channels": int(conv.shape[0]),
-                             "decoder_use_norm": _norm_of(sd, "PSPNet", "decoder.conv"), **_aux(sd)}
+    found: dict[str, Any] = {"psp_out_channels": size(sd, "decoder.conv.0.weight"),
+                             "decoder_use_norm": decoder_norm(sd, "PSPNet", "decoder.conv"), **aux_params(sd)}
     # smp keeps every ResNet layer whatever encoder_depth: the PSP input's width tells the depth (the deeper of
     # two stages of one width: depths 1 and 2 of a resnet18 do not return the input's size anyway)
     widths = RESNET_CHANNELS["resnet50" if "encoder.layer1.0.conv3.weight" in sd else "resnet18"]
-    width = int(conv.shape[1]) // 2
+    width = size(sd, "decoder.conv.0.weight", 1) // 2
     if width in widths:
         found["encoder_depth"] = len(widths) - widths[::-1].index(width)
     return found

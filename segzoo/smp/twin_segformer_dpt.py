@@ -29,6 +29,7 @@ import torch
 
 from segzoo.encoders.mit import MIT_VARIANTS, mit_keys_from_smp
 from segzoo.errors import CheckpointError
+from segzoo.smp.twin_common import size
 
 __all__ = ["dpt_key", "dpt_structure", "encoder_key", "infer_dpt", "infer_segformer", "prepare_dpt", "prepare_segformer",
            "segformer_key", "segformer_structure", "smp_encoder_problem", "smp_vit_indices", "timm_strides"]
@@ -269,14 +270,14 @@ def infer_segformer(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """smp Segformer arguments the keys and shapes of ``sd`` tell (width, encoder depth, MiT variant)."""
     found: dict[str, Any] = {}
     if "decoder.fuse_stage.0.weight" in sd:
-        found["decoder_segmentation_channels"] = int(sd["decoder.fuse_stage.0.weight"].shape[0])
+        found["decoder_segmentation_channels"] = size(sd, "decoder.fuse_stage.0.weight", 0)
     levels = len(_sizes(sd, r"decoder\.mlp_stage\.(\d+)\."))
-    widths = tuple(int(sd[f"encoder.patch_embed{i}.proj.weight"].shape[0]) for i in range(1, 5)
+    widths = tuple(size(sd, f"encoder.patch_embed{i}.proj.weight", 0) for i in range(1, 5)
                    if f"encoder.patch_embed{i}.proj.weight" in sd)
     depths = tuple(len(_sizes(sd, rf"encoder\.block{i}\.(\d+)\.")) for i in range(1, 5))
     mit = next((n for n, v in MIT_VARIANTS.items() if v.widths == widths and v.depths == depths), None)
     if mit:
-        found.update(encoder_name=mit, in_channels=int(sd["encoder.patch_embed1.proj.weight"].shape[1]))
+        found.update(encoder_name=mit, in_channels=size(sd, "encoder.patch_embed1.proj.weight", 1))
     elif levels and not any(k.startswith("encoder.model.") for k in sd):
         found["encoder_depth"] = levels  # a ResNet: one level per stage, the stem's included
     return found
@@ -289,12 +290,12 @@ def infer_dpt(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     if blocks:
         found["encoder_depth"] = len(blocks)
         found["decoder_intermediate_channels"] = [
-            int(sd[f"decoder.reassemble_blocks.{i}.project_to_out_channel.weight"].shape[0]) for i in blocks]
-        found["decoder_fusion_channels"] = int(sd["decoder.reassemble_blocks.0.project_to_feature_dim.weight"].shape[0])
+            size(sd, f"decoder.reassemble_blocks.{i}.project_to_out_channel.weight", 0) for i in blocks]
+        found["decoder_fusion_channels"] = size(sd, "decoder.reassemble_blocks.0.project_to_feature_dim.weight", 0)
     if any(k.startswith("decoder.projection_blocks.") for k in sd):
         found["decoder_readout"] = "cat"
     if "segmentation_head.head.4.weight" in sd:
-        found["classes"] = int(sd["segmentation_head.head.4.weight"].shape[0])
+        found["classes"] = size(sd, "segmentation_head.head.4.weight", 0)
     if "encoder.model.patch_embed.proj.weight" in sd:
-        found["in_channels"] = int(sd["encoder.model.patch_embed.proj.weight"].shape[1])
+        found["in_channels"] = size(sd, "encoder.model.patch_embed.proj.weight", 1)
     return found

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from segzoo.errors import CheckpointError
+from segzoo.smp.twin_common import aux_params, decoder_norm, head_key, size
 
 __all__ = ["STRUCTURES", "KEYS", "GUESS", "INFER"]
 
@@ -89,19 +90,13 @@ STRUCTURES: dict[str, Callable[[Mapping[str, Any]], dict[str, dict[str, Any]]]] 
 }
 
 
-def _head_key(key: str) -> str | None:
-    m = re.fullmatch(r"segmentation_head\.0\.(weight|bias)", key)
-    if m:
-        return f"head.classifier.{m.group(1)}"
-    return key if re.fullmatch(r"classification_head\.3\.(weight|bias)", key) else None  # aux_params: same keys
-
 
 def _unetplusplus_key(key: str, depth: int) -> str | None:
     # smp's node x_{d}_{l} reads at the (l+1)-th feature from the deepest: segzoo's skip level
     # i = depth - 2 - l (shallow 0 to deep), column j = l + 1 - d; x_0_{depth-1} is the full-resolution block
     m = re.fullmatch(r"decoder\.blocks\.x_(\d+)_(\d+)\.conv([12])\.(\d+\..+)", key)
     if not m:
-        return _head_key(key)
+        return head_key(key)
     d, layer, conv, rest = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4)
     if layer == depth - 1 and d == 0:
         return f"head.blocks.{conv}.{rest}"
@@ -121,7 +116,7 @@ def _manet_key(key: str, depth: int) -> str | None:
         return f"decoder.attention.{_PAB[m.group(1)]}.{m.group(2)}" if m.group(1) in _PAB else None
     m = re.fullmatch(r"decoder\.blocks\.(\d+)\.(\w+)\.(\d+)\.(.+)", key)
     if not m:
-        return _head_key(key)
+        return head_key(key)
     block, part, index, rest = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
     if block == depth - 1:
         return f"head.blocks.{part[-1]}.{index}.{rest}" if part in ("conv1", "conv2") else None
@@ -149,7 +144,7 @@ def _upernet_key(key: str, depth: int) -> str | None:
                     return None
                 index = str(depth - 3 - int(index))
             return target.format(index, m.group(2))
-    return _head_key(key)
+    return head_key(key)
 
 
 #: smp class -> (smp key, encoder_depth) -> segzoo key (``None``: does not map), for the decoder and heads
@@ -160,27 +155,7 @@ KEYS: dict[str, Callable[[str, int], str | None]] = {
 }
 
 
-def _out(sd: Mapping[str, torch.Tensor], key: str) -> int:
-    """The output channels of the weight ``key`` (a crafted scalar is one line, not an IndexError)."""
-    if sd[key].dim() < 1:
-        raise CheckpointError(f"smp key {key!r} has shape {tuple(sd[key].shape)}: not a layer's weight")
-    return int(sd[key].shape[0])
 
-
-def _norm_of(sd: Mapping[str, torch.Tensor], name: str, conv: str) -> str:
-    """smp's ``decoder_use_norm`` of the Conv2dReLU ``conv`` (its key prefix)."""
-    if f"{conv}.1.running_mean" in sd:
-        return "batchnorm"
-    if f"{conv}.0.bias" in sd:
-        return "identity"
-    key = next((k for k in sd if k.startswith(f"{conv}.1.")), f"{conv}.1")
-    raise CheckpointError(f"smp {name} key {key!r} does not map onto segzoo: its decoder_use_norm is neither "
-                          f"'batchnorm' nor 'identity' (segzoo has a twin for those)")
-
-
-def _aux(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    key = "classification_head.3.weight"
-    return {"aux_params": {"classes": _out(sd, key)}} if key in sd else {}
 
 
 def _infer_unetplusplus(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -190,30 +165,30 @@ def _infer_unetplusplus(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
                               f"decoder_attention_type='scse' has no segzoo twin (None maps)")
     layers = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"decoder\.blocks\.x_0_(\d+)\.conv1\.0\.weight", k)))
     if not layers:
-        return _aux(sd)
-    widths = [_out(sd, f"decoder.blocks.x_0_{layer}.conv1.0.weight") for layer in layers]
-    return {"encoder_depth": len(widths), "decoder_channels": widths, **_aux(sd),
-            "decoder_use_norm": _norm_of(sd, "UnetPlusPlus", "decoder.blocks.x_0_0.conv1")}
+        return aux_params(sd)
+    widths = [size(sd, f"decoder.blocks.x_0_{layer}.conv1.0.weight") for layer in layers]
+    return {"encoder_depth": len(widths), "decoder_channels": widths, **aux_params(sd),
+            "decoder_use_norm": decoder_norm(sd, "UnetPlusPlus", "decoder.blocks.x_0_0.conv1")}
 
 
 def _infer_upernet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    found = _aux(sd)
+    found = aux_params(sd)
     if "decoder.fusion_block.0.weight" not in sd:
         return found
     levels = len({k.split(".")[2] for k in sd if k.startswith("decoder.feature_norms.")})
-    return {**found, "decoder_channels": _out(sd, "decoder.fusion_block.0.weight"),
-            "decoder_use_norm": _norm_of(sd, "UPerNet", "decoder.fusion_block"),
+    return {**found, "decoder_channels": size(sd, "decoder.fusion_block.0.weight"),
+            "decoder_use_norm": decoder_norm(sd, "UPerNet", "decoder.fusion_block"),
             **({"encoder_depth": levels + 1} if levels else {})}
 
 
 def _infer_manet(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    found = _aux(sd)
+    found = aux_params(sd)
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.fullmatch(r"decoder\.blocks\.(\d+)\.conv1\.0\.weight", k))})
     if "decoder.center.top_conv.weight" not in sd or not blocks:
         return found
-    return {**found, "encoder_depth": len(blocks), "decoder_pab_channels": _out(sd, "decoder.center.top_conv.weight"),
-            "decoder_channels": [_out(sd, f"decoder.blocks.{b}.conv1.0.weight") for b in blocks],
-            "decoder_use_norm": _norm_of(sd, "MAnet", "decoder.blocks.0.conv1")}
+    return {**found, "encoder_depth": len(blocks), "decoder_pab_channels": size(sd, "decoder.center.top_conv.weight"),
+            "decoder_channels": [size(sd, f"decoder.blocks.{b}.conv1.0.weight") for b in blocks],
+            "decoder_use_norm": decoder_norm(sd, "MAnet", "decoder.blocks.0.conv1")}
 
 
 #: smp class -> whether a state dict's keys are that class's (for ``from_smp`` without ``arch=``)
