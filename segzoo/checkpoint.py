@@ -25,6 +25,7 @@ import io
 import lzma
 import os
 import pickle
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -77,6 +78,15 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike, *, overwrit
     return write_bytes_atomic(path, checkpoint_bytes(obj), overwrite=overwrite)
 
 
+def _unpickler_reason(message: str) -> str:
+    """The line of torch's weights-only error that names what was refused (``Trying to load unsupported GLOBAL
+    posix.system ...``, ``Unsupported operand 103``), not its first line (a note about torch 2.6's default)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    found = next((line for line in lines[1:] if not line.startswith(("Check the documentation", "Please file an issue"))),
+                 None)
+    return (found or (lines[0] if lines else "unpickling failed")).removeprefix("WeightsUnpickler error: ")
+
+
 def read_torch_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The dict a torch file holds, read as :func:`load_checkpoint` reads (checksums, ``weights_only=True``).
 
@@ -95,14 +105,19 @@ def read_torch_dict(path: str | os.PathLike, map_location: str | torch.device = 
         with open(path, "rb") as f:
             size = _check_checkpoint_file(path, f)
             f.seek(0)
-            obj = torch.load(f, map_location=map_location, weights_only=True)
+            with warnings.catch_warnings():  # a pickle another tool wrote: the error below says what matters
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+                obj = torch.load(f, map_location=map_location, weights_only=True)
     except CheckpointError:
         raise
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        reason = _unpickler_reason(str(exc))
+        if reason.startswith("Unsupported operand"):  # bytes that are not a pickle: no object was refused
+            raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
+                                  f"({reason[:200]})") from exc
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and plain data "
-            f"({first[:200]}); segzoo loads checkpoints with weights_only=True"
+            f"({reason[:200]}); segzoo loads checkpoints with weights_only=True"
         ) from exc
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {os_error_reason(exc)}") from exc

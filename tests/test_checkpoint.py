@@ -261,3 +261,33 @@ def test_the_file_verified_is_the_file_loaded_when_a_writer_replaces_it_meanwhil
     assert load_checkpoint(path)["epoch"] == 1  # what was verified, not a file that was never checked
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 2
+
+
+class _System:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned_by_checkpoint",))
+
+
+def test_a_file_that_is_no_pickle_or_a_raw_pickle_is_one_line_without_torchs_notes(tmp_path, monkeypatch, recwarn):
+    """A text file was reported as holding 'objects other than tensors' with torch's note about its 2.6 default;
+    a raw pickle (protocol 4, not a torch file) also printed torch's pickle-protocol warning."""
+    import pickle
+
+    from segzoo.checkpoint import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.pth").write_text("garbage\n")
+    with pytest.raises(CheckpointError, match=r"text\.pth: truncated or not a torch file \(Unsupported operand") as info:
+        load_checkpoint(tmp_path / "text.pth")
+    assert "2.6" not in str(info.value)
+    with open(tmp_path / "raw.pth", "wb") as f:
+        pickle.dump({"model_state_dict": _System()}, f, protocol=4)
+    with pytest.raises(CheckpointError, match=r"raw\.pth") as info:
+        load_checkpoint(tmp_path / "raw.pth")
+    assert "\n" not in str(info.value) and not [w for w in recwarn if "pickle protocol" in str(w.message)]
+    torch.save({"model_state_dict": {}, "x": _System()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"refusing to load .*unsupported GLOBAL posix\.system") as info:
+        load_checkpoint(tmp_path / "evil.pth")
+    assert "2.6" not in str(info.value) and not (tmp_path / "pwned_by_checkpoint").exists()
