@@ -78,7 +78,7 @@ def unknown_name_error(kind: str, name: str, choices: Iterable[str], *, limit: i
     if hint:
         msg += f"; did you mean {', '.join(repr(h) for h in hint)}?"
     if limit is None:
-        msg += f" Valid {kind} names: {', '.join(choices)}"
+        msg += f"{'' if hint else ';'} Valid {kind} names: {', '.join(choices)}"
     else:
         msg += f" ({len(choices)} valid names{': ' + listing if listing else ''})"
     return NotFoundError(msg)

@@ -51,7 +51,7 @@ def test_unknown_name_error_message():
 def test_unknown_name_error_without_close_match_and_with_generator():
     msg = str(unknown_name_error("loss", "qqq", (name for name in ["DiceLoss", "FocalLoss"])))
     assert "did you mean" not in msg
-    assert msg.startswith("unknown loss 'qqq'")
+    assert msg.startswith("unknown loss 'qqq'; Valid loss names")
     assert msg.endswith("Valid loss names: DiceLoss, FocalLoss")
 
 
