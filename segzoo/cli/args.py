@@ -142,9 +142,9 @@ _IMAGE_KINDS = "/".join(s.lstrip(".").upper() for s in IMAGE_SUFFIXES if s not i
 DEFAULT_PORT = 8000
 
 
-def _at_least(kind: type, name: str, minimum: float = 1) -> Callable[[str], float]:
-    """An argparse ``type`` parsing ``kind`` and refusing values below ``minimum``, NaN and infinities
-    (one-line usage error: ``nan`` passed every comparison, ``inf`` waited forever)."""
+def _at_least(kind: type, name: str, minimum: float = 1, maximum: float = math.inf) -> Callable[[str], float]:
+    """An argparse ``type`` parsing ``kind`` and refusing values below ``minimum`` or above ``maximum``, NaN and
+    infinities (one-line usage error: ``nan`` passed every comparison, ``inf`` waited forever)."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -154,6 +154,8 @@ def _at_least(kind: type, name: str, minimum: float = 1) -> Callable[[str], floa
             raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {maximum}, got {text}")
         return value
     return parse
 
@@ -206,7 +208,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, command: str = "serve")
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
                                                             "machine only; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=_at_least(int, "port", 0), default=DEFAULT_PORT,
+    parser.add_argument("--port", type=_at_least(int, "port", 0, 65535), default=DEFAULT_PORT,
                         help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--max-batch", type=_at_least(int, "max batch"), default=8,
                         help="most images per forward pass (1 = no batching; default 8)")

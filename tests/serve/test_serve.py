@@ -285,3 +285,6 @@ def test_a_port_in_use_or_a_bad_source_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", str(tmp_path), "--max-batch", "0"])
     assert exit_info.value.code == 2 and "max batch must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # it was an OverflowError traceback from uvicorn's bind
+        main(["serve", str(tmp_path), "--port", "99999"])
+    assert exit_info.value.code == 2 and "port must be <= 65535, got 99999" in capsys.readouterr().err
