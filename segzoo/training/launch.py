@@ -181,6 +181,7 @@ def train_from_config(cfg: dict[str, Any], force: bool = False, config_path: str
     callbacks = [build_named(c, regs["callback"], "callback") for c in cfg.get("callbacks") or []]
     loaders, normalization = build_loaders(cfg["data"], seed)
     sample = float_item(loaders["valid"].dataset)  # features as the model sees them (uint8 ones normalized)
+    loaders["train"].dataset[0]  # read as the run will: a colour mask or an unreadable file fails before the logdir
     callbacks += aux_callbacks(cfg, model, callbacks, regs, sample)
     stages, sched_names = build_stages(cfg, model, len(loaders["train"]), regs)
     preflight.check_metrics(callbacks, runner_cfg.get("main_metric", "loss"), sched_names)

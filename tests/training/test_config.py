@@ -238,6 +238,29 @@ def test_folder_config_runs_tiny(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.pth").is_file()
 
 
+def test_colour_train_masks_are_refused_before_the_logdir_is_written(tmp_path, capsys):
+    """The train set's first item is read before the run starts: train masks that are colour images (the images
+    folder given twice) failed in a DataLoader worker after the logdir held a run, which then blocked the logdir."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = {}
+    for split in ("train", "valid"):
+        for part in ("images", "masks"):
+            (tmp_path / split / part).mkdir(parents=True)
+            paths[f"data.{split}_{part}"] = str(tmp_path / split / part)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(tmp_path / split / "images" / f"{i}.png")
+            Image.fromarray((rng.integers(0, 2, (40, 36)) * 255).astype(np.uint8)).save(tmp_path / split / "masks" / f"{i}.png")
+    paths["data.train_masks"] = paths["data.train_images"]
+    args = ["train", "--config", str(CONFIGS / "folder.yml"), f"logdir={tmp_path / 'run'}", *SHRINK,
+            "data.image_size=32", "data.num_workers=0", *[f"{k}={v}" for k, v in paths.items()]]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a colour (RGB) image" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_folder_config_missing_folder_exit_2(tmp_path, capsys):
     args = ["train", "--config", str(CONFIGS / "folder.yml"), f"logdir={tmp_path / 'run'}",
             f"data.train_images={tmp_path / 'none'}"]
