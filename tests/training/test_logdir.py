@@ -418,3 +418,17 @@ def test_a_killed_runs_forked_workers_do_not_keep_its_folder_locked(tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
         proc.kill()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_not_offered_a_resume(tmp_path):
+    """A run that failed in its first epoch leaves config.yml and log.txt: resuming it cannot work, so the refusal
+    names a new logdir or --force only."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yml").write_text(CONFIG_HEADER + "seed: 0\n")
+    (run / "log.txt").write_text("")
+    with pytest.raises(FileExistsError) as info:
+        check_logdir_free(run, caller="cli")
+    message = str(info.value)
+    assert "no full checkpoint to resume from" in message and "--force" in message
+    assert "runner.resume" not in message and "\n" not in message
