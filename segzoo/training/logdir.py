@@ -209,8 +209,8 @@ def check_logdir_free(logdir: str | os.PathLike, *, resume: str | os.PathLike | 
     new, cont, force = (h.format(logdir=_show(folder)) for h in HINTS[caller])
     if caller == "cli":
         shown = ", ".join(n if len(n) <= 40 else n[:37] + "..." for n in names[:4]) + (", ..." if len(names) > 4 else "")
-        if not any((folder / "checkpoints").glob("*_full.pth")):  # stopped before its first epoch ended
-            raise FileExistsError(f"log directory {_show(folder)} already holds a run ({shown}) that has no full "
+        if not any((folder / "checkpoints").glob("*.pth")):  # stopped before its first epoch ended
+            raise FileExistsError(f"log directory {_show(folder)} already holds a run ({shown}) that has no "
                                   f"checkpoint to resume from; {new} or {force}")
         raise FileExistsError(f"log directory {_show(folder)} already holds a run ({shown}); "
                               f"{new}, {cont}, or {force}")

@@ -430,5 +430,5 @@ def test_a_run_stopped_before_its_first_checkpoint_is_not_offered_a_resume(tmp_p
     with pytest.raises(FileExistsError) as info:
         check_logdir_free(run, caller="cli")
     message = str(info.value)
-    assert "no full checkpoint to resume from" in message and "--force" in message
+    assert "no checkpoint to resume from" in message and "--force" in message
     assert "runner.resume" not in message and "\n" not in message
