@@ -185,10 +185,15 @@ FORMER = {"unetplusplus": ("decoder_params", {"complexity": 0}, 1),
           "segformer": ("decoder_params", {"fuse": "levels"}, 2)}
 
 
+def _arch(case):
+    """The architecture a FORMER case is of (``"manet-bilinear-steps"`` -> ``"manet"``)."""
+    return case.split("-")[0]
+
+
 def _former_default_checkpoint(case, version=None, **extra):
     """A checkpoint as segzoo wrote it before the default changed: the spec not naming the changed keyword."""
     part, former, last = FORMER[case]
-    arch = case.split("-")[0]
+    arch = _arch(case)
     torch.manual_seed(0)
     model = create_model(f"resnet18_{arch}", num_classes=1, pretrained=False, **{part: {**former, **extra}}).eval()
     spec = {"name": f"resnet18_{arch}", "kwargs": {"pretrained": False, **({part: extra} if extra else {})}}
@@ -196,37 +201,37 @@ def _former_default_checkpoint(case, version=None, **extra):
                    else version}
 
 
-@pytest.mark.parametrize("arch, version", [("unetplusplus", None), ("manet", None), ("manet-bilinear-steps", None),
+@pytest.mark.parametrize("case, version", [("unetplusplus", None), ("manet", None), ("manet-bilinear-steps", None),
                                            ("manet-transposed-bn-steps", None), ("segformer", None), ("segformer", 1),
                                            ("segformer", 0)])
-def test_former_default_checkpoints_load_with_their_outputs(tmp_path, arch, version):
+def test_former_default_checkpoints_load_with_their_outputs(tmp_path, case, version):
     from segzoo.loading import load_model_info
 
-    model, ck = _former_default_checkpoint(arch, version)
+    model, ck = _former_default_checkpoint(case, version)
     path = save_checkpoint(ck, tmp_path / "best.pth")
     loaded = load_model_info(path)
-    part, former, _ = FORMER[arch]
+    part, former, _ = FORMER[case]
     assert loaded.info["model_spec"]["kwargs"][part] == former, loaded.info["model_spec"]
     assert loaded.info[MIGRATED_KEY] == list(range(ck[FORMAT_KEY] + 1, FORMAT_VERSION + 1))
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), model(x))
-    new = create_model(f"resnet18_{arch.split('-')[0]}", num_classes=1, pretrained=False)  # the current default differs
+    new = create_model(f"resnet18_{_arch(case)}", num_classes=1, pretrained=False)  # the current default differs
     assert set(new.state_dict()) != set(model.state_dict())
 
 
-@pytest.mark.parametrize("arch", list(FORMER))
-def test_table_migrations_leave_what_they_do_not_concern_alone(arch):
-    part, former, _ = FORMER[arch]
-    current = create_model(f"resnet18_{arch.split('-')[0]}", num_classes=1, pretrained=False)
+@pytest.mark.parametrize("case", list(FORMER))
+def test_table_migrations_leave_what_they_do_not_concern_alone(case):
+    part, former, _ = FORMER[case]
+    current = create_model(f"resnet18_{_arch(case)}", num_classes=1, pretrained=False)
     ck = {"model_state_dict": current.state_dict(), "model_spec": get_model_spec(current), FORMAT_KEY: 1}
     assert migrate(ck)["model_spec"] == get_model_spec(current)  # new-default weights: nothing added
-    _, named = _former_default_checkpoint(arch, **former)  # the run named the keyword itself
+    _, named = _former_default_checkpoint(case, **former)  # the run named the keyword itself
     assert migrate(named)["model_spec"] == named["model_spec"]
-    _, other = _former_default_checkpoint(arch)
+    _, other = _former_default_checkpoint(case)
     other["model_spec"] = {"name": "resnet18_unet", "kwargs": {}}  # weights of one model, the spec of another
     assert migrate(other)["model_spec"] == other["model_spec"]
-    other["model_spec"] = {"name": f"my_{arch.split('-')[0]}", "kwargs": {}}  # a user's registered name is not a table row
+    other["model_spec"] = {"name": f"my_{_arch(case)}", "kwargs": {}}  # a user's registered name is not a table row
     assert migrate(other)["model_spec"] == other["model_spec"]
 
 
@@ -252,11 +257,11 @@ def test_a_resume_into_the_new_segformer_default_names_the_former_one():
     assert former_default_hint(new.state_dict().keys(), new.state_dict().keys()) == ""
 
 
-@pytest.mark.parametrize("arch", list(FORMER))
-def test_former_default_save_pretrained_folders_load_with_their_outputs(tmp_path, arch):
+@pytest.mark.parametrize("case", list(FORMER))
+def test_former_default_save_pretrained_folders_load_with_their_outputs(tmp_path, case):
     from segzoo.models.pretrained import CONFIG_NAME
 
-    model, ck = _former_default_checkpoint(arch)
+    model, ck = _former_default_checkpoint(case)
     model.save_pretrained(tmp_path / "old")
     config = json.loads((tmp_path / "old" / CONFIG_NAME).read_text())
     config["spec"] = ck["model_spec"]  # as saved before 2026-12-07: the changed keyword not named
