@@ -100,6 +100,10 @@ class Migration:
 
 # ---- migration 1: UPerNet's fusion default became "levels" (2026-11-30); earlier runs used "concat" ------
 
+_UPERNET = "upernet"
+_UPERNET_CONCAT = {"decoder_params.fuse": "concat"}
+
+
 def _upernet_fusion(names: Collection[str]) -> str | None:
     """The fusion of the UPerNet decoder whose weights are ``names``: ``"levels"``, ``"concat"`` or ``None``."""
     if "decoder.fuse_parts.0.weight" in names:
@@ -121,10 +125,6 @@ def _upernet_concat_spec(ckpt: dict[str, Any], names: Collection[str]) -> dict[s
         return ckpt
     new_spec = {**spec, "kwargs": {**(kwargs or {}), "decoder_params": {**(decoder or {}), "fuse": "concat"}}}
     return {**ckpt, "model_spec": new_spec}
-
-
-_UPERNET = "upernet"
-_UPERNET_CONCAT = {"decoder_params.fuse": "concat"}
 
 
 def _upernet_mismatch(saved: Collection[str], model: Collection[str]) -> Mapping[str, Any]:
